@@ -1,0 +1,62 @@
+"""Shared fixtures: the sample catalog, a temp cache, and session-scoped models/indexes (built once)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CATALOG = ROOT / "mmsearch" / "sample" / "catalog"
+SAMPLE_QUERIES = ROOT / "mmsearch" / "sample" / "queries"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sample_catalog() -> Path:
+    return SAMPLE_CATALOG
+
+
+@pytest.fixture()
+def small_catalog(tmp_path: Path) -> Path:
+    """A writable copy of 12 sample images (with their catalog.jsonl rows) for tests that change files."""
+    import json
+
+    dst = tmp_path / "catalog"
+    rows = [json.loads(line) for line in (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()][:12]
+    for row in rows:
+        (dst / row["image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE_CATALOG / row["image"], dst / row["image"])
+    (dst / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory) -> Path:
+    """The sample catalog indexed with the tiny model (seconds)."""
+    from mmsearch import build_index
+
+    out = tmp_path_factory.mktemp("tiny_index") / "index"
+    build_index(SAMPLE_CATALOG, out=out, model="tiny", device="cpu", num_workers=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_index(tmp_path_factory) -> Path:
+    """The sample catalog indexed with the default pretrained model (about 15 s on 2 cores)."""
+    from mmsearch import build_index
+
+    out = tmp_path_factory.mktemp("default_index") / "index"
+    build_index(SAMPLE_CATALOG, out=out, model="default", device="cpu", num_workers=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_engine(default_index):
+    from mmsearch import SearchEngine
+
+    return SearchEngine.open(default_index, device="cpu")
