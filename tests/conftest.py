@@ -21,6 +21,11 @@ def sample_catalog() -> Path:
     return SAMPLE_CATALOG
 
 
+@pytest.fixture(scope="session")
+def sample_queries() -> Path:
+    return SAMPLE_QUERIES
+
+
 @pytest.fixture()
 def small_catalog(tmp_path: Path) -> Path:
     """A writable copy of 12 sample images (with their catalog.jsonl rows) for tests that change files."""
