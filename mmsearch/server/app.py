@@ -262,11 +262,6 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None, index_path: st
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": one_line(exc.errors())}, status_code=422)
 
-    @app.exception_handler(413)
-    async def _too_large(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"request body too large: the limit is "
-                                       f"{cfg.max_upload_bytes / 2**20:.1f} MB"}, status_code=413)
-
     @app.exception_handler(Busy)
     async def _busy(_: Request, exc: Busy) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(cfg.retry_after_s)})
