@@ -223,8 +223,6 @@ def serve_cmd(
     """Serve INDEX over HTTP: a JSON API and a search page at http://HOST:PORT/."""
     import dataclasses
 
-    from click.core import ParameterSource
-
     from .server import ServeCfg, serve
 
     try:
@@ -236,7 +234,7 @@ def serve_cmd(
              "reload_interval_s": reload_interval}
     names = {"max_upload_bytes": "max_upload_mb", "reload_interval_s": "reload_interval"}
     given = {k: v for k, v in flags.items()
-             if config is None or ctx.get_parameter_source(names.get(k, k)) != ParameterSource.DEFAULT}
+             if config is None or getattr(ctx.get_parameter_source(names.get(k, k)), "name", "") != "DEFAULT"}
     try:
         cfg = dataclasses.replace(base, **given)
         serve(index, cfg, device=device)
