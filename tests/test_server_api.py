@@ -118,6 +118,25 @@ def test_filters_pass_through_or_say_unsupported(client, engine):
         assert r.json()["hits"] and all(h["metadata"]["category"] == "food" for h in r.json()["hits"])
 
 
+def test_filters_reach_an_engine_that_takes_them(engine):
+    import copy
+
+    class FilteringEngine(SearchEngine):  # stands in for the metadata-filter work landing in SearchEngine
+        def search(self, image=None, text=None, k=10, image_weight=None, filters=None):
+            hits = super().search(image=image, text=text, k=len(self), image_weight=image_weight)
+            keep = [h for h in hits if all(h.metadata.get(f) == v for f, v in (filters or {}).items())][:k]
+            return keep
+
+    filtering = copy.copy(engine)
+    filtering.__class__ = FilteringEngine
+    with make_client(filtering) as c:
+        assert c.get("/filters").json() == {"supported": True, "fields": {"category": [
+            "clothing", "electronics", "food", "other", "vehicle"]}}
+        r = c.post("/search", data={"text": "shoe", "k": "3", "filters": '{"category": "food"}'})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["hits"]) == 3 and {h["metadata"]["category"] for h in r.json()["hits"]} == {"food"}
+
+
 def test_filter_fields_offer_low_cardinality_scalars_only():
     items = [{"metadata": {"category": c, "tags": ["a"], "sku": f"s{i}", "n": 1}}
              for i, c in enumerate(["food", "car", "food"] * 30)]
@@ -158,6 +177,13 @@ def test_decompression_bombs_are_400(engine):
             assert "decompression-bomb" in r.json()["detail"]
         ok = c.post("/search", files={"image": ("small.png", png_bytes(Image.new("RGB", (500, 500))), "image/png")})
         assert ok.status_code == 200
+
+
+def test_extremely_elongated_images_are_400(client):
+    r = client.post("/search", files={"image": ("strip.png", png_bytes(Image.new("RGB", (4000, 1))), "image/png")})
+    assert r.status_code == 400 and "elongated" in r.json()["detail"]
+    ok = client.post("/search", files={"image": ("pano.png", png_bytes(Image.new("RGB", (800, 200))), "image/png")})
+    assert ok.status_code == 200
 
 
 def test_upload_over_the_limit_is_413(engine):

@@ -140,10 +140,9 @@ def filter_kwarg(fn: Any) -> str | None:
 
 
 class ServerState:
-    def __init__(self, engine: SearchEngine, cfg: ServeCfg, index_path: Path | None = None):
+    def __init__(self, engine: SearchEngine, cfg: ServeCfg):
         self.cfg = cfg
         self.current = Loaded.of(engine)
-        self.index_path = Path(index_path) if index_path is not None else engine.path
         self.gate = ModelGate(cfg.model_workers, cfg.max_pending)
         self.thumbs = ThumbnailCache(cfg.thumbnail_size, cfg.thumbnail_cache_bytes)
         self.latency = LatencyStats(cfg.latency_window)
@@ -169,7 +168,8 @@ class ServerState:
 
     def changed_on_disk(self) -> bool:
         try:
-            return resolve_snapshot(self.index_path) != self.current.engine.snapshot
+            engine = self.current.engine
+            return resolve_snapshot(engine.path) != engine.snapshot
         except MMSearchError:
             return False  # index folder mid-replacement or gone: keep serving what is loaded
 
@@ -215,13 +215,13 @@ def one_line(errors: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- app
-def create_app(engine: SearchEngine, cfg: ServeCfg | None = None, index_path: str | Path | None = None) -> FastAPI:
+def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
     """The ASGI app serving ``engine``: JSON API, thumbnails and the search page.
 
     Args:
         engine: an opened SearchEngine (the model is loaded once, here).
-        cfg: limits, API key and reload settings; defaults to :class:`ServeCfg`.
-        index_path: folder watched for rebuilds (default: the folder the engine was opened from).
+        cfg: limits, API key and reload settings; defaults to :class:`ServeCfg`. The folder the engine
+            was opened from is watched for rebuilds.
 
     Example:
         >>> from mmsearch import SearchEngine                            # doctest: +SKIP
@@ -229,7 +229,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None, index_path: st
         >>> app = create_app(SearchEngine.open("index"), ServeCfg())     # doctest: +SKIP
     """
     cfg = cfg or ServeCfg()
-    state = ServerState(engine, cfg, Path(index_path) if index_path is not None else None)
+    state = ServerState(engine, cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -266,9 +266,11 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None, index_path: st
     async def _busy(_: Request, exc: Busy) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(cfg.retry_after_s)})
 
-    async def run_search(cur: Loaded, fn: Any, filters: dict | None, **kwargs: Any) -> list[SearchHit]:
+    async def run_search(fn: Any, filters: dict | None, takes_filters: Any = None, **kwargs: Any) -> list[SearchHit]:
+        """Run ``fn(**kwargs)`` through the model gate; ``filters`` go to whichever parameter
+        ``takes_filters`` (default ``fn``) names them with, or are refused when it has none."""
         if filters:
-            name = filter_kwarg(fn)
+            name = filter_kwarg(takes_filters or fn)
             if name is None:
                 raise HTTPException(400, "filters are not supported by this mmsearch version")
             kwargs[name] = filters
@@ -314,7 +316,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None, index_path: st
             raise HTTPException(400, "a query needs an image, a text, or both")
         cur = state.current
         t0 = time.perf_counter()
-        hits = await run_search(cur, cur.engine.search, where, image=data, text=text, k=k, image_weight=image_weight)
+        hits = await run_search(cur.engine.search, where, image=data, text=text, k=k, image_weight=image_weight)
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 
@@ -352,10 +354,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None, index_path: st
             return hits
 
         t0 = time.perf_counter()
-        if where and filter_kwarg(engine.search_vectors) is None:
-            raise HTTPException(400, "filters are not supported by this mmsearch version")
-        kw = {filter_kwarg(engine.search_vectors): where} if where else {}
-        hits = await run_search(cur, by_item, None, k=k, text=text, image_weight=image_weight, **kw)
+        hits = await run_search(by_item, where, engine.search_vectors, k=k, text=text, image_weight=image_weight)
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 

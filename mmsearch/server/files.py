@@ -14,6 +14,9 @@ from PIL import Image, UnidentifiedImageError
 from ..data import load_image
 
 
+MAX_ASPECT = 20  # the preprocess scales the short side up to ~256 px; a 40000 x 1 image would become gigabytes
+
+
 class UploadRejected(Exception):
     """An upload the server will not decode; ``status`` is the HTTP status to answer with."""
 
@@ -58,6 +61,10 @@ def probe_upload(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
         raise UploadRejected(400, "image rejected: too many pixels (decompression-bomb guard)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadRejected(400, f"corrupt image: {exc}") from None
+    if max(size) > MAX_ASPECT * max(1, min(size)):
+        raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} is too elongated (more than "
+                                  f"{MAX_ASPECT}:1); resizing its short side to the model's input would "
+                                  f"blow up its long side")
     if size[0] * size[1] > max_pixels:
         raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} pixels is more than the limit of "
                                   f"{max_pixels:,} (decompression-bomb guard)")

@@ -59,6 +59,6 @@ def serve(index: str | Path = "index", cfg: ServeCfg | None = None, device: str 
     cfg = cfg or ServeCfg()
     check_bind(cfg)  # before the (slow) model load, so a refused address fails at once
     engine = SearchEngine.open(index, device=device)
-    app = create_app(engine, cfg, index_path=index)
+    app = create_app(engine, cfg)
     log.info("serving %d items from %s on http://%s:%d", len(engine), engine.snapshot, cfg.host, cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False)
