@@ -160,7 +160,8 @@ def main() -> None:
             proc.wait(timeout=30)
 
     print(f"\nmodel {stats0['model']['name']}, {stats0['items']} items, server queue limit {args.max_pending}")
-    print(f"{'kind':6s} {'saturation c':>12s} {'req/s':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'p99/p50':>7s} {'errors':>6s}")
+    print(f"{'kind':6s} {'saturation c':>12s} {'req/s':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'p99/p50':>7s} "
+          f"{'errors':>6s}")
     summary = {}
     for kind in kinds:
         sat = saturation([r for r in rows if r["kind"] == kind])

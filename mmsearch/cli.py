@@ -206,7 +206,8 @@ def info_cmd(index: IndexOpt = Path("index"),
 def serve_cmd(
     ctx: typer.Context,
     index: IndexOpt = Path("index"),
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; other than loopback needs --api-key.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; other than loopback needs "
+                                      "--api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="MMSEARCH_API_KEY",
                                                    help="Key clients send in the X-API-Key header.")] = None,

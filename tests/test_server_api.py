@@ -277,7 +277,8 @@ def test_thumbnail_is_small_cached_and_etagged(client, engine):
 TRAVERSALS = [
     b"../catalog.jsonl", b"..%2fcatalog.jsonl", b"%2e%2e/%2e%2e/%2e%2e/etc/passwd", b"%252e%252e%252fcatalog.jsonl",
     b"/etc/passwd", b"%2fetc%2fpasswd", b"clothing/../catalog.jsonl", b"clothing/%2e%2e/catalog.jsonl",
-    b"catalog.jsonl", b"clothing/running_shoe.webp%00", b"clothing%5c..%5ccatalog.jsonl", b"./clothing/running_shoe.webp",
+    b"catalog.jsonl", b"clothing/running_shoe.webp%00", b"clothing%5c..%5ccatalog.jsonl",
+    b"./clothing/running_shoe.webp",
     b"clothing//running_shoe.webp", b"CLOTHING/RUNNING_SHOE.WEBP",
 ]
 

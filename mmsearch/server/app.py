@@ -192,7 +192,7 @@ def parse_filters(raw: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise HTTPException(400, f"filters must be a JSON object, e.g. {{\"category\": \"food\"}} ({exc.msg})") from None
+        raise HTTPException(400, f'filters must be a JSON object, e.g. {{"category": "food"}} ({exc.msg})') from None
     if not isinstance(value, dict):
         raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}')
     return value or None
@@ -277,7 +277,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
         t0 = time.perf_counter()
         try:
             hits = await state.gate.run(fn, **kwargs)
-        except (MMSearchError, ValueError, TypeError, KeyError) as exc:
+        except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
             raise HTTPException(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         state.latency.add((time.perf_counter() - t0) * 1000.0)
         return hits
