@@ -202,6 +202,49 @@ def info_cmd(index: IndexOpt = Path("index"),
     out.print(f"  catalog     {m['catalog']}")
 
 
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    index: IndexOpt = Path("index"),
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; other than loopback needs "
+                                      "--api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="MMSEARCH_API_KEY",
+                                                   help="Key clients send in the X-API-Key header.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without a key.")] = False,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest request body.")] = 10.0,
+    max_pending: Annotated[int, typer.Option("--max-pending", min=1, help="Searches admitted at once; "
+                                             "more get 503 + Retry-After.")] = 32,
+    reload_interval: Annotated[float, typer.Option("--reload-interval", min=0.0, help="Seconds between checks "
+                                                   "for a rebuilt index (0: only POST /reload).")] = 2.0,
+    config: Annotated[Optional[Path], typer.Option("--config", help="ServeCfg JSON file; flags given on the "
+                                                   "command line win.")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve INDEX over HTTP: a JSON API and a search page at http://HOST:PORT/."""
+    import dataclasses
+
+    from .server import ServeCfg, serve
+
+    try:
+        base = ServeCfg.from_json_file(config) if config is not None else ServeCfg()
+    except (OSError, ValueError, TypeError) as exc:
+        raise fail(QueryError(f"cannot read serve config {config}: {exc}"))
+    flags = {"host": host, "port": port, "api_key": api_key, "insecure": insecure,
+             "max_upload_bytes": int(max_upload_mb * 1024 * 1024), "max_pending": max_pending,
+             "reload_interval_s": reload_interval}
+    names = {"max_upload_bytes": "max_upload_mb", "reload_interval_s": "reload_interval"}
+    given = {k: v for k, v in flags.items()
+             if config is None or getattr(ctx.get_parameter_source(names.get(k, k)), "name", "") != "DEFAULT"}
+    try:
+        cfg = dataclasses.replace(base, **given)
+        serve(index, cfg, device=device)
+    except MMSearchError as exc:
+        raise fail(exc)
+    except ValueError as exc:
+        raise fail(QueryError(str(exc)))
+
+
 def main() -> None:
     app()
 

@@ -33,3 +33,7 @@ class QueryError(MMSearchError):
     """A query without image or text, with an unreadable image, or otherwise malformed."""
 
     exit_code = 2
+
+
+class ServeError(MMSearchError):
+    """The server cannot start as asked (e.g. a public address without an API key)."""

@@ -1,0 +1,122 @@
+"""Files the server touches: catalog images (only those of the index), their thumbnails, and uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..data import load_image
+
+
+MAX_ASPECT = 20  # the preprocess scales the short side up to ~256 px; a 40000 x 1 image would become gigabytes
+
+
+class UploadRejected(Exception):
+    """An upload the server will not decode; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def catalog_file(root: Path, item_path: str) -> Path | None:
+    """The real file behind an indexed item, or None when it is gone or resolves outside ``root``.
+
+    ``root`` is the resolved catalog folder. Only paths that come from the index's own item rows are
+    ever passed here (never a path from a request), and symlinks are resolved first, so a link that was
+    planted in the catalog and points elsewhere is refused.
+    """
+    try:
+        real = Path(item_path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not real.is_relative_to(root) or not real.is_file():
+        return None
+    return real
+
+
+def probe_upload(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
+    """Read an uploaded image's header only: (format, (width, height)); decoding happens later.
+
+    Raises UploadRejected: 415 for data that is not an image, 400 for a decompression bomb (more than
+    ``max_pixels`` pixels, whatever the file size).
+    """
+    if not data:
+        raise UploadRejected(400, "the uploaded image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt, size = im.format or "?", im.size
+    except UnidentifiedImageError:
+        raise UploadRejected(415, "the upload is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, "
+                                  "TIFF)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadRejected(400, "image rejected: too many pixels (decompression-bomb guard)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UploadRejected(400, f"corrupt image: {exc}") from None
+    if max(size) > MAX_ASPECT * max(1, min(size)):
+        raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} is too elongated (more than "
+                                  f"{MAX_ASPECT}:1); resizing its short side to the model's input would "
+                                  f"blow up its long side")
+    if size[0] * size[1] > max_pixels:
+        raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} pixels is more than the limit of "
+                                  f"{max_pixels:,} (decompression-bomb guard)")
+    return fmt, size
+
+
+class ThumbnailCache:
+    """Small WebP thumbnails of catalog images, made on first request and kept in an LRU bounded by bytes.
+
+    The key covers the file's real path, size and modification time, so a changed file gets a new
+    thumbnail (and a new ETag).
+    """
+
+    def __init__(self, size: int = 256, max_bytes: int = 64 * 1024 * 1024):
+        self.size = int(size)
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def etag(self, path: Path) -> str:
+        st = path.stat()
+        raw = f"{path}|{st.st_size}|{st.st_mtime_ns}|{self.size}".encode()
+        return hashlib.sha1(raw).hexdigest()[:20]
+
+    def get(self, path: Path) -> tuple[bytes, str]:
+        """(WebP bytes, ETag) for the image at ``path``; raises ImageDecodeError if it cannot be read."""
+        tag = self.etag(path)
+        with self._lock:
+            data = self._items.get(tag)
+            if data is not None:
+                self._items.move_to_end(tag)
+                self.hits += 1
+                return data, tag
+            self.misses += 1
+        data = make_thumbnail(path, self.size)
+        with self._lock:
+            if tag not in self._items and len(data) <= self.max_bytes:
+                self._items[tag] = data
+                self._bytes += len(data)
+                while self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= len(old)
+        return data, tag
+
+
+def make_thumbnail(path: Path, size: int) -> bytes:
+    """WebP bytes of the image at ``path`` fitted into ``size`` x ``size`` (aspect kept, never enlarged)."""
+    im = load_image(path, draft_size=2 * size)  # RGB, upright, bomb-guarded
+    im.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="WEBP", quality=80, method=4)
+    return buf.getvalue()

@@ -1,0 +1,64 @@
+"""Start the server: check where it may listen, load the engine once, hand the app to uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from ..errors import ServeError
+from .config import ServeCfg
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1; anything else (0.0.0.0, a LAN address, a name) is public."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(cfg: ServeCfg) -> None:
+    """Refuse a non-loopback address unless an API key (or an explicit ``insecure``) protects it."""
+    if is_loopback(cfg.host):
+        return
+    if cfg.api_key:
+        return
+    if cfg.insecure:
+        log.warning("listening on %s without an API key (--insecure): anyone who can reach it can search "
+                    "the index and read its images", cfg.host)
+        return
+    raise ServeError(f"refusing to listen on {cfg.host} without an API key: pass --api-key KEY (or set "
+                     f"MMSEARCH_API_KEY), or --insecure to allow it anyway")
+
+
+def serve(index: str | Path = "index", cfg: ServeCfg | None = None, device: str = "auto",
+          log_level: str = "info") -> None:
+    """Serve ``index`` over HTTP until interrupted (blocking).
+
+    Args:
+        index: index folder (picked up again when rebuilt in place).
+        cfg: host, port, API key and limits; see :class:`ServeCfg`.
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` for the query encoders.
+        log_level: uvicorn's log level.
+
+    Example:
+        >>> from mmsearch.server import ServeCfg, serve                  # doctest: +SKIP
+        >>> serve("index", ServeCfg(port=8080))                          # doctest: +SKIP
+    """
+    import uvicorn
+
+    from ..search import SearchEngine
+    from .app import create_app
+
+    cfg = cfg or ServeCfg()
+    check_bind(cfg)  # before the (slow) model load, so a refused address fails at once
+    engine = SearchEngine.open(index, device=device)
+    app = create_app(engine, cfg)
+    log.info("serving %d items from %s on http://%s:%d", len(engine), engine.snapshot, cfg.host, cfg.port)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False)
