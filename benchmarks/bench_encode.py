@@ -55,10 +55,10 @@ SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200), (480, 6
 PRESETS = {
     # images: end-to-end set size per model; grid: (batch, workers) for the fast pipeline;
     # reference: the grid points where the naive pipeline also runs (side by side).
-    "cpu": {"images": {"default": 64, "tiny": 256}, "stage_images": 24,
-            "grid": {"default": [(32, 1), (32, 0), (32, 2), (16, 1)], "tiny": [(32, 1), (64, 1), (32, 0), (32, 2)]},
+    "cpu": {"images": {"default": 48, "tiny": 192}, "stage_images": 24,
+            "grid": {"default": [(32, 1), (32, 0), (32, 2)], "tiny": [(32, 1), (64, 1), (32, 0), (32, 2)]},
             "reference": {"default": [(32, 1)], "tiny": [(32, 1), (32, 0)]},
-            "index_sizes": [10_000, 100_000], "queries": 20, "cold_runs": 2},
+            "index_sizes": [10_000, 100_000], "queries": 15, "cold_runs": 2},
     "gpu": {"images": {"default": 2000, "tiny": 2000}, "stage_images": 256,
             "grid": {"default": [(128, None), (64, None), (256, None), (256, 0)], "tiny": [(256, None), (128, None)]},
             "reference": {"default": [(128, None)], "tiny": [(256, None)]},
