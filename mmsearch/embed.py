@@ -44,7 +44,9 @@ class EncodeCfg:
     decode: ``pil`` (in the workers), ``device`` (plain JPEGs decoded by ``torchvision.io.decode_jpeg``
         on the model's device, other files by PIL), or ``auto`` (``device`` on CUDA, ``pil`` elsewhere).
     draft: decode JPEGs by DCT scaling (libjpeg) to at least ``draft * resize_size`` pixels on the short
-        side (0: full size); 1.0 decodes a 1600x1200 photo at 400x300, 8x fewer pixels to decode and resize.
+        side (0: full size). 2.0 keeps nearest neighbours as the full-size decode has them (98.8% overlap
+        measured); 1.0 decodes a 1600x1200 photo at 400x300 but moved 10% of neighbours and gained
+        nothing on CPU, where the model is the bottleneck (benchmarks/results/encode_cpu.md).
     reducing_gap: Pillow's resize shortcut (box-reduce by an integer factor first); None: exact bicubic.
     channels_last: NHWC activations (1.6x faster forward on CPU here, and what tensor cores want).
     compile: ``torch.compile`` the image tower (pays off only for long runs; last batch is padded).
@@ -55,7 +57,7 @@ class EncodeCfg:
     prefetch_factor: int = 4
     pipeline: str = "fast"
     decode: str = "auto"
-    draft: float = 1.0
+    draft: float = 2.0
     reducing_gap: float | None = 3.0
     channels_last: bool = True
     compile: bool = False
