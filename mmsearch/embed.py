@@ -44,9 +44,9 @@ class EncodeCfg:
     decode: ``pil`` (in the workers), ``device`` (plain JPEGs decoded by ``torchvision.io.decode_jpeg``
         on the model's device, other files by PIL), or ``auto`` (``device`` on CUDA, ``pil`` elsewhere).
     draft: decode JPEGs by DCT scaling (libjpeg) to at least ``draft * resize_size`` pixels on the short
-        side (0: full size). 2.0 keeps nearest neighbours as the full-size decode has them (98.8% overlap
-        measured); 1.0 decodes a 1600x1200 photo at 400x300 but moved 10% of neighbours and gained
-        nothing on CPU, where the model is the bottleneck (benchmarks/results/encode_cpu.md).
+        side (0: full size). 2.0 keeps nearest neighbours as the full-size decode has them (99% overlap
+        measured); 1.0 decodes a 1600x1200 photo at 400x300, was 0-14% faster on CPU (where the model
+        is the bottleneck) but moved 7-10% of nearest neighbours (benchmarks/results/encode_cpu.md).
     reducing_gap: Pillow's resize shortcut (box-reduce by an integer factor first); None: exact bicubic.
     channels_last: NHWC activations (1.6x faster forward on CPU here, and what tensor cores want).
     compile: ``torch.compile`` the image tower (pays off only for long runs; last batch is padded).
