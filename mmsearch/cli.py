@@ -46,13 +46,17 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes.")] = None,
     device: DeviceOpt = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the image tower (pays off for "
+                                                                    "large catalogs, mostly on GPU).")] = False,
 ) -> None:
     """Encode every image of CATALOG and write a searchable index."""
+    from .embed import EncodeCfg
     from .index import build_index
 
     try:
         report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
-                             num_workers=workers, progress=sys.stderr.isatty())
+                             num_workers=workers, progress=sys.stderr.isatty(),
+                             encode=EncodeCfg(compile=compile_model))
     except MMSearchError as exc:
         raise fail(exc)
     out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "

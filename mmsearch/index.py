@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .data import CatalogItem, scan_catalog
-from .embed import encode_image_files, encode_texts
+from .embed import EncodeCfg, encode_image_files, encode_texts
 from .errors import CatalogError, IndexIncompatibleError, IndexNotFoundError
 from .factory import create_model, list_models
 
@@ -187,7 +187,7 @@ def item_row(item: CatalogItem) -> dict[str, Any]:
 
 def build_index(catalog: str | Path, out: str | Path = "index", model: str | Path = "default",
                 device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
-                progress: bool = True) -> BuildReport:
+                progress: bool = True, encode: EncodeCfg | None = None) -> BuildReport:
     """Encode every image of ``catalog`` and write a searchable index to ``out``.
 
     Args:
@@ -196,7 +196,9 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         model: a built-in model name (``default``, ``tiny`` ...) or a checkpoint path.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         batch_size: images per forward pass.
-        num_workers: image-decoding worker processes (default: up to 4, one less than the CPU count).
+        num_workers: image-decoding worker processes (default: sized to the machine and device).
+        encode: further image-pipeline options (:class:`mmsearch.embed.EncodeCfg`: decoder, torch.compile ...);
+            ``batch_size`` and ``num_workers`` above override its fields.
 
     Returns:
         A :class:`BuildReport` with counts, skipped items and their reasons, and timing.
@@ -212,7 +214,7 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
     t0 = time.perf_counter()
     net, preprocess, tokenizer = create_model(model, device=device)
     emb = encode_image_files(net, preprocess, [it.path for it in items], batch_size=batch_size,
-                             num_workers=num_workers, progress=progress)
+                             num_workers=num_workers, progress=progress, cfg=encode)
     skipped = [{"id": items[pos].id, "reason": reason} for pos, reason in emb.failed]
     if not emb.ok:
         reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:5])

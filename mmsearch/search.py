@@ -15,10 +15,12 @@ from PIL import Image
 
 from .config import RankingCfg
 from .data import load_image
+from .device import autocast
 from .embed import encode_texts
 from .errors import ImageDecodeError, IndexIncompatibleError, QueryError
 from .factory import create_model, list_models
 from .index import read_manifest, resolve_snapshot, sha256_file
+from .preprocess import ResizeCropU8, normalize_batch
 from .ranking import combine, text_part, top_k
 
 log = logging.getLogger(__name__)
@@ -135,8 +137,12 @@ class SearchEngine:
 
     def encode_image_channels(self, images: Sequence[ImageInput]) -> dict[str, np.ndarray]:
         """Per-channel unit embeddings of query images: ``image`` (n, D) and, if present, ``visual``."""
-        batch = torch.stack([self.preprocess(self._load_query_image(im)) for im in images]).to(self._device())
-        with torch.inference_mode():
+        # The batched fast path of embed.py: uint8 crops, one normalise, channels_last, autocast (issue 5).
+        cfg = self.model.cfg.image
+        u8 = torch.stack([ResizeCropU8(cfg)(self._load_query_image(im)) for im in images]).to(self._device())
+        batch = normalize_batch(u8, cfg.mean, cfg.std, channels_last=True)
+        self.model.image_tower.to(memory_format=torch.channels_last)  # layout only; a no-op after the first query
+        with torch.inference_mode(), autocast(self._device()):
             return {k: v.float().cpu().numpy() for k, v in self.model.encode_image_channels(batch).items()}
 
     def encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
