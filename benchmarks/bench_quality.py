@@ -27,11 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.config import TrainCfg
 from mmsearch.encoders import EfficientNetLite0
 from mmsearch.evaluate import EvalQuery, evaluate, read_queries
 from mmsearch.train import load_train_cfg, train
@@ -96,12 +94,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--fusions", nargs="+", default=["sum", "concat", "gated", "combiner"])
     ap.add_argument("--config", default="default", help="train config name or JSON file")
+    ap.add_argument("--epochs", type=int, default=None, help="override the train config's epochs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_quality"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     memoise_backbone()
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     corpus, work = args.corpus, args.work
     work.mkdir(parents=True, exist_ok=True)
     test_catalog = images_only_catalog(corpus / "test", work / "test_images")
@@ -119,6 +119,8 @@ def main() -> None:
     t0 = time.perf_counter()
     results["models"]["zero-shot bridge (default)"] = {"seeds": {"-": run_model("bridge", "default")}}
     base_cfg = load_train_cfg(args.config)
+    if args.epochs:
+        base_cfg = dataclasses.replace(base_cfg, epochs=args.epochs)
     for fusion in args.fusions:
         entry = {"seeds": {}, "val_recall": {}, "train_s": {}, "epochs": {}}
         for seed in args.seeds:

@@ -129,7 +129,7 @@ class TrainCfg:
     classifier on the fused feature, for items with a ``category`` field).
     """
 
-    epochs: int = 20
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -137,7 +137,7 @@ class TrainCfg:
     grad_clip: float = 1.0
     seed: int = 0
     unfreeze: int = 0  # last N blocks of each backbone to train; 0 = frozen backbones + feature cache
-    patience: int = 4  # epochs without a better validation Recall@10 before stopping
+    patience: int = 3  # epochs without a better validation Recall@10 before stopping
     loss_contrastive: float = 1.0
     loss_composed: float = 1.0
     loss_classify: float = 0.1

@@ -176,6 +176,11 @@ def load_checkpoint(path: str | Path) -> tuple[DualEncoder, Tokenizer, dict]:
     return model, tokenizer, payload
 
 
+def weights_dir() -> Path:
+    """Where named configs find their trained weights: ``mmsearch/weights/`` inside the package."""
+    return Path(str(resources.files("mmsearch") / "weights"))
+
+
 def build_named_model(name: str, with_weights: bool = True) -> tuple[DualEncoder, Tokenizer]:
     """A built-in config; if it names ``weights`` (a file in ``mmsearch/weights/``), load them.
 
@@ -184,7 +189,7 @@ def build_named_model(name: str, with_weights: bool = True) -> tuple[DualEncoder
     cfg = get_model_config(name)
     if not (cfg.weights and with_weights):
         return build_model(cfg)
-    path = resources.files("mmsearch") / "weights" / cfg.weights
+    path = weights_dir() / cfg.weights
     if not path.is_file():
         raise ModelError(f"model {name!r} needs weights {cfg.weights}, which this install lacks (reinstall mmsearch)")
     payload = read_checkpoint(str(path))

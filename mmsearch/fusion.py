@@ -39,7 +39,7 @@ class ConcatFusion(nn.Module):
 
     def __init__(self, embed_dim: int, hidden: int | None = None):
         super().__init__()
-        hidden = hidden or 2 * embed_dim
+        hidden = hidden or embed_dim
         self.mlp = nn.Sequential(nn.Linear(2 * embed_dim, hidden), nn.GELU(), nn.Dropout(0.1),
                                  nn.Linear(hidden, embed_dim))
 
@@ -56,7 +56,7 @@ class GatedFusion(nn.Module):
 
     def __init__(self, embed_dim: int, hidden: int | None = None):
         super().__init__()
-        hidden = hidden or 2 * embed_dim
+        hidden = hidden or embed_dim
         self.gate = nn.Sequential(nn.Linear(2 * embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
         self.residual = nn.Sequential(nn.Linear(2 * embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
         self.w_gate = nn.Parameter(torch.tensor(1.0))
@@ -78,8 +78,8 @@ class CombinerFusion(nn.Module):
 
     def __init__(self, embed_dim: int, proj_dim: int | None = None, hidden: int | None = None):
         super().__init__()
-        proj_dim = proj_dim or 2 * embed_dim
-        hidden = hidden or 2 * proj_dim
+        proj_dim = proj_dim or embed_dim
+        hidden = hidden or embed_dim
         self.img_proj = nn.Sequential(nn.Linear(embed_dim, proj_dim), nn.ReLU(), nn.Dropout(0.1))
         self.txt_proj = nn.Sequential(nn.Linear(embed_dim, proj_dim), nn.ReLU(), nn.Dropout(0.1))
         self.mix = nn.Sequential(nn.Linear(2 * proj_dim, hidden), nn.ReLU(), nn.Dropout(0.1),

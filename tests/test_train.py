@@ -147,20 +147,34 @@ def test_training_lowers_the_loss_and_learns_pairs(small_catalog, tmp_path):
             assert r1 < 0.75  # the untrained model does not already do it
 
 
-def test_resume_matches_uninterrupted_run(small_catalog, tmp_path):
+def test_resume_matches_uninterrupted_run(small_catalog, tmp_path, monkeypatch):
+    from mmsearch import train as train_mod
+
     ids = catalog_ids(small_catalog)
     trip = write_triplets(small_catalog, [{"reference": ids[i], "text": f"edit {i}", "target": ids[i + 1]}
                                           for i in range(0, 10, 2)])
-    cfg = TrainCfg(epochs=3, batch_size=5, fusion="gated")  # several steps per epoch, dropout-free fusion
+    cfg = TrainCfg(epochs=3, batch_size=5, fusion="combiner")  # several steps per epoch, dropout in the fusion
 
-    def run(out, epochs, resume=False):
-        import dataclasses
-        return train(small_catalog, out=out, model="tiny", cfg=dataclasses.replace(cfg, epochs=epochs),
-                     composed=trip, val=small_catalog, device="cpu", resume=resume, progress=False)
+    def run(out, resume=False):
+        return train(small_catalog, out=out, model="tiny", cfg=cfg, composed=trip, val=small_catalog,
+                     device="cpu", resume=resume, progress=False)
 
-    run(tmp_path / "full", 3)
-    run(tmp_path / "split", 1)
-    run(tmp_path / "split", 3, resume=True)
+    run(tmp_path / "full")
+    # The same run killed during its second epoch, then resumed.
+    real_epoch, calls = train_mod.run_epoch, []
+
+    def dying_epoch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "run_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "split")
+    monkeypatch.setattr(train_mod, "run_epoch", real_epoch)
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
+    run(tmp_path / "split", resume=True)
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert a["state_dict"].keys() == b["state_dict"].keys()
@@ -244,3 +258,29 @@ def test_frozen_bridge_has_nothing_to_train(small_catalog, tmp_path, monkeypatch
     monkeypatch.setattr(train_mod, "build_named_model", lambda name, with_weights=True: train_mod.build_model(cfg))
     with pytest.raises(TrainError, match="nothing to train"):
         train(small_catalog, out=tmp_path / "r", model="tiny", device="cpu", progress=False)
+
+
+def test_named_config_loads_its_shipped_weights(small_catalog, tmp_path, monkeypatch):
+    import dataclasses
+
+    from mmsearch import factory
+    from mmsearch.errors import ModelError
+
+    rep = train(small_catalog, out=tmp_path / "run", model="tiny", cfg=TrainCfg(epochs=1, batch_size=6),
+                device="cpu", progress=False)
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    (shipped / "tiny-trained.pt").write_bytes(rep.checkpoint.read_bytes())
+    tiny = factory.get_model_config("tiny")
+    monkeypatch.setattr(factory, "weights_dir", lambda: shipped)
+    monkeypatch.setattr(factory, "get_model_config",
+                        lambda name: dataclasses.replace(tiny, name=name, weights="tiny-trained.pt"))
+    monkeypatch.setattr(factory, "list_models", lambda: ["tiny", "tiny-trained"])
+    named, _, _ = factory.create_model("tiny-trained", device="cpu")
+    trained, _, _ = factory.create_model(str(rep.checkpoint), device="cpu")
+    torch.testing.assert_close(named.image_tower.head.weight, trained.image_tower.head.weight)
+    fresh, _ = factory.build_named_model("tiny-trained", with_weights=False)
+    assert not torch.allclose(fresh.image_tower.head.weight, trained.image_tower.head.weight)
+    (shipped / "tiny-trained.pt").unlink()
+    with pytest.raises(ModelError, match="needs weights tiny-trained.pt"):
+        factory.create_model("tiny-trained", device="cpu")
