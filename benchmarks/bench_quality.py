@@ -3,10 +3,10 @@
     python benchmarks/build_corpus.py --fluent fluent/package --emojibase emojibase/package --out corpus
     python benchmarks/bench_quality.py --corpus corpus --seeds 0 1 2 --out benchmarks/results/quality
 
-For each seed and fusion it trains ``fused`` on corpus/train (early stopping on corpus/val), indexes the
+For each seed and fusion it trains ``default`` from scratch on corpus/train (early stopping on corpus/val), indexes the
 test images **without titles** (so text queries are answered by the shared space, not by title
 matching) and runs corpus/test/queries.jsonl through ``mmsearch.evaluate`` (the code behind
-``mmsearch eval``). Rows: chance, the zero-shot bridge (``default``), each trained fusion, and for the
+``mmsearch eval``). Rows: chance, the zero-shot bridge (``bridge``), each trained fusion, and for the
 composed queries the image-only and text-only rankings of the same queries. The fusion to ship is
 picked by mean validation Recall@10, never by the test numbers.
 
@@ -117,7 +117,7 @@ def main() -> None:
         return score(engine, groups, all_groups)
 
     t0 = time.perf_counter()
-    results["models"]["zero-shot bridge (default)"] = {"seeds": {"-": run_model("bridge", "default")}}
+    results["models"]["zero-shot bridge"] = {"seeds": {"-": run_model("bridge", "bridge")}}
     base_cfg = load_train_cfg(args.config)
     if args.epochs:
         base_cfg = dataclasses.replace(base_cfg, epochs=args.epochs)
@@ -130,7 +130,7 @@ def main() -> None:
             if (run / "model.pt").exists() and (run / "state.pt").exists():
                 rep = None
             else:
-                rep = train(corpus / "train", out=run, model="fused", cfg=cfg,
+                rep = train(corpus / "train", out=run, model="default", cfg=cfg,
                             composed=corpus / "train" / "triplets.jsonl", val=corpus / "val",
                             val_composed=corpus / "val" / "triplets.jsonl", device="cpu", progress=False)
             entry["train_s"][seed] = round(time.perf_counter() - t, 1)
@@ -200,7 +200,7 @@ def render(res: dict, command: str) -> str:
                      f"{', '.join(str(x) for x in e['epochs'].values())} | "
                      f"{', '.join(str(x) for x in e['train_s'].values())} |")
     pick = res["picked_by_validation"]
-    bridge = res["models"]["zero-shot bridge (default)"]["seeds"]["-"]
+    bridge = res["models"]["zero-shot bridge"]["seeds"]["-"]
     lines += ["", f"Picked by validation: **{pick}**.", "", bar_check(res["models"][pick], bridge), ""]
     return "\n".join(lines)
 

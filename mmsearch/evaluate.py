@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -73,20 +73,27 @@ def first_rank(hit_ids: Sequence[str], targets: Sequence[str]) -> int | None:
     return None
 
 
+def jsonl_objects(path: Path, error: type[Exception], what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; a missing file or bad JSON raises ``error``
+    naming the file and line."""
+    if not path.is_file():
+        raise error(f"{what} file {path} does not exist")
+    with open(path, encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
 def read_queries(path: str | Path) -> list[EvalQuery]:
     """``{"image": path or null, "text": str or null, "target": [ids]}`` per line; relative image paths
     are resolved against the file's folder. A malformed line is an error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise QueryError(f"queries file {path} does not exist")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QueryError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, q in jsonl_objects(path, QueryError, "queries"):
         if not isinstance(q, dict):
             raise QueryError(f'{path}:{lineno}: expected an object like {{"text": ..., "target": [ids]}}')
         img, txt, tgt = q.get("image"), q.get("text"), q.get("target")

@@ -36,7 +36,7 @@ from .features import image_features, text_features
 from .fusion import build_fusion
 from .loss import classification_loss, composed_loss, contrastive_loss
 from .model import DualEncoder
-from .evaluate import recall_at_k
+from .evaluate import jsonl_objects, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -94,25 +94,16 @@ def read_triplets(path: str | Path, known: dict[str, int]) -> list[tuple[int, st
     Malformed lines and unknown ids are errors naming the line. ``known`` maps item id -> position.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"triplets file {path} does not exist")
     out = []
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("reference", "text", "target")):
-                raise TrainError(f'{path}:{lineno}: expected {{"reference": id, "text": "...", "target": id}}')
-            for key in ("reference", "target"):
-                if row[key] not in known:
-                    raise TrainError(f"{path}:{lineno}: unknown {key} id {row[key]!r} (not an image of the catalog)")
-            if not row["text"].strip():
-                raise TrainError(f"{path}:{lineno}: empty modifier text")
-            out.append((known[row["reference"]], row["text"].strip(), known[row["target"]]))
+    for lineno, row in jsonl_objects(path, TrainError, "triplets"):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("reference", "text", "target")):
+            raise TrainError(f'{path}:{lineno}: expected {{"reference": id, "text": "...", "target": id}}')
+        for key in ("reference", "target"):
+            if row[key] not in known:
+                raise TrainError(f"{path}:{lineno}: unknown {key} id {row[key]!r} (not an image of the catalog)")
+        if not row["text"].strip():
+            raise TrainError(f"{path}:{lineno}: empty modifier text")
+        out.append((known[row["reference"]], row["text"].strip(), known[row["target"]]))
     return out
 
 
@@ -187,7 +178,7 @@ def init_model(model: str | Path, cfg: TrainCfg) -> tuple[DualEncoder, Tokenizer
     if not any(p.requires_grad for n, p in net.named_parameters() if n != "logit_scale"):
         raise TrainError(f"model {name!r} has nothing to train (image head {net.cfg.image.head!r}, text head "
                          f"{net.cfg.text.head!r}, fusion {net.cfg.fusion!r}); use a trainable config such as "
-                         f"'fused' or 'tiny'")
+                         f"'default' or 'tiny'")
     return net, tok, name
 
 
@@ -229,7 +220,7 @@ def lr_lambda(total_steps: int, warmup_frac: float):
 
 
 # ------------------------------------------------------------------------------------------------ train
-def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path = "fused",
+def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path = "default",
           cfg: TrainCfg | None = None, composed: str | Path | None = None, val: str | Path | None = None,
           val_composed: str | Path | None = None, device: str = "auto", resume: bool = False,
           progress: bool = True) -> TrainReport:

@@ -284,3 +284,21 @@ def test_named_config_loads_its_shipped_weights(small_catalog, tmp_path, monkeyp
     (shipped / "tiny-trained.pt").unlink()
     with pytest.raises(ModelError, match="needs weights tiny-trained.pt"):
         factory.create_model("tiny-trained", device="cpu")
+
+
+@pytest.mark.slow
+def test_shipped_default_has_trained_heads_and_retrains_from_the_bridge():
+    from mmsearch.factory import build_named_model
+
+    shipped, _ = build_named_model("default")
+    fresh, _ = build_named_model("default", with_weights=False)
+    bridge, _ = build_named_model("bridge")
+    assert float(shipped.image_tower.head.mlp[-1].weight.abs().sum()) > 0
+    assert float(fresh.image_tower.head.mlp[-1].weight.abs().sum()) == 0
+    feats = torch.randn(3, shipped.image_tower.num_features)
+    with torch.no_grad():
+        # training from scratch starts exactly at the zero-shot bridge ...
+        torch.testing.assert_close(fresh.image_tower.head(feats), bridge.image_tower.head(feats))
+        # ... and the shipped weights moved away from it
+        assert not torch.allclose(shipped.image_tower.head(feats), bridge.image_tower.head(feats))
+    assert shipped.fingerprint() != fresh.fingerprint()
