@@ -216,8 +216,8 @@ def train_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
     fusion: Annotated[Optional[str], typer.Option("--fusion", help="Replace the model's fusion: sum, concat, "
                                                   "gated, combiner.")] = None,
-    unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", min=0, help="Last N backbone blocks to train "
-                                                    "(0: frozen, features cached).")] = None,
+    unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", min=0, help="Last N backbone blocks to train; "
+                                                    "not implemented yet, only 0 (frozen backbones, features cached).")] = None,
     composed: Annotated[Optional[Path], typer.Option("--composed", help="Triplets JSONL: reference, text, target.")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation catalog (early stopping on Recall@10).")] = None,
     val_composed: Annotated[Optional[Path], typer.Option("--val-composed", help="Validation triplets JSONL.")] = None,
