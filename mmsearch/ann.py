@@ -130,8 +130,12 @@ def choose(n: int, dim: int, cfg: IndexCfg) -> IndexSpec:
             kind = "ivf"
         else:
             kind = "ivfpq"
-    if kind in ("ivf", "ivfpq") and n < 2 * 39:
-        kind = "flat"  # too few points to train anything
+    if kind == "ivfpq" and n < 256:
+        log.warning("%d items are too few to train a product quantizer; using IVF-Flat", n)
+        kind = "ivf"
+    if kind == "ivf" and n < 39:
+        log.warning("%d items are too few to train IVF cells; using an exact (flat) index", n)
+        kind = "flat"
     if kind == "flat":
         return IndexSpec("flat", "IDMap2,Flat")
     if kind == "hnsw":
@@ -146,7 +150,7 @@ def choose(n: int, dim: int, cfg: IndexCfg) -> IndexSpec:
     try:  # a raw factory string
         probe = faiss.index_factory(dim, t, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "invalid"
+        first = str(exc).strip().splitlines()[-1].split("Error: ")[-1] if str(exc).strip() else "invalid"
         raise MMSearchError(f"unknown index type {t!r}: use one of {', '.join(NAMED_TYPES)} or a FAISS factory "
                             f"string such as IVF1024,Flat ({first})") from None
     factory = t if _has_ids(probe) else f"IDMap2,{t}"
