@@ -25,6 +25,7 @@ NAMED_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 FLAT_MAX = 20_000  # below this an exact scan is fast enough (< ~2 ms/query at 384-d) and needs no tuning
 TUNE_QUERIES = 200
 TUNE_K = 10
+RERANK = 256  # candidates SearchEngine re-scores exactly (RankingCfg.candidates): what lossy codes must find
 MMAP_MIN_BYTES = 256 << 20  # IVF index files larger than this open memory-mapped
 
 
@@ -57,6 +58,7 @@ class IndexSpec:
     factory: str
     params: dict[str, int] = field(default_factory=dict)  # {"nprobe": 16} or {"efSearch": 64}
     recall_at_10: float | None = None  # measured on held-back queries; None for exact (flat)
+    rerank: int = 0  # lossy codes (PQ): recall is measured after exact re-scoring of this many candidates
     trained_on: int = 0  # item count the trained part (IVF centroids, PQ codebooks) was fitted to
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +67,8 @@ class IndexSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IndexSpec":
         return cls(kind=d["kind"], factory=d["factory"], params=dict(d.get("params", {})),
-                   recall_at_10=d.get("recall_at_10"), trained_on=int(d.get("trained_on", 0)))
+                   recall_at_10=d.get("recall_at_10"), trained_on=int(d.get("trained_on", 0)),
+                   rerank=int(d.get("rerank", 0)))
 
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30,
@@ -145,8 +148,10 @@ def choose(n: int, dim: int, cfg: IndexCfg) -> IndexSpec:
     if kind == "ivfpq":
         m = pq_m_for(dim, n, budget)
         nbits = 8 if n >= 256 * 39 else 4  # PQ needs ~39 points per centroid of each sub-quantizer
-        opq = f"OPQ{m}," if nbits == 8 else ""
-        return IndexSpec("ivfpq", f"{opq}IVF{nlist_for(n)},PQ{m}x{nbits}", {"nprobe": 8}, trained_on=n)
+        # OPQ's rotation matters most when codes are short; its training is slow, so only then
+        opq = f"OPQ{m}," if nbits == 8 and m <= 16 else ""
+        return IndexSpec("ivfpq", f"{opq}IVF{nlist_for(n)},PQ{m}x{nbits}", {"nprobe": 8}, trained_on=n,
+                         rerank=RERANK)
     try:  # a raw factory string
         probe = faiss.index_factory(dim, t, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -155,7 +160,8 @@ def choose(n: int, dim: int, cfg: IndexCfg) -> IndexSpec:
                             f"string such as IVF1024,Flat ({first})") from None
     factory = t if _has_ids(probe) else f"IDMap2,{t}"
     params = {"nprobe": 8} if _ivf(probe) is not None else {"efSearch": 64} if _hnsw(probe) is not None else {}
-    return IndexSpec("factory", factory, params, trained_on=n)
+    lossy = "PQ" in t.upper() or "SQ" in t.upper() or "LSH" in t.upper()
+    return IndexSpec("factory", factory, params, trained_on=n, rerank=RERANK if lossy else 0)
 
 
 def _has_ids(index: faiss.Index) -> bool:
@@ -277,13 +283,28 @@ def tune(index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, ids: np.ndarr
     r = 0.0
     for v in values:
         set_params(index, {name: v})
-        r = recall_at_k(index.search(q, k)[1], truth)
+        if spec.rerank:
+            found = rerank(index.search(q, max(k, spec.rerank))[1], q, vectors, ids, k)
+        else:
+            found = index.search(q, k)[1]
+        r = recall_at_k(found, truth)
         if r >= target:
             break
     log.info("tuned %s=%d: Recall@%d %.3f on %d held-back queries", name, v, k, r, len(q))
     spec.params = {name: int(v)}
     spec.recall_at_10 = round(float(r), 4)
     return spec
+
+
+def rerank(found: np.ndarray, q: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) ids: the candidates ``found`` (B, C) re-scored exactly against ``vectors`` (rows sorted by ``ids``)."""
+    out = np.full((len(q), k), -1, np.int64)
+    for b in range(len(q)):
+        cand = found[b][found[b] >= 0]
+        rows = np.searchsorted(ids, cand)
+        scores = np.asarray(vectors[rows], np.float32) @ q[b]
+        out[b, :min(k, len(cand))] = cand[np.argsort(-scores, kind="stable")[:k]]
+    return out
 
 
 def build_tuned(cfg: IndexCfg, vectors: np.ndarray, ids: np.ndarray) -> tuple[faiss.Index, IndexSpec]:
