@@ -131,7 +131,10 @@ def parse_where(where: WhereSpec) -> list[Condition]:
             out.append(_checked(parse_clause(item)))
         elif isinstance(item, (tuple, list)) and len(item) == 3:
             f, op, v = item
-            out.append(_from_pair(str(f), (str(op).lower().replace("==", "="), v)))
+            op = str(op).lower().replace("==", "=")
+            if op not in OPERATORS:
+                raise QueryError(f"unknown filter operator {op!r}: use one of {', '.join(OPERATORS)}")
+            out.append(_from_pair(str(f), (op, v)))
         else:
             raise QueryError(f"cannot read filter {item!r}: use 'field=value', (field, op, value) or a dict")
     return out
