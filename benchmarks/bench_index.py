@@ -315,7 +315,7 @@ def main() -> None:
                 for r in rows:
                     print("filter", json.dumps(r), flush=True)
     if args.update:
-        for kind in ("ivf", "ivfpq"):
+        for kind in [t for t in ("ivf", "ivfpq") if t in args.types.split(",")]:
             row = bench_update(kind, x, ids, q)
             result["update"].append(row)
             print("update", json.dumps(row), flush=True)

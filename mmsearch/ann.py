@@ -196,6 +196,12 @@ def build(spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, seed: int = 0,
         if ivf is not None:
             ivf.cp.seed = seed
             ivf.cp.min_points_per_centroid = 1  # nlist_for already keeps >= 39 per cell; silence the warning
+            pq = getattr(faiss.downcast_index(ivf), "pq", None)
+            if pq is not None:
+                # 256 centroids per sub-quantizer in 8-16 dims converge on far fewer points than the
+                # default 65k; this makes PQ training several times faster for no measurable recall loss
+                pq.cp.max_points_per_centroid = 32
+                pq.cp.niter = 10
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     add(index, vectors, ids)
     set_params(index, spec.params)
