@@ -52,7 +52,7 @@ def synthetic(n: int, dim: int, n_queries: int, seed: int = 0, clusters: int = 2
         for s in range(0, m, 200_000):
             e = min(m, s + 200_000)
             x = centers[rng.integers(0, clusters, e - s)] + rng.standard_normal((e - s, dim)).astype(np.float32) * (
-                0.9 / np.sqrt(dim))
+                1.1 / np.sqrt(dim))
             out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out
 

@@ -465,6 +465,9 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
                                                              tokenizer, state, batch_size, num_workers, progress)
         report.removed = len(removed) + len(failed)
         removed += failed
+        if state is None and report.skipped and report.encoded == 0:
+            reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
+            raise CatalogError(f"none of the {len(items)} images in {catalog} could be read ({reasons})")
         cfg = _cfg_for(index, state)
         report.seconds = time.perf_counter() - t0
         nothing = (state is not None and not changes and not removed
