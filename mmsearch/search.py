@@ -74,8 +74,11 @@ class SearchEngine:
 
     #: filtered searches over at most this many matching items score all of them exactly (no FAISS)
     exact_filter_max = 4096
-    #: ``selector`` (FAISS IDSelector) or ``overfetch``; see ann.filtered_search and bench_index.py
-    filter_strategy = "selector"
+    #: ``auto``, ``selector`` (FAISS IDSelector) or ``overfetch``; see ann.filtered_search. ``auto``
+    #: over-fetches when at least ``overfetch_from`` of the items match, else uses the selector: the
+    #: faster of the two at 1% / 10% / 50% selectivity in benchmarks/results/index.md
+    filter_strategy = "auto"
+    overfetch_from = 0.3
 
     def __init__(self, path: str | Path, device: str = "auto", ranking: RankingCfg | None = None,
                  verify: bool = True):
@@ -196,7 +199,10 @@ class SearchEngine:
             allowed = allowed[np.isin(allowed, ch.ids)]
             if not len(allowed):
                 return np.full((len(queries), 0), -1, np.int64)
-            return ann.filtered_search(ch.index, queries, n, allowed, ch.spec.params, self.filter_strategy)
+            strategy = self.filter_strategy
+            if strategy == "auto":
+                strategy = "overfetch" if len(allowed) >= self.overfetch_from * ch.index.ntotal else "selector"
+            return ann.filtered_search(ch.index, queries, n, allowed, ch.spec.params, strategy)
         _, ids = ch.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(n, ch.index.ntotal))
         return ids
 
