@@ -200,7 +200,7 @@ def build(spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, seed: int = 0,
             if pq is not None:
                 # 256 centroids per sub-quantizer in 8-16 dims converge on far fewer points than the
                 # default 65k; this makes PQ training several times faster for no measurable recall loss
-                pq.cp.max_points_per_centroid = 32
+                pq.cp.max_points_per_centroid = 40  # 10,240 points: just above FAISS's warning floor
                 pq.cp.niter = 10
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     add(index, vectors, ids)
