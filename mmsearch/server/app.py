@@ -105,15 +105,16 @@ class Loaded:
     """One engine and what the routes derive from it, swapped as a whole on reload."""
 
     engine: SearchEngine
-    row_of: dict[str, int]  # item id -> row in engine.items
+    row_of: dict[str, dict[str, Any]]  # item id -> its row (fid, id, path, title, text, metadata)
     root: Path  # resolved catalog folder; only files below it are served
     fields: dict[str, list[Any]]
     version: str  # snapshot name, used to bust thumbnail caches after a rebuild
 
     @classmethod
     def of(cls, engine: SearchEngine) -> "Loaded":
-        return cls(engine=engine, row_of={row["id"]: i for i, row in enumerate(engine.items)},
-                   root=Path(engine.manifest["catalog"]).resolve(), fields=filter_fields(engine.items),
+        items = engine.items
+        return cls(engine=engine, row_of={row["id"]: row for row in items},
+                   root=Path(engine.manifest["catalog"]).resolve(), fields=filter_fields(items),
                    version=Path(engine.snapshot).name)
 
 
@@ -282,7 +283,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
         state.latency.add((time.perf_counter() - t0) * 1000.0)
         return hits
 
-    def lookup(cur: Loaded, item_id: str) -> int:
+    def lookup(cur: Loaded, item_id: str) -> dict[str, Any]:
         row = cur.row_of.get(item_id)
         if row is None:
             raise HTTPException(404, "no such item")
@@ -341,7 +342,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
             for name in ("image", "visual"):
                 ch = engine.channels.get(name)
                 if ch is not None:
-                    present, vecs = ch.rows(np.array([row]))  # (1, dim) stored unit vector
+                    present, vecs = ch.rows(np.array([row["fid"]]))  # (1, dim) stored unit vector
                     if present[0]:
                         image[name] = vecs
             if "image" not in image:
@@ -364,7 +365,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
     def thumbnail(item_id: str, request: Request) -> Response:
         """A small WebP of the item's image (longest side ``thumbnail_size``), cached; ETag aware."""
         cur = state.current
-        row = cur.engine.items[lookup(cur, item_id)]
+        row = lookup(cur, item_id)
         path = catalog_file(cur.root, row["path"])
         if path is None:
             raise HTTPException(404, "no such item")
@@ -384,7 +385,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
     def item(item_id: str) -> dict[str, Any]:
         """An item's title, text and metadata."""
         cur = state.current
-        row = cur.engine.items[lookup(cur, item_id)]
+        row = lookup(cur, item_id)
         return {"id": row["id"], "title": row.get("title", ""), "text": row.get("text", ""),
                 "metadata": row.get("metadata", {}), "thumbnail_url": item_urls(row["id"], cur.version)[1]}
 

@@ -1,0 +1,92 @@
+"""Index choice, tuning against exact search, memory-mapped opening."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from mmsearch import ann
+from mmsearch.ann import IndexCfg
+from mmsearch.errors import MMSearchError
+
+
+def clustered(n: int, dim: int, seed: int, clusters: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim))
+    x = centers[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim)) * 0.6
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    both = clustered(4200, 32, 0)
+    x, q = both[:4000], both[4000:]  # q: fresh queries from the same distribution, not in the index
+    ids = np.arange(len(x), dtype=np.int64) * 7 + 3  # ids are not positions
+    truth = ids[faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]]
+    return x, q, ids, truth
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq", "IVF32,SQ8"])
+def test_tuned_index_reaches_recall_floor(data, kind):
+    x, q, ids, truth = data
+    index, spec = ann.build_tuned(IndexCfg(index_type=kind), x, ids)
+    assert spec.recall_at_10 is not None and spec.recall_at_10 >= 0.95  # recorded tuning result
+    if spec.rerank:
+        found = ann.rerank(index.search(q, spec.rerank)[1], q, x, ids, 10)
+    else:
+        found = index.search(q, 10)[1]
+    assert np.isin(found[found >= 0], ids).all()  # explicit ids come back, never row positions
+    assert ann.recall_at_k(found, truth) >= 0.9  # held-out queries, with a small margin
+
+
+def test_choice_follows_count_and_budget():
+    assert ann.choose(5_000, 384, IndexCfg()).kind == "flat"
+    assert ann.choose(500_000, 384, IndexCfg()).kind == "ivf"
+    tight = ann.choose(500_000, 384, IndexCfg(max_memory=ann.parse_memory("100MB")))
+    assert tight.kind == "ivfpq" and tight.rerank > 0
+    m = int(tight.factory.split("PQ")[1].split("x")[0])
+    assert 500_000 * (m + 8) <= ann.parse_memory("100MB")
+    assert ann.choose(5_000, 384, IndexCfg(max_memory=1 << 20)).kind == "ivfpq"  # flat would not fit
+    assert ann.choose(100, 16, IndexCfg(index_type="HNSW16")).factory == "IDMap2,HNSW16"
+    with pytest.raises(MMSearchError, match="unknown index type"):
+        ann.choose(100, 16, IndexCfg(index_type="NotAnIndex"))
+    assert ann.parse_memory("1.5GB") == int(1.5 * (1 << 30)) and ann.parse_memory("512mb") == 512 << 20
+    with pytest.raises(MMSearchError):
+        ann.parse_memory("lots")
+
+
+def test_incremental_remove_and_add_keep_ids(data):
+    x, q, ids, truth = data
+    index, spec = ann.build_tuned(IndexCfg(index_type="ivf"), x[:3000], ids[:3000])
+    assert ann.remove(index, ids[:100]) == 100
+    ann.add(index, x[3000:], ids[3000:])
+    found = index.search(x[:100], 1)[1]
+    assert not np.isin(found, ids[:100]).any()  # removed ids are gone
+    found = index.search(x[3000:3100], 1)[1][:, 0]
+    assert (found == ids[3000:3100]).mean() > 0.95  # added items are their own nearest neighbour
+
+
+def test_mmap_open_gives_identical_results(data, tmp_path):
+    x, q, ids, truth = data
+    index, spec = ann.build_tuned(IndexCfg(index_type="ivf"), x, ids)
+    path = str(tmp_path / "i.faiss")
+    faiss.write_index(index, path)
+    mapped = ann.read(path, spec, mmap=True)
+    loaded = ann.read(path, spec, mmap=False)
+    assert "OnDisk" in type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped).invlists)).__name__
+    np.testing.assert_array_equal(mapped.search(q, 10)[1], loaded.search(q, 10)[1])
+    broken = tmp_path / "broken.faiss"  # (truncating the mapped file itself would SIGBUS its reader)
+    broken.write_bytes(open(path, "rb").read()[:100])
+    with pytest.raises(MMSearchError, match="cannot read index file"):
+        ann.read(str(broken), spec)
+
+
+def test_filtered_search_returns_only_allowed(data):
+    x, q, ids, truth = data
+    for kind in ("ivf", "hnsw", "flat"):
+        index, spec = ann.build_tuned(IndexCfg(index_type=kind), x, ids)
+        allowed = np.sort(np.random.default_rng(0).choice(ids, 40, replace=False))
+        for strategy in ("selector", "overfetch"):
+            found = ann.filtered_search(index, q[:20], 10, allowed, spec.params, strategy)
+            assert np.isin(found[found >= 0], allowed).all()
