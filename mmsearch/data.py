@@ -193,20 +193,53 @@ def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None 
         raise ImageDecodeError(f"cannot convert image mode {im.mode}: {exc}") from None
 
 
+@dataclass
+class RawJpeg:
+    """A JPEG's undecoded bytes, to be decoded in batch on the model's device (``torchvision.io.decode_jpeg``)."""
+
+    data: torch.Tensor  # (n,) uint8
+
+
+def read_device_jpeg(path: str | Path) -> RawJpeg | None:
+    """The file's bytes if it is a JPEG that a device decoder renders exactly like :func:`load_image`:
+    baseline, RGB or greyscale, upright (no EXIF rotation), not oversized. Anything else -> None, and the
+    caller decodes it with PIL (which also produces the reason when a file is bad)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                if (im.format != "JPEG" or im.mode not in ("RGB", "L") or im.info.get("progressive")
+                        or im.info.get("progression") or im.getexif().get(0x0112, 1) not in (None, 1)):
+                    return None
+        with open(path, "rb") as fh:
+            data = bytearray(fh.read())
+    except Exception:  # unreadable here -> PIL path, which reports why
+        return None
+    return RawJpeg(torch.frombuffer(data, dtype=torch.uint8)) if data else None
+
+
 class CatalogDataset(torch.utils.data.Dataset):
-    """Items -> (position, preprocessed tensor) or (position, reason) for images that fail to load."""
+    """Items -> (position, preprocessed tensor) or (position, reason) for images that fail to load.
+
+    With ``raw_jpeg``, plain JPEGs come back as :class:`RawJpeg` (decoded later on the device).
+    """
 
     def __init__(self, paths: list[str], preprocess: Callable[[Image.Image], torch.Tensor],
-                 draft_size: int | None = None):
+                 draft_size: int | None = None, raw_jpeg: bool = False):
         self.paths = paths
         self.preprocess = preprocess
         self.draft_size = draft_size
+        self.raw_jpeg = raw_jpeg
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | RawJpeg | str]:
         try:
+            if self.raw_jpeg:
+                raw = read_device_jpeg(self.paths[i])
+                if raw is not None:
+                    return i, raw
             return i, self.preprocess(load_image(self.paths[i], self.draft_size))
         except ImageDecodeError as exc:
             return i, str(exc)
@@ -220,3 +253,27 @@ def collate_images(batch: list[tuple[int, torch.Tensor | str]]):
     bad = [(i, x) for i, x in batch if not isinstance(x, torch.Tensor)]
     tensors = torch.stack([x for _, x in good]) if good else None
     return [i for i, _ in good], tensors, bad
+
+
+@dataclass
+class ImageBatch:
+    """One loader step: images decoded on the CPU, JPEGs left for the device, and failures."""
+
+    positions: list[int]  # of the rows of ``images``
+    images: torch.Tensor | None  # (B, 3, S, S)
+    jpeg_positions: list[int] = field(default_factory=list)
+    jpegs: list[torch.Tensor] = field(default_factory=list)  # raw bytes, one (n,) uint8 tensor each
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> "ImageBatch":  # called by DataLoader(pin_memory=True)
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def collate_batch(batch: list[tuple[int, torch.Tensor | RawJpeg | str]]) -> ImageBatch:
+    good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
+    raw = [(i, x) for i, x in batch if isinstance(x, RawJpeg)]
+    return ImageBatch(positions=[i for i, _ in good], images=torch.stack([x for _, x in good]) if good else None,
+                      jpeg_positions=[i for i, _ in raw], jpegs=[x.data for _, x in raw],
+                      failed=[(i, x) for i, x in batch if isinstance(x, str)])

@@ -141,11 +141,13 @@ class MiniLM(nn.Module):
 
     def __init__(self, path: str):
         super().__init__()
-        from transformers import AutoModel
+        # BertModel directly, not AutoModel: resolving the Auto class scans every model in transformers
+        # (seconds of cold start) to find the class config.json names anyway.
+        from transformers.models.bert.modeling_bert import BertModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
-        self.net = AutoModel.from_pretrained(path, local_files_only=True)
+        self.net = BertModel.from_pretrained(path, local_files_only=True)
         self.num_features = self.net.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,6 @@ from typing import Callable
 
 import torch
 from PIL import Image
-from torchvision import transforms as T
 
 from . import __version__
 from .config import ImageTowerCfg, ModelCfg, from_dict, to_dict
@@ -19,6 +18,7 @@ from .device import resolve_device
 from .encoders import EfficientNetLite0, ImageTower, TextTower, l2n, minilm_path
 from .errors import ModelError
 from .model import DualEncoder
+from .preprocess import PilPreprocess
 from .tokenizer import HFTokenizer, WordTokenizer
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,11 @@ def get_model_config(name: str) -> ModelCfg:
 
 
 def image_preprocess(cfg: ImageTowerCfg) -> Preprocess:
-    """PIL RGB image -> (3, S, S) float tensor: resize the short side, centre crop, normalise."""
-    return T.Compose([
-        T.Resize(cfg.resize_size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(cfg.image_size),
-        T.ToTensor(),
-        T.Normalize(cfg.mean, cfg.std),
-    ])
+    """PIL RGB image -> (3, S, S) float tensor: resize the short side (bicubic), centre crop, normalise.
+
+    The same numbers as torchvision's Resize + CenterCrop + ToTensor + Normalize, without importing
+    torchvision at start-up (see mmsearch/preprocess.py)."""
+    return PilPreprocess(cfg)
 
 
 def cache_dir() -> Path:

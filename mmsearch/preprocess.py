@@ -1,0 +1,113 @@
+"""Image preprocessing, split so the expensive float work happens once per batch on the model's device.
+
+The model sees ``normalize(center_crop(resize_short_side(image, R), S))`` (R = ``resize_size``,
+S = ``image_size``, bicubic). Three implementations of the same transform:
+
+- :class:`PilPreprocess`: PIL image -> (3, S, S) float, one image at a time. The reference; equals
+  torchvision's ``Resize + CenterCrop + ToTensor + Normalize`` but does not import torchvision (which
+  costs seconds of cold start).
+- :class:`ResizeCropU8` + :func:`normalize_batch`: the CPU fast path. Workers resize and crop in PIL and
+  ship (3, S, S) **uint8** (4x less inter-process traffic than float); the batch is converted and
+  normalised in one fused op where the model runs, in the model's memory format.
+- :func:`resize_crop_tensor`: the same resize + crop on a decoded (3, H, W) uint8 tensor on any device
+  (used after ``torchvision.io.decode_jpeg(..., device="cuda")``); bicubic with antialiasing, which
+  matches PIL's filter within a few grey levels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import ImageTowerCfg
+
+
+def resized_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """(w, h) after scaling the short side to ``short``; same rounding as torchvision's Resize."""
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Centre crop box (left, top, right, bottom); same rounding as torchvision's CenterCrop."""
+    left = int(round((width - size) / 2.0))
+    top = int(round((height - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+def resize_crop_pil(im: Image.Image, resize_size: int, image_size: int,
+                    reducing_gap: float | None = None) -> Image.Image:
+    """Bicubic short-side resize then centre crop, in PIL.
+
+    ``reducing_gap`` (Pillow): first shrink by an integer factor with a box filter while the remaining
+    scale stays above the gap, then bicubic. Much faster on big images; 3.0 is visually indistinguishable.
+    """
+    w, h = resized_size(*im.size, resize_size)
+    if (w, h) != im.size:
+        im = im.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=reducing_gap)
+    if w < image_size or h < image_size:  # tiny images: pad like torchvision's CenterCrop (black border)
+        canvas = Image.new("RGB", (max(w, image_size), max(h, image_size)))
+        canvas.paste(im, ((canvas.width - w) // 2, (canvas.height - h) // 2))
+        im, (w, h) = canvas, canvas.size
+    return im.crop(crop_box(w, h, image_size))
+
+
+def pil_to_u8(im: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) uint8 tensor."""
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+class ResizeCropU8:
+    """PIL RGB image -> (3, S, S) uint8 tensor (resized and cropped, not yet normalised)."""
+
+    def __init__(self, cfg: ImageTowerCfg, reducing_gap: float | None = None):
+        self.resize_size, self.image_size, self.reducing_gap = cfg.resize_size, cfg.image_size, reducing_gap
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        return pil_to_u8(resize_crop_pil(im, self.resize_size, self.image_size, self.reducing_gap))
+
+
+def normalize_batch(x: torch.Tensor, mean, std, channels_last: bool = False,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, 3, S, S) uint8 (or float in [0, 255]) -> normalised float ``(x / 255 - mean) / std``.
+
+    One fused multiply-add per element instead of ToTensor + Normalize per image.
+    """
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.addcmul(shift, x.to(torch.float32), scale).contiguous(memory_format=fmt)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def resize_crop_tensor(img: torch.Tensor, resize_size: int, image_size: int) -> torch.Tensor:
+    """(3, H, W) uint8 on any device -> (3, S, S) uint8 on the same device: bicubic antialiased short-side
+    resize then centre crop (the tensor twin of :func:`resize_crop_pil`)."""
+    _, h, w = img.shape
+    nw, nh = resized_size(w, h, resize_size)
+    x = img.unsqueeze(0).to(torch.float32)
+    if (nw, nh) != (w, h):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    if nw < image_size or nh < image_size:
+        pw, ph = max(0, image_size - nw), max(0, image_size - nh)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        nh, nw = x.shape[-2:]
+    left, top, right, bottom = crop_box(nw, nh, image_size)
+    return x[0, :, top:bottom, left:right].round_().clamp_(0, 255).to(torch.uint8)
+
+
+class PilPreprocess:
+    """PIL RGB image -> (3, S, S) float, normalised: the one-image-at-a-time reference transform."""
+
+    def __init__(self, cfg: ImageTowerCfg):
+        self.cfg = cfg
+        self._u8 = ResizeCropU8(cfg)
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        return normalize_batch(self._u8(im).unsqueeze(0), self.cfg.mean, self.cfg.std)[0]
