@@ -36,6 +36,22 @@ def fail(exc: MMSearchError) -> typer.Exit:
 
 IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+WaitOpt = Annotated[float, typer.Option("--wait", min=0.0, help="Seconds to wait for another writer of the index.")]
+IndexTypeOpt = Annotated[Optional[str], typer.Option(
+    "--index-type", help="auto, flat, hnsw, ivf, ivfpq, or a FAISS factory string (default: the index's, else auto).")]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option(
+    "--max-memory", help="RAM budget for the ANN index, e.g. 512MB or 4GB (auto picks what fits).")]
+WhereOpt = Annotated[Optional[list[str]], typer.Option(
+    "--where", help="Metadata filter, repeatable: category=shoes, 'price<50', brand!=acme, 'color in red,blue'.")]
+
+
+def index_cfg(index_type: Optional[str], max_memory: Optional[str]):
+    """CLI options -> IndexCfg, or None to keep the existing index's configuration."""
+    from .ann import IndexCfg, parse_memory
+
+    if index_type is None and max_memory is None:
+        return None
+    return IndexCfg(index_type=index_type or "auto", max_memory=parse_memory(max_memory))
 
 
 @app.command("index")
@@ -46,17 +62,25 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes.")] = None,
     device: DeviceOpt = "auto",
+    index_type: IndexTypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-encode everything instead of updating.")] = False,
+    wait: WaitOpt = 0.0,
 ) -> None:
-    """Encode every image of CATALOG and write a searchable index."""
+    """Index CATALOG, or update an existing index: only new and changed files are encoded."""
     from .index import build_index
 
     try:
         report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
-                             num_workers=workers, progress=sys.stderr.isatty())
+                             num_workers=workers, progress=sys.stderr.isatty(),
+                             index=index_cfg(index_type, max_memory), rebuild=rebuild, lock_timeout=wait)
     except MMSearchError as exc:
         raise fail(exc)
     out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "
-              f"({report.with_text} with text) in {report.seconds:.1f} s, {report.images_per_s:.1f} images/s")
+              f"({report.with_text} with text) in {report.seconds:.1f} s: {report.added} added, "
+              f"{report.updated} updated, {report.metadata_updated} metadata-only, {report.removed} removed, "
+              f"{report.unchanged} unchanged; {report.encoded} images encoded"
+              + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
     if report.skipped:
         out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
         for s in report.skipped[:20]:
@@ -98,17 +122,20 @@ def query_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line.")] = None,
     device: DeviceOpt = "auto",
+    where: WhereOpt = None,
 ) -> None:
     """Search the index by photo, text, or photo + text."""
+    from .filters import parse_where
     from .search import SearchEngine
 
     try:
+        conditions = parse_where(where) if where else None  # malformed filters fail before any loading
         if batch is not None:
             if args or image or text:
                 raise QueryError("--batch takes its queries from the file; give no image or text as well")
             queries = read_batch(batch)
             engine = SearchEngine.open(index, device=device)
-            failures = run_batch(engine, queries, k, image_weight)
+            failures = run_batch(engine, queries, k, image_weight, where=conditions)
             if failures:
                 raise QueryError(f"{failures} of {len(queries)} queries failed (see their \"error\" fields)")
             return
@@ -116,7 +143,7 @@ def query_cmd(
         if qimage is None and not (qtext or "").strip():
             raise QueryError("give a query image, a query text, or both (e.g. mmsearch query photo.jpg \"red shoes\")")
         engine = SearchEngine.open(index, device=device)
-        hits = engine.search(image=qimage, text=qtext, k=k, image_weight=image_weight)
+        hits = engine.search(image=qimage, text=qtext, k=k, image_weight=image_weight, where=conditions)
     except MMSearchError as exc:
         raise fail(exc)
     if as_json:
@@ -155,18 +182,21 @@ def read_batch(path: Path) -> list[dict[str, Any]]:
     return queries
 
 
-def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optional[float], chunk: int = 64) -> int:
+def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optional[float], chunk: int = 64,
+              where: Any = None) -> int:
     """Print one JSON line per query, in order; a query whose image cannot be read gets an "error"."""
     failures = 0
     for start in range(0, len(queries), chunk):
         part = queries[start:start + chunk]
         try:
-            results = [(hits, None) for hits in engine.search_batch(part, k=k, image_weight=image_weight)]
+            results = [(hits, None) for hits in engine.search_batch(part, k=k, image_weight=image_weight,
+                                                                    where=where)]
         except QueryError:
             results = []
             for q in part:  # find the bad one(s); the rest still get answers
                 try:
-                    results.append((engine.search(q["image"], q["text"], k=k, image_weight=image_weight), None))
+                    results.append((engine.search(q["image"], q["text"], k=k, image_weight=image_weight,
+                                                  where=where), None))
                 except QueryError as exc:
                     results.append(([], str(exc)))
         for hits, error in results:
@@ -197,9 +227,50 @@ def info_cmd(index: IndexOpt = Path("index"),
               f"fusion {m['model']['fusion']})")
     out.print(f"  metric      {m['metric']}, dim {m['dim']}")
     for name, ch in m["channels"].items():
-        out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} ({ch['index']})")
+        spec = ch.get("spec", {})
+        params = ", ".join(f"{k}={v}" for k, v in spec.get("params", {}).items())
+        recall = f", Recall@10 {spec['recall_at_10']:.3f}" if spec.get("recall_at_10") is not None else ""
+        out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} ({spec.get('factory', ch['index'])}"
+                  f"{', ' + params if params else ''}{recall})", highlight=False)
     out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
     out.print(f"  catalog     {m['catalog']}")
+
+
+@app.command("remove")
+def remove_cmd(
+    ids: Annotated[list[str], typer.Argument(help="Item ids (catalog-relative paths) to remove.")],
+    index: IndexOpt = Path("index"),
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Remove items from the index by id (all must exist, else nothing is removed)."""
+    from .index import remove_items
+
+    try:
+        report = remove_items(index, ids, lock_timeout=wait)
+    except MMSearchError as exc:
+        raise fail(exc)
+    out.print(f"[bold green]Removed {report.removed} items[/]; {report.indexed} left in {report.out}")
+
+
+@app.command("reindex")
+def reindex_cmd(
+    index: IndexOpt = Path("index"),
+    index_type: IndexTypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Rebuild the ANN index with another type or memory budget from the stored embeddings (no re-encoding)."""
+    from .ann import IndexCfg
+    from .index import read_manifest, reindex
+
+    try:
+        cfg = index_cfg(index_type, max_memory) or IndexCfg()
+        snap = reindex(index, cfg, lock_timeout=wait)
+        m = read_manifest(snap)
+    except MMSearchError as exc:
+        raise fail(exc)
+    kinds = ", ".join(f"{n}: {c['spec']['factory']} {c['spec']['params'] or ''}".rstrip() for n, c in m["channels"].items())
+    out.print(f"[bold green]Re-indexed {m['count']} items[/] ({kinds})", highlight=False)
 
 
 def main() -> None:

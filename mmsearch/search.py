@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -16,10 +16,17 @@ from PIL import Image
 from .config import RankingCfg
 from .data import load_image
 from .embed import encode_texts
+from . import ann
+from .ann import IndexSpec
 from .errors import ImageDecodeError, IndexIncompatibleError, QueryError
 from .factory import create_model, list_models
-from .index import read_manifest, resolve_snapshot, sha256_file
+from .filters import WhereSpec, parse_where
+from .index import read_manifest, resolve_snapshot, verify_snapshot
 from .ranking import combine, text_part, top_k
+from .store import ItemStore
+
+if TYPE_CHECKING:
+    from .index import BuildReport
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +49,16 @@ class SearchHit:
 @dataclass
 class Channel:
     index: faiss.Index
-    ids: np.ndarray  # (n,) item ids of the rows of ``vectors``
-    vectors: np.ndarray  # (n, dim) float16
-    row_of: dict[int, int]  # item id -> row
+    ids: np.ndarray  # (n,) item ids (fids) of the rows of ``vectors``, ascending
+    vectors: np.ndarray  # (n, dim) float16, memory-mapped
+    spec: IndexSpec
 
     def rows(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of item_ids present in this channel, their vectors as float32 (m, dim))."""
-        rows = np.array([self.row_of.get(int(i), -1) for i in item_ids], dtype=np.int64)
-        present = rows >= 0
-        return present, self.vectors[rows[present]].astype(np.float32)
+        item_ids = np.asarray(item_ids, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, item_ids), max(0, len(self.ids) - 1))
+        present = (self.ids[pos] == item_ids) if len(self.ids) else np.zeros(len(item_ids), bool)
+        return present, np.asarray(self.vectors[pos[present]], dtype=np.float32)
 
 
 class SearchEngine:
@@ -61,7 +69,13 @@ class SearchEngine:
         >>> engine = SearchEngine.open("index")                          # doctest: +SKIP
         >>> hits = engine.search(image="photo.jpg", text="red shoes", k=5)   # doctest: +SKIP
         >>> hits[0].id, hits[0].score                                    # doctest: +SKIP
+        >>> engine.search(text="shoes", where={"price": ("<", 50)})      # doctest: +SKIP
     """
+
+    #: filtered searches over at most this many matching items score all of them exactly (no FAISS)
+    exact_filter_max = 4096
+    #: ``selector`` (FAISS IDSelector) or ``overfetch``; see ann.filtered_search and bench_index.py
+    filter_strategy = "selector"
 
     def __init__(self, path: str | Path, device: str = "auto", ranking: RankingCfg | None = None,
                  verify: bool = True):
@@ -83,10 +97,7 @@ class SearchEngine:
         manifest = read_manifest(self.path)
         snap = Path(manifest["_snapshot"])
         if self._verify:
-            for name, digest in manifest.get("files", {}).items():
-                if not (snap / name).is_file() or sha256_file(snap / name) != digest:
-                    raise IndexIncompatibleError(f"index file {snap / name} is missing or damaged (checksum "
-                                                 f"mismatch); rebuild the index with `mmsearch index`")
+            verify_snapshot(snap, manifest)
         ref = manifest["model"]["ref"]
         model_ref = str(snap / ref) if ref not in list_models() else ref
         if ref not in list_models() and not Path(model_ref).is_file():
@@ -101,26 +112,54 @@ class SearchEngine:
                     f"with `mmsearch index CATALOG --out {self.path}`")
             self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
             self._model_ref = (model_ref, manifest["model"]["fingerprint"])
-        with open(snap / "items.jsonl", encoding="utf-8") as fh:
-            self.items = [json.loads(line) for line in fh]
-        self.channels: dict[str, Channel] = {}
+        channels: dict[str, Channel] = {}
         for name, meta in manifest["channels"].items():
-            ids = np.load(snap / meta["ids"])
-            self.channels[name] = Channel(index=faiss.read_index(str(snap / meta["faiss"])), ids=ids,
-                                          vectors=np.load(snap / meta["embeddings"], mmap_mode="r"),
-                                          row_of={int(i): r for r, i in enumerate(ids)})
-        self.manifest = manifest
-        self.snapshot = snap
+            spec = IndexSpec.from_dict(meta["spec"])
+            channels[name] = Channel(index=ann.read(str(snap / meta["faiss"]), spec), ids=np.load(snap / meta["ids"]),
+                                     vectors=np.load(snap / meta["embeddings"], mmap_mode="r"), spec=spec)
+        old_store = getattr(self, "store", None)
+        # swap everything at once so a search running in another thread sees one snapshot or the other
+        self.store, self.channels, self.manifest, self.snapshot = (
+            ItemStore.open(snap / "items.sqlite"), channels, manifest, snap)
+        if old_store is not None:
+            old_store.close()
 
     def reload(self) -> bool:
-        """Pick up a rebuilt index; returns True if the snapshot changed. The model is reused when the same."""
+        """Pick up a rebuilt or updated index; True if the snapshot changed. The model is reused when the same.
+
+        Until then the engine keeps answering from the snapshot it opened, even while another process
+        writes the index (snapshots are immutable; the previous one is kept on disk).
+        """
         if resolve_snapshot(self.path) == self.snapshot:
             return False
         self._load()
         return True
 
     def __len__(self) -> int:
-        return len(self.items)
+        return int(self.manifest["count"])
+
+    def select(self, where: WhereSpec) -> np.ndarray:
+        """Sorted int64 ids (fids) of the items matching ``where`` (see filters.py for the forms)."""
+        return self.store.select(parse_where(where))
+
+    # -------------------------------------------------------------------------------- writing
+    def add(self, items: list[dict[str, Any]], **kw) -> "BuildReport":
+        """Add or update items by id (``{"id", "image", "title", "text", "metadata"}``), then reload."""
+        from .index import upsert_items
+
+        report = upsert_items(self.path, items, device=self.device, **kw)
+        self.reload()
+        return report
+
+    update = add
+
+    def remove(self, ids: Sequence[str], **kw) -> "BuildReport":
+        """Remove items by id (all must exist), then reload."""
+        from .index import remove_items
+
+        report = remove_items(self.path, ids, **kw)
+        self.reload()
+        return report
 
     # ------------------------------------------------------------------------------------ encoding
     def _device(self) -> torch.device:
@@ -148,11 +187,16 @@ class SearchEngine:
         return encode_texts(self.model, self.tokenizer, list(texts))
 
     # ------------------------------------------------------------------------------------- ranking
-    def _candidates(self, channel: str, queries: np.ndarray, n: int) -> np.ndarray:
-        """(B, n) candidate item ids from one channel's FAISS index (-1 where fewer exist)."""
+    def _candidates(self, channel: str, queries: np.ndarray, n: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """(B, n) candidate item ids from one channel's FAISS index (-1 where fewer exist), among ``allowed``."""
         ch = self.channels.get(channel)
         if ch is None or ch.index.ntotal == 0:
             return np.full((len(queries), 0), -1, np.int64)
+        if allowed is not None:
+            allowed = allowed[np.isin(allowed, ch.ids)]
+            if not len(allowed):
+                return np.full((len(queries), 0), -1, np.int64)
+            return ann.filtered_search(ch.index, queries, n, allowed, ch.spec.params, self.filter_strategy)
         _, ids = ch.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(n, ch.index.ntotal))
         return ids
 
@@ -164,8 +208,13 @@ class SearchEngine:
         return present, sims
 
     def search_vectors(self, image: dict[str, np.ndarray] | None, text: np.ndarray | None, k: int = 10,
-                       image_weight: float | None = None) -> list[list[SearchHit]]:
-        """Rank the index for already-encoded queries (B rows in each given array); see ranking.py."""
+                       image_weight: float | None = None, where: WhereSpec = None) -> list[list[SearchHit]]:
+        """Rank the index for already-encoded queries (B rows in each given array); see ranking.py.
+
+        With ``where``, every hit satisfies the filter and k hits come back whenever k items match:
+        few matches are scored exhaustively; otherwise FAISS searches only matching ids, and a query
+        for which the approximate index finds fewer than k falls back to an exact scan of the matches.
+        """
         if image is None and text is None:
             raise QueryError("a query needs an image, a text, or both")
         w = self.ranking.image_weight if image_weight is None else float(image_weight)
@@ -181,19 +230,28 @@ class SearchEngine:
                                         torch.from_numpy(text).to(self._device()), w).float().cpu().numpy()
         img_channel = "visual" if "visual" in self.channels and image is not None and "visual" in image else "image"
         batch = len(text) if text is not None else len(next(iter(image.values())))  # type: ignore[union-attr]
+        allowed = self.select(where) if where is not None else None
+        exhaustive = allowed is not None and len(allowed) <= max(self.exact_filter_max, n_cand)
         pools = []
-        if learned:
-            pools.append(self._candidates("image", fused, n_cand))
+        if exhaustive:
+            pass  # every matching item is a candidate
+        elif learned:
+            pools.append(self._candidates("image", fused, n_cand, allowed))
         else:
             if image is not None:
-                pools.append(self._candidates(img_channel, image[img_channel], n_cand))
+                pools.append(self._candidates(img_channel, image[img_channel], n_cand, allowed))
             if text is not None:
-                pools.append(self._candidates("image", text, n_cand))
-                pools.append(self._candidates("text", text, n_cand))
+                pools.append(self._candidates("image", text, n_cand, allowed))
+                pools.append(self._candidates("text", text, n_cand, allowed))
         results = []
         for b in range(batch):
-            cand = np.unique(np.concatenate([p[b] for p in pools]))
-            cand = cand[cand >= 0]
+            if exhaustive:
+                cand = allowed
+            else:
+                cand = np.unique(np.concatenate([p[b] for p in pools]))
+                cand = cand[cand >= 0]
+                if allowed is not None and len(cand) < min(k, len(allowed)):
+                    cand = allowed  # the approximate index missed matches: score them all exactly
             if learned:
                 scores = self._sims("image", fused[b], cand)[1]
             else:
@@ -207,17 +265,18 @@ class SearchEngine:
                         has_text, txt_txt = np.zeros(len(cand), bool), np.zeros(len(cand), np.float32)
                     tpart = text_part(txt_img, txt_txt, has_text, self.ranking.item_text_weight)
                 scores = combine(ipart, tpart, w)
-            ids, best = top_k(scores, cand, k)
-            results.append([self._hit(r, int(i), float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)])
-        return results
+            results.append(top_k(scores, cand, k))
+        rows = self.store.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
+        return [[self._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
+                for ids, best in results]
 
-    def _hit(self, rank: int, item_id: int, score: float) -> SearchHit:
-        row = self.items[item_id]
+    @staticmethod
+    def _hit(rank: int, row: dict[str, Any], score: float) -> SearchHit:
         return SearchHit(rank=rank, id=row["id"], path=row["path"], score=score, title=row.get("title", ""),
                          metadata=row.get("metadata", {}))
 
     def search(self, image: ImageInput | None = None, text: str | None = None, k: int = 10,
-               image_weight: float | None = None) -> list[SearchHit]:
+               image_weight: float | None = None, where: WhereSpec = None) -> list[SearchHit]:
         """Search by photo, text, or both.
 
         Args:
@@ -225,14 +284,16 @@ class SearchEngine:
             text: the query text, or None. Empty or whitespace-only text counts as no text.
             k: number of hits.
             image_weight: weight of the photo in a photo + text query (default 0.5); see ranking.py.
+            where: metadata filter: ``{"category": "shoes", "price": ("<", 50)}``, ``["price<50"]`` or
+                ``"brand!=acme"`` (see filters.py); every hit satisfies it.
 
         Returns:
             Up to ``k`` :class:`SearchHit`, best first.
         """
-        return self.search_batch([{"image": image, "text": text}], k=k, image_weight=image_weight)[0]
+        return self.search_batch([{"image": image, "text": text}], k=k, image_weight=image_weight, where=where)[0]
 
     def search_batch(self, queries: Iterable[dict[str, Any]], k: int = 10,
-                     image_weight: float | None = None) -> list[list[SearchHit]]:
+                     image_weight: float | None = None, where: WhereSpec = None) -> list[list[SearchHit]]:
         """Many queries at once (``{"image": ..., "text": ...}`` each); results in the same order."""
         queries = list(queries)
         for i, q in enumerate(queries):
@@ -246,6 +307,6 @@ class SearchEngine:
         for (has_img, has_txt), idx in groups.items():
             img = self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None
             txt = self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None
-            for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight)):
+            for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where)):
                 results[i] = hits
         return results  # type: ignore[return-value]

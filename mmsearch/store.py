@@ -1,0 +1,162 @@
+"""The item metadata store: one SQLite file per snapshot (``items.sqlite``).
+
+``items`` has one row per item; ``fid`` is the int64 id used in every FAISS index and embedding table,
+assigned once and never reused, so ids stay stable across updates. ``attrs`` holds one row per
+(item, field, scalar value) of the item's metadata (list values give one row each, nested objects use
+dotted keys) with an index on (key, value) and (key, num): every field is an indexed filter column
+without a schema to declare. A snapshot's store is written once and then only read (opened immutable).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .filters import Condition, as_number, where_sql
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    fid INTEGER PRIMARY KEY,          -- FAISS id; never reused
+    id TEXT NOT NULL UNIQUE,          -- catalog id: relative path, or the id given to add()
+    path TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    image_sha256 TEXT,                -- content hash of the encoded image file
+    text_sha256 TEXT                  -- hash of the embedded text (title + text); NULL: no text
+);
+CREATE TABLE IF NOT EXISTS attrs (item INTEGER NOT NULL, key TEXT NOT NULL, value, num REAL);
+CREATE INDEX IF NOT EXISTS attrs_key_value ON attrs(key, value);
+CREATE INDEX IF NOT EXISTS attrs_key_num ON attrs(key, num);
+CREATE INDEX IF NOT EXISTS attrs_item ON attrs(item);
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def flatten(metadata: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(key, scalar) pairs: lists give one pair per element, nested dicts dotted keys, None nothing."""
+    for k, v in metadata.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from flatten(v, key + ".")
+        elif isinstance(v, (list, tuple)):
+            for e in v:
+                if isinstance(e, (str, int, float, bool)):
+                    yield key, e
+        elif isinstance(v, (str, int, float, bool)):
+            yield key, v
+
+
+def _attr_rows(fid: int, title: str, metadata: dict[str, Any]) -> list[tuple]:
+    rows = [(fid, "title", title, as_number(title))] if title else []
+    for key, v in flatten(metadata):
+        stored = int(v) if isinstance(v, bool) else v
+        rows.append((fid, key, stored, as_number(v)))
+    return rows
+
+
+class ItemStore:
+    """Read/write access to one ``items.sqlite``; writers use :meth:`create`, readers :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def create(cls, path: Path, copy_from: Path | None = None) -> "ItemStore":
+        """A writable store at ``path`` (a new file, or a copy of an earlier snapshot's store)."""
+        if copy_from is not None:
+            src = sqlite3.connect(f"file:{copy_from}?mode=ro&immutable=1", uri=True)
+            dst = sqlite3.connect(path)
+            src.backup(dst)
+            src.close()
+            conn = dst
+        else:
+            conn = sqlite3.connect(path)
+        # The file lives in a snapshot folder nobody reads until it is complete and fsynced, so
+        # SQLite's own journal would only slow the write down.
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.executescript(SCHEMA)
+        return cls(conn, path)
+
+    @classmethod
+    def open(cls, path: Path) -> "ItemStore":
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    # ----------------------------------------------------------------------------------- writing
+    def next_fid(self) -> int:
+        row = self.conn.execute("SELECT value FROM info WHERE key = 'next_fid'").fetchone()
+        top = self.conn.execute("SELECT COALESCE(MAX(fid) + 1, 0) FROM items").fetchone()[0]
+        return max(int(row[0]) if row else 0, top)
+
+    def set_next_fid(self, value: int) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES ('next_fid', ?)", (str(int(value)),))
+
+    def upsert(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert or replace items (each with ``fid``) and their attribute rows."""
+        for r in rows:
+            meta = r.get("metadata") or {}
+            self.conn.execute("DELETE FROM attrs WHERE item = ?", (r["fid"],))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO items(fid, id, path, title, text, metadata, image_sha256, text_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (r["fid"], r["id"], r["path"], r.get("title") or "", r.get("text") or "",
+                 json.dumps(meta, ensure_ascii=False, sort_keys=True), r.get("image_sha256"), r.get("text_sha256")))
+            self.conn.executemany("INSERT INTO attrs(item, key, value, num) VALUES (?, ?, ?, ?)",
+                                  _attr_rows(r["fid"], r.get("title") or "", meta))
+
+    def delete(self, fids: Sequence[int]) -> None:
+        for s in range(0, len(fids), 500):
+            part = [int(f) for f in fids[s:s + 500]]
+            ph = ",".join("?" * len(part))
+            self.conn.execute(f"DELETE FROM attrs WHERE item IN ({ph})", part)
+            self.conn.execute(f"DELETE FROM items WHERE fid IN ({ph})", part)
+
+    # ----------------------------------------------------------------------------------- reading
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def all_rows(self) -> dict[str, dict[str, Any]]:
+        """id -> row (fid, path, title, text, metadata, hashes), for the update diff."""
+        out = {}
+        for fid, iid, path, title, text, meta, ih, th in self.conn.execute(
+                "SELECT fid, id, path, title, text, metadata, image_sha256, text_sha256 FROM items"):
+            out[iid] = {"fid": fid, "id": iid, "path": path, "title": title, "text": text,
+                        "metadata": json.loads(meta), "image_sha256": ih, "text_sha256": th}
+        return out
+
+    def fids_of(self, ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in range(0, len(ids), 500):
+            part = list(ids[s:s + 500])
+            q = f"SELECT id, fid FROM items WHERE id IN ({','.join('?' * len(part))})"
+            out.update({i: f for i, f in self.conn.execute(q, part)})
+        return out
+
+    def rows(self, fids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """fid -> {id, path, title, metadata} for the given fids."""
+        out: dict[int, dict[str, Any]] = {}
+        for s in range(0, len(fids), 500):
+            part = [int(f) for f in fids[s:s + 500]]
+            q = f"SELECT fid, id, path, title, metadata FROM items WHERE fid IN ({','.join('?' * len(part))})"
+            for fid, iid, path, title, meta in self.conn.execute(q, part):
+                out[fid] = {"id": iid, "path": path, "title": title, "metadata": json.loads(meta)}
+        return out
+
+    def select(self, conditions: Sequence[Condition]) -> np.ndarray:
+        """Sorted int64 fids of the items satisfying every condition."""
+        sql, params = where_sql(conditions)
+        cur = self.conn.execute(f"SELECT fid FROM items WHERE {sql} ORDER BY fid", params)
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
