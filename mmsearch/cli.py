@@ -66,11 +66,21 @@ def index_cmd(
     max_memory: MaxMemoryOpt = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-encode everything instead of updating.")] = False,
     wait: WaitOpt = 0.0,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Under torchrun: images per work shard "
+                                            "(the unit that a re-run resumes from).")] = 10_000,
 ) -> None:
-    """Index CATALOG, or update an existing index: only new and changed files are encoded."""
+    """Index CATALOG, or update an existing index: only new and changed files are encoded.
+
+    Under torchrun (`torchrun --nproc-per-node N -m mmsearch index ...`) the ranks share the encoding
+    and rank 0 writes the one index.
+    """
+    from .distributed import DistEnv
     from .index import build_index
 
     try:
+        if DistEnv.from_env().is_distributed:
+            return index_distributed(catalog, out_dir, model, batch_size, workers, device,
+                                     index_cfg(index_type, max_memory), rebuild, wait, shard_size)
         report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
                              num_workers=workers, progress=sys.stderr.isatty(),
                              index=index_cfg(index_type, max_memory), rebuild=rebuild, lock_timeout=wait)
@@ -87,6 +97,31 @@ def index_cmd(
             out.print(f"  {s['id']}: {s['reason']}", highlight=False)
         if len(report.skipped) > 20:
             out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
+
+
+def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
+                      cfg, rebuild: bool, wait: float, shard_size: int) -> None:
+    """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
+    from .dist_index import build_index_distributed
+
+    try:
+        result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
+                                         num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
+                                         rebuild=rebuild, lock_timeout=wait, shard_size=shard_size)
+    except MMSearchError as exc:
+        raise fail(exc)
+    if result is None:
+        return
+    report, info = result.report, result.info
+    out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} on {info.get('world_size', 1)} "
+              f"ranks ({info.get('shards', 0)} shards, {info.get('resumed_shards', 0)} resumed) in "
+              f"{report.seconds:.1f} s: {report.added} added, {report.updated} updated, {report.metadata_updated} "
+              f"metadata-only, {report.removed} removed, {report.unchanged} unchanged; {report.encoded} images encoded"
+              + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
+    if report.skipped:
+        out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
+        for s in report.skipped[:20]:
+            out.print(f"  {s['id']}: {s['reason']}", highlight=False)
 
 
 def split_query_args(args: list[str], image: Optional[Path], text: Optional[str]) -> tuple[Optional[str], Optional[str]]:
