@@ -318,7 +318,11 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
                  plan.num_shards, env.world_size, plan.work)
         mine = run_shards(plan, items, previous, net, preprocess, tokenizer, env, batch_size, num_workers,
                           progress)
-        statuses = [RankStatus(**s) for s in all_gather_objects(asdict(mine), env, "finishing its shards")]
+        try:
+            gathered = all_gather_objects(asdict(mine), env, "finishing its shards")
+        except DistributedError as exc:
+            raise _lost_ranks_error(plan, env, out, exc) from None
+        statuses = [RankStatus(**s) for s in gathered]
         errors = [s for s in statuses if s.error]
         if errors:
             raise DistributedError("; ".join(f"rank {s.rank}: {s.error}" if not s.error.startswith("rank ")
@@ -345,7 +349,22 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
         raise
     if plan_box:
         shutil.rmtree(plan_box[0].work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(plan_box[0].work).parent.rmdir()  # only if no other job's work is there
     return DistributedBuild(report=report, info=info)
+
+
+def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> DistributedError:
+    """Name the ranks whose shards have no done marker (the ones that died)."""
+    log.debug("collective failed: %s", exc)
+    missing = {r: [i for i in shards_of_rank(plan.num_shards, r, env.world_size)
+                   if not shard_paths(plan, i)[1].is_file()] for r in range(env.world_size)}
+    lost = [r for r, shards in missing.items() if shards]
+    done = plan.num_shards - sum(len(v) for v in missing.values())
+    who = f"rank {', '.join(map(str, lost))}" if lost else "a rank"
+    return DistributedError(f"{who} stopped before finishing its shards ({done} of {plan.num_shards} shards done); "
+                            f"nothing was written to {out}: re-run the same command to resume from the "
+                            f"completed shards")
 
 
 def _follower(catalog, out: Path, model, dev, batch_size, num_workers, env: DistEnv) -> None:
