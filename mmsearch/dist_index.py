@@ -42,6 +42,7 @@ from .errors import MMSearchError
 from .index import (BuildReport, Precomputed, State, atomic_write_text, build_index, crash_point, sha256_file,
                     sha256_text)
 from .store import ItemStore
+from .tarshards import stat_path
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,6 @@ def _crash_hook(env: DistEnv, name: str) -> None:
         crash_point(name)
 
 
-def _stat(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
 # ---------------------------------------------------------------------------------------- one shard
 def shard_paths(plan: Plan, shard: int) -> tuple[Path, Path]:
     base = Path(plan.work) / f"shard-{shard:06d}"
@@ -144,7 +137,7 @@ def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return (npz.is_file() and meta.get("ids") == [it.id for it in items]
-            and meta.get("stat") == [_stat(it.path) for it in items])
+            and meta.get("stat") == [stat_path(it.path) for it in items])
 
 
 def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], net, preprocess,
@@ -154,7 +147,7 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
     Only images that are new or changed against ``previous`` (the live snapshot's rows) are encoded,
     and only texts that changed: the same decisions ``index._diff_and_encode`` makes.
     """
-    stats = [_stat(it.path) for it in items]  # before reading: a file changed meanwhile is redone next time
+    stats = [stat_path(it.path) for it in items]  # before reading: a file changed meanwhile is redone next time
     hashes = []
     for it in items:
         try:

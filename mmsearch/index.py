@@ -41,6 +41,7 @@ from .embed import ImageEmbeddings, encode_image_files, encode_texts
 from .errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from .factory import create_model, list_models
 from .store import ItemStore
+from .tarshards import read_member
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
+    if not os.path.isfile(path):
+        member = read_member(path)  # a tar shard's member (mmsearch/tarshards.py)
+        if member is not None:
+            h.update(member)
+            return h.hexdigest()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)

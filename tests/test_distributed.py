@@ -170,14 +170,19 @@ def channel(index: Path, name: str) -> dict[str, np.ndarray]:
     return {rows[int(f)]["id"]: v for f, v in zip(ids, vecs)}
 
 
-def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, tmp_path):
+def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
+                                                                             tmp_path):
     from mmsearch import build_index
     from mmsearch.index import current_snapshot, read_manifest
+    from test_tarshards import write_tar
 
     (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")
+    write_tar(small_catalog / "webdataset" / "000000.tar", {  # sorts last: the end of shard 3
+        f"{name}.webp": (sample_catalog / "vehicle" / f"{name}.webp").read_bytes() for name in ("bus", "taxi")}
+        | {"bus.json": b'{"title": "city bus", "route": 7}', "taxi.txt": b"yellow cab"})
     out = tmp_path / "dist"
-    # 13 files, --shard-size 4 -> 4 shards of 4, 3, 3, 3 files (broken.jpg sorts first, into shard 0);
-    # shards 0, 2 belong to rank 0 and 1, 3 to rank 1, which dies right after finishing shard 1.
+    # 12 images + broken.jpg + 2 tar samples, --shard-size 4 -> 4 shards of 4, 4, 4, 3 (broken.jpg sorts
+    # first, into shard 0); shards 0, 2 belong to rank 0 and 1, 3 to rank 1, which dies after shard 1.
     rank0, rank1 = ranks_index(small_catalog, out, "--shard-size", "4",
                                env={"MMSEARCH_CRASH_AT": "shard-done", "MMSEARCH_CRASH_RANK": "1"})
     assert rank1.returncode == -9
@@ -191,7 +196,7 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
 
     resumed = torchrun_index(small_catalog, out, "--shard-size", "4")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Indexed 12 items" in resumed.stdout and "on 2 ranks (4 shards" in resumed.stdout
+    assert "Indexed 14 items" in resumed.stdout and "on 2 ranks (4 shards" in resumed.stdout
     info = read_manifest(out)["build"]["distributed"]
     assert info["world_size"] == 2 and info["shards"] == 4 and info["resumed_shards"] == 3
     assert [r["encoded"] for r in info["ranks"]] == [0, 3]  # only shard 3's 3 images are encoded now
@@ -200,7 +205,7 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
     single = tmp_path / "single"
     build_index(small_catalog, out=single, model="tiny", device="cpu", num_workers=0, progress=False)
     a, b = read_manifest(out), read_manifest(single)
-    assert a["count"] == b["count"] == 12
+    assert a["count"] == b["count"] == 14
     assert a["skipped"] == b["skipped"] and a["skipped"][0]["id"] == "broken.jpg"
     for name in ("image", "text"):
         dist_vecs, single_vecs = channel(out, name), channel(single, name)
