@@ -300,6 +300,7 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
     sent = False
     info: dict[str, Any] = {}
     plan_box: list[Plan] = []
+    gathered_at = [0.0]
 
     def precompute(items, previous, state, net, preprocess, tokenizer) -> Precomputed:
         nonlocal sent
@@ -316,6 +317,7 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
         except DistributedError as exc:
             raise _lost_ranks_error(plan, env, out, exc) from None
         statuses = [RankStatus(**s) for s in gathered]
+        gathered_at[0] = time.perf_counter()
         errors = [s for s in statuses if s.error]
         if errors:
             raise DistributedError("; ".join(f"rank {s.rank}: {s.error}" if not s.error.startswith("rank ")
@@ -340,6 +342,8 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
             with contextlib.suppress(Exception):
                 broadcast_object(asdict(Plan(error=str(exc) or type(exc).__name__)), env, "sharing the plan")
         raise
+    # reading the shards + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
+    info["merge_seconds"] = round(time.perf_counter() - gathered_at[0], 3) if gathered_at[0] else 0.0
     if plan_box:
         shutil.rmtree(plan_box[0].work, ignore_errors=True)
         with contextlib.suppress(OSError):
