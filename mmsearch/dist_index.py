@@ -178,7 +178,9 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
     npz, marker = shard_paths(plan, shard)
     tmp = npz.with_name(f".{npz.name}.tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        # float16, as the index stores them: the writer rounds to float16 anyway, so this loses nothing
+        # and halves the shard files (2 bytes x (384 + 1280 + 384) = 4 KB per item with the default model)
+        np.savez(fh, **{name: a.astype(np.float16) for name, a in arrays.items()})
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, npz)
