@@ -86,6 +86,10 @@ def index_cmd(
                              index=index_cfg(index_type, max_memory), rebuild=rebuild, lock_timeout=wait)
     except MMSearchError as exc:
         raise fail(exc)
+    print_build_report(report)
+
+
+def print_build_report(report) -> None:
     out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "
               f"({report.with_text} with text) in {report.seconds:.1f} s: {report.added} added, "
               f"{report.updated} updated, {report.metadata_updated} metadata-only, {report.removed} removed, "
@@ -112,16 +116,11 @@ def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int,
         raise fail(exc)
     if result is None:
         return
-    report, info = result.report, result.info
-    out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} on {info.get('world_size', 1)} "
-              f"ranks ({info.get('shards', 0)} shards, {info.get('resumed_shards', 0)} resumed) in "
-              f"{report.seconds:.1f} s: {report.added} added, {report.updated} updated, {report.metadata_updated} "
-              f"metadata-only, {report.removed} removed, {report.unchanged} unchanged; {report.encoded} images encoded"
-              + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
-    if report.skipped:
-        out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
-        for s in report.skipped[:20]:
-            out.print(f"  {s['id']}: {s['reason']}", highlight=False)
+    info = result.info
+    print_build_report(result.report)
+    if info:
+        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
+                  f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
 
 
 def split_query_args(args: list[str], image: Optional[Path], text: Optional[str]) -> tuple[Optional[str], Optional[str]]:

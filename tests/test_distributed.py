@@ -196,7 +196,7 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
 
     resumed = torchrun_index(small_catalog, out, "--shard-size", "4")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Indexed 14 items" in resumed.stdout and "on 2 ranks (4 shards" in resumed.stdout
+    assert "Indexed 14 items" in resumed.stdout and "over 2 ranks: 4 shards, 3 resumed" in resumed.stdout
     info = read_manifest(out)["build"]["distributed"]
     assert info["world_size"] == 2 and info["shards"] == 4 and info["resumed_shards"] == 3
     assert [r["encoded"] for r in info["ranks"]] == [0, 3]  # only shard 3's 3 images are encoded now
