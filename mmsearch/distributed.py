@@ -177,18 +177,19 @@ def gather_features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
-def gathered_clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def gathered_contrastive_loss(image: torch.Tensor, text: torch.Tensor,
+                              scale: torch.Tensor | float) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the *global* batch, computed locally on each rank.
 
-    image, text: (B, D) unit embeddings of this rank's pairs; logit_scale: log of the inverse temperature.
-    Each rank scores its B rows against all world * B columns ((B, world*B) logits, not the full square)
-    and averages over its rows. Summed over ranks and divided by the world size (what
-    DistributedDataParallel's gradient averaging does), the gradient equals that of the single-process
-    loss on the concatenated global batch; ``tests/test_distributed.py`` checks this with 2 processes.
+    image, text: (B, D) unit embeddings of this rank's pairs (row i matches row i); scale: the logit
+    multiplier (``logit_scale.exp()``), as in issue 3's ``loss.contrastive_loss``, which this equals
+    without a process group. Each rank scores its B rows against all world * B columns ((B, world*B)
+    logits, not the full square) and averages over its rows. Averaged over ranks (what
+    DistributedDataParallel does with gradients) the gradient equals that of the single-process loss
+    on the concatenated global batch; ``tests/test_distributed.py`` checks this with 2 processes.
     """
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    all_image, all_text = gather_features(image), gather_features(text)
-    scale = logit_scale.exp()
+    all_image, all_text = gather_features(image), gather_features(text)  # (world * B, D)
     logits_per_image = scale * image @ all_text.T  # (B, world * B)
     logits_per_text = scale * text @ all_image.T  # (B, world * B)
     labels = torch.arange(image.shape[0], device=image.device) + rank * image.shape[0]

@@ -90,7 +90,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from mmsearch.distributed import gathered_clip_loss
+    from mmsearch.distributed import gathered_contrastive_loss
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -101,7 +101,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         x_img, x_txt = global_batch()
         part = slice(rank * 4, rank * 4 + 4)  # this rank's half of the global batch
         img, txt, scale = model(x_img[part], x_txt[part])
-        loss = gathered_clip_loss(img, txt, scale)
+        loss = gathered_contrastive_loss(img, txt, scale.exp())
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in model.module.named_parameters()}},
                    Path(out_dir) / f"rank{rank}.pt")

@@ -30,7 +30,7 @@ def test_manifest_describes_the_index(tiny_index, sample_catalog):
     emb = np.load(snap / "image.f16.npy")
     assert emb.dtype == np.float16 and emb.shape == (60, 64)
     np.testing.assert_allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1.0, atol=1e-2)
-    assert set(m["files"]) >= {"items.jsonl", "image.faiss", "image.f16.npy"}
+    assert set(m["files"]) >= {"items.sqlite", "image.faiss", "image.f16.npy"}
 
 
 def test_every_item_retrieves_itself_first(tiny_index, sample_catalog):
