@@ -68,18 +68,32 @@ def index_cmd(
     max_memory: MaxMemoryOpt = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-encode everything instead of updating.")] = False,
     wait: WaitOpt = 0.0,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Under torchrun: images per work shard "
+                                            "(the unit that a re-run resumes from).")] = 10_000,
 ) -> None:
-    """Index CATALOG, or update an existing index: only new and changed files are encoded."""
+    """Index CATALOG, or update an existing index: only new and changed files are encoded.
+
+    Under torchrun (`torchrun --nproc-per-node N -m mmsearch index ...`) the ranks share the encoding
+    and rank 0 writes the one index.
+    """
+    from .distributed import DistEnv
     from .embed import EncodeCfg
     from .index import build_index
 
     try:
+        if DistEnv.from_env().is_distributed:
+            return index_distributed(catalog, out_dir, model, batch_size, workers, device,
+                                     index_cfg(index_type, max_memory), rebuild, wait, shard_size)
         report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
                              num_workers=workers, progress=sys.stderr.isatty(),
                              encode=EncodeCfg(compile=compile_model), index=index_cfg(index_type, max_memory),
                              rebuild=rebuild, lock_timeout=wait)
     except MMSearchError as exc:
         raise fail(exc)
+    print_build_report(report)
+
+
+def print_build_report(report) -> None:
     out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "
               f"({report.with_text} with text) in {report.seconds:.1f} s: {report.added} added, "
               f"{report.updated} updated, {report.metadata_updated} metadata-only, {report.removed} removed, "
@@ -91,6 +105,26 @@ def index_cmd(
             out.print(f"  {s['id']}: {s['reason']}", highlight=False)
         if len(report.skipped) > 20:
             out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
+
+
+def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
+                      cfg, rebuild: bool, wait: float, shard_size: int) -> None:
+    """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
+    from .dist_index import build_index_distributed
+
+    try:
+        result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
+                                         num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
+                                         rebuild=rebuild, lock_timeout=wait, shard_size=shard_size)
+    except MMSearchError as exc:
+        raise fail(exc)
+    if result is None:
+        return
+    info = result.info
+    print_build_report(result.report)
+    if info:
+        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
+                  f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
 
 
 def split_query_args(args: list[str], image: Optional[Path], text: Optional[str]) -> tuple[Optional[str], Optional[str]]:

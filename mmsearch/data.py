@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import CatalogError, ImageDecodeError
+from .tarshards import is_tar, read_member, scan_tar
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = ()) -> list
     """Every image file below ``folder`` (recursively, sorted by id), with its text and metadata.
 
     Hidden files and folders are ignored, and so is anything under ``exclude`` (the index folder).
+    ``*.tar`` files are WebDataset-style shards whose images are items too (see mmsearch/tarshards.py).
     """
     root = Path(folder)
     if not root.exists():
@@ -114,16 +116,22 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = ()) -> list
     excluded = {Path(e).resolve() for e in exclude}
     rows = read_catalog_metadata(root)
     ids: list[str] = []
+    tar_rows: dict[str, dict] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)
         for name in filenames:
             if not name.startswith(".") and is_image_file(name):
                 ids.append((here / name).relative_to(root).as_posix())
+            elif not name.startswith(".") and is_tar(name):
+                for rel, _, row in scan_tar(here / name, root, IMAGE_EXTENSIONS):
+                    ids.append(rel)
+                    tar_rows[rel] = row
     if not ids:
-        raise CatalogError(f"catalog folder {root} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise CatalogError(f"catalog folder {root} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                           f"and no tar shards holding any")
     ids.sort()
-    return [make_item(root, rel, rows.get(rel)) for rel in ids]
+    return [make_item(root, rel, rows.get(rel, tar_rows.get(rel))) for rel in ids]
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -155,10 +163,16 @@ def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None 
     if isinstance(source, Image.Image):
         im = source
     else:
+        if isinstance(source, (str, Path)) and not Path(source).is_file():
+            try:  # a member of a tar shard, addressed as <tar>/<member>
+                member = read_member(source)
+            except OSError:
+                member = None
+            if member is None:
+                raise ImageDecodeError(f"no such file: {source}")
+            source = member
         if isinstance(source, (str, Path)):
             p = Path(source)
-            if not p.is_file():
-                raise ImageDecodeError(f"no such file: {p}")
             if p.stat().st_size == 0:
                 raise ImageDecodeError("empty file (0 bytes)")
             fp: Any = str(p)

@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -37,10 +37,11 @@ from . import __version__
 from . import ann
 from .ann import IndexCfg, IndexSpec
 from .data import CatalogItem, scan_catalog
-from .embed import EncodeCfg, encode_image_files, encode_texts
+from .embed import EncodeCfg, ImageEmbeddings, encode_image_files, encode_texts
 from .errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from .factory import create_model, list_models
 from .store import ItemStore
+from .tarshards import read_member
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
+    if not os.path.isfile(path):
+        member = read_member(path)  # a tar shard's member (mmsearch/tarshards.py)
+        if member is not None:
+            h.update(member)
+            return h.hexdigest()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -310,6 +316,34 @@ def _same_family(fresh: IndexSpec, old: IndexSpec) -> str:
 
 # ------------------------------------------------------------------------------------------ the writer
 @dataclass
+class Precomputed:
+    """Content hashes and embeddings computed outside the writer (by the ranks of a distributed run).
+
+    ``image_rows`` / ``text_rows`` map an item id to its row in ``images[channel]`` / ``texts``.
+    """
+
+    hashes: dict[str, str]  # id -> image sha256, for every item of the catalog
+    image_rows: dict[str, int]
+    images: dict[str, np.ndarray]  # channel -> (n, dim) float32 unit rows
+    failed: dict[str, str]  # id -> reason the image could not be read
+    text_rows: dict[str, int] = field(default_factory=dict)
+    texts: np.ndarray | None = None  # (m, D) embeddings of the items' full text
+    info: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest's "build" section
+
+    def image_embeddings(self, items: list[CatalogItem]) -> ImageEmbeddings:
+        """The same result :func:`encode_image_files` would give for ``items``."""
+        ok = [p for p, it in enumerate(items) if it.id in self.image_rows]
+        failed = [(p, self.failed[it.id]) for p, it in enumerate(items) if it.id in self.failed]
+        missing = [it.id for it in items if it.id not in self.image_rows and it.id not in self.failed]
+        if missing:
+            raise MMSearchError(f"{len(missing)} item(s) have no precomputed embedding (first: {missing[0]}); "
+                                f"re-run the build")
+        rows = np.asarray([self.image_rows[items[p].id] for p in ok], np.int64)
+        return ImageEmbeddings(ok=ok, channels={name: arr[rows] for name, arr in self.images.items()},
+                               failed=failed)
+
+
+@dataclass
 class Change:
     """One item to write: its store row and, if (re-)encoded, its vectors per channel."""
 
@@ -416,8 +450,9 @@ def _cfg_for(index: IndexCfg | None, state: State | None) -> IndexCfg:
 # --------------------------------------------------------------------------------------- public writes
 def build_index(catalog: str | Path, out: str | Path = "index", model: str | Path = "default",
                 device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
-                progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None, rebuild: bool = False,
-                lock_timeout: float = 0.0) -> BuildReport:
+                progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None,
+                rebuild: bool = False, lock_timeout: float = 0.0,
+                precompute: Callable[..., Precomputed] | None = None) -> BuildReport:
     """Index every image of ``catalog`` into ``out``, or bring an existing index there up to date.
 
     On an existing index (same model) only new and changed files (by content hash) are encoded, files
@@ -437,6 +472,9 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
             index's, else ``auto``. A new type is built from the stored embeddings, without re-encoding.
         rebuild: ignore the existing index and encode everything again.
         lock_timeout: seconds to wait for another writer of ``out`` before failing.
+        precompute: called under the writer lock as ``precompute(items, previous_rows, state, net,
+            preprocess, tokenizer)``; the :class:`Precomputed` hashes and embeddings it returns replace
+            hashing and encoding here (distributed indexing, see mmsearch/dist_index.py).
 
     Returns:
         A :class:`BuildReport`: counts of added / updated / metadata-updated / removed / unchanged items,
@@ -463,9 +501,10 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
             store.close()
         wanted = {it.id: it for it in items}
         removed = [row["fid"] for iid, row in previous.items() if iid not in wanted]
+        pre = precompute(items, previous, state, net, preprocess, tokenizer) if precompute else None
         report, changes, next_fid, failed = _diff_and_encode(list(wanted.values()), previous, net, preprocess,
                                                              tokenizer, state, batch_size, num_workers, progress,
-                                                             encode=encode)
+                                                             encode=encode, precomputed=pre)
         report.removed = len(removed) + len(failed)
         removed += failed
         if state is None and report.skipped and report.encoded == 0:
@@ -486,6 +525,8 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
                                  "added": report.added, "updated": report.updated,
                                  "metadata_updated": report.metadata_updated, "removed": report.removed,
                                  "unchanged": report.unchanged}
+            if pre is not None and pre.info:
+                manifest["build"]["distributed"] = pre.info
             snap = commit(out, state, manifest, changes, removed, cfg, _channel_dims(net), checkpoint=ckpt,
                           next_fid=next_fid)
     report.out, report.snapshot = out, snap
@@ -509,8 +550,10 @@ def _try_state(out: Path) -> State | None:
 
 def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
                      state: State | None, batch_size: int | None, num_workers: int | None, progress: bool,
-                     image_hashes: dict[str, str] | None = None, encode: EncodeCfg | None = None) -> tuple[BuildReport, list[Change], int, list[int]]:
-    """Compare wanted items with the previous rows; encode what is new or changed.
+                     image_hashes: dict[str, str] | None = None, precomputed: Precomputed | None = None,
+                     encode: EncodeCfg | None = None) -> tuple[BuildReport, list[Change], int, list[int]]:
+    """Compare wanted items with the previous rows; encode what is new or changed (or take the
+    hashes and embeddings from ``precomputed``).
 
     -> (report, changes, next fid, fids of previously indexed items whose changed file no longer reads)
     """
@@ -519,6 +562,8 @@ def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, p
     if state is not None:
         with contextlib.closing(ItemStore.open(state.snapshot / "items.sqlite")) as st:
             next_fid = max(next_fid, st.next_fid())
+    if precomputed is not None:
+        image_hashes = precomputed.hashes
     to_encode: list[CatalogItem] = []
     hashes: dict[str, str] = {}
     changes: list[Change] = []
@@ -531,8 +576,11 @@ def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, p
         prev = previous.get(it.id)
         if prev is None or prev["image_sha256"] != h:
             to_encode.append(it)
-    emb = encode_image_files(net, preprocess, [it.path for it in to_encode], batch_size=batch_size,
-                             num_workers=num_workers, progress=progress, cfg=encode) if to_encode else None
+    if precomputed is not None:
+        emb = precomputed.image_embeddings(to_encode) if to_encode else None
+    else:
+        emb = encode_image_files(net, preprocess, [it.path for it in to_encode], batch_size=batch_size,
+                                 num_workers=num_workers, progress=progress, cfg=encode) if to_encode else None
     report.encoded = len(emb.ok) if emb else 0
     encoded: dict[str, dict[str, np.ndarray]] = {}
     failed_fids: list[int] = []
@@ -570,6 +618,12 @@ def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, p
         elif th is None and prev is not None and prev["text_sha256"] is not None:
             change.drop_text = True
         changes.append(change)
+    if need_text and precomputed is not None and precomputed.texts is not None:
+        rows = precomputed.text_rows
+        for change, _ in need_text:
+            if change.row["id"] in rows:
+                change.vectors["text"] = precomputed.texts[rows[change.row["id"]]]
+        need_text = [(c, t) for c, t in need_text if "text" not in c.vectors]
     if need_text:
         tv = encode_texts(net, tokenizer, [t for _, t in need_text], progress=progress)
         for (change, _), v in zip(need_text, tv):

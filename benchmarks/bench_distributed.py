@@ -1,0 +1,132 @@
+"""Distributed indexing throughput: 1 process vs N processes under torchrun, side by side in one run.
+
+Catalog: the sample catalog's images (Fluent Emoji 3D, 256 px webp, with titles) copied round-robin to
+--images files. Each configuration runs the same code path (``build_index_distributed``; with one
+process it runs without a process group) through ``python -m torch.distributed.run``:
+
+    nice -n 10 python benchmarks/bench_distributed.py --images 160 --model default
+
+Reported per configuration: the parallel phase (hash + decode + encode images and texts + write
+shards; images/s = images / slowest rank's time), rank 0's serial merge (read shards, build FAISS
+indexes and the item store, fsync, swap), and the whole command's wall time (process start, model load
+included). Scaling efficiency = images/s with N processes / (N x images/s of one 1-thread process).
+Writes benchmarks/results/distributed.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "mmsearch" / "sample" / "catalog"
+
+
+def make_catalog(dst: Path, n: int) -> None:
+    rows = [json.loads(line) for line in (SAMPLE / "catalog.jsonl").read_text().splitlines()]
+    out_rows = []
+    for i in range(n):
+        row = dict(rows[i % len(rows)])
+        name = f"img{i:05d}_{Path(row['image']).name}"
+        shutil.copy(SAMPLE / row["image"], dst / name)
+        out_rows.append({**row, "image": name})
+    (dst / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+
+
+def worker(args) -> None:
+    import torch
+
+    from mmsearch.dist_index import build_index_distributed
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    t0 = time.perf_counter()
+    result = build_index_distributed(args.catalog, out=args.out, model=args.model, device="cpu",
+                                     batch_size=args.batch_size, num_workers=0, progress=False,
+                                     shard_size=args.shard_size)
+    if result is not None:
+        Path(args.result).write_text(json.dumps({"build_s": time.perf_counter() - t0, "info": result.info,
+                                                 "encoded": result.report.encoded,
+                                                 "indexed": result.report.indexed}))
+
+
+def run_config(nproc: int, threads: int, catalog: Path, work: Path, args) -> dict:
+    out, result = work / f"idx-{nproc}x{threads}", work / f"res-{nproc}x{threads}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+           str(args.port), __file__, "--worker", "--catalog", str(catalog), "--out", str(out), "--result",
+           str(result), "--model", args.model, "--batch-size", str(args.batch_size), "--shard-size",
+           str(args.shard_size)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    r = json.loads(result.read_text())
+    ranks = r["info"]["ranks"]
+    parallel = max(x["seconds"] for x in ranks)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"config": f"{nproc} process{'es' if nproc > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}",
+            "processes": nproc, "threads": threads, "images": r["encoded"],
+            "parallel_s": round(parallel, 2), "images_per_s": round(r["encoded"] / parallel, 2),
+            "per_rank_images_per_s": [round(x["encoded"] / x["seconds"], 2) for x in ranks],
+            "merge_s": r["info"].get("merge_seconds"), "command_wall_s": round(wall, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--catalog", type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--result", type=Path)
+    ap.add_argument("--images", type=int, default=160)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--shard-size", type=int, default=40)
+    ap.add_argument("--port", type=int, default=29533)
+    ap.add_argument("--procs", type=int, default=2, help="the N compared with 1 process")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "distributed")
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    work = Path(tempfile.mkdtemp(prefix="bench_dist_"))
+    try:
+        catalog = work / "catalog"
+        catalog.mkdir()
+        make_catalog(catalog, args.images)
+        # 1x1 gives the per-core cost; 1xN uses every core in one process (what a plain `mmsearch index` does)
+        configs = [(1, 1), (args.procs, 1), (1, args.procs)]
+        rows = [run_config(n, t, catalog, work, args) for n, t in configs]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["speedup_vs_1x1"] = round(r["images_per_s"] / base, 2)
+        r["scaling_efficiency"] = round(r["images_per_s"] / (base * r["processes"] * r["threads"]), 2)
+    cmd = " ".join(["nice -n 10 python benchmarks/bench_distributed.py"] + sys.argv[1:])
+    meta = {"command": cmd, "model": args.model, "images": args.images, "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(), "python": platform.python_version(),
+            "note": "2-core machine shared with other jobs; configurations ran one after another in one run"}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"# Distributed indexing: 1 vs {args.procs} processes", "", f"`{cmd}`", "",
+             f"{args.images} images (Fluent Emoji 3D webp, 256 px, with titles), model `{args.model}`, CPU, "
+             f"{os.cpu_count()} cores shared with other jobs (load average at the end: "
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}).", "",
+             "| configuration | parallel phase s | images/s | per-rank images/s | speed-up vs 1x1 | scaling efficiency "
+             "| rank-0 merge s | command wall s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['parallel_s']} | {r['images_per_s']} | "
+                     f"{', '.join(map(str, r['per_rank_images_per_s']))} | {r['speedup_vs_1x1']} | "
+                     f"{r['scaling_efficiency']} | {r['merge_s']} | {r['command_wall_s']} |")
+    args.results.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

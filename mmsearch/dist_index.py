@@ -1,0 +1,387 @@
+"""Distributed indexing: the ranks of a torchrun job encode shares of the catalog; rank 0 writes ONE index.
+
+``torchrun --nproc-per-node N [--nnodes M ...] -m mmsearch index CATALOG --out OUT``::
+
+    rank 0      scan, take OUT's writer lock, read the live snapshot  -> broadcast a Plan
+    every rank  scan (the listing must match rank 0's digest), then for each shard it owns
+                (shard i -> rank i % N; shard = a contiguous slice of the sorted listing):
+                hash the files, encode new/changed images and texts
+                -> OUT/.distributed/<plan>/shard-<i>.npz, then shard-<i>.json (the done marker)
+    all ranks   exchange a status (ok or an error line)
+    rank 0      read every shard -> index.build_index's own diff + writer -> one snapshot, swapped in
+                atomically; then delete the shard folder
+
+A dead or failed rank stops the job before anything is written to the index (the live snapshot stays
+as it was); completed shards stay on disk, and re-running the same command skips every shard whose
+marker exists and whose files are unchanged (size and mtime), on any number of ranks. OUT must be on a
+file system every rank can read and write (one machine, or a shared mount across nodes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .ann import IndexCfg
+from .data import CatalogItem, scan_catalog
+from .distributed import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group,
+                          rank_device, shard_ranges, shards_of_rank)
+from .embed import encode_image_files, encode_texts
+from .errors import MMSearchError
+from .index import (BuildReport, Precomputed, State, atomic_write_text, build_index, crash_point, sha256_file,
+                    sha256_text)
+from .store import ItemStore
+from .tarshards import stat_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 10_000
+WORK_DIR = ".distributed"
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """What rank 0 decided under the writer lock; every rank works from it."""
+
+    key: str = ""
+    work: str = ""  # OUT/.distributed/<key>
+    snapshot: str | None = None  # the live snapshot the update is diffed against (None: build from scratch)
+    fingerprint: str = ""
+    digest: str = ""  # of the sorted item ids
+    count: int = 0
+    num_shards: int = 0
+    error: str | None = None  # rank 0 failed before encoding; the others stop
+
+
+@dataclass
+class RankStatus:
+    rank: int
+    shards: int = 0
+    resumed: int = 0
+    encoded: int = 0  # images run through the image tower
+    hashed: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class DistributedBuild:
+    """What ``build_index_distributed`` returns on rank 0."""
+
+    report: BuildReport
+    info: dict[str, Any] = field(default_factory=dict)  # also in the manifest's build.distributed
+
+
+def listing_digest(items: list[CatalogItem]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(it.id.encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
+def num_shards_for(n: int, world_size: int, shard_size: int) -> int:
+    """Shards of about ``shard_size`` items, and at least one per rank. The count does not depend on
+    the world size once the catalog is larger than ``world_size * shard_size``, so a resumed run may
+    use another number of ranks and still find its completed shards."""
+    return max(1, min(n, max(world_size, math.ceil(n / max(1, shard_size)))))
+
+
+def make_plan(out: Path, items: list[CatalogItem], state: State | None, fingerprint: str, env: DistEnv,
+              shard_size: int) -> Plan:
+    n = len(items)
+    plan = Plan(snapshot=str(state.snapshot) if state else None, fingerprint=fingerprint,
+                digest=listing_digest(items), count=n, num_shards=num_shards_for(n, env.world_size, shard_size))
+    basis = {k: v for k, v in asdict(plan).items() if k not in ("key", "work", "error", "snapshot")}
+    basis["snapshot"] = Path(plan.snapshot).name if plan.snapshot else None
+    basis["version"] = PLAN_VERSION
+    plan.key = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+    root = out / WORK_DIR
+    plan.work = str(root / plan.key)
+    if root.is_dir():  # work of an earlier, different job can never be resumed by this one
+        for p in root.iterdir():
+            if p.name != plan.key:
+                shutil.rmtree(p, ignore_errors=True)
+    Path(plan.work).mkdir(parents=True, exist_ok=True)
+    return plan
+
+
+def _crash_hook(env: DistEnv, name: str) -> None:
+    """Test hook: ``MMSEARCH_CRASH_AT=name MMSEARCH_CRASH_RANK=r`` kills rank r here (SIGKILL)."""
+    if os.environ.get("MMSEARCH_CRASH_RANK") == str(env.rank):
+        crash_point(name)
+
+
+# ---------------------------------------------------------------------------------------- one shard
+def shard_paths(plan: Plan, shard: int) -> tuple[Path, Path]:
+    base = Path(plan.work) / f"shard-{shard:06d}"
+    return base.with_suffix(".npz"), base.with_suffix(".json")
+
+
+def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
+    """The shard's marker exists, lists these ids, and none of its files changed since it was written."""
+    npz, marker = shard_paths(plan, shard)
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (npz.is_file() and meta.get("ids") == [it.id for it in items]
+            and meta.get("stat") == [stat_path(it.path) for it in items])
+
+
+def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], net, preprocess,
+                 tokenizer, batch_size: int, num_workers: int | None, progress: bool) -> int:
+    """Hash, encode and write one shard; returns the number of images encoded.
+
+    Only images that are new or changed against ``previous`` (the live snapshot's rows) are encoded,
+    and only texts that changed: the same decisions ``index._diff_and_encode`` makes.
+    """
+    stats = [stat_path(it.path) for it in items]  # before reading: a file changed meanwhile is redone next time
+    hashes = []
+    for it in items:
+        try:
+            hashes.append(sha256_file(Path(it.path)))
+        except OSError as exc:
+            hashes.append(f"unreadable:{exc}")
+    todo = [it for it, h in zip(items, hashes) if it.id not in previous or previous[it.id]["image_sha256"] != h]
+    arrays: dict[str, np.ndarray] = {"image": np.zeros((0, net.embed_dim), np.float32)}
+    if net.visual_dim is not None:
+        arrays["visual"] = np.zeros((0, net.visual_dim), np.float32)
+    encoded: list[str] = []
+    failed: dict[str, str] = {}
+    if todo:
+        emb = encode_image_files(net, preprocess, [it.path for it in todo], batch_size=batch_size,
+                                 num_workers=num_workers, progress=progress,
+                                 desc=f"shard {shard + 1}/{plan.num_shards}")
+        arrays.update(emb.channels)
+        encoded = [todo[p].id for p in emb.ok]
+        failed = {todo[p].id: reason for p, reason in emb.failed}
+    texts = []
+    for it in items:
+        full = it.full_text
+        prev = previous.get(it.id)
+        if full and it.id not in failed and (prev is None or prev["text_sha256"] != sha256_text(full)):
+            texts.append((it.id, full))
+    arrays["text"] = (encode_texts(net, tokenizer, [t for _, t in texts]) if texts
+                      else np.zeros((0, net.embed_dim), np.float32))
+    npz, marker = shard_paths(plan, shard)
+    tmp = npz.with_name(f".{npz.name}.tmp")
+    with open(tmp, "wb") as fh:
+        # float16, as the index stores them: the writer rounds to float16 anyway, so this loses nothing
+        # and halves the shard files (2 bytes x (384 + 1280 + 384) = 4 KB per item with the default model)
+        np.savez(fh, **{name: a.astype(np.float16) for name, a in arrays.items()})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, npz)
+    meta = {"shard": shard, "ids": [it.id for it in items], "hashes": hashes, "stat": stats, "encoded": encoded,
+            "failed": failed, "texts": [i for i, _ in texts]}
+    atomic_write_text(marker, json.dumps(meta, ensure_ascii=False))  # written last: the shard is done
+    return len(encoded)
+
+
+def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
+               env: DistEnv, batch_size: int, num_workers: int | None, progress: bool) -> RankStatus:
+    """Encode this rank's shards (skipping completed ones); errors become the status's error line."""
+    status = RankStatus(rank=env.rank)
+    t0 = time.perf_counter()
+    try:
+        if listing_digest(items) != plan.digest or len(items) != plan.count:
+            raise DistributedError(f"rank {env.rank} sees {len(items)} catalog items, rank 0 sees {plan.count} "
+                                   f"(or other ids): every rank must see the same catalog folder")
+        if net.fingerprint() != plan.fingerprint:
+            raise DistributedError(f"rank {env.rank} loaded a different model than rank 0 (fingerprint "
+                                   f"{net.fingerprint()} != {plan.fingerprint}): use the same --model file everywhere")
+        ranges = shard_ranges(len(items), plan.num_shards)
+        _crash_hook(env, "shard-start")
+        for shard in shards_of_rank(plan.num_shards, env.rank, env.world_size):
+            start, end = ranges[shard]
+            part = items[start:end]
+            status.shards += 1
+            status.hashed += len(part)
+            if shard_is_done(plan, shard, part):
+                status.resumed += 1
+                log.info("rank %d: shard %d already done, skipping", env.rank, shard)
+                continue
+            status.encoded += encode_shard(plan, shard, part, previous, net, preprocess, tokenizer, batch_size,
+                                           num_workers, progress)
+            _crash_hook(env, "shard-done")
+    except MMSearchError as exc:
+        status.error = str(exc)
+    status.seconds = round(time.perf_counter() - t0, 3)
+    return status
+
+
+def load_shards(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> Precomputed:
+    """Every shard's hashes and embeddings, as one :class:`Precomputed` for the writer."""
+    ranges = shard_ranges(len(items), plan.num_shards)
+    hashes: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    image_rows: dict[str, int] = {}
+    text_rows: dict[str, int] = {}
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in dims}
+    for shard, (start, end) in enumerate(ranges):
+        npz, marker = shard_paths(plan, shard)
+        try:
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+            with np.load(npz) as z:
+                arrays = {name: z[name] for name in z.files}
+        except (OSError, ValueError) as exc:
+            raise DistributedError(f"shard {shard} is missing or unreadable ({exc}); re-run the same command "
+                                   f"to redo it") from None
+        if meta["ids"] != [it.id for it in items[start:end]]:
+            raise DistributedError(f"shard {shard} was written for another listing; re-run the same command")
+        hashes.update(zip(meta["ids"], meta["hashes"]))
+        failed.update(meta["failed"])
+        offset = sum(len(c) for c in chunks["image"])
+        image_rows.update((iid, offset + r) for r, iid in enumerate(meta["encoded"]))
+        offset = sum(len(c) for c in chunks["text"])
+        text_rows.update((iid, offset + r) for r, iid in enumerate(meta["texts"]))
+        for name in chunks:
+            if name in arrays:
+                chunks[name].append(arrays[name])
+    images = {name: np.concatenate(chunks[name]) if chunks[name] else np.zeros((0, dim), np.float32)
+              for name, dim in dims.items() if name != "text"}
+    texts = np.concatenate(chunks["text"]) if chunks["text"] else np.zeros((0, dims["text"]), np.float32)
+    return Precomputed(hashes=hashes, image_rows=image_rows, images=images, failed=failed, text_rows=text_rows,
+                       texts=texts)
+
+
+def _previous_rows(snapshot: str | None) -> dict[str, dict]:
+    if snapshot is None:
+        return {}
+    with contextlib.closing(ItemStore.open(Path(snapshot) / "items.sqlite")) as st:
+        return st.all_rows()
+
+
+# ---------------------------------------------------------------------------------------- the job
+def build_index_distributed(catalog: str | Path, out: str | Path = "index", model: str | Path = "default",
+                            device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
+                            progress: bool = True, index: IndexCfg | None = None, rebuild: bool = False,
+                            lock_timeout: float = 0.0, shard_size: int = DEFAULT_SHARD_SIZE,
+                            env: DistEnv | None = None, timeout_s: float = 24 * 3600.0) -> DistributedBuild | None:
+    """:func:`mmsearch.build_index` across the ranks of a torchrun job; call it on every rank.
+
+    Returns the result on rank 0 and None on the other ranks. ``timeout_s`` bounds how long a rank
+    waits for a *slow* peer; a peer that dies is noticed at once.
+
+    Example (``build.py``, run as ``torchrun --nproc-per-node 4 build.py``)::
+
+        from mmsearch.dist_index import build_index_distributed
+        result = build_index_distributed("catalog", out="index", model="default")
+        if result is not None:
+            print(result.report.indexed, result.info["resumed_shards"])
+    """
+    env = env or DistEnv.from_env()
+    out = Path(out)
+    dev = rank_device(device, env)
+    if shard_size < 1:
+        raise MMSearchError(f"shard size must be at least 1, got {shard_size}")
+    # The index job exchanges only small Python objects, so it always coordinates over gloo (also on
+    # GPUs: no NCCL collective can hang on a dead peer, and each rank's model still runs on its GPU).
+    with process_group(env, dev, timeout_s=timeout_s, backend="gloo"):
+        if env.is_main:
+            return _leader(catalog, out, model, str(dev), batch_size, num_workers, progress, index, rebuild,
+                           lock_timeout, shard_size, env)
+        _follower(catalog, out, model, dev, batch_size, num_workers, env)
+        return None
+
+
+def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, progress, index, rebuild,
+            lock_timeout, shard_size, env: DistEnv) -> DistributedBuild:
+    sent = False
+    info: dict[str, Any] = {}
+    plan_box: list[Plan] = []
+    gathered_at = [0.0]
+
+    def precompute(items, previous, state, net, preprocess, tokenizer) -> Precomputed:
+        nonlocal sent
+        plan = make_plan(out, items, state, net.fingerprint(), env, shard_size)
+        plan_box.append(plan)
+        broadcast_object(asdict(plan), env, "sharing the plan")
+        sent = True
+        log.info("distributed index: %d items in %d shards over %d ranks, work in %s", plan.count,
+                 plan.num_shards, env.world_size, plan.work)
+        mine = run_shards(plan, items, previous, net, preprocess, tokenizer, env, batch_size, num_workers,
+                          progress)
+        try:
+            gathered = all_gather_objects(asdict(mine), env, "finishing its shards")
+        except DistributedError as exc:
+            raise _lost_ranks_error(plan, env, out, exc) from None
+        statuses = [RankStatus(**s) for s in gathered]
+        gathered_at[0] = time.perf_counter()
+        errors = [s for s in statuses if s.error]
+        if errors:
+            raise DistributedError("; ".join(f"rank {s.rank}: {s.error}" if not s.error.startswith("rank ")
+                                             else s.error for s in errors)
+                                   + f" (nothing was written to {out}; completed shards are kept for a re-run)")
+        dims = {"image": net.embed_dim, "text": net.embed_dim}
+        if net.visual_dim is not None:
+            dims["visual"] = net.visual_dim
+        pre = load_shards(plan, items, dims)
+        info.update({"world_size": env.world_size, "shards": plan.num_shards, "shard_size": shard_size,
+                     "resumed_shards": sum(s.resumed for s in statuses),
+                     "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds} for s in statuses]})
+        pre.info = dict(info)
+        return pre
+
+    try:
+        report = build_index(catalog, out=out, model=model, device=device, batch_size=batch_size,
+                             num_workers=num_workers, progress=progress, index=index, rebuild=rebuild,
+                             lock_timeout=lock_timeout, precompute=precompute)
+    except BaseException as exc:
+        if not sent:  # the other ranks are waiting for the plan: tell them to stop
+            with contextlib.suppress(Exception):
+                broadcast_object(asdict(Plan(error=str(exc) or type(exc).__name__)), env, "sharing the plan")
+        raise
+    # reading the shards + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
+    info["merge_seconds"] = round(time.perf_counter() - gathered_at[0], 3) if gathered_at[0] else 0.0
+    if plan_box:
+        shutil.rmtree(plan_box[0].work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(plan_box[0].work).parent.rmdir()  # only if no other job's work is there
+    return DistributedBuild(report=report, info=info)
+
+
+def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> DistributedError:
+    """Name the ranks whose shards have no done marker (the ones that died)."""
+    log.debug("collective failed: %s", exc)
+    missing = {r: [i for i in shards_of_rank(plan.num_shards, r, env.world_size)
+                   if not shard_paths(plan, i)[1].is_file()] for r in range(env.world_size)}
+    lost = [r for r, shards in missing.items() if shards]
+    done = plan.num_shards - sum(len(v) for v in missing.values())
+    who = f"rank {', '.join(map(str, lost))}" if lost else "a rank"
+    return DistributedError(f"{who} stopped before finishing its shards ({done} of {plan.num_shards} shards done); "
+                            f"nothing was written to {out}: re-run the same command to resume from the "
+                            f"completed shards")
+
+
+def _follower(catalog, out: Path, model, dev, batch_size, num_workers, env: DistEnv) -> None:
+    from .factory import create_model
+
+    plan = Plan(**broadcast_object(None, env, "sharing the plan"))
+    if plan.error is not None:
+        raise DistributedError(f"rank {env.rank}: stopped because rank 0 failed: {plan.error}")
+    status = RankStatus(rank=env.rank)
+    try:
+        items = scan_catalog(catalog, exclude=[out])
+        net, preprocess, tokenizer = create_model(model, device=str(dev))
+        status = run_shards(plan, items, _previous_rows(plan.snapshot), net, preprocess, tokenizer, env,
+                            batch_size, num_workers, progress=False)
+    except MMSearchError as exc:
+        status.error = f"rank {env.rank}: {exc}"
+    all_gather_objects(asdict(status), env, "finishing its shards")
+    if status.error:
+        raise DistributedError(status.error)
+    log.info("rank %d: %d shards (%d resumed), %d images encoded in %.1f s", env.rank, status.shards,
+             status.resumed, status.encoded, status.seconds)

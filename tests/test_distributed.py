@@ -1,0 +1,214 @@
+"""Scale-out with torch.distributed: work splitting, the gathered contrastive loss under DDP (2 gloo
+processes), and `torchrun -m mmsearch index` with 2 ranks: a killed rank, resume, same index as 1 process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmsearch.distributed import DistEnv, DistributedError, shard_ranges, shards_of_rank
+from mmsearch.dist_index import num_shards_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ splitting work
+@pytest.mark.parametrize("n,shards", [(10, 3), (3, 3), (0, 2), (1000, 7)])
+def test_shard_ranges_cover_the_listing_once_in_order(n, shards):
+    ranges = shard_ranges(n, shards)
+    assert len(ranges) == shards
+    assert [i for a, b in ranges for i in range(a, b)] == list(range(n))
+    sizes = [b - a for a, b in ranges]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_every_shard_has_exactly_one_rank():
+    owners = sorted(s for r in range(3) for s in shards_of_rank(10, r, 3))
+    assert owners == list(range(10))
+    assert shards_of_rank(10, 1, 3) == [1, 4, 7]
+
+
+def test_shard_count_is_independent_of_world_size_for_big_catalogs():
+    assert num_shards_for(100_000, 2, 10_000) == num_shards_for(100_000, 8, 10_000) == 10
+    assert num_shards_for(12, 2, 10_000) == 2  # small catalogs: still one shard per rank
+    assert num_shards_for(1, 4, 10_000) == 1
+
+
+def test_torchrun_environment_is_read_and_checked():
+    env = DistEnv.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert (env.rank, env.world_size, env.local_rank, env.is_distributed, env.is_main) == (1, 2, 1, True, False)
+    assert not DistEnv.from_env({}).is_distributed
+    with pytest.raises(DistributedError, match="RANK=2 does not fit WORLD_SIZE=2"):
+        DistEnv.from_env({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
+    with pytest.raises(DistributedError, match="not an integer"):
+        DistEnv.from_env({"WORLD_SIZE": "two"})
+    with pytest.raises(DistributedError, match="MASTER_ADDR"):
+        DistEnv.from_env({"RANK": "0", "WORLD_SIZE": "2"})
+
+
+# ------------------------------------------------------------------------------- gathered loss + DDP
+class TwoTower(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image = torch.nn.Linear(16, 8)
+        self.text = torch.nn.Linear(12, 8)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x_img, x_txt):
+        norm = torch.nn.functional.normalize
+        return norm(self.image(x_img), dim=-1), norm(self.text(x_txt), dim=-1), self.logit_scale
+
+
+def global_batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 16, generator=g), torch.randn(8, 12, generator=g)
+
+
+def reference_clip_loss(img, txt, logit_scale):
+    """Single-process CLIP loss on the whole batch, written independently of mmsearch."""
+    logits = logit_scale.exp() * img @ txt.T
+    labels = torch.arange(len(img))
+    ce = torch.nn.functional.cross_entropy
+    return (ce(logits, labels) + ce(logits.T, labels)) / 2
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mmsearch.distributed import gathered_contrastive_loss
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = DistributedDataParallel(TwoTower())
+        x_img, x_txt = global_batch()
+        part = slice(rank * 4, rank * 4 + 4)  # this rank's half of the global batch
+        img, txt, scale = model(x_img[part], x_txt[part])
+        loss = gathered_contrastive_loss(img, txt, scale.exp())
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in model.module.named_parameters()}},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_step_with_gathered_loss_equals_single_process_step(tmp_path):
+    # fork: the children start with torch already imported (spawning costs seconds of imports each)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
+                                          start_method="fork")
+    torch.manual_seed(0)
+    model = TwoTower()
+    loss = reference_clip_loss(*model(*global_batch()))
+    loss.backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # the mean of the ranks' local losses is the global loss
+    assert float(sum(r["loss"] for r in ranks) / 2) == pytest.approx(loss.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+        for r in ranks:  # DDP leaves the same averaged gradient on every rank
+            torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- torchrun index job
+def index_args(catalog: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "mmsearch", "index", str(catalog), "--out", str(out), "--model", "tiny", "--device", "cpu",
+            "--workers", "0", *extra]
+
+
+def torchrun_index(catalog: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The documented entry point: torchrun --nproc-per-node 2 -m mmsearch index ..."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "--monitor-interval", "0.1", *index_args(catalog, out, *extra)]
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=240)
+
+
+def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subprocess.CompletedProcess]:
+    """Two ranks started by hand with torchrun's variables (no launcher that would kill the survivor):
+    what each rank itself reports when the other one dies."""
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, *index_args(catalog, out, *extra)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, **env, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r),
+                                   "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": port}) for r in range(2)]
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=240)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return results
+
+
+def channel(index: Path, name: str) -> dict[str, np.ndarray]:
+    """item id -> vector of one channel."""
+    from mmsearch.index import current_snapshot
+    from mmsearch.store import ItemStore
+
+    snap = current_snapshot(index)
+    store = ItemStore.open(snap / "items.sqlite")
+    rows = store.rows(np.load(snap / f"{name}.ids.npy").tolist())
+    store.close()
+    ids = np.load(snap / f"{name}.ids.npy")
+    vecs = np.load(snap / f"{name}.f16.npy").astype(np.float32)
+    return {rows[int(f)]["id"]: v for f, v in zip(ids, vecs)}
+
+
+def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
+                                                                             tmp_path):
+    from mmsearch import build_index
+    from mmsearch.index import current_snapshot, read_manifest
+    from test_tarshards import write_tar
+
+    (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")
+    write_tar(small_catalog / "webdataset" / "000000.tar", {  # sorts last: the end of shard 3
+        f"{name}.webp": (sample_catalog / "vehicle" / f"{name}.webp").read_bytes() for name in ("bus", "taxi")}
+        | {"bus.json": b'{"title": "city bus", "route": 7}', "taxi.txt": b"yellow cab"})
+    out = tmp_path / "dist"
+    # 12 images + broken.jpg + 2 tar samples, --shard-size 4 -> 4 shards of 4, 4, 4, 3 (broken.jpg sorts
+    # first, into shard 0); shards 0, 2 belong to rank 0 and 1, 3 to rank 1, which dies after shard 1.
+    rank0, rank1 = ranks_index(small_catalog, out, "--shard-size", "4",
+                               env={"MMSEARCH_CRASH_AT": "shard-done", "MMSEARCH_CRASH_RANK": "1"})
+    assert rank1.returncode == -9
+    assert rank0.returncode == 1, rank0.stdout + rank0.stderr
+    error = rank0.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: rank 1 stopped before finishing its shards (3 of 4 shards done)"), error
+    assert "re-run the same command to resume" in error
+    assert current_snapshot(out) is None  # no index was published
+    assert not (out / "snapshots").exists() or not any((out / "snapshots").iterdir())
+    assert len(list((out / ".distributed").glob("*/shard-*.json"))) == 3  # finished shards survive
+
+    resumed = torchrun_index(small_catalog, out, "--shard-size", "4")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Indexed 14 items" in resumed.stdout and "over 2 ranks: 4 shards, 3 resumed" in resumed.stdout
+    info = read_manifest(out)["build"]["distributed"]
+    assert info["world_size"] == 2 and info["shards"] == 4 and info["resumed_shards"] == 3
+    assert [r["encoded"] for r in info["ranks"]] == [0, 3]  # only shard 3's 3 images are encoded now
+    assert not (out / ".distributed").exists()  # work files are removed once the index is live
+
+    single = tmp_path / "single"
+    build_index(small_catalog, out=single, model="tiny", device="cpu", num_workers=0, progress=False)
+    a, b = read_manifest(out), read_manifest(single)
+    assert a["count"] == b["count"] == 14
+    assert a["skipped"] == b["skipped"] and a["skipped"][0]["id"] == "broken.jpg"
+    for name in ("image", "text"):
+        dist_vecs, single_vecs = channel(out, name), channel(single, name)
+        assert sorted(dist_vecs) == sorted(single_vecs)
+        for iid, v in single_vecs.items():
+            np.testing.assert_allclose(dist_vecs[iid], v, atol=2e-3)
