@@ -187,6 +187,9 @@ def query_cmd(
     if as_json:
         print(json.dumps(hits_json(hits), ensure_ascii=False))
         return
+    if not hits:
+        out.print("No results: no item matches the --where filter." if where else "No results.")
+        return
     table = Table(title=f"{len(hits)} results", title_justify="left")
     for col, kw in (("rank", {"justify": "right"}), ("score", {"justify": "right"}), ("id", {}), ("title", {})):
         table.add_column(col, **kw)

@@ -134,3 +134,11 @@ def test_incompatible_index_names_the_fix(cli_index, tmp_path):
     manifest.write_text(json.dumps(data))
     res = run("query", "shoes", "--index", copy)
     assert res.exit_code == 1 and "rebuild" in res.stderr
+
+
+def test_filter_that_matches_nothing_says_so(cli_index):
+    res = run("query", "lemon", "--index", cli_index, "--where", "category=spaceships")
+    assert res.exit_code == 0 and "No results" in res.stdout
+    res = run("query", "lemon", "--index", cli_index, "--where", "category=food", "--json", "-k", "50")
+    hits = json.loads(res.stdout)
+    assert hits and all(h["metadata"]["category"] == "food" for h in hits)
