@@ -1,4 +1,4 @@
-"""Zero-shot quality of the default model: which channel should rank image queries?
+"""Zero-shot quality of the bridge model: which channel should rank image queries?
 
 Gallery: N Fluent Emoji 3D renders (npm @lobehub/fluent-emoji-3d, MIT), indexed WITHOUT titles.
 Queries: the same N emoji drawn in another style (Noto Color Emoji font, Debian fonts-noto-color-emoji,
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--noto-font", type=Path, required=True)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="bridge", help="model to index with (the zero-shot bridge by default)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/zero_shot.json"))
     args = ap.parse_args()
 
@@ -81,7 +82,7 @@ def main() -> None:
         labels.append(e["label"])
 
     t0 = time.perf_counter()
-    build_index(gallery, out=work / "index", model="default", device="cpu", progress=False)
+    build_index(gallery, out=work / "index", model=args.model, device="cpu", progress=False)
     build_s = time.perf_counter() - t0
     engine = SearchEngine.open(work / "index", device="cpu")
     n = len(labels)
@@ -100,8 +101,9 @@ def main() -> None:
         ranks = [rank_of(t, [pos[h.id] for h in hs]) for t, hs in zip(target, hits)]
         results[name] = metrics(ranks)
     results["chance"] = metrics(list(range(1, n + 1)))
-    report = {"n": n, "seed": args.seed, "build_seconds": round(build_s, 1), "results": results,
-              "command": "python benchmarks/bench_zero_shot.py --n %d --seed %d (see docstring)" % (n, args.seed)}
+    report = {"n": n, "seed": args.seed, "model": args.model, "build_seconds": round(build_s, 1), "results": results,
+              "command": "python benchmarks/bench_zero_shot.py --n %d --seed %d --model %s (see docstring)"
+                          % (n, args.seed, args.model)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'ranking':48s} {'R@1':>6s} {'R@10':>6s} {'MRR':>6s}   (N = {n})")

@@ -58,7 +58,7 @@ def index_cfg(index_type: Optional[str], max_memory: Optional[str]):
 def index_cmd(
     catalog: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write the index.")] = Path("index"),
-    model: Annotated[str, typer.Option("--model", "-m", help="Model name (default, tiny) or checkpoint path.")] = "default",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name (default, bridge, tiny) or checkpoint path.")] = "default",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes.")] = None,
     device: DeviceOpt = "auto",
