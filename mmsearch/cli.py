@@ -200,16 +200,10 @@ def query_cmd(
 
 def read_batch(path: Path) -> list[dict[str, Any]]:
     """Parse and check a queries JSONL file up front, so a malformed line fails before any work."""
-    if not path.is_file():
-        raise QueryError(f"batch file {path} does not exist")
+    from .data import jsonl_objects
+
     queries = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QueryError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, q in jsonl_objects(path, QueryError, "batch"):
         if not isinstance(q, dict):
             raise QueryError(f'{path}:{lineno}: expected an object like {{"image": ..., "text": ...}}')
         img, txt = q.get("image"), q.get("text")

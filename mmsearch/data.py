@@ -15,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -48,19 +48,27 @@ def is_image_file(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def jsonl_objects(path: Path, error: type[Exception], what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; a missing file or bad JSON raises ``error``
+    naming the file and line."""
+    if not path.is_file():
+        raise error(f"{what} file {path} does not exist")
     with open(path, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise CatalogError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str):
-                raise CatalogError(f'{path}:{lineno}: each line must be an object with an "image" path')
-            rows.append(row)
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for lineno, row in jsonl_objects(path, CatalogError, "catalog"):
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+            raise CatalogError(f'{path}:{lineno}: each line must be an object with an "image" path')
+        rows.append(row)
     return rows
 
 

@@ -3,13 +3,13 @@ with 95% bootstrap confidence intervals. The metric functions are pure and unit-
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from .data import jsonl_objects
 from .errors import QueryError
 
 KS = (1, 5, 10, 50)
@@ -71,21 +71,6 @@ def first_rank(hit_ids: Sequence[str], targets: Sequence[str]) -> int | None:
         if h in wanted:
             return i
     return None
-
-
-def jsonl_objects(path: Path, error: type[Exception], what: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for each non-blank line; a missing file or bad JSON raises ``error``
-    naming the file and line."""
-    if not path.is_file():
-        raise error(f"{what} file {path} does not exist")
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
 
 
 def read_queries(path: str | Path) -> list[EvalQuery]:

@@ -15,7 +15,7 @@ from PIL import Image
 from . import __version__
 from .config import ImageTowerCfg, ModelCfg, from_dict, to_dict
 from .device import resolve_device
-from .encoders import EfficientNetLite0, ImageTower, TextTower, l2n, minilm_path
+from .encoders import ImageTower, TextTower, l2n, minilm_path
 from .errors import ModelError
 from .model import DualEncoder
 from .preprocess import PilPreprocess

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainCfg, to_dict
-from .data import CatalogItem, scan_catalog
+from .data import CatalogItem, jsonl_objects, scan_catalog
 from .device import autocast, resolve_device, seed_everything
 from .encoders import l2n
 from .errors import MMSearchError
@@ -36,7 +36,7 @@ from .features import image_features, text_features
 from .fusion import build_fusion
 from .loss import classification_loss, composed_loss, contrastive_loss
 from .model import DualEncoder
-from .evaluate import jsonl_objects, recall_at_k
+from .evaluate import recall_at_k
 
 log = logging.getLogger(__name__)
 
