@@ -86,11 +86,15 @@ def reference_clip_loss(img, txt, logit_scale):
     return (ce(logits, labels) + ce(logits.T, labels)) / 2
 
 
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, uneven: bool = False) -> None:
+    """One DDP step of TwoTower with the gathered loss(es); saves this rank's loss and gradients.
+
+    uneven: a 5-row global batch split 3 + 2, with the composed loss too (two rows share a target).
+    """
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from mmsearch.distributed import gathered_contrastive_loss
+    from mmsearch.distributed import gathered_composed_loss, gathered_contrastive_loss, split_sizes
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -99,9 +103,16 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.manual_seed(0)
         model = DistributedDataParallel(TwoTower())
         x_img, x_txt = global_batch()
-        part = slice(rank * 4, rank * 4 + 4)  # this rank's half of the global batch
-        img, txt, scale = model(x_img[part], x_txt[part])
-        loss = gathered_contrastive_loss(img, txt, scale.exp())
+        if not uneven:
+            part = slice(rank * 4, rank * 4 + 4)  # this rank's half of the global batch
+            img, txt, scale = model(x_img[part], x_txt[part])
+            loss = gathered_contrastive_loss(img, txt, scale.exp())
+        else:
+            sizes = split_sizes(5, world)
+            part = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+            img, txt, scale = model(x_img[:5][part], x_txt[:5][part])
+            loss = gathered_contrastive_loss(img, txt, scale.exp(), sizes) \
+                + gathered_composed_loss(txt, img, scale.exp(), torch.tensor([0, 1, 1, 2, 3]), sizes)
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in model.module.named_parameters()}},
                    Path(out_dir) / f"rank{rank}.pt")
@@ -126,37 +137,11 @@ def test_ddp_step_with_gathered_loss_equals_single_process_step(tmp_path):
             torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
 
 
-def _uneven_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """A 5-row global batch split 3 + 2: the gathered contrastive and composed losses under DDP."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from mmsearch.distributed import gathered_composed_loss, gathered_contrastive_loss, split_sizes
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model = DistributedDataParallel(TwoTower())
-        x_img, x_txt = global_batch()
-        sizes = split_sizes(5, world)
-        part = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
-        img, txt, scale = model(x_img[:5][part], x_txt[:5][part])
-        loss = gathered_contrastive_loss(img, txt, scale.exp(), sizes) \
-            + gathered_composed_loss(txt, img, scale.exp(), torch.tensor([0, 1, 1, 2, 3]), sizes)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in model.module.named_parameters()}},
-                   Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_uneven_global_batch_with_both_gathered_losses_equals_single_process(tmp_path):
     from mmsearch.loss import composed_loss, contrastive_loss
 
-    torch.multiprocessing.start_processes(_uneven_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
-                                          start_method="fork")
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, free_port(), str(tmp_path), True), nprocs=2,
+                                          join=True, start_method="fork")
     torch.manual_seed(0)
     model = TwoTower()
     x_img, x_txt = global_batch()
