@@ -220,6 +220,11 @@ def test_torchrun_train_step_equals_one_process_and_its_checkpoint_resumes_in_on
     resumed = run("dist", 2, resume=True)
     assert [m["world_size"] for m in resumed.metrics] == [2, 1]
     assert_same(weights("dist"), weights("single"))
+    # Rank 0's refusal (the run exists, no --resume) reaches every rank: a clear error, no hang.
+    again = torchrun(["-m", "mmsearch", "train", str(small_catalog), "--model", "tiny", "--out", str(tmp_path / "dist"),
+                      "--device", "cpu", *flags], env={"MMSEARCH_CACHE": str(dist_cache)})
+    assert again.returncode != 0
+    assert again.stderr.count("already holds a run; use --resume") == 2, again.stderr
 
 
 # ----------------------------------------------------------------------------- torchrun index job
