@@ -336,9 +336,14 @@ def train_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train the shared space (projection heads + fusion) on CATALOG."""
+    """Train the shared space (projection heads + fusion) on CATALOG.
+
+    Under torchrun (`torchrun --nproc-per-node N -m mmsearch train ...`) the ranks train one model with
+    DistributedDataParallel; --batch-size stays the global batch and rank 0 writes the run folder.
+    """
     import dataclasses
 
+    from .distributed import DistEnv
     from .train import load_train_cfg, train
 
     try:
@@ -350,6 +355,8 @@ def train_cmd(
                        val_composed=val_composed, device=device, resume=resume, progress=sys.stderr.isatty())
     except MMSearchError as exc:
         raise fail(exc)
+    if not DistEnv.from_env().is_main:  # one summary per job
+        return
     best = f", best validation Recall@10 {report.best_metric:.3f} at epoch {report.best_epoch}" \
         if report.best_metric is not None else ""
     out.print(f"[bold green]Trained {report.epochs_run} epoch(s)[/] on {report.pairs} pairs and {report.triplets} "

@@ -11,6 +11,7 @@ import contextlib
 import datetime as _dt
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -163,35 +164,75 @@ def broadcast_object(obj, env: DistEnv, what: str):
 
 
 # --------------------------------------------------------------------------- contrastive loss over ranks
-def gather_features(x: torch.Tensor) -> torch.Tensor:
-    """(B, D) on each rank -> (world * B, D), rank-major, differentiable.
+def split_sizes(n: int, world_size: int) -> list[int]:
+    """Rows of an ``n``-row global batch that each rank takes (contiguous, sizes differ by at most one)."""
+    return [b - a for a, b in shard_ranges(n, world_size)]
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_features(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """(sizes[rank], D) on each rank -> (sum(sizes), D), rank-major, differentiable.
 
     Gradients flow back to every rank's own rows (``torch.distributed.nn.functional.all_gather``: the
     backward is a reduce-scatter, so rank r receives the gradient that *all* ranks' losses put on its
-    rows). Every rank must pass the same B. Without a process group this returns ``x``.
+    rows). ``sizes`` (every rank's row count, the same list on every rank) allows uneven batches, such
+    as the last one of an epoch: rows are padded to the largest size for the collective and the padding
+    is dropped. Without it every rank must pass the same B. Without a process group this returns ``x``.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    rank, world = _rank_world()
+    if world == 1:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    sizes = sizes or [x.shape[0]] * world
+    width = max(sizes)
+    if x.shape[0] < width:
+        x = torch.cat([x, x.new_zeros(width - x.shape[0], *x.shape[1:])])
+    with warnings.catch_warnings():  # newer torch points to a private replacement; this one works on 2.4+
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        parts = all_gather(x)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
 
 
-def gathered_contrastive_loss(image: torch.Tensor, text: torch.Tensor,
-                              scale: torch.Tensor | float) -> torch.Tensor:
+def gathered_contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
+                              sizes: list[int] | None = None) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the *global* batch, computed locally on each rank.
 
     image, text: (B, D) unit embeddings of this rank's pairs (row i matches row i); scale: the logit
     multiplier (``logit_scale.exp()``), as in issue 3's ``loss.contrastive_loss``, which this equals
-    without a process group. Each rank scores its B rows against all world * B columns ((B, world*B)
-    logits, not the full square) and averages over its rows. Averaged over ranks (what
-    DistributedDataParallel does with gradients) the gradient equals that of the single-process loss
-    on the concatenated global batch; ``tests/test_distributed.py`` checks this with 2 processes.
+    without a process group. Each rank scores its B rows against all columns of the global batch
+    ((B, total) logits, not the full square). The result is scaled so that its mean over ranks (what
+    DistributedDataParallel does with gradients) is the single-process loss on the concatenated global
+    batch, also when ``sizes`` are uneven; ``tests/test_distributed.py`` checks this with 2 processes.
     """
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    all_image, all_text = gather_features(image), gather_features(text)  # (world * B, D)
-    logits_per_image = scale * image @ all_text.T  # (B, world * B)
-    logits_per_text = scale * text @ all_image.T  # (B, world * B)
-    labels = torch.arange(image.shape[0], device=image.device) + rank * image.shape[0]
-    return (torch.nn.functional.cross_entropy(logits_per_image, labels)
-            + torch.nn.functional.cross_entropy(logits_per_text, labels)) / 2
+    rank, world = _rank_world()
+    sizes = sizes or [image.shape[0]] * world
+    all_image, all_text = gather_features(image, sizes), gather_features(text, sizes)  # (total, D)
+    labels = torch.arange(image.shape[0], device=image.device) + sum(sizes[:rank])
+    ce = torch.nn.functional.cross_entropy
+    summed = ce(scale * image @ all_text.T, labels, reduction="sum") \
+        + ce(scale * text @ all_image.T, labels, reduction="sum")  # (B, total) logits each way
+    return summed / 2 * world / sum(sizes)
+
+
+def gathered_composed_loss(fused: torch.Tensor, target: torch.Tensor, scale: torch.Tensor | float,
+                           target_ids: torch.Tensor | None = None, sizes: list[int] | None = None) -> torch.Tensor:
+    """``loss.composed_loss`` over the global batch: this rank's fused queries (B, D) against the
+    targets of all ranks. ``target_ids`` are the ids of the *global* batch's targets (total,), the same
+    on every rank; a duplicate target is masked out of the other rows' denominators, as in
+    ``composed_loss``. Scaled like :func:`gathered_contrastive_loss` (mean over ranks = global loss)."""
+    rank, world = _rank_world()
+    sizes = sizes or [fused.shape[0]] * world
+    all_target = gather_features(target, sizes)  # (total, D)
+    labels = torch.arange(fused.shape[0], device=fused.device) + sum(sizes[:rank])
+    logits = scale * fused @ all_target.T  # (B, total)
+    if target_ids is not None:
+        same = target_ids[labels][:, None] == target_ids[None, :]
+        same[torch.arange(len(labels), device=same.device), labels] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum") * world / sum(sizes)

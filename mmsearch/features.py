@@ -22,6 +22,7 @@ from .config import to_dict
 from .data import CatalogDataset, collate_images
 from .device import autocast
 from .factory import Preprocess, Tokenizer, cache_dir
+from .distributed import DistEnv, all_gather_objects
 from .model import DualEncoder
 
 log = logging.getLogger(__name__)
@@ -69,23 +70,48 @@ class FeatureStore:
             log.warning("could not write feature cache %s: %s", self.path, exc)
 
 
+def _gather_shares(store: FeatureStore, env: DistEnv, share: dict[int, str | None], extra, what: str,
+                   save: bool) -> list:
+    """Under torchrun: every rank sends the features of its share (``share``: position -> key) and
+    ``extra``, so all ranks end with all features; rank 0 alone writes the cache file (no two ranks
+    write one file). Features travel through the process group, not the file system, so ranks on other
+    machines need no shared cache folder. Returns every rank's (share, extra)."""
+    known = len(store.data)
+    feats = {k: store.data[k] for k in share.values() if k is not None and k in store.data}
+    parts = all_gather_objects((share, feats, extra), env, what)
+    for _, rank_feats, _ in parts:
+        store.data.update(rank_feats)
+    if save and env.is_main and len(store.data) > known:
+        store.save()
+    return [(rank_share, rank_extra) for rank_share, _, rank_extra in parts]
+
+
 def image_features(model: DualEncoder, preprocess: Preprocess, paths: list[str], batch_size: int = 32,
-                   num_workers: int = 0, progress: bool = True, use_cache: bool = True,
+                   num_workers: int = 0, progress: bool = True, use_cache: bool = True, env: DistEnv | None = None,
                    ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Pooled image-backbone features of ``paths``: ((n_ok, F) float32, ok positions, [(position, reason)])."""
+    """Pooled image-backbone features of ``paths``: ((n_ok, F) float32, ok positions, [(position, reason)]).
+
+    env: under torchrun, rank r hashes and extracts ``paths[r::world]`` only; the features are then
+    exchanged (every rank returns the same result) and rank 0 writes the cache.
+    """
+    env = env or DistEnv()
     backbone = model.image_tower.backbone
     icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
     store = FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(backbone, icfg)}.pt") \
         if use_cache else FeatureStore(Path(os.devnull) / "none")
-    digests = [_file_digest(p) for p in paths]
-    todo = [i for i, d in enumerate(digests) if d is None or d not in store.data]
+    mine = list(range(env.rank, len(paths), env.world_size))
+    digests: list[str | None] = [None] * len(paths)
+    for i in mine:
+        digests[i] = _file_digest(paths[i])
+    todo = [i for i in mine if digests[i] is not None and digests[i] not in store.data]
     failed: list[tuple[int, str]] = []
+    save = use_cache and not env.is_distributed  # under torchrun rank 0 saves once everything is gathered
     if todo:
         device = next(model.parameters()).device
         loader = torch.utils.data.DataLoader(CatalogDataset([paths[i] for i in todo], preprocess),
                                              batch_size=batch_size, num_workers=num_workers,
                                              collate_fn=collate_images)
-        bar = tqdm(total=len(todo), desc="backbone features", unit="img", disable=not progress)
+        bar = tqdm(total=len(todo), desc="backbone features", unit="img", disable=not (progress and env.is_main))
         backbone.eval()
         with torch.inference_mode(), autocast(device):
             for positions, images, bad in loader:
@@ -95,31 +121,45 @@ def image_features(model: DualEncoder, preprocess: Preprocess, paths: list[str],
                     for p, f in zip(positions, feats):
                         store.data[digests[todo[p]]] = f.clone()
                 bar.update(len(positions) + len(bad))
-                if bar.n % (batch_size * 20) < batch_size and use_cache:
+                if bar.n % (batch_size * 20) < batch_size and save:
                     store.save()  # an interrupted extraction keeps what it did
         bar.close()
-        if use_cache:
+        if save:
             store.save()
+    failed += [(i, "unreadable file") for i in mine if digests[i] is None]
+    if env.is_distributed:
+        shares = _gather_shares(store, env, {i: digests[i] for i in mine}, failed, "extracting image features",
+                                use_cache)
+        digests, failed = [None] * len(paths), []
+        for rank_digests, rank_failed in shares:
+            for i, d in rank_digests.items():
+                digests[i] = d
+            failed += rank_failed
     bad_pos = {p for p, _ in failed}
     ok = [i for i, d in enumerate(digests) if i not in bad_pos and d is not None and d in store.data]
-    failed += [(i, "unreadable file") for i, d in enumerate(digests) if d is None]
-    for i, reason in failed:
-        log.warning("skipping %s: %s", paths[i], reason)
+    for i, reason in sorted(failed):
+        if env.is_main:
+            log.warning("skipping %s: %s", paths[i], reason)
     width = backbone.num_features
     feats = torch.stack([store.data[digests[i]] for i in ok]) if ok else torch.zeros(0, width)
     return feats, ok, sorted(failed)
 
 
 def text_features(model: DualEncoder, tokenizer: Tokenizer, texts: list[str], batch_size: int = 128,
-                  use_cache: bool = True) -> torch.Tensor:
-    """Pooled text-backbone features (n, F) of ``texts`` (before the projection head)."""
+                  use_cache: bool = True, env: DistEnv | None = None) -> torch.Tensor:
+    """Pooled text-backbone features (n, F) of ``texts`` (before the projection head).
+
+    env: under torchrun, rank r encodes ``texts[r::world]``; every rank returns all features.
+    """
+    env = env or DistEnv()
     backbone = model.text_tower.backbone
     # A word tokenizer's vocabulary decides the ids, so it is part of the key.
     tok_state = json.dumps(tokenizer.state() if hasattr(tokenizer, "state") else {}, sort_keys=True)
     store = FeatureStore(cache_dir() / "features" / f"text-{module_fingerprint(backbone, tok_state)}.pt") \
         if use_cache else FeatureStore(Path(os.devnull) / "none")
     keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-    todo = sorted({k: i for i, k in enumerate(keys) if k not in store.data}.values(), key=lambda i: len(texts[i]))
+    mine = range(env.rank, len(texts), env.world_size)
+    todo = sorted({keys[i]: i for i in mine if keys[i] not in store.data}.values(), key=lambda i: len(texts[i]))
     if todo:
         device = next(model.parameters()).device
         backbone.eval()
@@ -130,6 +170,8 @@ def text_features(model: DualEncoder, tokenizer: Tokenizer, texts: list[str], ba
                 feats = backbone(batch["input_ids"], batch["attention_mask"]).float().cpu()
                 for i, f in zip(idx, feats):
                     store.data[keys[i]] = f.clone()
-        if use_cache:
+        if use_cache and not env.is_distributed:
             store.save()
+    if env.is_distributed:
+        _gather_shares(store, env, {i: keys[i] for i in mine}, None, "extracting text features", use_cache)
     return torch.stack([store.data[k] for k in keys]) if keys else torch.zeros(0, backbone.num_features)

@@ -9,6 +9,12 @@ training the default model is minutes on a CPU. A run folder holds everything::
     run/state.pt        full training state after the last epoch (for --resume)
     run/last.pt         model checkpoint after the last epoch
     run/model.pt        the best model checkpoint (by validation Recall@10; last epoch without --val)
+
+Under ``torchrun --nproc-per-node N -m mmsearch train ...`` (WORLD_SIZE > 1) the same run is data
+parallel: every rank draws the same global batches and takes its slice of each; the trainable modules
+are wrapped in DistributedDataParallel and the batch losses gather embeddings across ranks, so N ranks
+take the same steps as one process. Feature extraction is split across ranks; rank 0 validates, decides
+early stopping and writes the run folder, which resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -27,14 +33,16 @@ from tqdm.auto import tqdm
 
 from .config import TrainCfg, to_dict
 from .data import CatalogItem, jsonl_objects, scan_catalog
-from .device import autocast, resolve_device, seed_everything
+from .device import autocast, seed_everything
+from .distributed import (DistEnv, all_gather_objects, broadcast_object, gathered_composed_loss,
+                          gathered_contrastive_loss, process_group, rank_device, shard_ranges)
 from .encoders import l2n
 from .errors import MMSearchError
 from .factory import (Tokenizer, build_model, build_named_model, get_model_config, image_preprocess, list_models,
                       load_checkpoint, save_checkpoint)
 from .features import image_features, text_features
 from .fusion import build_fusion
-from .loss import classification_loss, composed_loss, contrastive_loss
+from .loss import classification_loss
 from .model import DualEncoder
 from .evaluate import recall_at_k
 
@@ -124,10 +132,10 @@ def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int) -> 
 
 def prepare_split(catalog: str | Path, model: DualEncoder, tokenizer: Tokenizer, cfg: TrainCfg,
                   triplets_path: str | Path | None, categories: dict[str, int], augment: bool,
-                  progress: bool = True) -> Split:
+                  progress: bool = True, env: DistEnv | None = None) -> Split:
     all_items = scan_catalog(catalog)
     preprocess = image_preprocess(model.cfg.image)
-    img, ok, failed = image_features(model, preprocess, [it.path for it in all_items], progress=progress)
+    img, ok, failed = image_features(model, preprocess, [it.path for it in all_items], progress=progress, env=env)
     items = [all_items[i] for i in ok]
     pair_pos = [i for i, it in enumerate(items) if it.full_text]
     templates = cfg.text_templates if augment else ("{title}",)
@@ -135,7 +143,7 @@ def prepare_split(catalog: str | Path, model: DualEncoder, tokenizer: Tokenizer,
     variants = []
     for i in pair_pos:
         variants.append([strings.setdefault(t, len(strings)) for t in item_texts(items[i], templates, cfg.max_tags)])
-    txt = text_features(model, tokenizer, list(strings))
+    txt = text_features(model, tokenizer, list(strings), env=env)
     labels = torch.tensor([categories.get(str(it.metadata.get("category")), -1) if "category" in it.metadata else -1
                            for it in items], dtype=torch.long)
     trip: list[tuple[int, str, int]] = []
@@ -146,7 +154,7 @@ def prepare_split(catalog: str | Path, model: DualEncoder, tokenizer: Tokenizer,
                 if all_items[r].id in pos_of and all_items[g].id in pos_of]  # images that failed are skipped
     triplets = Triplets(torch.tensor([r for r, _, _ in trip], dtype=torch.long),
                         torch.tensor([g for _, _, g in trip], dtype=torch.long), [t for _, t, _ in trip])
-    mod = text_features(model, tokenizer, triplets.texts)
+    mod = text_features(model, tokenizer, triplets.texts, env=env)
     return Split(items=items, img=img, pair_pos=torch.tensor(pair_pos, dtype=torch.long), variants=variants,
                  txt=txt, labels=labels, triplets=triplets, mod=mod, skipped_no_text=len(items) - len(pair_pos),
                  skipped_bad_image=len(failed))
@@ -219,38 +227,51 @@ def lr_lambda(total_steps: int, warmup_frac: float):
     return f
 
 
-# ------------------------------------------------------------------------------------------------ train
-def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path = "default",
-          cfg: TrainCfg | None = None, composed: str | Path | None = None, val: str | Path | None = None,
-          val_composed: str | Path | None = None, device: str = "auto", resume: bool = False,
-          progress: bool = True) -> TrainReport:
-    """Train the projection heads and fusion of ``model`` on ``catalog`` (items with text are pairs).
+class StepModel(nn.Module):
+    """The trainable part of one step (projection heads, fusion, temperature, classifier) as one module,
+    so that DistributedDataParallel wraps exactly what trains; the frozen backbones stay outside."""
 
-    Args:
-        catalog: training catalog folder (catalog.jsonl with titles; ``category`` feeds the classifier).
-        out: run folder (config, metrics.jsonl, state.pt, last.pt, model.pt).
-        model: a built-in config (trained from its fresh initialisation) or a checkpoint (fine-tuned).
-        cfg: a :class:`TrainCfg` (epochs, batch size, learning rate, loss weights, seed ...).
-        composed: triplets JSONL (``{"reference": id, "text": "...", "target": id}``) for the composed loss.
-        val: validation catalog for early stopping on Recall@10; ``val_composed`` its triplets.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        resume: continue the run in ``out`` from its last finished epoch.
+    def __init__(self, net: DualEncoder, classifier: nn.Module | None):
+        super().__init__()
+        self.image_head, self.text_head, self.fusion = net.image_tower.head, net.text_tower.head, net.fusion
+        self.logit_scale = net.logit_scale
+        self.classifier = classifier
 
-    Returns:
-        A :class:`TrainReport`; ``report.checkpoint`` is usable as ``--model`` for ``mmsearch index``.
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, ref: torch.Tensor | None = None,
+                mod: torch.Tensor | None = None, tgt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Backbone features (B, F) of pairs (and of triplets) -> unit embeddings, fused queries, logits."""
+        out = {"scale": self.logit_scale.exp().clamp(max=100.0),
+               "img": l2n(self.image_head(img)), "txt": l2n(self.text_head(txt))}  # (B, D) each
+        if ref is not None:
+            out["fused"] = self.fusion(l2n(self.image_head(ref)), l2n(self.text_head(mod)), 0.5)  # (T, D)
+            out["tgt"] = l2n(self.image_head(tgt))
+        if self.classifier is not None:
+            out["logits"] = self.classifier(self.fusion(out["img"], out["txt"], 0.5))
+        return out
 
-    Example:
-        >>> from mmsearch.train import train                                          # doctest: +SKIP
-        >>> r = train("corpus/train", out="runs/a", model="tiny", composed="corpus/train/triplets.jsonl")  # doctest: +SKIP
+
+def wrap_ddp(module: StepModel, dev: torch.device, env: DistEnv, all_used: bool) -> nn.Module:
+    """DistributedDataParallel over ``module`` under torchrun; the module itself in one process.
+
+    all_used: every trainable parameter gets a gradient each step (a learned fusion does not in runs
+    without triplets or classifier); otherwise DDP must look for unused ones after every forward.
     """
-    cfg = cfg or TrainCfg()
-    run = Path(out)
-    asked = {"train": to_dict(cfg), "model": str(model), "catalog": str(Path(catalog).resolve()),
-             "composed": str(Path(composed).resolve()) if composed else None,
-             "val": str(Path(val).resolve()) if val else None,
-             "val_composed": str(Path(val_composed).resolve()) if val_composed else None}
-    asked = json.loads(json.dumps(asked))  # as it reads back from config.json (tuples -> lists)
-    state = None
+    if not env.is_distributed:
+        return module
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # The heads' only buffers are fixed (the bridge's class-name embeddings): no per-step sync. The
+    # keyword was renamed in newer torch; both mean the same here.
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in \
+        inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+    return DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                   find_unused_parameters=not all_used, **{no_sync: False})
+
+
+def open_run(run: Path, asked: dict, resume: bool) -> tuple[dict | None, list[dict]]:
+    """Check the run folder against what is asked: (state to resume or None, metrics history)."""
     if resume:
         if not (run / "state.pt").is_file():
             raise TrainError(f"nothing to resume in {run} (no state.pt); start without --resume")
@@ -260,23 +281,85 @@ def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path
                 {k: v for k, v in asked["train"].items() if k != "epochs"}:
             raise TrainError(f"--resume needs the same data and settings as the run in {run} (only --epochs may change)")
         state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
-    elif (run / "state.pt").exists():
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return state, history[:state["epoch"]]
+    if (run / "state.pt").exists():
         raise TrainError(f"{run} already holds a run; use --resume to continue it or choose another --out")
+    return None, []
 
-    dev = resolve_device(device)
-    seed_everything(cfg.seed)
+
+def on_rank0(fn, env: DistEnv, what: str):
+    """``fn()`` on rank 0, its result (or its TrainError, raised on every rank) broadcast to all ranks."""
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except TrainError as exc:
+            error = str(exc)
+    result, error = broadcast_object((result, error), env, what)
+    if error:
+        raise TrainError(error)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path = "default",
+          cfg: TrainCfg | None = None, composed: str | Path | None = None, val: str | Path | None = None,
+          val_composed: str | Path | None = None, device: str = "auto", resume: bool = False,
+          progress: bool = True) -> TrainReport:
+    """Train the projection heads and fusion of ``model`` on ``catalog`` (items with text are pairs).
+
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run with the same
+    global batch size; every rank returns the same report.
+
+    Args:
+        catalog: training catalog folder (catalog.jsonl with titles; ``category`` feeds the classifier).
+        out: run folder (config, metrics.jsonl, state.pt, last.pt, model.pt).
+        model: a built-in config (trained from its fresh initialisation) or a checkpoint (fine-tuned).
+        cfg: a :class:`TrainCfg` (epochs, batch size, learning rate, loss weights, seed ...).
+        composed: triplets JSONL (``{"reference": id, "text": "...", "target": id}``) for the composed loss.
+        val: validation catalog for early stopping on Recall@10; ``val_composed`` its triplets.
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` (under torchrun ``auto``/``cuda`` is ``cuda:LOCAL_RANK``).
+        resume: continue the run in ``out`` from its last finished epoch (on any number of ranks).
+
+    Returns:
+        A :class:`TrainReport`; ``report.checkpoint`` is usable as ``--model`` for ``mmsearch index``.
+
+    Example:
+        >>> from mmsearch.train import train                                          # doctest: +SKIP
+        >>> r = train("corpus/train", out="runs/a", model="tiny", composed="corpus/train/triplets.jsonl")  # doctest: +SKIP
+    """
+    cfg = cfg or TrainCfg()
+    env = DistEnv.from_env()
+    dev = rank_device(device, env)
+    with process_group(env, dev):
+        return _train(catalog, Path(out), model, cfg, composed, val, val_composed, dev, resume, progress, env)
+
+
+def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed, dev: torch.device,
+           resume: bool, progress: bool, env: DistEnv) -> TrainReport:
+    asked = {"train": to_dict(cfg), "model": str(model), "catalog": str(Path(catalog).resolve()),
+             "composed": str(Path(composed).resolve()) if composed else None,
+             "val": str(Path(val).resolve()) if val else None,
+             "val_composed": str(Path(val_composed).resolve()) if val_composed else None}
+    asked = json.loads(json.dumps(asked))  # as it reads back from config.json (tuples -> lists)
+    # Only rank 0 reads and writes the run folder (other machines need not see it).
+    state, history = on_rank0(lambda: open_run(run, asked, resume), env, "checking the run folder")
+
+    seed_everything(cfg.seed)  # the same initialisation on every rank (DDP also broadcasts rank 0's)
     net, tokenizer, _ = init_model(model, cfg)
     net.to(dev)
     categories = category_index(catalog)
-    tr = prepare_split(catalog, net, tokenizer, cfg, composed, categories, augment=True, progress=progress)
+    progress = progress and env.is_main
+    tr = prepare_split(catalog, net, tokenizer, cfg, composed, categories, augment=True, progress=progress, env=env)
     if len(tr.items) < 2:
         raise TrainError(f"training needs at least 2 readable images; {catalog} has {len(tr.items)}")
     if len(tr.pair_pos) < 2:
         raise TrainError(f"training needs at least 2 items with text (title/text); {catalog} has "
                          f"{len(tr.pair_pos)} ({tr.skipped_no_text} without text)")
-    va = prepare_split(val, net, tokenizer, cfg, val_composed, categories, augment=False, progress=progress) \
-        if val else None
-    if tr.skipped_no_text:
+    va = prepare_split(val, net, tokenizer, cfg, val_composed, categories, augment=False, progress=progress,
+                       env=env) if val else None
+    if tr.skipped_no_text and env.is_main:
         log.warning("%d item(s) without text are left out of the pair losses", tr.skipped_no_text)
 
     classifier = nn.Linear(net.embed_dim, len(categories)).to(dev) \
@@ -289,11 +372,10 @@ def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    steps_per_epoch = math.ceil(len(tr.pair_pos) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(tr.pair_pos) / cfg.batch_size)  # global batches: the same on any N
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_frac))
 
     start, best, best_epoch, bad_epochs = 0, None, 0, 0
-    history: list[dict] = []
     if state is not None:
         net.load_state_dict(state["model"], strict=False)
         if classifier is not None:
@@ -301,42 +383,61 @@ def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, best, best_epoch, bad_epochs = state["epoch"], state["best"], state["best_epoch"], state["bad_epochs"]
-        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        history = history[:start]
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(asked, indent=2), encoding="utf-8")
+    use_fusion = (cfg.loss_composed > 0 and len(tr.triplets) >= 2) or classifier is not None
+    use_scale = cfg.loss_contrastive > 0 or (cfg.loss_composed > 0 and len(tr.triplets) >= 2)
+    fusion_trains = any(p.requires_grad for p in net.fusion.parameters())
+    step_model = wrap_ddp(StepModel(net, classifier), dev, env,
+                          all_used=use_scale and (use_fusion or not fusion_trains))
     summary = {"pairs": len(tr.pair_pos), "triplets": len(tr.triplets), "skipped_no_text": tr.skipped_no_text,
                "skipped_bad_image": tr.skipped_bad_image, "categories": len(categories)}
-    log.info("training on %s", summary)
+    if env.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(asked, indent=2), encoding="utf-8")
+        log.info("training on %s over %d process(es)", summary, env.world_size)
 
     for epoch in range(start, cfg.epochs):
         if va is not None and bad_epochs >= cfg.patience:
             break
-        metrics = run_epoch(net, classifier, tr, cfg, opt, sched, dev, epoch, progress)
-        if va is not None:
-            metrics.update(validate(net, va, dev))
-        metrics["epoch"] = epoch + 1
+        metrics = run_epoch(net, step_model, tr, cfg, opt, sched, dev, epoch, progress, env)
+
+        def finish_epoch():  # rank 0: validate, decide, write; the decision goes to every rank
+            nonlocal best, best_epoch, bad_epochs
+            if va is not None:
+                metrics.update(validate(net, va, dev))
+            metrics["epoch"] = epoch + 1
+            improved = va is None or best is None or metrics["val_recall"] > best
+            if improved:
+                best, best_epoch, bad_epochs = (metrics.get("val_recall"), epoch + 1, 0)
+            else:
+                bad_epochs += 1
+            save_epoch(run, net, tokenizer, classifier, opt, sched, cfg, summary, metrics, history + [metrics],
+                       improved, (epoch + 1, best, best_epoch, bad_epochs))
+            log.info("epoch %d: %s", epoch + 1, metrics)
+            return metrics, best, best_epoch, bad_epochs
+
+        metrics, best, best_epoch, bad_epochs = on_rank0(finish_epoch, env, f"finishing epoch {epoch + 1}")
         history.append(metrics)
-        improved = va is None or best is None or metrics["val_recall"] > best
-        if improved:
-            best, best_epoch, bad_epochs = (metrics.get("val_recall"), epoch + 1, 0)
-        else:
-            bad_epochs += 1
-        extra = {"train": to_dict(cfg), "summary": summary, "epoch": epoch + 1, "metrics": metrics}
-        save_checkpoint(net, tokenizer, run / "last.pt", extra=extra)
-        if improved:
-            save_checkpoint(net, tokenizer, run / "model.pt", extra=extra)
-        torch.save({"epoch": epoch + 1, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "model": {k: v for k, v in net.state_dict().items() if "backbone" not in k},
-                    "classifier": classifier.state_dict() if classifier is not None else {},
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, run / "state.pt.tmp")
-        (run / "state.pt.tmp").replace(run / "state.pt")
-        with open(run / "metrics.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(m) + "\n" for m in history)
-        log.info("epoch %d: %s", epoch + 1, metrics)
     return TrainReport(run_dir=run, checkpoint=run / "model.pt", epochs_run=len(history), best_epoch=best_epoch,
                        best_metric=best, pairs=len(tr.pair_pos), triplets=len(tr.triplets),
                        skipped_no_text=tr.skipped_no_text, skipped_bad_image=tr.skipped_bad_image, metrics=history)
+
+
+def save_epoch(run: Path, net: DualEncoder, tokenizer: Tokenizer, classifier: nn.Module | None, opt, sched,
+               cfg: TrainCfg, summary: dict, metrics: dict, history: list[dict], improved: bool,
+               progress_state: tuple) -> None:
+    """last.pt, model.pt (when improved), state.pt (atomically) and metrics.jsonl after an epoch."""
+    epoch, best, best_epoch, bad_epochs = progress_state
+    extra = {"train": to_dict(cfg), "summary": summary, "epoch": epoch, "metrics": metrics}
+    save_checkpoint(net, tokenizer, run / "last.pt", extra=extra)
+    if improved:
+        save_checkpoint(net, tokenizer, run / "model.pt", extra=extra)
+    torch.save({"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "model": {k: v for k, v in net.state_dict().items() if "backbone" not in k},
+                "classifier": classifier.state_dict() if classifier is not None else {},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, run / "state.pt.tmp")
+    (run / "state.pt.tmp").replace(run / "state.pt")
+    with open(run / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(m) + "\n" for m in history)
 
 
 def category_index(catalog: str | Path) -> dict[str, int]:
@@ -344,9 +445,14 @@ def category_index(catalog: str | Path) -> dict[str, int]:
     return {c: i for i, c in enumerate(cats)}
 
 
-def run_epoch(net: DualEncoder, classifier: nn.Module | None, tr: Split, cfg: TrainCfg,
-              opt: torch.optim.Optimizer, sched, dev: torch.device, epoch: int, progress: bool) -> dict:
-    """One pass over the pairs; each step also takes the next batch of triplets (cycled)."""
+def run_epoch(net: DualEncoder, step_model: nn.Module, tr: Split, cfg: TrainCfg, opt: torch.optim.Optimizer,
+              sched, dev: torch.device, epoch: int, progress: bool, env: DistEnv | None = None) -> dict:
+    """One pass over the pairs; each step also takes the next batch of triplets (cycled).
+
+    Every rank draws the same global batches (the same generator) and computes its contiguous slice of
+    each; the losses are scaled so that DDP's average over ranks is the loss of the whole global batch.
+    """
+    env = env or DistEnv()
     # Everything random in an epoch derives from (seed, epoch), so --resume reproduces an uninterrupted run.
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
     torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout
@@ -356,38 +462,51 @@ def run_epoch(net: DualEncoder, classifier: nn.Module | None, tr: Split, cfg: Tr
     pair_row = {int(p): r for r, p in enumerate(tr.pair_pos)}
     trip_order = torch.randperm(len(tr.triplets), generator=gen) if len(tr.triplets) else None
     use_composed = cfg.loss_composed > 0 and len(tr.triplets) >= 2
+    classify = getattr(step_model, "module", step_model).classifier is not None
     sums: dict[str, float] = {}
     steps = math.ceil(len(order) / cfg.batch_size)
     t0, seen = time.perf_counter(), 0
+
+    def mine(n: int) -> tuple[slice, list[int]]:  # this rank's rows of an n-row global batch, all ranks' sizes
+        a, b = shard_ranges(n, env.world_size)[env.rank]
+        return slice(a, b), [hi - lo for lo, hi in shard_ranges(n, env.world_size)]
+
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
     for step in bar:
-        pos = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        pos = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]  # the global batch
         if len(pos) < 2:  # a one-item batch has no negatives
             continue
         rows = [pair_row[int(p)] for p in pos]
-        var = [tr.variants[r][int(variant_pick[r] * len(tr.variants[r]))] for r in rows]
+        var = torch.tensor([tr.variants[r][int(variant_pick[r] * len(tr.variants[r]))] for r in rows])
+        part, sizes = mine(len(pos))
+        feats = {"img": tr.img[pos[part]].to(dev), "txt": tr.txt[var[part]].to(dev)}
+        if use_composed:
+            n = len(tr.triplets)
+            pick = trip_order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % n][:min(n, cfg.batch_size)]
+            tpart, tsizes = mine(len(pick))
+            local = pick[tpart]
+            feats.update(ref=tr.img[tr.triplets.ref[local]].to(dev), mod=tr.mod[local].to(dev),
+                         tgt=tr.img[tr.triplets.tgt[local]].to(dev))
         with autocast(dev):
-            scale = net.logit_scale.exp().clamp(max=100.0)
-            img = l2n(net.image_tower.head(tr.img[pos].to(dev)))  # (B, D)
-            txt = l2n(net.text_tower.head(tr.txt[var].to(dev)))  # (B, D)
+            emb = step_model(**feats)
+            scale = emb["scale"]
             losses = {}
             if cfg.loss_contrastive > 0:
-                losses["contrastive"] = contrastive_loss(img, txt, scale)
+                losses["contrastive"] = gathered_contrastive_loss(emb["img"], emb["txt"], scale, sizes)
             if use_composed:
-                n = len(tr.triplets)
-                pick = trip_order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % n][:min(n, cfg.batch_size)]
-                ref = l2n(net.image_tower.head(tr.img[tr.triplets.ref[pick]].to(dev)))
-                tgt = l2n(net.image_tower.head(tr.img[tr.triplets.tgt[pick]].to(dev)))
-                mod = l2n(net.text_tower.head(tr.mod[pick].to(dev)))
-                losses["composed"] = composed_loss(net.fuse(ref, mod), tgt, scale, tr.triplets.tgt[pick].to(dev))
-            if classifier is not None:
-                logits = classifier(net.fuse(img, txt))
-                losses["classify"] = classification_loss(logits.float(), tr.labels[pos].to(dev))
+                losses["composed"] = gathered_composed_loss(emb["fused"], emb["tgt"], scale,
+                                                            tr.triplets.tgt[pick].to(dev), tsizes)
+            if classify:
+                labels = tr.labels[pos]
+                kept, kept_here = int((labels >= 0).sum()), int((labels[part] >= 0).sum())
+                # the mean over the global batch's labelled items, split into per-rank shares
+                losses["classify"] = classification_loss(emb["logits"].float(), labels[part].to(dev)) \
+                    * (kept_here * env.world_size / max(1, kept))
             weights = {"contrastive": cfg.loss_contrastive, "composed": cfg.loss_composed,
                        "classify": cfg.loss_classify}
             loss = sum(weights[k] * v.float() for k, v in losses.items())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP averages the gradients over ranks here
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         sched.step()
@@ -397,9 +516,12 @@ def run_epoch(net: DualEncoder, classifier: nn.Module | None, tr: Split, cfg: Tr
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", items_s=f"{seen / max(1e-9, time.perf_counter() - t0):.0f}")
     bar.close()
+    if env.is_distributed:  # each rank's share of the loss; their mean is the global batch's loss
+        shares = all_gather_objects(sums, env, f"the end of epoch {epoch + 1}")
+        sums = {k: sum(s[k] for s in shares) / env.world_size for k in sums}
     out = {k: round(v / max(1, steps), 5) for k, v in sums.items()}
     out.update(lr=opt.param_groups[0]["lr"], temperature=round(1.0 / float(net.logit_scale.detach().exp()), 5),
-               items_per_s=round(seen / max(1e-9, time.perf_counter() - t0), 1))
+               items_per_s=round(seen / max(1e-9, time.perf_counter() - t0), 1), world_size=env.world_size)
     return out
 
 

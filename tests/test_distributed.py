@@ -86,11 +86,15 @@ def reference_clip_loss(img, txt, logit_scale):
     return (ce(logits, labels) + ce(logits.T, labels)) / 2
 
 
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, uneven: bool = False) -> None:
+    """One DDP step of TwoTower with the gathered loss(es); saves this rank's loss and gradients.
+
+    uneven: a 5-row global batch split 3 + 2, with the composed loss too (two rows share a target).
+    """
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from mmsearch.distributed import gathered_contrastive_loss
+    from mmsearch.distributed import gathered_composed_loss, gathered_contrastive_loss, split_sizes
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -99,9 +103,16 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.manual_seed(0)
         model = DistributedDataParallel(TwoTower())
         x_img, x_txt = global_batch()
-        part = slice(rank * 4, rank * 4 + 4)  # this rank's half of the global batch
-        img, txt, scale = model(x_img[part], x_txt[part])
-        loss = gathered_contrastive_loss(img, txt, scale.exp())
+        if not uneven:
+            part = slice(rank * 4, rank * 4 + 4)  # this rank's half of the global batch
+            img, txt, scale = model(x_img[part], x_txt[part])
+            loss = gathered_contrastive_loss(img, txt, scale.exp())
+        else:
+            sizes = split_sizes(5, world)
+            part = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+            img, txt, scale = model(x_img[:5][part], x_txt[:5][part])
+            loss = gathered_contrastive_loss(img, txt, scale.exp(), sizes) \
+                + gathered_composed_loss(txt, img, scale.exp(), torch.tensor([0, 1, 1, 2, 3]), sizes)
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in model.module.named_parameters()}},
                    Path(out_dir) / f"rank{rank}.pt")
@@ -126,18 +137,112 @@ def test_ddp_step_with_gathered_loss_equals_single_process_step(tmp_path):
             torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_uneven_global_batch_with_both_gathered_losses_equals_single_process(tmp_path):
+    from mmsearch.loss import composed_loss, contrastive_loss
+
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, free_port(), str(tmp_path), True), nprocs=2,
+                                          join=True, start_method="fork")
+    torch.manual_seed(0)
+    model = TwoTower()
+    x_img, x_txt = global_batch()
+    img, txt, scale = model(x_img[:5], x_txt[:5])
+    # rows 1 and 2 share a target: masked out of each other's denominators, as in one process
+    loss = reference_clip_loss(img, txt, scale) + composed_loss(txt, img, scale.exp(), torch.tensor([0, 1, 1, 2, 3]))
+    assert contrastive_loss(img, txt, scale.exp()).item() == pytest.approx(reference_clip_loss(img, txt, scale).item())
+    loss.backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert float(sum(r["loss"] for r in ranks) / 2) == pytest.approx(loss.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- torchrun train job
+def test_torchrun_train_step_equals_one_process_and_its_checkpoint_resumes_in_one_process(small_catalog, tmp_path,
+                                                                                          monkeypatch):
+    """2 ranks through `torchrun -m mmsearch train` take the same steps as one process on the same global
+    batches (uneven ones included, all three loss terms on), and the run resumes in one process."""
+    import json
+
+    from mmsearch.config import TrainCfg
+    from mmsearch.train import train
+
+    rows = [json.loads(line) for line in (small_catalog / "catalog.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["category"] = "a" if i % 3 else "b"
+    (small_catalog / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = [r["image"] for r in rows]
+    trip = small_catalog / "triplets.jsonl"  # 5 triplets, two with the same target
+    trip.write_text("".join(json.dumps({"reference": ids[i], "text": f"edit {i}", "target": ids[(i * 5) % 11 + 1]})
+                            + "\n" for i in (0, 2, 4, 6, 8)))
+    # 12 pairs in global batches of 5, 5, 2: ranks take 3 + 2, 3 + 2, 1 + 1 rows
+    cfg = TrainCfg(epochs=1, batch_size=5, lr=1e-2, warmup_frac=0.0)
+    flags = ["--epochs", "1", "--batch-size", "5", "--lr", "0.01", "--config", str(tmp_path / "cfg.json")]
+    (tmp_path / "cfg.json").write_text(cfg.to_json())
+
+    dist_cache = tmp_path / "cache-dist"  # a fresh cache: the ranks split the feature extraction
+    res = torchrun(["-m", "mmsearch", "train", str(small_catalog), "--model", "tiny", "--out", str(tmp_path / "dist"),
+                    "--composed", str(trip), "--device", "cpu", *flags], env={"MMSEARCH_CACHE": str(dist_cache)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("Trained 1 epoch(s) on 12 pairs and 5 triplets") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in (dist_cache / "features").iterdir())[0].startswith("image-")
+    assert not list((dist_cache / "features").glob("*.tmp*"))
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-single"))
+
+    def run(out, epochs, resume=False):
+        return train(small_catalog, out=tmp_path / out, model="tiny", cfg=TrainCfg(**{**cfg.__dict__, "epochs": epochs}),
+                     composed=trip, device="cpu", resume=resume, progress=False)
+
+    single = run("single", 1)
+    dist_metrics = [json.loads(x) for x in (tmp_path / "dist" / "metrics.jsonl").read_text().splitlines()]
+    assert dist_metrics[0]["world_size"] == 2 and single.metrics[0]["world_size"] == 1
+    for key in ("loss", "contrastive", "composed", "classify"):
+        assert dist_metrics[0][key] == pytest.approx(single.metrics[0][key], rel=1e-4), key
+
+    def weights(out):
+        return torch.load(tmp_path / out / "last.pt", weights_only=True)["state_dict"]
+
+    def assert_same(a, b):
+        assert a.keys() == b.keys()
+        moved = 0
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+            moved += int("head" in k and not torch.equal(a[k], fresh[k]))
+        assert moved >= 2  # the heads trained (the comparison is not between two untouched models)
+
+    from mmsearch.factory import build_named_model
+
+    fresh = {k: v for k, v in build_named_model("tiny", with_weights=False)[0].state_dict().items()}
+    assert_same(weights("dist"), weights("single"))
+    # The 2-rank run's state resumes in one process, exactly where the 1-process run resumes.
+    run("single", 2, resume=True)
+    resumed = run("dist", 2, resume=True)
+    assert [m["world_size"] for m in resumed.metrics] == [2, 1]
+    assert_same(weights("dist"), weights("single"))
+    # Rank 0's refusal (the run exists, no --resume) reaches every rank: a clear error, no hang.
+    again = torchrun(["-m", "mmsearch", "train", str(small_catalog), "--model", "tiny", "--out", str(tmp_path / "dist"),
+                      "--device", "cpu", *flags], env={"MMSEARCH_CACHE": str(dist_cache)})
+    assert again.returncode != 0
+    assert again.stderr.count("already holds a run; use --resume") == 2, again.stderr
+
+
 # ----------------------------------------------------------------------------- torchrun index job
 def index_args(catalog: Path, out: Path, *extra: str) -> list[str]:
     return ["-m", "mmsearch", "index", str(catalog), "--out", str(out), "--model", "tiny", "--device", "cpu",
             "--workers", "0", *extra]
 
 
-def torchrun_index(catalog: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    """The documented entry point: torchrun --nproc-per-node 2 -m mmsearch index ..."""
+def torchrun(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """The documented entry point: torchrun --nproc-per-node 2 -m mmsearch ..."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "--monitor-interval", "0.1", *index_args(catalog, out, *extra)]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=240)
+           "--master-port", str(free_port()), "--monitor-interval", "0.1", *args]
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+
+
+def torchrun_index(catalog: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return torchrun(index_args(catalog, out, *extra))
 
 
 def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subprocess.CompletedProcess]:
