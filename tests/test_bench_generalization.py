@@ -49,15 +49,21 @@ def test_openclipart_text_cleans_names(tmp_path):
     assert bg.openclipart_text(p, root) == "flags, signs and symbols"
 
 
-def test_fashion_reader_and_catalog(tmp_path):
-    base = tmp_path / "src" / "usr/share/datasets/fashion-mnist"
+def fake_fashion(root: Path) -> np.ndarray:
+    """A t10k pair of idx files: 30 flat images (grey value = index), 3 per class; returns the labels."""
+    base = root / "usr/share/datasets/fashion-mnist"
     base.mkdir(parents=True)
-    labels = np.repeat(np.arange(10, dtype=np.uint8), 3)  # 3 images per class
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 3)
     images = (np.arange(30, dtype=np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8))
     with gzip.open(base / "t10k-images-idx3-ubyte.gz", "wb") as f:
         f.write(b"\0" * 16 + images.tobytes())
     with gzip.open(base / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(b"\0" * 8 + labels.tobytes())
+    return labels
+
+
+def test_fashion_reader_and_catalog(tmp_path):
+    labels = fake_fashion(tmp_path / "src")
     queries = bg.build_fashion(tmp_path / "src", tmp_path / "cat", n=20, seed=0)
     assert len(queries) == 2 * 10
     bag = next(q for q in queries if q["text"] == "a photo of a bag")
@@ -69,3 +75,27 @@ def test_fashion_reader_and_catalog(tmp_path):
         im = Image.open(tmp_path / "cat" / t)
         assert im.size == (224, 224) and im.mode == "RGB"
         assert np.asarray(im)[100, 100, 0] == j  # a flat image stays its grey value
+
+
+def test_partition_check():
+    qs = [{"targets": ["a", "b"]}, {"targets": ["c"]}]
+    assert bg.is_partition(qs, {"a", "b", "c"})
+    assert not bg.is_partition(qs, {"a", "b", "c", "d"})  # an image no query claims
+    assert not bg.is_partition(qs + [{"targets": ["a"]}], {"a", "b", "c"})  # an image claimed twice
+
+
+def test_class_correct_aligns_stored_vectors_with_ids(tmp_path):
+    """Classification from the index's stored vectors equals classifying freshly encoded images."""
+    from mmsearch import SearchEngine, build_index
+
+    fake_fashion(tmp_path / "src")
+    queries = bg.build_fashion(tmp_path / "src", tmp_path / "cat", n=20, seed=0)[:10]
+    build_index(tmp_path / "cat", out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0, progress=False)
+    engine = SearchEngine.open(tmp_path / "idx", device="cpu")
+    got = bg.class_correct(engine, queries)
+    ids = sorted(r["id"] for r in engine.items)
+    pred = (engine.encode_images([str(tmp_path / "cat" / i) for i in ids])
+            @ engine.encode_texts([q["text"] for q in queries]).T).argmax(1)
+    label = {t: c for c, q in enumerate(queries) for t in q["targets"]}
+    assert got.tolist() == [float(p == label[i]) for p, i in zip(pred, ids)]
+    assert 0 < got.sum() < len(got)  # a mix of right and wrong, so a misaligned row would show
