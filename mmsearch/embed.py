@@ -80,11 +80,6 @@ class ImageEmbeddings:
     failed: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
-def default_workers() -> int:
-    """Decode processes for the CPU (kept for callers; see :func:`device.default_num_workers`)."""
-    return default_num_workers(torch.device("cpu"))
-
-
 _compiled: "weakref.WeakKeyDictionary[DualEncoder, object]" = weakref.WeakKeyDictionary()
 
 

@@ -114,6 +114,8 @@ class SearchEngine:
                     f"index {snap} was built with a different {manifest['model']['name']!r} model (fingerprint "
                     f"{manifest['model']['fingerprint']}, this install has {model.fingerprint()}); rebuild it "
                     f"with `mmsearch index CATALOG --out {self.path}`")
+            # the batched query path feeds channels_last batches (layout only: same weights, same fingerprint)
+            model.image_tower.to(memory_format=torch.channels_last)
             self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
             self._model_ref = (model_ref, manifest["model"]["fingerprint"])
         channels: dict[str, Channel] = {}
@@ -192,7 +194,6 @@ class SearchEngine:
         cfg = self.model.cfg.image
         u8 = torch.stack([ResizeCropU8(cfg)(self._load_query_image(im)) for im in images]).to(self._device())
         batch = normalize_batch(u8, cfg.mean, cfg.std, channels_last=True)
-        self.model.image_tower.to(memory_format=torch.channels_last)  # layout only; a no-op after the first query
         with torch.inference_mode(), autocast(self._device()):
             return {k: v.float().cpu().numpy() for k, v in self.model.encode_image_channels(batch).items()}
 
