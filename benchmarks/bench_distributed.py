@@ -11,6 +11,15 @@ shards; images/s = images / slowest rank's time), rank 0's serial merge (read sh
 indexes and the item store, fsync, swap), and the whole command's wall time (process start, model load
 included). Scaling efficiency = images/s with N processes / (N x images/s of one 1-thread process).
 Writes benchmarks/results/distributed.json and .md.
+
+On a GPU (``--device cuda``; what benchmarks/run_gpu_bench.sh runs) every rank encodes on the GPU of its local
+rank, and with one GPU the ranks share it, which checks the multi-process path rather than scaling:
+
+    python benchmarks/bench_distributed.py --device cuda --images 2000 --threads 4 --workers 3 \
+        --batch-size 128 --shard-size 250 --results benchmarks/results/distributed_cuda
+
+``--compare`` (on by default) checks that the N-process index holds the same item ids as the 1-process one and
+reports the largest embedding difference per channel.
 """
 
 from __future__ import annotations
@@ -48,8 +57,8 @@ def worker(args) -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.perf_counter()
-    result = build_index_distributed(args.catalog, out=args.out, model=args.model, device="cpu",
-                                     batch_size=args.batch_size, num_workers=0, progress=False,
+    result = build_index_distributed(args.catalog, out=args.out, model=args.model, device=args.device,
+                                     batch_size=args.batch_size, num_workers=args.workers, progress=False,
                                      shard_size=args.shard_size)
     if result is not None:
         Path(args.result).write_text(json.dumps({"build_s": time.perf_counter() - t0, "info": result.info,
@@ -62,7 +71,7 @@ def run_config(nproc: int, threads: int, catalog: Path, work: Path, args) -> dic
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
            str(args.port), __file__, "--worker", "--catalog", str(catalog), "--out", str(out), "--result",
            str(result), "--model", args.model, "--batch-size", str(args.batch_size), "--shard-size",
-           str(args.shard_size)]
+           str(args.shard_size), "--device", args.device, "--workers", str(args.workers)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
@@ -70,12 +79,23 @@ def run_config(nproc: int, threads: int, catalog: Path, work: Path, args) -> dic
     r = json.loads(result.read_text())
     ranks = r["info"]["ranks"]
     parallel = max(x["seconds"] for x in ranks)
-    shutil.rmtree(out, ignore_errors=True)
-    return {"config": f"{nproc} process{'es' if nproc > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}",
+    return {"out": str(out), "config": f"{nproc} process{'es' if nproc > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}",
             "processes": nproc, "threads": threads, "images": r["encoded"],
             "parallel_s": round(parallel, 2), "images_per_s": round(r["encoded"] / parallel, 2),
             "per_rank_images_per_s": [round(x["encoded"] / x["seconds"], 2) for x in ranks],
             "merge_s": r["info"].get("merge_seconds"), "command_wall_s": round(wall, 2)}
+
+
+def compare(single: Path, multi: Path) -> dict:
+    """Same item set and embeddings (largest absolute difference per channel) of two indexes."""
+    from mmsearch.index import channel_vectors
+
+    out = {}
+    for name in ("image", "text"):
+        a, b = channel_vectors(single, name), channel_vectors(multi, name)
+        out[name] = {"same_ids": sorted(a) == sorted(b), "items": len(a),
+                     "max_abs_diff": float(max((abs(a[i] - b[i]).max() for i in a if i in b), default=0.0))}
+    return out
 
 
 def main() -> None:
@@ -90,6 +110,10 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=40)
     ap.add_argument("--port", type=int, default=29533)
     ap.add_argument("--procs", type=int, default=2, help="the N compared with 1 process")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (ranks take cuda:LOCAL_RANK, sharing one GPU)")
+    ap.add_argument("--workers", type=int, default=0, help="decode workers per rank")
+    ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "distributed")
     args = ap.parse_args()
     if args.worker:
@@ -100,25 +124,37 @@ def main() -> None:
         catalog.mkdir()
         make_catalog(catalog, args.images)
         # 1x1 gives the per-core cost; 1xN uses every core in one process (what a plain `mmsearch index` does)
-        configs = [(1, 1), (args.procs, 1), (1, args.procs)]
+        t = args.threads
+        configs = [(1, t), (args.procs, t)] + ([(1, args.procs * t)] if args.device == "cpu" else [])
         rows = [run_config(n, t, catalog, work, args) for n, t in configs]
+        agreement = compare(Path(rows[0]["out"]), Path(rows[1]["out"])) if args.compare else None
+        for r in rows:
+            shutil.rmtree(r.pop("out"), ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = rows[0]["images_per_s"]
     for r in rows:
         r["speedup_vs_1x1"] = round(r["images_per_s"] / base, 2)
-        r["scaling_efficiency"] = round(r["images_per_s"] / (base * r["processes"] * r["threads"]), 2)
-    cmd = " ".join(["nice -n 10 python benchmarks/bench_distributed.py"] + sys.argv[1:])
+        cores = r["processes"] * r["threads"] / (rows[0]["processes"] * rows[0]["threads"])
+        r["scaling_efficiency"] = round(r["images_per_s"] / (base * cores), 2)
+    cmd = " ".join(["python benchmarks/bench_distributed.py"] + sys.argv[1:])
+    import torch
+
     meta = {"command": cmd, "model": args.model, "images": args.images, "cpus": os.cpu_count(),
+            "device": args.device, "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+            "torch": torch.__version__, "agreement_1_vs_n": agreement,
             "load_average_at_end": os.getloadavg(), "python": platform.python_version(),
             "note": "2-core machine shared with other jobs; configurations ran one after another in one run"}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"# Distributed indexing: 1 vs {args.procs} processes", "", f"`{cmd}`", "",
-             f"{args.images} images (Fluent Emoji 3D webp, 256 px, with titles), model `{args.model}`, CPU, "
-             f"{os.cpu_count()} cores shared with other jobs (load average at the end: "
+             f"{args.images} images (Fluent Emoji 3D webp, 256 px, with titles), model `{args.model}`, "
+             f"{meta['gpu'] or 'CPU'}, {os.cpu_count()} cores (load average at the end: "
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}).", "",
-             "| configuration | parallel phase s | images/s | per-rank images/s | speed-up vs 1x1 | scaling efficiency "
+             f"1 process vs {args.procs} processes, same items: "
+             + (", ".join(f"{k}: same ids {v['same_ids']} ({v['items']} items), max |diff| {v['max_abs_diff']:.2e}"
+                          for k, v in agreement.items()) if agreement else "not compared") + ".", "",
+             "| configuration | parallel phase s | images/s | per-rank images/s | speed-up vs first row | scaling efficiency "
              "| rank-0 merge s | command wall s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['parallel_s']} | {r['images_per_s']} | "

@@ -244,26 +244,21 @@ def cold_start(runs: int, model: str, device: str) -> list[float]:
 
 
 def synthetic_index(out: Path, model, n: int) -> Path:
-    """An index folder of n items with random unit vectors in every channel the real model produces."""
-    from mmsearch.index import INDEX_FORMAT, INDEX_FORMAT_VERSION, METRIC, write_snapshot
+    """An index folder of n items with random unit vectors in every channel the real model produces, written
+    through the real write path (``mmsearch.index.commit``, index type chosen by ``auto``)."""
+    from mmsearch.ann import IndexCfg
+    from mmsearch.index import Change, _base_manifest, _channel_dims, commit
 
     rng = np.random.default_rng(n)
-
-    def unit(d):
+    dims = _channel_dims(model)
+    vecs = {}
+    for name, d in dims.items():
         v = rng.standard_normal((n, d), dtype=np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-    ids = np.arange(n, dtype=np.int64)
-    channels = {"image": (ids, unit(model.embed_dim)), "text": (ids, unit(model.embed_dim))}
-    if model.visual_dim:
-        channels["visual"] = (ids, unit(model.visual_dim))
-    manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "mmsearch_version": "bench",
-                "created": "", "catalog": "synthetic",
-                "model": {"name": model.cfg.name, "ref": model.cfg.name, "fingerprint": model.fingerprint(),
-                          "fusion": model.cfg.fusion},
-                "dim": model.embed_dim, "metric": METRIC, "count": n, "skipped": [], "build": {}}
-    items = [{"id": f"item{i}", "path": f"item{i}.jpg", "title": "", "text": "", "metadata": {}} for i in range(n)]
-    write_snapshot(out, manifest, items, channels)
+        vecs[name] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    changes = [Change(row={"fid": i, "id": f"item{i}.jpg", "path": f"item{i}.jpg", "title": "", "text": "",
+                           "metadata": {}, "image_sha256": f"{i:064x}", "text_sha256": None},
+                      vectors={name: v[i] for name, v in vecs.items()}) for i in range(n)]
+    commit(out, None, _base_manifest(model, model.cfg.name, "synthetic", None), changes, [], IndexCfg(), dims)
     return out
 
 
@@ -394,12 +389,15 @@ def run(args) -> dict:
         }
         print(f"  stages ms/img naive {st['naive']}\n                fast  {st['fast']}", flush=True)
         print(f"  limit: {json.dumps(res['limit'][name])}", flush=True)
+        write_results(res, args.out)  # after each model: a run stopped by its time limit still leaves results
     if not args.skip_queries:
         print("\n== cold start and query latency", flush=True)
         res["cold_start_s"] = {"default": cold_start(preset["cold_runs"], "default", str(device)),
                                "tiny": cold_start(preset["cold_runs"], "tiny", str(device))}
         print(f"  cold start {res['cold_start_s']}", flush=True)
+        write_results(res, args.out)
         res["queries"] = query_latency("default", str(device), preset["index_sizes"], preset["queries"], paths[:8])
+        write_results(res, args.out)
     return res
 
 
@@ -496,7 +494,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--skip-queries", action="store_true")
     args = ap.parse_args()
-    write_results(run(args), args.out)
+    run(args)
 
 
 if __name__ == "__main__":

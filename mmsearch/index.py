@@ -195,6 +195,21 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def channel_vectors(path: str | Path, name: str) -> dict[str, np.ndarray]:
+    """Item id -> float32 vector of one channel (``image``, ``text``, ...) of the live index (or a snapshot)."""
+    from .store import ItemStore
+
+    snap = resolve_snapshot(path)
+    ids = np.load(snap / f"{name}.ids.npy")
+    vecs = np.load(snap / f"{name}.f16.npy").astype(np.float32)
+    store = ItemStore.open(snap / "items.sqlite")
+    try:
+        rows = store.rows(ids.tolist())
+    finally:
+        store.close()
+    return {rows[int(f)]["id"]: v for f, v in zip(ids, vecs)}
+
+
 def verify_snapshot(snap: Path, manifest: dict[str, Any]) -> None:
     """Check every file against the manifest's SHA-256; a damaged file is a clear error."""
     for name, digest in manifest.get("files", {}).items():

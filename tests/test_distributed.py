@@ -261,24 +261,10 @@ def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subpro
     return results
 
 
-def channel(index: Path, name: str) -> dict[str, np.ndarray]:
-    """item id -> vector of one channel."""
-    from mmsearch.index import current_snapshot
-    from mmsearch.store import ItemStore
-
-    snap = current_snapshot(index)
-    store = ItemStore.open(snap / "items.sqlite")
-    rows = store.rows(np.load(snap / f"{name}.ids.npy").tolist())
-    store.close()
-    ids = np.load(snap / f"{name}.ids.npy")
-    vecs = np.load(snap / f"{name}.f16.npy").astype(np.float32)
-    return {rows[int(f)]["id"]: v for f, v in zip(ids, vecs)}
-
-
 def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
                                                                              tmp_path):
     from mmsearch import build_index
-    from mmsearch.index import current_snapshot, read_manifest
+    from mmsearch.index import channel_vectors, current_snapshot, read_manifest
     from test_tarshards import write_tar
 
     (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")
@@ -313,7 +299,7 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
     assert a["count"] == b["count"] == 14
     assert a["skipped"] == b["skipped"] and a["skipped"][0]["id"] == "broken.jpg"
     for name in ("image", "text"):
-        dist_vecs, single_vecs = channel(out, name), channel(single, name)
+        dist_vecs, single_vecs = channel_vectors(out, name), channel_vectors(single, name)
         assert sorted(dist_vecs) == sorted(single_vecs)
         for iid, v in single_vecs.items():
             np.testing.assert_allclose(dist_vecs[iid], v, atol=2e-3)
