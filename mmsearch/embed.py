@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,9 +41,10 @@ class EncodeCfg:
 
     pipeline: ``fast`` or ``reference`` (full-size PIL decode, the model's per-image float transform,
         fp32 NCHW forward: what typical tools do; kept as the correctness and speed baseline).
-    num_workers: decode processes; None sizes them to the machine (:func:`device.default_num_workers`).
+    num_workers: decode processes; None sizes them to the machine and the decoder (:func:`loader_workers`).
     decode: ``pil`` (in the workers), ``device`` (plain JPEGs decoded by ``torchvision.io.decode_jpeg``
-        on the model's device, other files by PIL), or ``auto`` (``device`` on CUDA, ``pil`` elsewhere).
+        on the model's device, other files by PIL), or ``auto`` (``device`` on CUDA for mostly-JPEG
+        inputs, ``pil`` elsewhere: :func:`resolve_decode`).
     draft: decode JPEGs by DCT scaling (libjpeg) to at least ``draft * resize_size`` pixels on the short
         side (0: full size). 2.0 keeps nearest neighbours as the full-size decode has them (99% overlap
         measured); 1.0 decodes a 1600x1200 photo at 400x300, was 0-14% faster on CPU (where the model
@@ -197,18 +199,48 @@ class _Encoder:
         return ImageEmbeddings(ok=[self.ok[i] for i in order], channels=channels, failed=sorted(self.failed))
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def resolve_decode(decode: str, device: torch.device, paths: Sequence[str]) -> str:
+    """``auto`` -> ``device`` (nvJPEG) on CUDA when at least half the files are JPEGs by name, else ``pil``.
+
+    A mostly non-JPEG catalog on CUDA decodes with PIL in the workers: the device path would decode those
+    files one by one in the main process.
+    """
+    if decode != "auto":
+        return decode
+    if device.type != "cuda" or not paths:
+        return "pil"
+    jpegs = sum(str(p).lower().endswith(JPEG_SUFFIXES) for p in paths)
+    return "device" if 2 * jpegs >= len(paths) else "pil"
+
+
+def loader_workers(num_workers: int | None, decode: str, device: torch.device) -> int:
+    """DataLoader processes: an explicit count wins; device decoding reads the files in the main process.
+
+    With ``decode="device"`` workers only read bytes, and handing each batch's variable-sized byte tensors
+    through worker shared memory and pinning cost more than the read itself: on an H200 the default model
+    ran at 2,546 images/s with 0 workers against 197-327 with 15 (benchmarks/results/encode_cuda.md).
+    """
+    if num_workers is not None:
+        return num_workers
+    return 0 if decode == "device" else default_num_workers(device)
+
+
 def make_loader(model: DualEncoder, preprocess: Preprocess, paths: list[str], cfg: EncodeCfg,
                 device: torch.device) -> torch.utils.data.DataLoader:
     """The reader: a DataLoader whose workers read, decode and (on the fast path) resize to uint8."""
     icfg = model.cfg.image
+    decode = "pil"
     if cfg.pipeline == "reference":
         dataset = CatalogDataset(paths, preprocess, draft_size=None)
     else:
-        decode = cfg.decode if cfg.decode != "auto" else ("device" if device.type == "cuda" else "pil")
+        decode = resolve_decode(cfg.decode, device, paths)
         dataset = CatalogDataset(paths, ResizeCropU8(icfg, cfg.reducing_gap),
                                  draft_size=int(cfg.draft * icfg.resize_size) if cfg.draft else None,
                                  raw_jpeg=decode == "device")
-    workers = default_num_workers(device) if cfg.num_workers is None else cfg.num_workers
+    workers = loader_workers(cfg.num_workers, decode, device)
     workers = min(workers, max(0, (len(paths) + cfg.batch_size - 1) // cfg.batch_size))  # no idle processes
     return torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, collate_fn=collate_batch,

@@ -194,6 +194,30 @@ def test_worker_defaults_follow_the_machine(monkeypatch):
     assert default_num_workers(torch.device("cpu")) == 0
 
 
+def test_auto_decoder_uses_nvjpeg_only_on_cuda_for_mostly_jpeg_inputs():
+    from mmsearch.embed import resolve_decode
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    jpegs, webps = ["a.jpg", "b.JPEG", "c.jfif"], ["d.webp", "e.png", "f.gif", "g.webp"]
+    assert resolve_decode("auto", cuda, jpegs + webps[:3]) == "device"  # 3 of 6: half
+    assert resolve_decode("auto", cuda, jpegs + webps) == "pil"  # 3 of 7
+    assert resolve_decode("auto", cpu, jpegs) == "pil"
+    assert resolve_decode("auto", cuda, []) == "pil"
+    assert resolve_decode("pil", cuda, jpegs) == "pil" and resolve_decode("device", cpu, webps) == "device"
+
+
+def test_device_decoding_reads_in_the_main_process_unless_told_otherwise(monkeypatch):
+    import mmsearch.device as dev
+    from mmsearch.embed import loader_workers
+
+    monkeypatch.setattr(dev, "available_cpus", lambda: 16)
+    cuda = torch.device("cuda")
+    assert loader_workers(None, "device", cuda) == 0
+    assert loader_workers(None, "pil", cuda) == 15
+    assert loader_workers(4, "device", cuda) == 4
+    assert loader_workers(None, "pil", torch.device("cpu")) == 1
+
+
 def test_prefetch_on_cpu_is_a_plain_map():
     assert list(prefetch_to_device(iter([1, 2, 3]), torch.device("cpu"), lambda x: 10 * x)) == [10, 20, 30]
     assert list(prefetch_to_device(iter([]), torch.device("cpu"), lambda x: x)) == []
