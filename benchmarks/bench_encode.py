@@ -174,6 +174,9 @@ def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 # ---------------------------------------------------------------------------------------- end to end
 def end_to_end(model, preprocess, paths, pipeline, batch, workers, device, extra=None) -> dict:
     cfg = EncodeCfg(pipeline=pipeline, batch_size=batch, num_workers=workers, **(extra or {}))
+    if device.type == "cuda":  # untimed warm-up: kernel selection per shape, nvJPEG and compile set-up
+        tail = len(paths) % batch or batch  # the last, shorter batch is a shape of its own
+        encode_image_files(model, preprocess, paths[:2 * batch] + paths[-tail:], cfg=cfg, progress=False)
     sync(device)
     t0 = time.perf_counter()
     emb = encode_image_files(model, preprocess, paths, cfg=cfg, progress=False)
