@@ -60,6 +60,9 @@ class IndexSpec:
     recall_at_10: float | None = None  # measured on held-back queries; None for exact (flat)
     rerank: int = 0  # lossy codes (PQ): recall is measured after exact re-scoring of this many candidates
     trained_on: int = 0  # item count the trained part (IVF centroids, PQ codebooks) was fitted to
+    # IVF only: file name (beside the .faiss file) of the inverted lists when they live on disk
+    # (faiss OnDiskInvertedLists, see mmsearch/ondisk.py); None: the lists are inside the .faiss file
+    ondisk: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +71,7 @@ class IndexSpec:
     def from_dict(cls, d: dict[str, Any]) -> "IndexSpec":
         return cls(kind=d["kind"], factory=d["factory"], params=dict(d.get("params", {})),
                    recall_at_10=d.get("recall_at_10"), trained_on=int(d.get("trained_on", 0)),
-                   rerank=int(d.get("rerank", 0)))
+                   rerank=int(d.get("rerank", 0)), ondisk=d.get("ondisk"))
 
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30,
@@ -186,12 +189,27 @@ def _hnsw(index: faiss.Index):
 def build(spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, seed: int = 0,
           train_sample: int = 100_000) -> faiss.Index:
     """A new index of ``spec`` over (n, d) unit ``vectors`` with int64 ``ids``; trained on a sample."""
+    index = train(spec, vectors, seed, train_sample)
+    add(index, vectors, ids)
+    set_params(index, spec.params)
+    return index
+
+
+def training_sample(vectors: np.ndarray, seed: int = 0, train_sample: int = 100_000) -> np.ndarray:
+    """The rows an index is trained on: all of them, or ``train_sample`` rows drawn with ``seed``.
+    Deterministic, so one process and rank 0 of a distributed job train on the same rows."""
+    n = len(vectors)
+    rows = slice(None) if n <= train_sample else np.sort(np.random.default_rng(seed).choice(n, train_sample,
+                                                                                            replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def train(spec: IndexSpec, vectors: np.ndarray, seed: int = 0, train_sample: int = 100_000) -> faiss.Index:
+    """An empty index of ``spec``, trained (IVF centroids, PQ codebooks) on :func:`training_sample`."""
     dim = vectors.shape[1]
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        n = len(vectors)
-        sample = vectors if n <= train_sample else vectors[np.sort(rng.choice(n, train_sample, replace=False))]
+        sample = training_sample(vectors, seed, train_sample)
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
@@ -202,9 +220,7 @@ def build(spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, seed: int = 0,
                 # default 65k; this makes PQ training several times faster for no measurable recall loss
                 pq.cp.max_points_per_centroid = 40  # 10,240 points: just above FAISS's warning floor
                 pq.cp.niter = 10
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    add(index, vectors, ids)
-    set_params(index, spec.params)
+        index.train(sample)
     return index
 
 
@@ -335,14 +351,20 @@ def build_tuned(cfg: IndexCfg, vectors: np.ndarray, ids: np.ndarray) -> tuple[fa
 
 # ------------------------------------------------------------------------------------------- opening
 def read(path: str, spec: IndexSpec | None, mmap: bool | None = None) -> faiss.Index:
-    """Open an index file; IVF files above MMAP_MIN_BYTES (or ``mmap=True``) are memory-mapped."""
+    """Open an index file; IVF files above MMAP_MIN_BYTES (or ``mmap=True``) are memory-mapped, and
+    on-disk inverted lists (``spec.ondisk``) always are (read-only unless ``mmap=False``)."""
     import os
 
     try:
-        size = os.path.getsize(path)
-        want_mmap = mmap if mmap is not None else size >= MMAP_MIN_BYTES
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if want_mmap else 0
-        index = faiss.read_index(path, flags)
+        if spec is not None and spec.ondisk:  # lists in a file beside this one; mmap=False: writable
+            from .ondisk import read_ondisk
+
+            index = read_ondisk(path, spec.ondisk, writable=mmap is False)
+        else:
+            size = os.path.getsize(path)
+            want_mmap = mmap if mmap is not None else size >= MMAP_MIN_BYTES
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if want_mmap else 0
+            index = faiss.read_index(path, flags)
     except (RuntimeError, OSError) as exc:
         raise IndexIncompatibleError(f"cannot read index file {path} ({str(exc).strip().splitlines()[-1]}); "
                                      f"rebuild the index with `mmsearch index`") from None

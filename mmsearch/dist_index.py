@@ -10,10 +10,15 @@
     all ranks   exchange a status (ok or an error line)
     rank 0      read every shard -> index.build_index's own diff + writer -> one snapshot, swapped in
                 atomically; then delete the shard folder
+                for a new IVF index (ivf, ivfpq, auto at scale), per channel: train once on a sample
+                -> every rank adds its parts of the channel's rows to a copy of the trained index
+                (OUT/.distributed/<plan>/ivf/<channel>/shard-<i>.ivf + .json done marker) -> rank 0
+                merges the inverted lists on disk into the snapshot (mmsearch/ondisk.py)
 
 A dead or failed rank stops the job before anything is written to the index (the live snapshot stays
-as it was); completed shards stay on disk, and re-running the same command skips every shard whose
-marker exists and whose files are unchanged (size and mtime), on any number of ranks. OUT must be on a
+as it was); completed shards (and IVF parts) stay on disk, and re-running the same command skips every
+shard whose marker exists and whose files are unchanged (size and mtime), and every IVF part whose
+marker matches its vectors, on any number of ranks. OUT must be on a
 file system every rank can read and write (one machine, or a shared mount across nodes).
 """
 
@@ -41,6 +46,7 @@ from .embed import encode_image_files, encode_texts
 from .errors import MMSearchError
 from .index import (BuildReport, Precomputed, State, atomic_write_text, build_index, crash_point, sha256_file,
                     sha256_text)
+from .ondisk import AddTask, PartsStatus, part_paths, run_parts
 from .store import ItemStore
 from .tarshards import stat_path
 
@@ -74,6 +80,7 @@ class RankStatus:
     hashed: int = 0
     seconds: float = 0.0
     error: str | None = None
+    device: str = ""
 
 
 @dataclass
@@ -193,7 +200,7 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
 def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
                env: DistEnv, batch_size: int, num_workers: int | None, progress: bool) -> RankStatus:
     """Encode this rank's shards (skipping completed ones); errors become the status's error line."""
-    status = RankStatus(rank=env.rank)
+    status = RankStatus(rank=env.rank, device=str(next(net.parameters()).device))
     t0 = time.perf_counter()
     try:
         if listing_digest(items) != plan.digest or len(items) != plan.count:
@@ -303,6 +310,7 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
     info: dict[str, Any] = {}
     plan_box: list[Plan] = []
     gathered_at = [0.0]
+    adding = [False]
 
     def precompute(items, previous, state, net, preprocess, tokenizer) -> Precomputed:
         nonlocal sent
@@ -331,8 +339,11 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
         pre = load_shards(plan, items, dims)
         info.update({"world_size": env.world_size, "shards": plan.num_shards, "shard_size": shard_size,
                      "resumed_shards": sum(s.resumed for s in statuses),
-                     "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds} for s in statuses]})
+                     "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds, "device": s.device}
+                               for s in statuses]})
         pre.info = dict(info)
+        pre.adder = RankAdder(plan, env, out, shard_size, pre.info)
+        adding[0] = True  # every rank now waits for add tasks until rank 0 says "done"
         return pre
 
     try:
@@ -340,10 +351,15 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
                              num_workers=num_workers, progress=progress, index=index, rebuild=rebuild,
                              lock_timeout=lock_timeout, precompute=precompute)
     except BaseException as exc:
-        if not sent:  # the other ranks are waiting for the plan: tell them to stop
-            with contextlib.suppress(Exception):
-                broadcast_object(asdict(Plan(error=str(exc) or type(exc).__name__)), env, "sharing the plan")
+        reason = str(exc) or type(exc).__name__
+        with contextlib.suppress(Exception):
+            if not sent:  # the other ranks are waiting for the plan: tell them to stop
+                broadcast_object(asdict(Plan(error=reason)), env, "sharing the plan")
+            elif adding[0] and not getattr(exc, "lost_rank", False):  # they wait for add tasks
+                broadcast_object({"op": "stop", "error": reason}, env, "the index merge")
         raise
+    if adding[0]:
+        broadcast_object({"op": "done"}, env, "the index merge")
     # reading the shards + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
     info["merge_seconds"] = round(time.perf_counter() - gathered_at[0], 3) if gathered_at[0] else 0.0
     if plan_box:
@@ -366,6 +382,52 @@ def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> Di
                             f"completed shards")
 
 
+class RankAdder:
+    """:class:`mmsearch.ondisk.Adder` over the ranks of the job: rank 0 sends each channel's add task,
+    every rank adds its parts (part i -> rank i % N) and reports; kept in the plan's work folder, so a
+    re-run resumes from the parts that completed."""
+
+    def __init__(self, plan: Plan, env: DistEnv, out: Path, shard_size: int, info: dict[str, Any]):
+        self.plan, self.env, self.out, self.shard_size, self.info = plan, env, out, shard_size, info
+
+    def work_dir(self, channel: str) -> Path:
+        return Path(self.plan.work) / "ivf" / channel
+
+    def num_parts(self, n: int) -> int:
+        return num_shards_for(n, self.env.world_size, self.shard_size)
+
+    def __call__(self, task: AddTask) -> None:
+        env = self.env
+        broadcast_object({"op": "add", "task": asdict(task)}, env, "the index merge")
+        mine = run_parts(task, env.rank, env.world_size, after_part=lambda: _crash_hook(env, "ivf-part-done"))
+        try:
+            gathered = all_gather_objects(asdict(mine), env, "finishing its IVF parts")
+        except DistributedError as exc:
+            raise _lost_parts_error(task, env, self.out, exc) from None
+        statuses = [PartsStatus(**s) for s in gathered]
+        errors = [s.error for s in statuses if s.error]
+        if errors:
+            raise DistributedError("; ".join(errors) + f" (nothing was written to {self.out}; completed parts are "
+                                   f"kept for a re-run)")
+        self.info.setdefault("ivf_ondisk", {})[task.channel] = {
+            "parts": len(task.parts), "resumed_parts": sum(s.resumed for s in statuses),
+            "ranks": [{"rank": s.rank, "added": s.added, "seconds": s.seconds} for s in statuses]}
+
+
+def _lost_parts_error(task: AddTask, env: DistEnv, out: Path, exc: Exception) -> DistributedError:
+    log.debug("collective failed: %s", exc)
+    missing = {r: [i for i in range(r, len(task.parts), env.world_size) if not part_paths(task, i)[1].is_file()]
+               for r in range(env.world_size)}
+    lost = [r for r, parts in missing.items() if parts]
+    done = len(task.parts) - sum(len(v) for v in missing.values())
+    who = f"rank {', '.join(map(str, lost))}" if lost else "a rank"
+    err = DistributedError(f"{who} stopped before adding its {task.channel} vectors to the IVF index ({done} of "
+                           f"{len(task.parts)} parts done); nothing was written to {out}: re-run the same command "
+                           f"to resume from the completed shards and parts")
+    err.lost_rank = True  # the process group is broken: nobody is left to tell
+    return err
+
+
 def _follower(catalog, out: Path, model, dev, batch_size, num_workers, env: DistEnv) -> None:
     from .factory import create_model
 
@@ -380,8 +442,19 @@ def _follower(catalog, out: Path, model, dev, batch_size, num_workers, env: Dist
                             batch_size, num_workers, progress=False)
     except MMSearchError as exc:
         status.error = f"rank {env.rank}: {exc}"
-    all_gather_objects(asdict(status), env, "finishing its shards")
+    statuses = all_gather_objects(asdict(status), env, "finishing its shards")
     if status.error:
         raise DistributedError(status.error)
     log.info("rank %d: %d shards (%d resumed), %d images encoded in %.1f s", env.rank, status.shards,
              status.resumed, status.encoded, status.seconds)
+    if any(s["error"] for s in statuses):
+        return  # rank 0 reports the failure
+    while True:  # rank 0 writes the index; new IVF indexes need every rank to add vectors
+        msg = broadcast_object(None, env, "the index merge")
+        if msg["op"] == "done":
+            return
+        if msg["op"] == "stop":
+            raise DistributedError(f"rank {env.rank}: stopped because rank 0 failed: {msg['error']}")
+        task = AddTask(**msg["task"])
+        mine = run_parts(task, env.rank, env.world_size, after_part=lambda: _crash_hook(env, "ivf-part-done"))
+        all_gather_objects(asdict(mine), env, "finishing its IVF parts")

@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from . import __version__
-from . import ann
+from . import ann, ondisk
 from .ann import IndexCfg, IndexSpec
 from .data import CatalogItem, scan_catalog
 from .embed import EncodeCfg, ImageEmbeddings, encode_image_files, encode_texts
@@ -300,28 +300,48 @@ def _merge(old: ChannelData | None, drop: np.ndarray, new_ids: np.ndarray, new_v
 
 
 def _channel_index(name: str, cfg: IndexCfg, old: ChannelData | None, prev_cfg: dict | None, ids: np.ndarray,
-                   vecs: np.ndarray, drop: np.ndarray, added: np.ndarray, snap: Path | None
-                   ) -> tuple[faiss.Index, IndexSpec]:
-    """Re-use the previous trained index (remove + add) when the choice still holds, else build anew."""
-    vec32 = vecs.astype(np.float32)
+                   vecs: np.ndarray, drop: np.ndarray, added: np.ndarray, snap: Path | None, tmp: Path,
+                   adder: ondisk.Adder | None = None) -> tuple[faiss.Index, IndexSpec]:
+    """Re-use the previous trained index (remove + add) when the choice still holds, else build anew.
+
+    IVF lists stay where they were: an index with lists on disk is copied into ``tmp`` and updated
+    there. A new IVF index is built with its lists on disk (mmsearch/ondisk.py) when ``adder`` is
+    given (a distributed job: the ranks add the parts) or the previous index had them on disk.
+    ``vecs`` may stay float16: every FAISS call below converts chunks to float32 (exactly).
+    """
     fresh = ann.choose(len(ids), vecs.shape[1], cfg)
+    was_ondisk = old is not None and old.spec is not None and old.spec.ondisk is not None
     reuse = (old is not None and old.spec is not None and prev_cfg == cfg.to_dict() and snap is not None
              and old.spec.kind not in ("flat",) and old.spec.factory == _same_family(fresh, old.spec)
              and len(ids) <= 4 * max(1, old.spec.trained_on))
     if reuse:
-        index = ann.read(str(snap / f"{name}.faiss"), old.spec, mmap=False)
+        if was_ondisk:
+            index = ondisk.open_copy(snap, name, old.spec, tmp)
+        else:
+            index = ann.read(str(snap / f"{name}.faiss"), old.spec, mmap=False)
         if len(drop) and not ann.supports_remove(index):
             reuse = False
         else:
-            ann.remove(index, drop)
             mask = np.isin(ids, added)
-            ann.add(index, vec32[mask], ids[mask])
-            spec = IndexSpec(old.spec.kind, old.spec.factory, dict(old.spec.params), trained_on=old.spec.trained_on)
-            spec = ann.tune(index, spec, vec32, ids, cfg.target_recall, seed=cfg.seed)
+            with ondisk.quiet_stdout() if was_ondisk else contextlib.nullcontext():
+                ann.remove(index, drop)
+                ann.add(index, vecs[mask], ids[mask])
+            spec = IndexSpec(old.spec.kind, old.spec.factory, dict(old.spec.params), trained_on=old.spec.trained_on,
+                             ondisk=old.spec.ondisk)
+            spec = ann.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
             log.info("%s: updated the %s index in place (%d removed, %d added)", name, spec.kind, len(drop),
                      int(mask.sum()))
             return index, spec
-    return ann.build_tuned(cfg, vec32, ids)
+    if (adder is not None or was_ondisk) and ondisk.supports(fresh, vecs.shape[1]):
+        local = adder is None
+        adder = adder or ondisk.LocalAdder(tmp / ".parts")
+        try:
+            index, spec = ondisk.build(name, fresh, tmp, vecs, adder, seed=cfg.seed)
+        finally:
+            if local:
+                shutil.rmtree(tmp / ".parts", ignore_errors=True)
+        return index, ann.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
+    return ann.build_tuned(cfg, vecs, ids)
 
 
 def _same_family(fresh: IndexSpec, old: IndexSpec) -> str:
@@ -344,6 +364,7 @@ class Precomputed:
     text_rows: dict[str, int] = field(default_factory=dict)
     texts: np.ndarray | None = None  # (m, D) embeddings of the items' full text
     info: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest's "build" section
+    adder: ondisk.Adder | None = None  # new IVF indexes: lists on disk, vectors added by these processes
 
     def image_embeddings(self, items: list[CatalogItem]) -> ImageEmbeddings:
         """The same result :func:`encode_image_files` would give for ``items``."""
@@ -368,12 +389,27 @@ class Change:
 
 
 def commit(out: Path, state: State | None, manifest: dict[str, Any], changes: list[Change], removed: Sequence[int],
-           cfg: IndexCfg, dims: dict[str, int], checkpoint: Path | None = None, next_fid: int | None = None) -> Path:
-    """Write a new snapshot = ``state`` + ``changes`` - ``removed`` and make it live (caller holds the lock)."""
+           cfg: IndexCfg, dims: dict[str, int], checkpoint: Path | None = None, next_fid: int | None = None,
+           adder: ondisk.Adder | None = None) -> Path:
+    """Write a new snapshot = ``state`` + ``changes`` - ``removed`` and make it live (caller holds the lock).
+
+    adder: builds new IVF indexes with their lists on disk, its processes adding the vectors (see
+    :func:`_channel_index`). A failure removes the half-written snapshot folder.
+    """
     snaps = out / "snapshots"
     snaps.mkdir(parents=True, exist_ok=True)
     tmp = snaps / f".tmp-{_snapshot_name()}"
     tmp.mkdir()
+    try:
+        return _write_snapshot(out, tmp, state, manifest, changes, removed, cfg, dims, checkpoint, next_fid, adder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_snapshot(out: Path, tmp: Path, state: State | None, manifest: dict[str, Any], changes: list[Change],
+                    removed: Sequence[int], cfg: IndexCfg, dims: dict[str, int], checkpoint: Path | None,
+                    next_fid: int | None, adder: ondisk.Adder | None) -> Path:
     store = ItemStore.create(tmp / "items.sqlite", copy_from=state.snapshot / "items.sqlite" if state else None)
     removed = np.asarray(sorted(set(int(f) for f in removed)), np.int64)
     store.delete(removed.tolist())
@@ -402,11 +438,14 @@ def commit(out: Path, state: State | None, manifest: dict[str, Any], changes: li
         np.save(tmp / f"{name}.f16.npy", vecs)
         np.save(tmp / f"{name}.ids.npy", ids)
         index, spec = _channel_index(name, cfg, old, prev_cfg, ids, vecs, drop, new_ids,
-                                     state.snapshot if state else None)
-        faiss.write_index(index, str(tmp / f"{name}.faiss"))
+                                     state.snapshot if state else None, tmp, adder)
+        (ondisk.write if spec.ondisk else faiss.write_index)(index, str(tmp / f"{name}.faiss"))
+        del index  # unmaps on-disk lists before the snapshot is checksummed
         manifest["channels"][name] = {"dim": int(dim), "count": int(len(ids)), "index": spec.kind,
                                       "spec": spec.to_dict(), "faiss": f"{name}.faiss",
                                       "embeddings": f"{name}.f16.npy", "ids": f"{name}.ids.npy"}
+        if spec.ondisk:  # the inverted lists: a file of the snapshot, opened beside the .faiss file
+            manifest["channels"][name]["ivfdata"] = spec.ondisk
     crash_point("after-faiss")
     if checkpoint is not None:
         shutil.copyfile(checkpoint, tmp / "model.pt")
@@ -543,7 +582,7 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
             if pre is not None and pre.info:
                 manifest["build"]["distributed"] = pre.info
             snap = commit(out, state, manifest, changes, removed, cfg, _channel_dims(net), checkpoint=ckpt,
-                          next_fid=next_fid)
+                          next_fid=next_fid, adder=pre.adder if pre is not None else None)
     report.out, report.snapshot = out, snap
     final = read_manifest(snap)
     report.indexed = final["count"]

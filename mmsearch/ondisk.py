@@ -1,0 +1,279 @@
+"""IVF indexes whose inverted lists live on disk, built the way FAISS builds at scale
+(faiss ``contrib/ondisk.py``, autofaiss): train once, add in parts, merge the lists on disk.
+
+::
+
+    train once   rank 0 trains the coarse quantizer (+ PQ) on ann.training_sample (the rows a
+                 single-process build trains on) -> WORK/trained.faiss, an empty index
+    add          a part = a contiguous range of rows of <channel>.f16.npy (rows sorted by item id);
+                 a copy of the trained index + the part's vectors -> WORK/shard-<i>.ivf, then
+                 shard-<i>.json (the done marker, with a digest of the part's ids and vectors).
+                 Part i is added by rank i % N; a part whose marker matches is skipped (resume)
+    merge        faiss.contrib.ondisk.merge_ondisk: every part's lists, memory-mapped, are copied list by
+                 list into ONE <channel>.ivfdata (OnDiskInvertedLists); <channel>.faiss keeps the
+                 quantizer and each list's offset. Neither step holds all lists in RAM.
+
+The .faiss file stores the lists file by name only, and :func:`read_ondisk` opens it with
+``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
+copied to). Parts are added by whoever runs an :class:`Adder`: every rank of a torchrun job
+(mmsearch/dist_index.py) or this process (:class:`LocalAdder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import faiss
+import numpy as np
+
+from . import ann
+from .ann import IndexSpec
+from .errors import MMSearchError
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".ivfdata"
+_STDOUT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Drop what C code prints to stdout meanwhile: OnDiskInvertedLists printf()s every file resize and
+    relocation, which would end up in the middle of the CLI's output (``--json`` included)."""
+    with _STDOUT_LOCK:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        libc = ctypes.CDLL(None)
+        libc.fflush(None)
+        saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        try:
+            yield
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
+
+
+def supports(spec: IndexSpec, dim: int) -> bool:
+    """Whether ``spec`` is an IVF index whose lists merge_ondisk can put on disk (not flat, HNSW, IVFPQR)."""
+    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = ann._ivf(index)
+    return ivf is not None and not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQR)
+
+
+def _lists(index: faiss.Index):
+    return faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+
+
+# ---------------------------------------------------------------------------------------- reading
+def read_ondisk(path: str | Path, lists_name: str, writable: bool = False) -> faiss.Index:
+    """Open ``path`` with its lists from ``lists_name`` in the same folder (wherever that folder is now)."""
+    path = Path(path)
+    if not (path.parent / lists_name).is_file():
+        raise OSError(f"its inverted lists file {path.parent / lists_name} is missing")
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | (0 if writable else faiss.IO_FLAG_READ_ONLY)
+    with quiet_stdout():
+        return faiss.read_index(str(path), flags)
+
+
+def write(index: faiss.Index, path: str | Path) -> None:
+    """write_index, recording the on-disk lists file by its name only (no absolute path of this machine)."""
+    lists = _lists(index)
+    full = lists.filename
+    lists.filename = os.path.basename(full)
+    try:
+        faiss.write_index(index, str(path))
+    finally:
+        lists.filename = full
+
+
+# ---------------------------------------------------------------------------------------- parts
+@dataclass
+class AddTask:
+    """One channel's add phase: what every process adding parts needs (paths on a shared file system)."""
+
+    channel: str
+    work: str  # holds trained.faiss and the parts
+    vectors: str  # <channel>.f16.npy: (n, dim) float16, rows sorted by id
+    ids: str  # <channel>.ids.npy: (n,) int64
+    parts: list[list[int]] = field(default_factory=list)  # [start, end) rows of each part
+    trained_key: str = ""  # digest of the trained index's recipe and sample
+
+
+@dataclass
+class PartsStatus:
+    rank: int = 0
+    parts: int = 0
+    resumed: int = 0
+    added: int = 0  # vectors added by this process
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def part_paths(task: AddTask, part: int) -> tuple[Path, Path]:
+    base = Path(task.work) / f"shard-{part:06d}"
+    return base.with_suffix(".ivf"), base.with_suffix(".json")
+
+
+def _digest(*chunks: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+def add_part(task: AddTask, part: int, ids: np.ndarray, vectors: np.ndarray) -> bool:
+    """Add rows [start, end) to a copy of the trained index -> shard-<part>.ivf; False if already done."""
+    start, end = task.parts[part]
+    part_ids = np.asarray(ids[start:end], np.int64)
+    part_vecs = np.asarray(vectors[start:end])  # (rows, dim) float16
+    key = _digest(task.trained_key.encode(), part_ids.tobytes(), part_vecs.tobytes())
+    path, marker = part_paths(task, part)
+    with contextlib.suppress(OSError, ValueError):
+        if path.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key:
+            return False
+    index = faiss.read_index(str(Path(task.work) / "trained.faiss"))
+    ann.add(index, part_vecs, part_ids)
+    tmp = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    tmp_marker = marker.with_name(f".{marker.name}.tmp")
+    tmp_marker.write_text(json.dumps({"part": part, "rows": [start, end], "key": key}), encoding="utf-8")
+    os.replace(tmp_marker, marker)  # written last: the part is done
+    return True
+
+
+def run_parts(task: AddTask, rank: int = 0, world_size: int = 1,
+              after_part: Callable[[], None] | None = None) -> PartsStatus:
+    """Add the parts of ``rank`` (part i -> rank i % world_size); errors become the status's error line."""
+    status = PartsStatus(rank=rank)
+    t0 = time.perf_counter()
+    try:
+        vectors = np.load(task.vectors, mmap_mode="r")
+        ids = np.load(task.ids, mmap_mode="r")
+        for part in range(rank, len(task.parts), world_size):
+            status.parts += 1
+            if add_part(task, part, ids, vectors):
+                status.added += task.parts[part][1] - task.parts[part][0]
+                if after_part is not None:
+                    after_part()
+            else:
+                status.resumed += 1
+    except (OSError, ValueError, RuntimeError) as exc:  # faiss raises RuntimeError
+        status.error = f"rank {rank}: adding {task.channel} vectors failed ({str(exc).strip().splitlines()[-1]})"
+    status.seconds = round(time.perf_counter() - t0, 3)
+    return status
+
+
+class Adder(Protocol):
+    """Gets every part of an :class:`AddTask` added (raises if any part failed)."""
+
+    def work_dir(self, channel: str) -> Path: ...
+
+    def num_parts(self, n: int) -> int: ...
+
+    def __call__(self, task: AddTask) -> None: ...
+
+
+@dataclass
+class LocalAdder:
+    """Adds every part in this process (an update outside torchrun); its work is not kept for a re-run."""
+
+    root: Path
+    part_size: int = 100_000
+
+    def work_dir(self, channel: str) -> Path:
+        return self.root / channel
+
+    def num_parts(self, n: int) -> int:
+        return max(1, math.ceil(n / self.part_size))
+
+    def __call__(self, task: AddTask) -> None:
+        status = run_parts(task)
+        if status.error:
+            raise MMSearchError(status.error)
+
+
+# ---------------------------------------------------------------------------------------- building
+def train_once(spec: IndexSpec, vectors: np.ndarray, work: Path, seed: int = 0) -> str:
+    """The trained empty index in ``work`` (re-used when an earlier run trained it on the same sample);
+    returns its key."""
+    sample = ann.training_sample(vectors, seed)
+    key = _digest(json.dumps([spec.factory, seed]).encode(), np.ascontiguousarray(sample).tobytes())
+    path, marker = work / "trained.faiss", work / "trained.json"
+    with contextlib.suppress(OSError, ValueError):
+        if path.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key:
+            log.info("re-using the trained %s quantizer in %s", spec.factory, work)
+            return key
+    work.mkdir(parents=True, exist_ok=True)
+    for p in work.glob("shard-*"):  # parts of another trained index can never be re-used
+        p.unlink()
+    index = ann.train(spec, sample, seed)  # the sample is all of its rows: trains on exactly these
+    tmp = path.with_name(".trained.faiss.tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+    marker.write_text(json.dumps({"factory": spec.factory, "seed": seed, "key": key}), encoding="utf-8")
+    return key
+
+
+def build(channel: str, spec: IndexSpec, folder: Path, vectors: np.ndarray, adder: Adder, seed: int = 0
+          ) -> tuple[faiss.Index, IndexSpec]:
+    """An IVF index of ``spec`` over ``folder/<channel>.f16.npy`` (+ ids) with its lists in
+    ``folder/<channel>.ivfdata``: train once, ``adder`` adds the parts, merge on disk.
+
+    vectors: the same (n, dim) rows as the .npy file (rank 0 has them at hand; only the training
+    sample is read from them). Returns the index (lists memory-mapped, params set) and ``spec`` with
+    ``ondisk`` filled in.
+    """
+    from faiss.contrib.ondisk import merge_ondisk
+
+    work = adder.work_dir(channel)
+    t0 = time.perf_counter()
+    key = train_once(spec, vectors, work, seed)
+    t1 = time.perf_counter()
+    n = len(vectors)
+    task = AddTask(channel=channel, work=str(work), vectors=str(folder / f"{channel}.f16.npy"),
+                   ids=str(folder / f"{channel}.ids.npy"), trained_key=key,
+                   parts=[list(r) for r in _ranges(n, adder.num_parts(n))])
+    adder(task)
+    t2 = time.perf_counter()
+    index = faiss.read_index(str(work / "trained.faiss"))
+    lists = folder / f"{channel}{SUFFIX}"
+    with quiet_stdout():
+        merge_ondisk(index, [str(part_paths(task, i)[0]) for i in range(len(task.parts))], str(lists))
+    ann.set_params(index, spec.params)
+    log.info("%s: %s over %d vectors in %d parts, lists on disk in %s (train %.1f s, add %.1f s, merge %.1f s)",
+             channel, spec.factory, n, len(task.parts), lists.name, t1 - t0, t2 - t1, time.perf_counter() - t2)
+    spec = IndexSpec(**{**asdict(spec), "ondisk": lists.name})
+    return index, spec
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    from .distributed import shard_ranges
+
+    return shard_ranges(n, min(parts, max(1, n)))
+
+
+def open_copy(old_folder: Path, channel: str, spec: IndexSpec, folder: Path) -> faiss.Index:
+    """The on-disk index of an earlier snapshot, copied into ``folder`` and opened writable there, so an
+    update can remove and add in place without touching the earlier snapshot (which may be serving)."""
+    for name in (f"{channel}.faiss", spec.ondisk):
+        shutil.copyfile(old_folder / name, folder / name)
+    return ann.read(str(folder / f"{channel}.faiss"), spec, mmap=False)
