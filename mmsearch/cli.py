@@ -125,6 +125,9 @@ def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int,
     if info:
         out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
                   f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
+        for name, ivf in info.get("ivf_ondisk", {}).items():
+            out.print(f"  {name}: IVF vectors added by every rank in {ivf['parts']} parts ({ivf['resumed_parts']} "
+                      f"resumed), inverted lists merged on disk")
 
 
 def split_query_args(args: list[str], image: Optional[Path], text: Optional[str]) -> tuple[Optional[str], Optional[str]]:

@@ -40,6 +40,7 @@ import numpy as np
 
 from .ann import IndexCfg
 from .data import CatalogItem, scan_catalog
+from .device import default_num_workers
 from .distributed import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group,
                           rank_device, shard_ranges, shards_of_rank)
 from .embed import encode_image_files, encode_texts
@@ -294,6 +295,9 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", mode
     dev = rank_device(device, env)
     if shard_size < 1:
         raise MMSearchError(f"shard size must be at least 1, got {shard_size}")
+    if num_workers is None and dev.type == "cuda" and env.local_world_size > 1:
+        # the machine's decode workers are shared by its ranks (each would otherwise take every core)
+        num_workers = max(1, default_num_workers(dev) // env.local_world_size)
     # The index job exchanges only small Python objects, so it always coordinates over gloo (also on
     # GPUs: no NCCL collective can hang on a dead peer, and each rank's model still runs on its GPU).
     with process_group(env, dev, timeout_s=timeout_s, backend="gloo"):
@@ -359,7 +363,10 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
                 broadcast_object({"op": "stop", "error": reason}, env, "the index merge")
         raise
     if adding[0]:
-        broadcast_object({"op": "done"}, env, "the index merge")
+        try:
+            broadcast_object({"op": "done"}, env, "the index merge")
+        except DistributedError as exc:  # the index is published; a rank that left early changes nothing
+            log.warning("%s", exc)
     # reading the shards + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
     info["merge_seconds"] = round(time.perf_counter() - gathered_at[0], 3) if gathered_at[0] else 0.0
     if plan_box:

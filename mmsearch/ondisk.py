@@ -70,10 +70,13 @@ def quiet_stdout() -> Iterator[None]:
 
 
 def supports(spec: IndexSpec, dim: int) -> bool:
-    """Whether ``spec`` is an IVF index whose lists merge_ondisk can put on disk (not flat, HNSW, IVFPQR)."""
-    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    ivf = ann._ivf(index)
-    return ivf is not None and not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQR)
+    """Whether ``spec`` is an IVF index (optionally behind a transform such as OPQ) whose lists hold
+    everything it stores, so merge_ondisk can put them on disk: not flat, HNSW, IVFPQR or a refine stage."""
+    made = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)  # owns what the casts point to
+    index = faiss.downcast_index(made)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexIVF) and not isinstance(index, faiss.IndexIVFPQR)
 
 
 def _lists(index: faiss.Index):
@@ -212,10 +215,10 @@ class LocalAdder:
 
 
 # ---------------------------------------------------------------------------------------- building
-def train_once(spec: IndexSpec, vectors: np.ndarray, work: Path, seed: int = 0) -> str:
+def train_once(spec: IndexSpec, vectors: np.ndarray, work: Path, seed: int = 0, train_sample: int = 100_000) -> str:
     """The trained empty index in ``work`` (re-used when an earlier run trained it on the same sample);
     returns its key."""
-    sample = ann.training_sample(vectors, seed)
+    sample = ann.training_sample(vectors, seed, train_sample)
     key = _digest(json.dumps([spec.factory, seed]).encode(), np.ascontiguousarray(sample).tobytes())
     path, marker = work / "trained.faiss", work / "trained.json"
     with contextlib.suppress(OSError, ValueError):
