@@ -167,7 +167,8 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "check": check}, indent=2) + "\n")
     where = gpu or f"CPU ({os.cpu_count()} cores)"
-    lines = [f"# Distributed indexing on one device: 1 vs 2 processes ({where})", "", f"`{cmd}`", "",
+    lines = [f"# Distributed indexing on one device: 1 vs 2 processes ({where})", "",
+             f"`{cmd}` (run by `benchmarks/run_gpu_distributed.sh`)", "",
              f"{args.images} generated JPEGs (256x192), model `{args.model}`, batch {args.batch_size}, "
              f"{-(-args.images // args.shard_size)} shards; torch {torch.__version__}.", "",
              "| processes | devices | parallel phase s | images/s | per-rank images/s | speed-up | rank-0 merge s "

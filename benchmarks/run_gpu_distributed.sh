@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+"$PY" -c "import torch, faiss, mmsearch" || { echo "error: $PY cannot import torch, faiss and mmsearch" >&2; exit 1; }
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   nvidia-smi --query-gpu=name,memory.total --format=csv || true
   timeout 170 "$PY" benchmarks/bench_distributed_device.py --images 512 --device auto \
