@@ -203,3 +203,27 @@ def test_killed_rank_while_adding_ivf_parts_then_resume_equals_one_process_moves
     verify_snapshot(Path(before["_snapshot"]), before)  # checksums of the old .ivfdata files still hold
     found = [h.id for h in SearchEngine.open(moved, device="cpu").search(image=str(catalog / "new.png"), k=3)]
     assert {"new.png", "img017.png"} <= set(found) and "img005.png" not in found
+
+
+def test_an_on_disk_index_that_must_be_retrained_is_rebuilt_on_disk_by_one_process(tmp_path):
+    """An update outside torchrun that cannot re-use the trained cells (here: another index type asked
+    for) builds the new IVF index on disk too, in parts added by this process, and cleans up its parts."""
+    from mmsearch.index import ChannelData, _channel_index
+
+    rng = np.random.default_rng(2)
+    vecs, ids = unit(rng, 600, 16), np.arange(600, dtype=np.int64)
+    old_snap, new_snap = tmp_path / "old", tmp_path / "new"
+    for folder in (old_snap, new_snap):
+        folder.mkdir()
+        np.save(folder / "image.f16.npy", vecs)
+        np.save(folder / "image.ids.npy", ids)
+    index, spec = ondisk.build("image", IndexSpec("ivf", "IVF4,Flat", {"nprobe": 2}, trained_on=600), old_snap, vecs,
+                               ondisk.LocalAdder(tmp_path / "work"))
+    ondisk.write(index, old_snap / "image.faiss")
+    old = ChannelData(ids=ids, vectors=vecs, spec=spec)
+    cfg = IndexCfg("IVF8,Flat")
+    got, got_spec = _channel_index("image", cfg, old, IndexCfg("ivf").to_dict(), ids, vecs, np.zeros(0, np.int64),
+                                   np.zeros(0, np.int64), old_snap, new_snap)
+    assert got_spec.factory == "IVF8,Flat" and got_spec.ondisk == "image.ivfdata"
+    assert (new_snap / "image.ivfdata").is_file() and not (new_snap / ".parts").exists()
+    assert_same_ivf(got, ann.build(IndexSpec("factory", "IVF8,Flat"), vecs, ids))
