@@ -40,7 +40,6 @@ import numpy as np
 
 from .ann import IndexCfg
 from .data import CatalogItem, scan_catalog
-from .device import default_num_workers
 from .distributed import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group,
                           rank_device, shard_ranges, shards_of_rank)
 from .embed import encode_image_files, encode_texts
@@ -295,9 +294,6 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", mode
     dev = rank_device(device, env)
     if shard_size < 1:
         raise MMSearchError(f"shard size must be at least 1, got {shard_size}")
-    if num_workers is None and dev.type == "cuda" and env.local_world_size > 1:
-        # the machine's decode workers are shared by its ranks (each would otherwise take every core)
-        num_workers = max(1, default_num_workers(dev) // env.local_world_size)
     # The index job exchanges only small Python objects, so it always coordinates over gloo (also on
     # GPUs: no NCCL collective can hang on a dead peer, and each rank's model still runs on its GPU).
     with process_group(env, dev, timeout_s=timeout_s, backend="gloo"):
