@@ -268,8 +268,9 @@ def info_cmd(index: IndexOpt = Path("index"),
         spec = ch.get("spec", {})
         params = ", ".join(f"{k}={v}" for k, v in spec.get("params", {}).items())
         recall = f", Recall@10 {spec['recall_at_10']:.3f}" if spec.get("recall_at_10") is not None else ""
+        lists = f", inverted lists on disk in {ch['ivfdata']}" if ch.get("ivfdata") else ""
         out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} ({spec.get('factory', ch['index'])}"
-                  f"{', ' + params if params else ''}{recall})", highlight=False)
+                  f"{', ' + params if params else ''}{recall}{lists})", highlight=False)
     out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
     out.print(f"  catalog     {m['catalog']}")
 
