@@ -214,7 +214,12 @@ def train(spec: IndexSpec, vectors: np.ndarray, seed: int = 0, train_sample: int
         if ivf is not None:
             ivf.cp.seed = seed
             ivf.cp.min_points_per_centroid = 1  # nlist_for already keeps >= 39 per cell; silence the warning
-            pq = getattr(faiss.downcast_index(ivf), "pq", None)
+            concrete = faiss.downcast_index(ivf)
+            if hasattr(concrete, "do_polysemous_training"):
+                # polysemous training reorders PQ centroids for Hamming pre-filtering, which search never
+                # enables (polysemous_ht = 0): it cost most of an IVF-PQ training and changes no result
+                concrete.do_polysemous_training = False
+            pq = getattr(concrete, "pq", None)
             if pq is not None:
                 # 256 centroids per sub-quantizer in 8-16 dims converge on far fewer points than the
                 # default 65k; this makes PQ training several times faster for no measurable recall loss
