@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from .errors import ImageDecodeError, MMSearchError
 from .factory import Preprocess, Tokenizer
 from .model import DualEncoder
 from .preprocess import ResizeCropU8, normalize_batch, resize_crop_tensor
+from .shards import ShardWriter, assemble
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class EncodeCfg:
     reducing_gap: Pillow's resize shortcut (box-reduce by an integer factor first); None: exact bicubic.
     channels_last: NHWC activations (1.6x faster forward on CPU here, and what tensor cores want).
     compile: ``torch.compile`` the image tower (pays off only for long runs; last batch is padded).
+    shard_rows, write_queue: when encoding into a shard folder (index builds): rows per float16 shard,
+        and batches the background writer may have queued before the encoder waits for it
+        (mmsearch/shards.py); memory while encoding is bounded by these, not by the catalog's size.
     """
 
     batch_size: int = 32
@@ -61,6 +66,8 @@ class EncodeCfg:
     reducing_gap: float | None = 3.0
     channels_last: bool = True
     compile: bool = False
+    shard_rows: int = 4096
+    write_queue: int = 8
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
@@ -76,7 +83,7 @@ class ImageEmbeddings:
     """Embeddings of the images that loaded, per channel, and the reasons for the ones that did not."""
 
     ok: list[int]  # positions (into the input list) of encoded images, ascending
-    channels: dict[str, np.ndarray]  # channel -> (len(ok), dim) float32, unit rows
+    channels: dict[str, np.ndarray]  # channel -> (len(ok), dim) unit rows: float32, float16 from shards
     failed: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
@@ -116,8 +123,10 @@ def decode_on_device(jpegs: list[torch.Tensor], device: torch.device) -> list[to
 class _Encoder:
     """State of one ``encode_image_files`` run: turns loader batches into embedding chunks."""
 
-    def __init__(self, model: DualEncoder, cfg: EncodeCfg, paths: list[str], device: torch.device):
+    def __init__(self, model: DualEncoder, cfg: EncodeCfg, paths: list[str], device: torch.device,
+                 writer: ShardWriter | None = None):
         self.model, self.cfg, self.paths, self.device = model, cfg, paths, device
+        self.writer = writer  # None: keep the embeddings in memory
         self.icfg = model.cfg.image
         self.forward = image_forward(model, cfg)
         self.fast = cfg.pipeline == "fast"
@@ -179,21 +188,28 @@ class _Encoder:
         positions, out, done = result
         if done is not None:
             done.synchronize()
+        if self.writer is not None:
+            self.writer.put(positions, {name: emb.numpy() for name, emb in out.items()})
+            return
         for name, emb in out.items():
             self.chunks.setdefault(name, []).append(emb.numpy())
         self.ok.extend(positions)
 
-    def result(self) -> ImageEmbeddings:
+    def dims(self) -> dict[str, int]:
         dims = {"image": self.model.embed_dim, "visual": self.model.visual_dim}
-        order = np.argsort(np.asarray(self.ok, dtype=np.int64), kind="stable")
-        channels = {}
-        for name, dim in dims.items():
-            if dim is None:
-                continue
-            arr = np.concatenate(self.chunks[name]) if name in self.chunks else np.zeros((0, dim), np.float32)
-            channels[name] = np.ascontiguousarray(arr[order]) if len(arr) else arr
+        return {name: dim for name, dim in dims.items() if dim is not None}
+
+    def result(self) -> ImageEmbeddings:
         for pos, reason in self.failed:
             log.warning("skipping %s: %s", self.paths[pos], reason)
+        if self.writer is not None:
+            ok, channels = assemble(self.writer.folder, self.writer.close(), self.dims())
+            return ImageEmbeddings(ok=ok.tolist(), channels=channels, failed=sorted(self.failed))
+        order = np.argsort(np.asarray(self.ok, dtype=np.int64), kind="stable")
+        channels = {}
+        for name, dim in self.dims().items():
+            arr = np.concatenate(self.chunks[name]) if name in self.chunks else np.zeros((0, dim), np.float32)
+            channels[name] = np.ascontiguousarray(arr[order]) if len(arr) else arr
         return ImageEmbeddings(ok=[self.ok[i] for i in order], channels=channels, failed=sorted(self.failed))
 
 
@@ -219,10 +235,12 @@ def make_loader(model: DualEncoder, preprocess: Preprocess, paths: list[str], cf
 
 def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[str], batch_size: int | None = None,
                        num_workers: int | None = None, progress: bool = True, desc: str = "encoding images",
-                       cfg: EncodeCfg | None = None) -> ImageEmbeddings:
+                       cfg: EncodeCfg | None = None, shards: str | Path | None = None) -> ImageEmbeddings:
     """Decode, preprocess and encode ``paths``; bad files are skipped with a reason, never fatal.
 
     ``batch_size`` / ``num_workers`` override the same fields of ``cfg`` (an :class:`EncodeCfg`).
+    ``shards``: a folder for float16 embedding shards, written by a background thread as batches complete
+    and read back at the end (channels are then float16); None keeps float32 embeddings in memory.
     """
     cfg = cfg or EncodeCfg()
     if batch_size is not None:
@@ -230,7 +248,18 @@ def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[s
     if num_workers is not None:
         cfg = replace(cfg, num_workers=num_workers)
     device = next(model.parameters()).device
-    enc = _Encoder(model, cfg, paths, device)
+    writer = ShardWriter(shards, cfg.shard_rows, cfg.write_queue) if shards is not None else None
+    try:
+        return _encode(model, preprocess, paths, cfg, device, writer, progress, desc)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _encode(model: DualEncoder, preprocess: Preprocess, paths: list[str], cfg: EncodeCfg, device: torch.device,
+            writer: ShardWriter | None, progress: bool, desc: str) -> ImageEmbeddings:
+    enc = _Encoder(model, cfg, paths, device, writer)
     loader = make_loader(model, preprocess, paths, cfg, device)
     log.info("encoding %d images: %s pipeline, batch %d, %d workers of %d CPUs, device %s", len(paths),
              cfg.pipeline, cfg.batch_size, loader.num_workers, available_cpus(), device)

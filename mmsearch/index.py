@@ -49,6 +49,7 @@ INDEX_FORMAT = "mmsearch-index"
 INDEX_FORMAT_VERSION = 2
 METRIC = "inner_product"
 IMAGE_CHANNELS = ("image", "visual")
+ENCODE_DIR = ".encoding"  # <out>/.encoding: embedding shards of the build in progress
 
 
 class IndexLockedError(MMSearchError):
@@ -502,9 +503,14 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         wanted = {it.id: it for it in items}
         removed = [row["fid"] for iid, row in previous.items() if iid not in wanted]
         pre = precompute(items, previous, state, net, preprocess, tokenizer) if precompute else None
-        report, changes, next_fid, failed = _diff_and_encode(list(wanted.values()), previous, net, preprocess,
-                                                             tokenizer, state, batch_size, num_workers, progress,
-                                                             encode=encode, precomputed=pre)
+        work = out / ENCODE_DIR  # float16 embedding shards of this build (mmsearch/shards.py)
+        shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
+        try:
+            report, changes, next_fid, failed = _diff_and_encode(list(wanted.values()), previous, net, preprocess,
+                                                                 tokenizer, state, batch_size, num_workers, progress,
+                                                                 encode=encode, precomputed=pre, shards=work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         report.removed = len(removed) + len(failed)
         removed += failed
         if state is None and report.skipped and report.encoded == 0:
@@ -551,9 +557,11 @@ def _try_state(out: Path) -> State | None:
 def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
                      state: State | None, batch_size: int | None, num_workers: int | None, progress: bool,
                      image_hashes: dict[str, str] | None = None, precomputed: Precomputed | None = None,
-                     encode: EncodeCfg | None = None) -> tuple[BuildReport, list[Change], int, list[int]]:
+                     encode: EncodeCfg | None = None, shards: Path | None = None
+                     ) -> tuple[BuildReport, list[Change], int, list[int]]:
     """Compare wanted items with the previous rows; encode what is new or changed (or take the
-    hashes and embeddings from ``precomputed``).
+    hashes and embeddings from ``precomputed``). ``shards``: a folder for the image embeddings' shards
+    (bounded memory while encoding); None keeps them in memory.
 
     -> (report, changes, next fid, fids of previously indexed items whose changed file no longer reads)
     """
@@ -580,7 +588,8 @@ def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, p
         emb = precomputed.image_embeddings(to_encode) if to_encode else None
     else:
         emb = encode_image_files(net, preprocess, [it.path for it in to_encode], batch_size=batch_size,
-                                 num_workers=num_workers, progress=progress, cfg=encode) if to_encode else None
+                                 num_workers=num_workers, progress=progress, cfg=encode,
+                                 shards=shards) if to_encode else None
     report.encoded = len(emb.ok) if emb else 0
     encoded: dict[str, dict[str, np.ndarray]] = {}
     failed_fids: list[int] = []
