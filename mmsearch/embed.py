@@ -277,14 +277,33 @@ def _encode(model: DualEncoder, preprocess: Preprocess, paths: list[str], cfg: E
 
 
 def encode_texts(model: DualEncoder, tokenizer: Tokenizer, texts: list[str], batch_size: int = 64,
-                 progress: bool = False) -> np.ndarray:
-    """(N, D) float32 unit embeddings. Texts are sorted by length so each batch pads little."""
+                 progress: bool = False, bucket: bool = True, chunk: int = 4096) -> np.ndarray:
+    """(N, D) float32 unit embeddings, row i for ``texts[i]``.
+
+    Length-bucketed (``bucket``): texts are ordered by character length, tokenized once per ``chunk``,
+    ordered within it by token count, and each batch is cut to its own longest text, so a batch of short
+    titles never pays for one long description; rows go back to the input order. ``bucket=False``
+    encodes batches in input order, each padded to its longest (the baseline of
+    benchmarks/bench_text_encode.py). Both give the same embeddings (tests/test_text_buckets.py).
+    """
     device = next(model.parameters()).device
     out = np.zeros((len(texts), model.embed_dim), np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    if bucket:
+        order = np.argsort(np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
+    else:
+        order, chunk = np.arange(len(texts)), batch_size
+    bar = tqdm(total=len(texts), desc="encoding texts", unit="text", disable=not progress)
     with torch.inference_mode(), autocast(device):
-        for start in tqdm(range(0, len(order), batch_size), desc="encoding texts", disable=not progress):
-            idx = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in tokenizer([texts[i] for i in idx]).items()}
-            out[idx] = model.encode_text(batch).float().cpu().numpy()
+        for c in range(0, len(order), chunk):
+            idx = order[c:c + chunk]
+            tokens = tokenizer([texts[i] for i in idx])  # (n, L) padded to the chunk's longest
+            lengths = tokens["attention_mask"].sum(1)  # tokenizers pad on the right
+            within = torch.argsort(lengths, stable=True) if bucket else torch.arange(len(idx))
+            for s in range(0, len(within), batch_size):
+                rows = within[s:s + batch_size]
+                width = int(lengths[rows].max())
+                batch = {k: v[rows, :width].to(device) for k, v in tokens.items()}
+                out[idx[rows.numpy()]] = model.encode_text(batch).float().cpu().numpy()
+                bar.update(len(rows))
+    bar.close()
     return out
