@@ -149,3 +149,21 @@ def test_failed_build_keeps_the_previous_index(small_catalog, sample_catalog, tm
     assert read_manifest(out)["_snapshot"] == before["_snapshot"]
     assert not (out / ENCODE_DIR).exists()
     assert len(SearchEngine.open(out, device="cpu", verify=True)) == 12
+
+
+def test_cli_disk_full_while_writing_shards(small_catalog, tmp_path, monkeypatch):
+    """A shard that cannot be written is one line and exit code 1, not a traceback."""
+    from typer.testing import CliRunner
+
+    import mmsearch.shards as shards_mod
+    from mmsearch.cli import app
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards_mod, "write_shard", disk_full)
+    result = CliRunner().invoke(app, ["index", str(small_catalog), "--out", str(tmp_path / "i"), "--model", "tiny",
+                                      "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 1
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "i" / "CURRENT").exists()
