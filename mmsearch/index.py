@@ -281,7 +281,7 @@ def _merge(old: ChannelData | None, drop: np.ndarray, new_ids: np.ndarray, new_v
         ids = np.concatenate([old.ids[keep], new_ids.astype(np.int64)])
         vecs = np.concatenate([np.asarray(old.vectors[keep], np.float16), new_vecs.astype(np.float16)])
     else:
-        ids, vecs = new_ids.astype(np.int64), new_vecs.astype(np.float16).reshape(-1, dim)
+        ids, vecs = new_ids.astype(np.int64), new_vecs.astype(np.float16, copy=False).reshape(-1, dim)
     order = np.argsort(ids, kind="stable")
     return ids[order], vecs[order]
 
