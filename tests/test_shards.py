@@ -69,6 +69,7 @@ def test_writer_exception_reaches_the_caller(tmp_path, monkeypatch):
             writer.put([0, 1], {"image": rng.normal(size=(2, 4)).astype(np.float32)})
         writer.close()
     assert isinstance(info.value.__cause__, OSError)
+    writer._thread.join(timeout=10)  # the thread ends after handing the error over
     assert not writer._thread.is_alive()
 
 
