@@ -66,7 +66,8 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
                 buf.append((pos, {k: v.numpy() for k, v in out.items()}))
                 if sum(len(p) for p, _ in buf) >= shard_rows or pos[-1] == n - 1:
                     arrays = {k: np.concatenate([a[k] for _, a in buf]) for k in DIMS}
-                    write_shard(*shard_paths(tmp, len(shards)), arrays, {"positions": [p for q, _ in buf for p in q]})
+                    write_shard(*shard_paths(tmp, len(shards)), arrays, {"positions": [p for q, _ in buf for p in q]},
+                                durable=False)  # as ShardWriter writes an index build's shards
                     shards.append(len(shards))
                     buf = []
             else:

@@ -32,8 +32,12 @@ def shard_paths(folder: str | Path, shard: int) -> tuple[Path, Path]:
     return base.with_suffix(".npz"), base.with_suffix(".json")
 
 
-def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write the arrays as float16 (fsynced, renamed into place), then the JSON marker: the shard is done."""
+def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: dict, durable: bool = True) -> None:
+    """Write the arrays as float16 (renamed into place), then the JSON marker: the shard is done.
+
+    ``durable``: fsync both, so a done marker survives a crash of the machine (shards a re-run resumes
+    from); without it a shard is only as safe as the page cache (shards of one build, never resumed).
+    """
     from .index import atomic_write_text
 
     tmp = npz.with_name(f".{npz.name}.tmp")
@@ -41,10 +45,17 @@ def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: di
         # float16, as the index stores them: the index writer rounds to float16 anyway, so this loses
         # nothing and halves the files (2 bytes x (384 + 1280 + 384) = 4 KB per item with `default`)
         np.savez(fh, **{name: np.asarray(a).astype(np.float16) for name, a in arrays.items()})
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, npz)
-    atomic_write_text(marker, json.dumps(meta, ensure_ascii=False))  # written last: the shard is done
+    text = json.dumps(meta, ensure_ascii=False)
+    if durable:
+        atomic_write_text(marker, text)  # written last: the shard is done
+    else:
+        tmp = marker.with_name(f".{marker.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, marker)
 
 
 def read_shard(npz: Path, marker: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -71,15 +82,17 @@ class ShardWriter:
     thread is raised in the caller (by the next ``put`` or by ``close``) as :class:`ShardWriterError`.
 
     Use as a context manager: leaving it normally flushes and joins (``close``); leaving it by an
-    exception stops the thread without writing more.
+    exception stops the thread without writing more. ``durable``: fsync every shard (see
+    :func:`write_shard`); off by default, as an index build reads its shards back and deletes them.
     """
 
-    def __init__(self, folder: str | Path, shard_rows: int = 4096, queue_size: int = 8):
+    def __init__(self, folder: str | Path, shard_rows: int = 4096, queue_size: int = 8, durable: bool = False):
         if shard_rows < 1 or queue_size < 1:
             raise MMSearchError(f"shard rows and queue size must be at least 1, got {shard_rows}, {queue_size}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.shard_rows = shard_rows
+        self.durable = durable
         self.shards: list[int] = []  # numbers of the shards written, in order
         self.rows = 0  # rows written
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -164,7 +177,7 @@ class ShardWriter:
         names = list(self._buffer[0][1])
         arrays = {name: np.concatenate([a[name] for _, a in self._buffer]) for name in names}
         npz, marker = shard_paths(self.folder, shard)
-        write_shard(npz, marker, arrays, {"shard": shard, "positions": positions})
+        write_shard(npz, marker, arrays, {"shard": shard, "positions": positions}, durable=self.durable)
         self.shards.append(shard)
         self.rows += len(positions)
         self._buffer, self._buffered = [], 0
