@@ -3,7 +3,9 @@
     python benchmarks/bench_coldstart.py --against 86aaabf --runs 3     # results/cold_start_cpu.md
 
 Runs alternate (new, old, new, old ...) so both see the same machine load; each run is a new process
-doing ``from mmsearch import create_model; create_model(name, device="cpu")``. The old revision is
+doing ``from mmsearch import create_model; create_model(name, device="cpu")``. Besides wall seconds it
+reports the child's CPU seconds (user + sys), which a shared, busy machine inflates much less, and the
+median of the per-pair ratios old / new. The old revision is
 extracted with ``git archive`` into a temp folder and imported from there. Also prints where the time of
 one new-code start goes (``python -X importtime``, top imports by cumulative time).
 """
@@ -11,6 +13,7 @@ one new-code start goes (``python -X importtime``, top imports by cumulative tim
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,14 +26,17 @@ CODE = ("import time; t = time.perf_counter(); import mmsearch; from mmsearch im
         "print(round(i - t, 3), round(e - i, 3), round(e - t, 3), mmsearch.__file__)")
 
 
-def one(src: Path, name: str) -> tuple[float, float, float]:
+def one(src: Path, name: str) -> tuple[float, float, float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run([sys.executable, "-c", CODE.format(name=name)], cwd=src, capture_output=True, text=True,
                          env={"PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     if res.returncode != 0:
         raise SystemExit(res.stderr[-3000:])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     imp, load, total, where = res.stdout.split()[-4:]
     assert where.startswith(str(src)), where  # the code under test, not an installed copy
-    return float(imp), float(load), float(total)
+    return float(imp), float(load), float(total), round(cpu, 3)
 
 
 def top_imports(name: str, n: int = 12) -> list[str]:
@@ -60,17 +66,22 @@ def main() -> None:
         lines = [f"# Cold start (fresh process to loaded model, CPU), this branch vs {args.against}", "",
                  f"Command: `python benchmarks/bench_coldstart.py --against {args.against} --runs {args.runs}`  ",
                  "Runs alternate new/old under the same load; seconds as import mmsearch / create_model / total.", "",
-                 "| model | code | runs (total s) | median total s | median import s | median create_model s |",
-                 "|---|---|---|---|---|---|"]
+                 "| model | code | runs (total s) | median total s | median import s | median create_model s "
+                 "| median CPU s | old / new (median of pairs: wall, CPU) |",
+                 "|---|---|---|---|---|---|---|---|"]
         for name in args.models:
-            times: dict[str, list[tuple[float, float, float]]] = {"this branch": [], args.against: []}
+            times: dict[str, list[tuple[float, float, float, float]]] = {"this branch": [], args.against: []}
             for _ in range(args.runs):
                 times["this branch"].append(one(ROOT, name))
                 times[args.against].append(one(old, name))
+            pairs = list(zip(times[args.against], times["this branch"]))
+            wall = statistics.median(o[2] / n[2] for o, n in pairs)
+            cpu = statistics.median(o[3] / n[3] for o, n in pairs)
             for label, ts in times.items():
-                med = [statistics.median(t[i] for t in ts) for i in range(3)]
+                med = [statistics.median(t[i] for t in ts) for i in range(4)]
+                ratio = f"{wall:.2f}x, {cpu:.2f}x" if label == "this branch" else ""
                 lines.append(f"| {name} | {label} | {', '.join(str(t[2]) for t in ts)} | {med[2]:.2f} | {med[0]:.2f} "
-                             f"| {med[1]:.2f} |")
+                             f"| {med[1]:.2f} | {med[3]:.2f} | {ratio} |")
                 print(lines[-1], flush=True)
     lines += ["", "Where one start of `default` goes now (`python -X importtime`, cumulative, top 12):", "", "```"]
     lines += top_imports("default") + ["```"]

@@ -44,7 +44,8 @@ from .distributed import (DistEnv, DistributedError, all_gather_objects, broadca
                           rank_device, shard_ranges, shards_of_rank)
 from .embed import encode_image_files, encode_texts
 from .errors import MMSearchError
-from .index import (BuildReport, Precomputed, State, atomic_write_text, build_index, crash_point, sha256_file,
+from .shards import write_shard
+from .index import (BuildReport, Precomputed, State, build_index, crash_point, sha256_file,
                     sha256_text)
 from .ondisk import AddTask, PartsStatus, part_paths, run_parts
 from .store import ItemStore
@@ -182,18 +183,9 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
             texts.append((it.id, full))
     arrays["text"] = (encode_texts(net, tokenizer, [t for _, t in texts]) if texts
                       else np.zeros((0, net.embed_dim), np.float32))
-    npz, marker = shard_paths(plan, shard)
-    tmp = npz.with_name(f".{npz.name}.tmp")
-    with open(tmp, "wb") as fh:
-        # float16, as the index stores them: the writer rounds to float16 anyway, so this loses nothing
-        # and halves the shard files (2 bytes x (384 + 1280 + 384) = 4 KB per item with the default model)
-        np.savez(fh, **{name: a.astype(np.float16) for name, a in arrays.items()})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, npz)
     meta = {"shard": shard, "ids": [it.id for it in items], "hashes": hashes, "stat": stats, "encoded": encoded,
             "failed": failed, "texts": [i for i, _ in texts]}
-    atomic_write_text(marker, json.dumps(meta, ensure_ascii=False))  # written last: the shard is done
+    write_shard(*shard_paths(plan, shard), arrays, meta)  # float16 npz, then the done marker
     return len(encoded)
 
 

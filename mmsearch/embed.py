@@ -17,6 +17,7 @@ import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from .errors import ImageDecodeError, MMSearchError
 from .factory import Preprocess, Tokenizer
 from .model import DualEncoder
 from .preprocess import ResizeCropU8, normalize_batch, resize_crop_tensor
+from .shards import ShardWriter, assemble
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ class EncodeCfg:
     reducing_gap: Pillow's resize shortcut (box-reduce by an integer factor first); None: exact bicubic.
     channels_last: NHWC activations (1.6x faster forward on CPU here, and what tensor cores want).
     compile: ``torch.compile`` the image tower (pays off only for long runs; last batch is padded).
+    shard_rows, write_queue: when encoding into a shard folder (index builds): rows per float16 shard,
+        and batches the background writer may have queued before the encoder waits for it
+        (mmsearch/shards.py); memory while encoding is bounded by these, not by the catalog's size.
     """
 
     batch_size: int = 32
@@ -63,6 +68,8 @@ class EncodeCfg:
     reducing_gap: float | None = 3.0
     channels_last: bool = True
     compile: bool = False
+    shard_rows: int = 4096
+    write_queue: int = 8
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
@@ -78,7 +85,7 @@ class ImageEmbeddings:
     """Embeddings of the images that loaded, per channel, and the reasons for the ones that did not."""
 
     ok: list[int]  # positions (into the input list) of encoded images, ascending
-    channels: dict[str, np.ndarray]  # channel -> (len(ok), dim) float32, unit rows
+    channels: dict[str, np.ndarray]  # channel -> (len(ok), dim) unit rows: float32, float16 from shards
     failed: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
@@ -118,8 +125,10 @@ def decode_on_device(jpegs: list[torch.Tensor], device: torch.device) -> list[to
 class _Encoder:
     """State of one ``encode_image_files`` run: turns loader batches into embedding chunks."""
 
-    def __init__(self, model: DualEncoder, cfg: EncodeCfg, paths: list[str], device: torch.device):
+    def __init__(self, model: DualEncoder, cfg: EncodeCfg, paths: list[str], device: torch.device,
+                 writer: ShardWriter | None = None):
         self.model, self.cfg, self.paths, self.device = model, cfg, paths, device
+        self.writer = writer  # None: keep the embeddings in memory
         self.icfg = model.cfg.image
         self.forward = image_forward(model, cfg)
         self.fast = cfg.pipeline == "fast"
@@ -181,21 +190,28 @@ class _Encoder:
         positions, out, done = result
         if done is not None:
             done.synchronize()
+        if self.writer is not None:
+            self.writer.put(positions, {name: emb.numpy() for name, emb in out.items()})
+            return
         for name, emb in out.items():
             self.chunks.setdefault(name, []).append(emb.numpy())
         self.ok.extend(positions)
 
-    def result(self) -> ImageEmbeddings:
+    def dims(self) -> dict[str, int]:
         dims = {"image": self.model.embed_dim, "visual": self.model.visual_dim}
-        order = np.argsort(np.asarray(self.ok, dtype=np.int64), kind="stable")
-        channels = {}
-        for name, dim in dims.items():
-            if dim is None:
-                continue
-            arr = np.concatenate(self.chunks[name]) if name in self.chunks else np.zeros((0, dim), np.float32)
-            channels[name] = np.ascontiguousarray(arr[order]) if len(arr) else arr
+        return {name: dim for name, dim in dims.items() if dim is not None}
+
+    def result(self) -> ImageEmbeddings:
         for pos, reason in self.failed:
             log.warning("skipping %s: %s", self.paths[pos], reason)
+        if self.writer is not None:
+            ok, channels = assemble(self.writer.folder, self.writer.close(), self.dims())
+            return ImageEmbeddings(ok=ok.tolist(), channels=channels, failed=sorted(self.failed))
+        order = np.argsort(np.asarray(self.ok, dtype=np.int64), kind="stable")
+        channels = {}
+        for name, dim in self.dims().items():
+            arr = np.concatenate(self.chunks[name]) if name in self.chunks else np.zeros((0, dim), np.float32)
+            channels[name] = np.ascontiguousarray(arr[order]) if len(arr) else arr
         return ImageEmbeddings(ok=[self.ok[i] for i in order], channels=channels, failed=sorted(self.failed))
 
 
@@ -251,10 +267,12 @@ def make_loader(model: DualEncoder, preprocess: Preprocess, paths: list[str], cf
 
 def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[str], batch_size: int | None = None,
                        num_workers: int | None = None, progress: bool = True, desc: str = "encoding images",
-                       cfg: EncodeCfg | None = None) -> ImageEmbeddings:
+                       cfg: EncodeCfg | None = None, shards: str | Path | None = None) -> ImageEmbeddings:
     """Decode, preprocess and encode ``paths``; bad files are skipped with a reason, never fatal.
 
     ``batch_size`` / ``num_workers`` override the same fields of ``cfg`` (an :class:`EncodeCfg`).
+    ``shards``: a folder for float16 embedding shards, written by a background thread as batches complete
+    and read back at the end (channels are then float16); None keeps float32 embeddings in memory.
     """
     cfg = cfg or EncodeCfg()
     if batch_size is not None:
@@ -262,7 +280,18 @@ def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[s
     if num_workers is not None:
         cfg = replace(cfg, num_workers=num_workers)
     device = next(model.parameters()).device
-    enc = _Encoder(model, cfg, paths, device)
+    writer = ShardWriter(shards, cfg.shard_rows, cfg.write_queue) if shards is not None else None
+    try:
+        return _encode(model, preprocess, paths, cfg, device, writer, progress, desc)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _encode(model: DualEncoder, preprocess: Preprocess, paths: list[str], cfg: EncodeCfg, device: torch.device,
+            writer: ShardWriter | None, progress: bool, desc: str) -> ImageEmbeddings:
+    enc = _Encoder(model, cfg, paths, device, writer)
     loader = make_loader(model, preprocess, paths, cfg, device)
     log.info("encoding %d images: %s pipeline, batch %d, %d workers of %d CPUs, device %s", len(paths),
              cfg.pipeline, cfg.batch_size, loader.num_workers, available_cpus(), device)
@@ -280,14 +309,33 @@ def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[s
 
 
 def encode_texts(model: DualEncoder, tokenizer: Tokenizer, texts: list[str], batch_size: int = 64,
-                 progress: bool = False) -> np.ndarray:
-    """(N, D) float32 unit embeddings. Texts are sorted by length so each batch pads little."""
+                 progress: bool = False, bucket: bool = True, chunk: int = 4096) -> np.ndarray:
+    """(N, D) float32 unit embeddings, row i for ``texts[i]``.
+
+    Length-bucketed (``bucket``): texts are ordered by character length, tokenized once per ``chunk``,
+    ordered within it by token count, and each batch is cut to its own longest text, so a batch of short
+    titles never pays for one long description; rows go back to the input order. ``bucket=False``
+    encodes batches in input order, each padded to its longest (the baseline of
+    benchmarks/bench_text_encode.py). Both give the same embeddings (tests/test_text_buckets.py).
+    """
     device = next(model.parameters()).device
     out = np.zeros((len(texts), model.embed_dim), np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    if bucket:
+        order = np.argsort(np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
+    else:
+        order, chunk = np.arange(len(texts)), batch_size
+    bar = tqdm(total=len(texts), desc="encoding texts", unit="text", disable=not progress)
     with torch.inference_mode(), autocast(device):
-        for start in tqdm(range(0, len(order), batch_size), desc="encoding texts", disable=not progress):
-            idx = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in tokenizer([texts[i] for i in idx]).items()}
-            out[idx] = model.encode_text(batch).float().cpu().numpy()
+        for c in range(0, len(order), chunk):
+            idx = order[c:c + chunk]
+            tokens = tokenizer([texts[i] for i in idx])  # (n, L) padded to the chunk's longest
+            lengths = tokens["attention_mask"].sum(1)  # tokenizers pad on the right
+            within = torch.argsort(lengths, stable=True) if bucket else torch.arange(len(idx))
+            for s in range(0, len(within), batch_size):
+                rows = within[s:s + batch_size]
+                width = int(lengths[rows].max())
+                batch = {k: v[rows, :width].to(device) for k, v in tokens.items()}
+                out[idx[rows.numpy()]] = model.encode_text(batch).float().cpu().numpy()
+                bar.update(len(rows))
+    bar.close()
     return out

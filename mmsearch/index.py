@@ -4,6 +4,7 @@ On-disk layout (documented in index/README.md)::
 
     <out>/CURRENT                  name of the live snapshot (replaced atomically)
     <out>/.lock                    held (flock) by the one process writing this index
+    <out>/.encoding/               float16 embedding shards of the build in progress (mmsearch/shards.py)
     <out>/snapshots/<name>/        one complete, self-describing, immutable index
         manifest.json  items.sqlite  <channel>.faiss  <channel>.f16.npy  <channel>.ids.npy  [model.pt]
 
@@ -49,6 +50,7 @@ INDEX_FORMAT = "mmsearch-index"
 INDEX_FORMAT_VERSION = 2
 METRIC = "inner_product"
 IMAGE_CHANNELS = ("image", "visual")
+ENCODE_DIR = ".encoding"  # <out>/.encoding: embedding shards of the build in progress
 
 
 class IndexLockedError(MMSearchError):
@@ -294,7 +296,7 @@ def _merge(old: ChannelData | None, drop: np.ndarray, new_ids: np.ndarray, new_v
         ids = np.concatenate([old.ids[keep], new_ids.astype(np.int64)])
         vecs = np.concatenate([np.asarray(old.vectors[keep], np.float16), new_vecs.astype(np.float16)])
     else:
-        ids, vecs = new_ids.astype(np.int64), new_vecs.astype(np.float16).reshape(-1, dim)
+        ids, vecs = new_ids.astype(np.int64), new_vecs.astype(np.float16, copy=False).reshape(-1, dim)
     order = np.argsort(ids, kind="stable")
     return ids[order], vecs[order]
 
@@ -556,9 +558,14 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         wanted = {it.id: it for it in items}
         removed = [row["fid"] for iid, row in previous.items() if iid not in wanted]
         pre = precompute(items, previous, state, net, preprocess, tokenizer) if precompute else None
-        report, changes, next_fid, failed = _diff_and_encode(list(wanted.values()), previous, net, preprocess,
-                                                             tokenizer, state, batch_size, num_workers, progress,
-                                                             encode=encode, precomputed=pre)
+        work = out / ENCODE_DIR  # float16 embedding shards of this build (mmsearch/shards.py)
+        shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
+        try:
+            report, changes, next_fid, failed = _diff_and_encode(list(wanted.values()), previous, net, preprocess,
+                                                                 tokenizer, state, batch_size, num_workers, progress,
+                                                                 encode=encode, precomputed=pre, shards=work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         report.removed = len(removed) + len(failed)
         removed += failed
         if state is None and report.skipped and report.encoded == 0:
@@ -605,9 +612,11 @@ def _try_state(out: Path) -> State | None:
 def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
                      state: State | None, batch_size: int | None, num_workers: int | None, progress: bool,
                      image_hashes: dict[str, str] | None = None, precomputed: Precomputed | None = None,
-                     encode: EncodeCfg | None = None) -> tuple[BuildReport, list[Change], int, list[int]]:
+                     encode: EncodeCfg | None = None, shards: Path | None = None
+                     ) -> tuple[BuildReport, list[Change], int, list[int]]:
     """Compare wanted items with the previous rows; encode what is new or changed (or take the
-    hashes and embeddings from ``precomputed``).
+    hashes and embeddings from ``precomputed``). ``shards``: a folder for the image embeddings' shards
+    (bounded memory while encoding); None keeps them in memory.
 
     -> (report, changes, next fid, fids of previously indexed items whose changed file no longer reads)
     """
@@ -634,7 +643,8 @@ def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, p
         emb = precomputed.image_embeddings(to_encode) if to_encode else None
     else:
         emb = encode_image_files(net, preprocess, [it.path for it in to_encode], batch_size=batch_size,
-                                 num_workers=num_workers, progress=progress, cfg=encode) if to_encode else None
+                                 num_workers=num_workers, progress=progress, cfg=encode,
+                                 shards=shards) if to_encode else None
     report.encoded = len(emb.ok) if emb else 0
     encoded: dict[str, dict[str, np.ndarray]] = {}
     failed_fids: list[int] = []
