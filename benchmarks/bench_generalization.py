@@ -74,19 +74,31 @@ def clean_words(s: str) -> list[str]:
     return [w for w in words if len(w) > 2 and not any(c.isdigit() for c in w) and w not in ("svg", "png")]
 
 
-def openclipart_text(path: Path, root: Path) -> str:
+def openclipart_words(path: Path, root: Path) -> tuple[list[str], list[str]]:
+    """(name words, folder-category words not in the name) of a clip; a clip without name words is
+    named by its folder's last word."""
     name = clean_words(path.stem)
     category = [w for part in path.parent.relative_to(root).parts for w in clean_words(part)]
     name = list(dict.fromkeys(name)) or category[-1:]
     category = [w for w in dict.fromkeys(category) if w not in name]
+    return name, category
+
+
+def openclipart_text(path: Path, root: Path) -> str:
+    name, category = openclipart_words(path, root)
     return ", ".join(x for x in (" ".join(name), " ".join(category)) if x)
 
 
-def build_openclipart(src: Path, dst: Path, n: int, seed: int) -> list[dict]:
-    """Round-robin over shuffled leaf folders until ``n`` images; returns queries (text -> target ids)."""
+def openclipart_root(src: Path) -> Path:
     root = src / "usr/share/openclipart/png"
     if not root.is_dir():
         sys.exit(f"error: {root} not found; unpack openclipart-png into {src} (see the docstring)")
+    return root
+
+
+def sample_openclipart(root: Path, n: int, seed: int) -> list[Path]:
+    """This benchmark's sample: round-robin over shuffled leaf folders until ``n`` images.
+    (benchmarks/build_corpus.py keeps these images, and every clip sharing their name, out of training.)"""
     by_folder: dict[Path, list[Path]] = defaultdict(list)
     for p in sorted(root.rglob("*.png")):
         by_folder[p.parent].append(p)
@@ -100,6 +112,13 @@ def build_openclipart(src: Path, dst: Path, n: int, seed: int) -> list[dict]:
         for f in folders:
             if by_folder[f] and len(picked) < n:
                 picked.append(by_folder[f].pop())
+    return picked
+
+
+def build_openclipart(src: Path, dst: Path, n: int, seed: int) -> list[dict]:
+    """The sampled clips under neutral names; returns queries (text -> target ids)."""
+    root = openclipart_root(src)
+    picked = sample_openclipart(root, n, seed)
     targets: dict[str, list[str]] = defaultdict(list)
     (dst / "images").mkdir(parents=True, exist_ok=True)
     for i, p in enumerate(picked):
