@@ -128,6 +128,9 @@ class TrainCfg:
     Loss weights switch terms on and off (0 = off): ``contrastive`` (symmetric image<->text InfoNCE),
     ``composed`` (fuse(reference, modifier) -> target, against the batch) and ``classify`` (a category
     classifier on the fused feature, for items with a ``category`` field).
+
+    Text augmentation: ``text_templates`` use ``{title}``, ``{tags}`` and ``{text}`` (the description);
+    one variant per item is drawn each epoch. Image augmentation: the ``aug_*`` fields (mmsearch/augment.py).
     """
 
     epochs: int = 5
@@ -144,7 +147,8 @@ class TrainCfg:
     loss_composed: float = 1.0
     loss_classify: float = 0.1
     text_templates: tuple[str, ...] = ("{title}", "a photo of {title}", "{title}, {tags}")
-    max_tags: int = 4
+    max_tags: int = 4  # tags per "{tags}" variant
+    tag_groups: int = 1  # "{tags}" variants per item, each with the next max_tags tags
     fusion: str = ""  # override the model's fusion ("" = keep)
     # Image augmentation (mmsearch/augment.py); 0 views = off. Frozen backbones: aug_views augmented views
     # per image are cached and one of them (or the plain image) is drawn per epoch; unfrozen: on the fly.

@@ -126,18 +126,23 @@ def read_triplets(path: str | Path, known: dict[str, int]) -> list[tuple[int, st
     return out
 
 
-def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int) -> list[str]:
-    """Text augmentations of an item: each template filled with its title (and tags, when it has some)."""
+def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int, tag_groups: int = 1) -> list[str]:
+    """Text augmentations of an item: each template filled with its title, and where the template asks
+    for them its tags (``{tags}``: up to ``tag_groups`` variants, each with the next ``max_tags`` tags, so
+    more than the first few tags are seen) and its description (``{text}``); templates whose fields the
+    item lacks are skipped."""
     title = item.title.strip() or item.full_text
     tags = item.metadata.get("tags")
-    tags = ", ".join(str(t) for t in tags[:max_tags]) if isinstance(tags, list) and tags else ""
+    tags = [str(t) for t in tags if str(t).strip()] if isinstance(tags, list) else []
+    groups = [", ".join(tags[i:i + max_tags]) for i in range(0, len(tags), max(1, max_tags))][:max(1, tag_groups)]
     out = []
     for tpl in templates:
-        if "{tags}" in tpl and not tags:
+        if ("{tags}" in tpl and not groups) or ("{text}" in tpl and not item.text.strip()):
             continue
-        text = tpl.format(title=title, tags=tags)
-        if text not in out:
-            out.append(text)
+        for group in (groups if "{tags}" in tpl else [""]):
+            text = tpl.format(title=title, tags=group, text=item.text.strip())
+            if text not in out:
+                out.append(text)
     return out or [title]
 
 
@@ -174,9 +179,11 @@ def prepare_split(catalog: str | Path, model: DualEncoder, tokenizer: Tokenizer,
     strings: dict[str, int] = {}
     variants = []
     for i in pair_pos:
-        variants.append([strings.setdefault(t, len(strings)) for t in item_texts(items[i], templates, cfg.max_tags)])
+        variants.append([strings.setdefault(t, len(strings))
+                         for t in item_texts(items[i], templates, cfg.max_tags, cfg.tag_groups)])
     txt = None if raw else text_features(model, tokenizer, list(strings), env=env)
-    policies = [policy_for(item_texts(it, cfg.text_templates, cfg.max_tags) + [it.full_text]) for it in items]
+    policies = [policy_for(item_texts(it, cfg.text_templates, cfg.max_tags, cfg.tag_groups) + [it.full_text])
+                for it in items]
     views = None
     if augment and cfg.aug_views > 0 and not raw:
         views = view_features(model, [it.path for it in items], img, policies, cfg, cfg.aug_views,
