@@ -73,6 +73,7 @@ def packages(tmp_path_factory) -> dict[str, Path]:
         (oc / folder).mkdir(parents=True)
         for j, name in enumerate(names):
             Image.new("RGBA", (40 + j, 30), (10 * j, 100, 200, 255)).save(oc / folder / f"{name}.png")
+    Image.new("L", (2500, 2000)).save(oc / "animals/birds" / "giant_whale.png")  # over the pixel limit below
     return {"fluent": root / "fluent", "emojibase": root / "emojibase", "fashion": root / "fashion",
             "openclipart": root / "openclipart"}
 
@@ -103,6 +104,7 @@ def corpora(packages, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setattr(bc, "NotoRenderer", FakeNoto)
     # the benchmark's sample, scaled to this tiny tree: 3 clips per seed
     monkeypatch_module.setattr(bc, "GENERALIZATION_SAMPLES", ((3, 0), (3, 1)))
+    monkeypatch_module.setattr(Image, "MAX_IMAGE_PIXELS", 2_000_000)  # giant_whale.png: 5M pixels
     base = tmp_path_factory.mktemp("corpora")
     build(base / "emoji", packages)
     build(base / "all", packages, "--domains", "fluent,noto", "--noto", str(base), "--fashion", str(packages["fashion"]),
@@ -199,7 +201,9 @@ def test_openclipart_names_clean_and_benchmark_sample_held_out(corpora, packages
     sampled = {" ".join(bg.openclipart_words(p, root)[0]) for seed in (0, 1) for p in bg.sample_openclipart(root, 3, seed)}
     test_titles = {r["title"] for r in rows(everything / "test-openclipart")}
     train_titles = {r["title"] for r in rows(everything / "train") if r.get("domain") == "openclipart"}
-    assert sampled and sampled <= test_titles and not sampled & train_titles
+    assert sampled and sampled - {"giant whale"} <= test_titles and not sampled & train_titles
+    assert "giant whale" not in {r["title"] for r in clips}  # over Pillow's pixel limit: skipped and counted
+    assert json.loads((everything / "splits.json").read_text())["missing"]["openclipart"] == 1
 
 
 def test_fetch_unpacks_a_cached_archive_without_downloading(tmp_path, packages, monkeypatch):
