@@ -86,6 +86,14 @@ def _gather_shares(store: FeatureStore, env: DistEnv, share: dict[int, str | Non
     return [(rank_share, rank_extra) for rank_share, _, rank_extra in parts]
 
 
+def _image_store(model: DualEncoder, use_cache: bool) -> FeatureStore:
+    """The image-feature cache of this backbone and image config (an empty, unsaved one without cache)."""
+    if not use_cache:
+        return FeatureStore(Path(os.devnull) / "none")
+    icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
+    return FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(model.image_tower.backbone, icfg)}.pt")
+
+
 def image_features(model: DualEncoder, preprocess: Preprocess, paths: list[str], batch_size: int = 32,
                    num_workers: int = 0, progress: bool = True, use_cache: bool = True, env: DistEnv | None = None,
                    ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
@@ -96,9 +104,7 @@ def image_features(model: DualEncoder, preprocess: Preprocess, paths: list[str],
     """
     env = env or DistEnv()
     backbone = model.image_tower.backbone
-    icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
-    store = FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(backbone, icfg)}.pt") \
-        if use_cache else FeatureStore(Path(os.devnull) / "none")
+    store = _image_store(model, use_cache)
     mine = list(range(env.rank, len(paths), env.world_size))
     digests: list[str | None] = [None] * len(paths)
     for i in mine:
@@ -212,9 +218,7 @@ def view_features(model: DualEncoder, paths: list[str], plain: torch.Tensor, pol
 
     env = env or DistEnv()
     backbone = model.image_tower.backbone
-    icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
-    store = FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(backbone, icfg)}.pt") \
-        if use_cache else FeatureStore(Path(os.devnull) / "none")
+    store = _image_store(model, use_cache)
     akey = aug_key(cfg)
     digests = [_file_digest(p) or "" for p in paths]
     keys = [[f"{digests[i]}|{akey}|v{v}|{policies[i].code}" for v in range(views)] for i in range(len(paths))]

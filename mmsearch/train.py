@@ -337,6 +337,8 @@ def open_run(run: Path, asked: dict, resume: bool) -> tuple[dict | None, list[di
         if not (run / "state.pt").is_file():
             raise TrainError(f"nothing to resume in {run} (no state.pt); start without --resume")
         saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        # a run from before a TrainCfg field existed used that field's default
+        saved["train"] = {**json.loads(json.dumps(to_dict(TrainCfg()))), **saved.get("train", {})}
         if {k: v for k, v in saved.items() if k != "train"} != {k: v for k, v in asked.items() if k != "train"} \
                 or {k: v for k, v in saved["train"].items() if k != "epochs"} != \
                 {k: v for k, v in asked["train"].items() if k != "epochs"}:
