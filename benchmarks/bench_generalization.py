@@ -62,7 +62,8 @@ FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
                    "ankle boot")
 FASHION_TEMPLATES = ("a photo of a {}", "{}")
 METRICS = ("R@1", "R@10", "MRR", "P@10", "mAP")
-MODELS = ("bridge", "default")
+MODELS = {"bridge": "bridge", "default": "default"}  # row name -> model; --candidate adds one
+PAIRS = [("default", "bridge")]  # paired differences reported (a - b)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -74,19 +75,31 @@ def clean_words(s: str) -> list[str]:
     return [w for w in words if len(w) > 2 and not any(c.isdigit() for c in w) and w not in ("svg", "png")]
 
 
-def openclipart_text(path: Path, root: Path) -> str:
+def openclipart_words(path: Path, root: Path) -> tuple[list[str], list[str]]:
+    """(name words, folder-category words not in the name) of a clip; a clip without name words is
+    named by its folder's last word."""
     name = clean_words(path.stem)
     category = [w for part in path.parent.relative_to(root).parts for w in clean_words(part)]
     name = list(dict.fromkeys(name)) or category[-1:]
     category = [w for w in dict.fromkeys(category) if w not in name]
+    return name, category
+
+
+def openclipart_text(path: Path, root: Path) -> str:
+    name, category = openclipart_words(path, root)
     return ", ".join(x for x in (" ".join(name), " ".join(category)) if x)
 
 
-def build_openclipart(src: Path, dst: Path, n: int, seed: int) -> list[dict]:
-    """Round-robin over shuffled leaf folders until ``n`` images; returns queries (text -> target ids)."""
+def openclipart_root(src: Path) -> Path:
     root = src / "usr/share/openclipart/png"
     if not root.is_dir():
         sys.exit(f"error: {root} not found; unpack openclipart-png into {src} (see the docstring)")
+    return root
+
+
+def sample_openclipart(root: Path, n: int, seed: int) -> list[Path]:
+    """This benchmark's sample: round-robin over shuffled leaf folders until ``n`` images.
+    (benchmarks/build_corpus.py keeps these images, and every clip sharing their name, out of training.)"""
     by_folder: dict[Path, list[Path]] = defaultdict(list)
     for p in sorted(root.rglob("*.png")):
         by_folder[p.parent].append(p)
@@ -100,6 +113,13 @@ def build_openclipart(src: Path, dst: Path, n: int, seed: int) -> list[dict]:
         for f in folders:
             if by_folder[f] and len(picked) < n:
                 picked.append(by_folder[f].pop())
+    return picked
+
+
+def build_openclipart(src: Path, dst: Path, n: int, seed: int) -> list[dict]:
+    """The sampled clips under neutral names; returns queries (text -> target ids)."""
+    root = openclipart_root(src)
+    picked = sample_openclipart(root, n, seed)
     targets: dict[str, list[str]] = defaultdict(list)
     (dst / "images").mkdir(parents=True, exist_ok=True)
     for i, p in enumerate(picked):
@@ -201,10 +221,10 @@ def run_domain(name: str, catalog: Path, queries: list[dict], work: Path) -> dic
     res: dict = {"images": len(list((catalog / "images").iterdir())), "groups": {}}
     per_model: dict[str, np.ndarray] = {}
     accuracy: dict[str, dict[str, np.ndarray]] = defaultdict(dict)  # group -> model -> (n_images,)
-    for model in MODELS:
+    for model, spec in MODELS.items():
         out = work / f"index-{name}-{model}"
         t = time.perf_counter()
-        report = build_index(catalog, out=out, model=model, device="cpu", num_workers=0, progress=False)
+        report = build_index(catalog, out=out, model=spec, device="cpu", num_workers=0, progress=False)
         engine = SearchEngine.open(out, device="cpu")
         # images the index skipped (unreadable, too large) cannot be found by either model: drop them
         indexed = {row["id"] for row in engine.items}
@@ -225,12 +245,13 @@ def run_domain(name: str, catalog: Path, queries: list[dict], work: Path) -> dic
         g = {"n": int(rows.sum()), "chance": {m: float(v) for m, v in zip(METRICS, rand[rows].mean(0))}}
         for model in MODELS:
             g[model] = summary(per_model[model][rows])
-        g["default - bridge"] = summary(per_model["default"][rows] - per_model["bridge"][rows])
+        for a, b in PAIRS:
+            g[f"{a} - {b}"] = summary(per_model[a][rows] - per_model[b][rows])
         if group in accuracy:  # image -> class text over every image: many more samples than queries
             acc = accuracy[group]
             g["classification"] = {"n_images": len(acc["bridge"]), "chance": 1.0 / g["n"], **{
                 k: [float(v.mean()), *map(float, (x[0] for x in bootstrap(v[:, None])))]
-                for k, v in (*acc.items(), ("default - bridge", acc["default"] - acc["bridge"]))}}
+                for k, v in (*acc.items(), *((f"{a} - {b}", acc[a] - acc[b]) for a, b in PAIRS))}}
         res["groups"][group] = g
     res["examples"] = [q["text"] for q in queries[:: max(1, len(queries) // 8)]][:8]
     return res
@@ -255,14 +276,15 @@ def render(results: dict, command: str) -> str:
             lines += [f"### queries: {group} (n = {g['n']})", "",
                       "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
                       "| chance | " + " | ".join(f"{g['chance'][m]:.3f}" for m in METRICS) + " |"]
-            for row in (*MODELS, "default - bridge"):
+            for row in (*MODELS, *(f"{a} - {b}" for a, b in PAIRS)):
                 lines.append(f"| {row} | " + " | ".join(fmt(g[row][m]) for m in METRICS) + " |")
             lines.append("")
             if "classification" in g:
                 c = g["classification"]
                 lines += [f"Zero-shot classification (each of the {c['n_images']} images takes the most similar "
                           f"of the {g['n']} query texts; accuracy, chance {c['chance']:.3f}): "
-                          + "; ".join(f"{k} {fmt(c[k])}" for k in (*MODELS, "default - bridge")), ""]
+                          + "; ".join(f"{k} {fmt(c[k])}" for k in (*MODELS, *(f"{a} - {b}" for a, b in PAIRS))),
+                          ""]
     lines.append(f"Total time: {results['seconds']} s (both models, all domains, one process).")
     return "\n".join(lines) + "\n"
 
@@ -276,7 +298,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("runs/bench_generalization"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/generalization"))
+    ap.add_argument("--candidate", help="also a candidate model (a checkpoint), with paired candidate - default rows")
     args = ap.parse_args()
+    if args.candidate:
+        MODELS["candidate"] = args.candidate
+        PAIRS.append(("candidate", "default"))
     logging.basicConfig(level=logging.WARNING)
     memoise_backbone()
     torch.set_num_threads(args.threads)

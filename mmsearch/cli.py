@@ -332,8 +332,12 @@ def train_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
     fusion: Annotated[Optional[str], typer.Option("--fusion", help="Replace the model's fusion: sum, concat, "
                                                   "gated, combiner.")] = None,
-    unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", min=0, help="Last N backbone blocks to train; "
-                                                    "not implemented yet, only 0 (frozen backbones, features cached).")] = None,
+    unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", min=0, help="Also train the last N blocks of each "
+                                                    "backbone (at lr x backbone_lr_scale; no feature cache). "
+                                                    "0: frozen backbones, features cached.")] = None,
+    aug_views: Annotated[Optional[int], typer.Option("--aug-views", min=0, help="Image augmentation: cached "
+                                                     "augmented views per image (frozen backbones), any N > 0 "
+                                                     "augments on the fly with --unfreeze; 0 = off.")] = None,
     composed: Annotated[Optional[Path], typer.Option("--composed", help="Triplets JSONL: reference, text, target.")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation catalog (early stopping on Recall@10).")] = None,
     val_composed: Annotated[Optional[Path], typer.Option("--val-composed", help="Validation triplets JSONL.")] = None,
@@ -353,7 +357,7 @@ def train_cmd(
     try:
         cfg = load_train_cfg(config or "default")
         overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "fusion": fusion,
-                     "unfreeze": unfreeze}
+                     "unfreeze": unfreeze, "aug_views": aug_views}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         report = train(catalog, out=out_dir, model=model, cfg=cfg, composed=composed, val=val,
                        val_composed=val_composed, device=device, resume=resume, progress=sys.stderr.isatty())

@@ -128,6 +128,9 @@ class TrainCfg:
     Loss weights switch terms on and off (0 = off): ``contrastive`` (symmetric image<->text InfoNCE),
     ``composed`` (fuse(reference, modifier) -> target, against the batch) and ``classify`` (a category
     classifier on the fused feature, for items with a ``category`` field).
+
+    Text augmentation: ``text_templates`` use ``{title}``, ``{tags}`` and ``{text}`` (the description);
+    one variant per item is drawn each epoch. Image augmentation: the ``aug_*`` fields (mmsearch/augment.py).
     """
 
     epochs: int = 5
@@ -138,13 +141,21 @@ class TrainCfg:
     grad_clip: float = 1.0
     seed: int = 0
     unfreeze: int = 0  # last N blocks of each backbone to train; 0 = frozen backbones + feature cache
+    backbone_lr_scale: float = 0.1  # learning rate of unfrozen backbone blocks = lr * this
     patience: int = 3  # epochs without a better validation Recall@10 before stopping
     loss_contrastive: float = 1.0
     loss_composed: float = 1.0
     loss_classify: float = 0.1
     text_templates: tuple[str, ...] = ("{title}", "a photo of {title}", "{title}, {tags}")
-    max_tags: int = 4
+    max_tags: int = 4  # tags per "{tags}" variant
+    tag_groups: int = 1  # "{tags}" variants per item, each with the next max_tags tags
     fusion: str = ""  # override the model's fusion ("" = keep)
+    # Image augmentation (mmsearch/augment.py); 0 views = off. Frozen backbones: aug_views augmented views
+    # per image are cached and one of them (or the plain image) is drawn per epoch; unfrozen: on the fly.
+    aug_views: int = 0
+    aug_crop_scale: tuple[float, float] = (0.6, 1.0)  # random resized crop: share of the image area kept
+    aug_flip: bool = True  # horizontal flip, except where the text forbids it
+    aug_jitter: float = 0.3  # colour jitter strength (brightness/contrast/saturation), except where colour matters
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2, sort_keys=True)
@@ -152,8 +163,9 @@ class TrainCfg:
     @classmethod
     def from_json_file(cls, path: str | Path) -> "TrainCfg":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if isinstance(data.get("text_templates"), list):
-            data["text_templates"] = tuple(data["text_templates"])
+        for key in ("text_templates", "aug_crop_scale"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return from_dict(cls, data)
 
 

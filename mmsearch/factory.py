@@ -114,15 +114,19 @@ def build_model(cfg: ModelCfg, tokenizer_state: dict | None = None) -> tuple[Dua
 
 
 def save_checkpoint(model: DualEncoder, tokenizer: Tokenizer, path: str | Path, include_backbones: bool = False,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, trained_backbone: dict | None = None) -> Path:
     """Write a self-describing checkpoint: format, version, config, tokenizer and weights.
 
     Packaged backbone weights (EfficientNet-Lite0, MiniLM) are left out unless ``include_backbones``:
-    they load from their packages, so a heads-only checkpoint is a few MB.
+    they load from their packages, so a heads-only checkpoint is a few MB. ``trained_backbone``
+    (``{"unfreeze": N, "image": [blocks], "text": [blocks], "keys": [state_dict keys]}``, from
+    ``mmsearch train --unfreeze N``) records which backbone blocks were trained; their weights are always
+    saved, and loading checks that they are there.
     """
     state = model.state_dict()
+    keep = set((trained_backbone or {}).get("keys", ()))
     if not include_backbones:
-        state = {k: v for k, v in state.items() if not _is_packaged_backbone_key(model.cfg, k)}
+        state = {k: v for k, v in state.items() if not _is_packaged_backbone_key(model.cfg, k) or k in keep}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -131,6 +135,7 @@ def save_checkpoint(model: DualEncoder, tokenizer: Tokenizer, path: str | Path, 
         "tokenizer": tokenizer.state() if hasattr(tokenizer, "state") else {},
         "state_dict": {k: v.detach().cpu() for k, v in state.items()},
         "extra": extra or {},
+        "trained_backbone": trained_backbone or {},
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +164,10 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def _load_weights(model: DualEncoder, state: dict, where: str | Path) -> None:
+def _load_weights(model: DualEncoder, state: dict, where: str | Path, trained_backbone: dict | None = None) -> None:
+    lost = [k for k in (trained_backbone or {}).get("keys", ()) if k not in state]
+    if lost:  # a packaged backbone would silently stand in for the trained one
+        raise ModelError(f"weights {where} record trained backbone blocks but lack their weights ({lost[:3]})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _is_packaged_backbone_key(model.cfg, k)]
     if missing or unexpected:
@@ -170,7 +178,7 @@ def load_checkpoint(path: str | Path) -> tuple[DualEncoder, Tokenizer, dict]:
     payload = read_checkpoint(path)
     cfg = from_dict(ModelCfg, payload["config"])
     model, tokenizer = build_model(cfg, payload.get("tokenizer"))
-    _load_weights(model, payload["state_dict"], path)
+    _load_weights(model, payload["state_dict"], path, payload.get("trained_backbone"))
     return model, tokenizer, payload
 
 
@@ -192,7 +200,7 @@ def build_named_model(name: str, with_weights: bool = True) -> tuple[DualEncoder
         raise ModelError(f"model {name!r} needs weights {cfg.weights}, which this install lacks (reinstall mmsearch)")
     payload = read_checkpoint(str(path))
     model, tokenizer = build_model(cfg, payload.get("tokenizer"))
-    _load_weights(model, payload["state_dict"], path)
+    _load_weights(model, payload["state_dict"], path, payload.get("trained_backbone"))
     return model, tokenizer
 
 

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import to_dict
-from .data import CatalogDataset, collate_images
+from .data import CatalogDataset, collate_images, load_image
 from .device import autocast
 from .factory import Preprocess, Tokenizer, cache_dir
 from .distributed import DistEnv, all_gather_objects
@@ -86,6 +86,14 @@ def _gather_shares(store: FeatureStore, env: DistEnv, share: dict[int, str | Non
     return [(rank_share, rank_extra) for rank_share, _, rank_extra in parts]
 
 
+def _image_store(model: DualEncoder, use_cache: bool) -> FeatureStore:
+    """The image-feature cache of this backbone and image config (an empty, unsaved one without cache)."""
+    if not use_cache:
+        return FeatureStore(Path(os.devnull) / "none")
+    icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
+    return FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(model.image_tower.backbone, icfg)}.pt")
+
+
 def image_features(model: DualEncoder, preprocess: Preprocess, paths: list[str], batch_size: int = 32,
                    num_workers: int = 0, progress: bool = True, use_cache: bool = True, env: DistEnv | None = None,
                    ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
@@ -96,9 +104,7 @@ def image_features(model: DualEncoder, preprocess: Preprocess, paths: list[str],
     """
     env = env or DistEnv()
     backbone = model.image_tower.backbone
-    icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
-    store = FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(backbone, icfg)}.pt") \
-        if use_cache else FeatureStore(Path(os.devnull) / "none")
+    store = _image_store(model, use_cache)
     mine = list(range(env.rank, len(paths), env.world_size))
     digests: list[str | None] = [None] * len(paths)
     for i in mine:
@@ -175,3 +181,71 @@ def text_features(model: DualEncoder, tokenizer: Tokenizer, texts: list[str], ba
     if env.is_distributed:
         _gather_shares(store, env, {i: keys[i] for i in mine}, None, "extracting text features", use_cache)
     return torch.stack([store.data[k] for k in keys]) if keys else torch.zeros(0, backbone.num_features)
+
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """(job position, augmented view tensor or failure reason) for jobs (path, digest, view, policy)."""
+
+    def __init__(self, jobs: list[tuple[str, str, int, "Policy"]], preprocess: dict, key: str):
+        self.jobs, self.preprocess, self.key = jobs, preprocess, key
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int):
+        from .augment import view_seed
+
+        path, digest, view, policy = self.jobs[i]
+        try:
+            return i, self.preprocess[policy](load_image(path), seed=view_seed(digest, view, self.key))
+        except Exception as exc:  # reported by the caller; the plain features already vetted these files
+            return i, f"{type(exc).__name__}: {exc}"
+
+
+def view_features(model: DualEncoder, paths: list[str], plain: torch.Tensor, policies: list, cfg, views: int,
+                  batch_size: int = 32, progress: bool = True, use_cache: bool = True,
+                  env: DistEnv | None = None) -> torch.Tensor:
+    """(n, views, F) image-backbone features of ``views`` augmented views of each image (frozen backbones).
+
+    View v of a file is made from a seed derived from (file hash, v, augmentation settings), and it is
+    cached under that key plus the item's :class:`~mmsearch.augment.Policy` (which augmentations its text
+    allows), in the same cache file as the plain features. Every path must be a readable image (pass the
+    ``ok`` paths of :func:`image_features`, ``plain`` their (n, F) features); a view that fails anyway
+    falls back to the plain image.
+    Under torchrun every rank makes the missing views (they are cheap next to training) and rank 0 saves.
+    """
+    from .augment import AugmentedPreprocess, aug_key
+
+    env = env or DistEnv()
+    backbone = model.image_tower.backbone
+    store = _image_store(model, use_cache)
+    akey = aug_key(cfg)
+    digests = [_file_digest(p) or "" for p in paths]
+    keys = [[f"{digests[i]}|{akey}|v{v}|{policies[i].code}" for v in range(views)] for i in range(len(paths))]
+    todo = [(i, v) for i in range(len(paths)) for v in range(views) if keys[i][v] not in store.data]
+    if todo:
+        device = next(model.parameters()).device
+        prep = {pol: AugmentedPreprocess(model.cfg.image, cfg, pol) for pol in set(policies)}
+        data = _ViewDataset([(paths[i], digests[i], v, policies[i]) for i, v in todo], prep, akey)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=collate_images)
+        bar = tqdm(total=len(todo), desc="augmented views", unit="img", disable=not (progress and env.is_main))
+        backbone.eval()
+        with torch.inference_mode(), autocast(device):
+            for positions, images, bad in loader:
+                for p, reason in bad:
+                    log.warning("augmented view of %s failed (%s); using the plain image", paths[todo[p][0]], reason)
+                if images is not None:
+                    feats = backbone(images.to(device)).float().cpu()
+                    for p, f in zip(positions, feats):
+                        i, v = todo[p]
+                        store.data[keys[i][v]] = f.clone()
+                bar.update(len(positions) + len(bad))
+        bar.close()
+        if use_cache and env.is_main:
+            store.save()
+    out = plain.unsqueeze(1).repeat(1, views, 1)  # (n, views, F)
+    for i in range(len(paths)):
+        for v in range(views):
+            if keys[i][v] in store.data:
+                out[i, v] = store.data[keys[i][v]]
+    return out

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .augment import AugmentedPreprocess, Policy, policy_for
 from .config import TrainCfg, to_dict
-from .data import CatalogItem, jsonl_objects, scan_catalog
+from .data import CatalogItem, jsonl_objects, load_image, scan_catalog
 from .device import autocast, seed_everything
 from .distributed import (DistEnv, all_gather_objects, broadcast_object, gathered_composed_loss,
                           gathered_contrastive_loss, process_group, rank_device, shard_ranges)
@@ -40,11 +41,12 @@ from .encoders import l2n
 from .errors import MMSearchError
 from .factory import (Tokenizer, build_model, build_named_model, get_model_config, image_preprocess, list_models,
                       load_checkpoint, save_checkpoint)
-from .features import image_features, text_features
+from .features import image_features, text_features, view_features
 from .fusion import build_fusion
 from .loss import classification_loss
 from .model import DualEncoder
 from .evaluate import recall_at_k
+from .unfreeze import set_train_mode, trained_backbone_record, unfreeze_last
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +69,27 @@ class Triplets:
 
 @dataclass
 class Split:
-    """One catalog, reduced to what training needs: cached features and indices."""
+    """One catalog, reduced to what training needs: cached features and indices.
+
+    With unfrozen backbones (``raw``) nothing is cached: ``img``, ``txt`` and ``mod`` are None until
+    :func:`refresh_features` computes them with the current backbones (validation), and training steps
+    encode images and ``strings`` from scratch.
+    """
 
     items: list[CatalogItem]  # items whose image loaded
-    img: torch.Tensor  # (N, F) image backbone features
+    img: torch.Tensor | None  # (N, F) image backbone features
     pair_pos: torch.Tensor  # (P,) positions of items with text
-    variants: list[list[int]]  # per pair: indices into txt (text augmentations)
-    txt: torch.Tensor  # (V, F) text backbone features of all variant strings
+    variants: list[list[int]]  # per pair: indices into txt / strings (text augmentations)
+    txt: torch.Tensor | None  # (V, F) text backbone features of all variant strings
     labels: torch.Tensor  # (N,) category index or -1
     triplets: Triplets
-    mod: torch.Tensor  # (T, F) text backbone features of the modifiers
+    mod: torch.Tensor | None  # (T, F) text backbone features of the modifiers
     skipped_no_text: int = 0
     skipped_bad_image: int = 0
+    strings: list[str] = field(default_factory=list)  # (V,) the variant texts
+    policies: list[Policy] = field(default_factory=list)  # (N,) augmentations each item's text allows
+    views: torch.Tensor | None = None  # (N, K, F) features of K cached augmented views (frozen + aug_views)
+    raw: bool = False
 
 
 @dataclass
@@ -115,35 +126,68 @@ def read_triplets(path: str | Path, known: dict[str, int]) -> list[tuple[int, st
     return out
 
 
-def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int) -> list[str]:
-    """Text augmentations of an item: each template filled with its title (and tags, when it has some)."""
+def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int, tag_groups: int = 1) -> list[str]:
+    """Text augmentations of an item: each template filled with its title, and where the template asks
+    for them its tags (``{tags}``: up to ``tag_groups`` variants, each with the next ``max_tags`` tags, so
+    more than the first few tags are seen) and its description (``{text}``); templates whose fields the
+    item lacks are skipped."""
     title = item.title.strip() or item.full_text
     tags = item.metadata.get("tags")
-    tags = ", ".join(str(t) for t in tags[:max_tags]) if isinstance(tags, list) and tags else ""
+    tags = [str(t) for t in tags if str(t).strip()] if isinstance(tags, list) else []
+    groups = [", ".join(tags[i:i + max_tags]) for i in range(0, len(tags), max(1, max_tags))][:max(1, tag_groups)]
     out = []
     for tpl in templates:
-        if "{tags}" in tpl and not tags:
+        if ("{tags}" in tpl and not groups) or ("{text}" in tpl and not item.text.strip()):
             continue
-        text = tpl.format(title=title, tags=tags)
-        if text not in out:
-            out.append(text)
+        for group in (groups if "{tags}" in tpl else [""]):
+            text = tpl.format(title=title, tags=group, text=item.text.strip())
+            if text not in out:
+                out.append(text)
     return out or [title]
+
+
+def readable_images(paths: list[str]) -> tuple[list[int], list[tuple[int, str]]]:
+    """(positions that decode, [(position, reason)]) without running a backbone (unfrozen training)."""
+    ok, failed = [], []
+    for i, path in enumerate(paths):
+        try:
+            load_image(path)
+            ok.append(i)
+        except Exception as exc:  # a bad image is skipped, never fatal
+            failed.append((i, str(exc)))
+            log.warning("skipping %s: %s", path, exc)
+    return ok, failed
 
 
 def prepare_split(catalog: str | Path, model: DualEncoder, tokenizer: Tokenizer, cfg: TrainCfg,
                   triplets_path: str | Path | None, categories: dict[str, int], augment: bool,
                   progress: bool = True, env: DistEnv | None = None) -> Split:
+    """Read a catalog (and its triplets) into a :class:`Split`. Frozen backbones: backbone features of
+    every image, text variant and modifier, from the feature cache (plus ``cfg.aug_views`` cached
+    augmented views per image when ``augment``). Unfrozen (``cfg.unfreeze``): no features at all."""
     all_items = scan_catalog(catalog)
-    preprocess = image_preprocess(model.cfg.image)
-    img, ok, failed = image_features(model, preprocess, [it.path for it in all_items], progress=progress, env=env)
+    raw = cfg.unfreeze > 0
+    if raw:
+        img, (ok, failed) = None, readable_images([it.path for it in all_items])
+    else:
+        preprocess = image_preprocess(model.cfg.image)
+        img, ok, failed = image_features(model, preprocess, [it.path for it in all_items], progress=progress,
+                                         env=env)
     items = [all_items[i] for i in ok]
     pair_pos = [i for i, it in enumerate(items) if it.full_text]
     templates = cfg.text_templates if augment else ("{title}",)
     strings: dict[str, int] = {}
     variants = []
     for i in pair_pos:
-        variants.append([strings.setdefault(t, len(strings)) for t in item_texts(items[i], templates, cfg.max_tags)])
-    txt = text_features(model, tokenizer, list(strings), env=env)
+        variants.append([strings.setdefault(t, len(strings))
+                         for t in item_texts(items[i], templates, cfg.max_tags, cfg.tag_groups)])
+    txt = None if raw else text_features(model, tokenizer, list(strings), env=env)
+    policies = [policy_for(item_texts(it, cfg.text_templates, cfg.max_tags, cfg.tag_groups) + [it.full_text])
+                for it in items]
+    views = None
+    if augment and cfg.aug_views > 0 and not raw:
+        views = view_features(model, [it.path for it in items], img, policies, cfg, cfg.aug_views,
+                              progress=progress, env=env)
     labels = torch.tensor([categories.get(str(it.metadata.get("category")), -1) if "category" in it.metadata else -1
                            for it in items], dtype=torch.long)
     trip: list[tuple[int, str, int]] = []
@@ -154,10 +198,19 @@ def prepare_split(catalog: str | Path, model: DualEncoder, tokenizer: Tokenizer,
                 if all_items[r].id in pos_of and all_items[g].id in pos_of]  # images that failed are skipped
     triplets = Triplets(torch.tensor([r for r, _, _ in trip], dtype=torch.long),
                         torch.tensor([g for _, _, g in trip], dtype=torch.long), [t for _, t, _ in trip])
-    mod = text_features(model, tokenizer, triplets.texts, env=env)
+    mod = None if raw else text_features(model, tokenizer, triplets.texts, env=env)
     return Split(items=items, img=img, pair_pos=torch.tensor(pair_pos, dtype=torch.long), variants=variants,
                  txt=txt, labels=labels, triplets=triplets, mod=mod, skipped_no_text=len(items) - len(pair_pos),
-                 skipped_bad_image=len(failed))
+                 skipped_bad_image=len(failed), strings=list(strings), policies=policies, views=views, raw=raw)
+
+
+def refresh_features(split: Split, model: DualEncoder, tokenizer: Tokenizer) -> None:
+    """Backbone features of a split with the current (partly trained) backbones, not cached."""
+    paths = [it.path for it in split.items]
+    split.img, _, _ = image_features(model, image_preprocess(model.cfg.image), paths, progress=False,
+                                     use_cache=False)
+    split.txt = text_features(model, tokenizer, split.strings, use_cache=False)
+    split.mod = text_features(model, tokenizer, split.triplets.texts, use_cache=False)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -179,10 +232,8 @@ def init_model(model: str | Path, cfg: TrainCfg) -> tuple[DualEncoder, Tokenizer
             net.fusion = build_fusion(cfg.fusion, net.embed_dim)
     else:
         raise TrainError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
-    if cfg.unfreeze:
-        raise TrainError("--unfreeze is not implemented yet: backbones stay frozen (use --unfreeze 0)")
-    for p in list(net.image_tower.backbone.parameters()) + list(net.text_tower.backbone.parameters()):
-        p.requires_grad_(False)
+    for tower in (net.image_tower, net.text_tower):  # all frozen, but the last cfg.unfreeze blocks
+        unfreeze_last(tower.backbone, cfg.unfreeze)
     if not any(p.requires_grad for n, p in net.named_parameters() if n != "logit_scale"):
         raise TrainError(f"model {name!r} has nothing to train (image head {net.cfg.image.head!r}, text head "
                          f"{net.cfg.text.head!r}, fusion {net.cfg.fusion!r}); use a trainable config such as "
@@ -229,22 +280,32 @@ def lr_lambda(total_steps: int, warmup_frac: float):
 
 class StepModel(nn.Module):
     """The trainable part of one step (projection heads, fusion, temperature, classifier) as one module,
-    so that DistributedDataParallel wraps exactly what trains; the frozen backbones stay outside."""
+    so that DistributedDataParallel wraps exactly what trains; frozen backbones stay outside. With
+    ``raw`` (unfrozen blocks) the backbones are inside and the step's inputs are images and tokens."""
 
-    def __init__(self, net: DualEncoder, classifier: nn.Module | None):
+    def __init__(self, net: DualEncoder, classifier: nn.Module | None, raw: bool = False):
         super().__init__()
         self.image_head, self.text_head, self.fusion = net.image_tower.head, net.text_tower.head, net.fusion
         self.logit_scale = net.logit_scale
         self.classifier = classifier
+        self.image_backbone = net.image_tower.backbone if raw else None
+        self.text_backbone = net.text_tower.backbone if raw else None
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, ref: torch.Tensor | None = None,
-                mod: torch.Tensor | None = None, tgt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Backbone features (B, F) of pairs (and of triplets) -> unit embeddings, fused queries, logits."""
-        out = {"scale": self.logit_scale.exp().clamp(max=100.0),
-               "img": l2n(self.image_head(img)), "txt": l2n(self.text_head(txt))}  # (B, D) each
+    def _img(self, x: torch.Tensor) -> torch.Tensor:  # features (B, F) or images (B, 3, S, S) -> (B, D)
+        return l2n(self.image_head(x if self.image_backbone is None else self.image_backbone(x)))
+
+    def _txt(self, x) -> torch.Tensor:  # features (B, F) or tokenizer output -> (B, D)
+        if self.text_backbone is not None:
+            x = self.text_backbone(x["input_ids"], x["attention_mask"])
+        return l2n(self.text_head(x))
+
+    def forward(self, img: torch.Tensor, txt, ref: torch.Tensor | None = None,
+                mod=None, tgt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Pairs (and triplets) -> unit embeddings, fused queries, logits."""
+        out = {"scale": self.logit_scale.exp().clamp(max=100.0), "img": self._img(img), "txt": self._txt(txt)}
         if ref is not None:
-            out["fused"] = self.fusion(l2n(self.image_head(ref)), l2n(self.text_head(mod)), 0.5)  # (T, D)
-            out["tgt"] = l2n(self.image_head(tgt))
+            out["fused"] = self.fusion(self._img(ref), self._txt(mod), 0.5)  # (T, D)
+            out["tgt"] = self._img(tgt)
         if self.classifier is not None:
             out["logits"] = self.classifier(self.fusion(out["img"], out["txt"], 0.5))
         return out
@@ -276,6 +337,8 @@ def open_run(run: Path, asked: dict, resume: bool) -> tuple[dict | None, list[di
         if not (run / "state.pt").is_file():
             raise TrainError(f"nothing to resume in {run} (no state.pt); start without --resume")
         saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        # a run from before a TrainCfg field existed used that field's default
+        saved["train"] = {**json.loads(json.dumps(to_dict(TrainCfg()))), **saved.get("train", {})}
         if {k: v for k, v in saved.items() if k != "train"} != {k: v for k, v in asked.items() if k != "train"} \
                 or {k: v for k, v in saved["train"].items() if k != "epochs"} != \
                 {k: v for k, v in asked["train"].items() if k != "epochs"}:
@@ -364,14 +427,22 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
 
     classifier = nn.Linear(net.embed_dim, len(categories)).to(dev) \
         if cfg.loss_classify > 0 and len(categories) >= 2 else None
-    params = [p for p in net.parameters() if p.requires_grad]
+    in_backbone = {id(p) for tower in (net.image_tower, net.text_tower) for p in tower.backbone.parameters()}
+    params = [p for p in net.parameters() if p.requires_grad and id(p) not in in_backbone]
     if classifier is not None:
         params += list(classifier.parameters())
     # No weight decay on the temperature, biases and norm gains.
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Unfrozen backbone blocks learn at a lower rate: they start from good weights, the heads do not.
+    backbone = [p for p in net.parameters() if p.requires_grad and id(p) in in_backbone]
+    groups += [g for g in ({"params": [p for p in backbone if p.ndim >= 2], "weight_decay": cfg.weight_decay,
+                            "lr": cfg.lr * cfg.backbone_lr_scale},
+                           {"params": [p for p in backbone if p.ndim < 2], "weight_decay": 0.0,
+                            "lr": cfg.lr * cfg.backbone_lr_scale}) if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    trained_backbone = trained_backbone_record(net, cfg.unfreeze)
     steps_per_epoch = math.ceil(len(tr.pair_pos) / cfg.batch_size)  # global batches: the same on any N
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_frac))
 
@@ -386,7 +457,7 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
     use_fusion = (cfg.loss_composed > 0 and len(tr.triplets) >= 2) or classifier is not None
     use_scale = cfg.loss_contrastive > 0 or (cfg.loss_composed > 0 and len(tr.triplets) >= 2)
     fusion_trains = any(p.requires_grad for p in net.fusion.parameters())
-    step_model = wrap_ddp(StepModel(net, classifier), dev, env,
+    step_model = wrap_ddp(StepModel(net, classifier, raw=tr.raw), dev, env,
                           all_used=use_scale and (use_fusion or not fusion_trains))
     summary = {"pairs": len(tr.pair_pos), "triplets": len(tr.triplets), "skipped_no_text": tr.skipped_no_text,
                "skipped_bad_image": tr.skipped_bad_image, "categories": len(categories)}
@@ -398,11 +469,13 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
     for epoch in range(start, cfg.epochs):
         if va is not None and bad_epochs >= cfg.patience:
             break
-        metrics = run_epoch(net, step_model, tr, cfg, opt, sched, dev, epoch, progress, env)
+        metrics = run_epoch(net, step_model, tr, cfg, opt, sched, dev, epoch, progress, env, tokenizer=tokenizer)
 
         def finish_epoch():  # rank 0: validate, decide, write; the decision goes to every rank
             nonlocal best, best_epoch, bad_epochs
             if va is not None:
+                if va.raw:  # the backbones changed: validate on their current features
+                    refresh_features(va, net, tokenizer)
                 metrics.update(validate(net, va, dev))
             metrics["epoch"] = epoch + 1
             improved = va is None or best is None or metrics["val_recall"] > best
@@ -411,7 +484,7 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
             else:
                 bad_epochs += 1
             save_epoch(run, net, tokenizer, classifier, opt, sched, cfg, summary, metrics, history + [metrics],
-                       improved, (epoch + 1, best, best_epoch, bad_epochs))
+                       improved, (epoch + 1, best, best_epoch, bad_epochs), trained_backbone)
             log.info("epoch %d: %s", epoch + 1, metrics)
             return metrics, best, best_epoch, bad_epochs
 
@@ -424,15 +497,17 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
 
 def save_epoch(run: Path, net: DualEncoder, tokenizer: Tokenizer, classifier: nn.Module | None, opt, sched,
                cfg: TrainCfg, summary: dict, metrics: dict, history: list[dict], improved: bool,
-               progress_state: tuple) -> None:
-    """last.pt, model.pt (when improved), state.pt (atomically) and metrics.jsonl after an epoch."""
+               progress_state: tuple, trained_backbone: dict | None = None) -> None:
+    """last.pt, model.pt (when improved), state.pt (atomically) and metrics.jsonl after an epoch.
+    ``trained_backbone``: the unfrozen blocks, whose weights every file then carries."""
     epoch, best, best_epoch, bad_epochs = progress_state
     extra = {"train": to_dict(cfg), "summary": summary, "epoch": epoch, "metrics": metrics}
-    save_checkpoint(net, tokenizer, run / "last.pt", extra=extra)
+    save_checkpoint(net, tokenizer, run / "last.pt", extra=extra, trained_backbone=trained_backbone)
     if improved:
-        save_checkpoint(net, tokenizer, run / "model.pt", extra=extra)
+        save_checkpoint(net, tokenizer, run / "model.pt", extra=extra, trained_backbone=trained_backbone)
+    keep = set((trained_backbone or {}).get("keys", ()))
     torch.save({"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "model": {k: v for k, v in net.state_dict().items() if "backbone" not in k},
+                "model": {k: v for k, v in net.state_dict().items() if "backbone" not in k or k in keep},
                 "classifier": classifier.state_dict() if classifier is not None else {},
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, run / "state.pt.tmp")
     (run / "state.pt.tmp").replace(run / "state.pt")
@@ -445,18 +520,68 @@ def category_index(catalog: str | Path) -> dict[str, int]:
     return {c: i for i, c in enumerate(cats)}
 
 
+class RawImages:
+    """Unfrozen backbones: items' images decoded and preprocessed at every step, augmented on the fly
+    (torch's global RNG, seeded per epoch) when ``cfg.aug_views`` > 0, within each item's policy."""
+
+    def __init__(self, net: DualEncoder, cfg: TrainCfg):
+        self.image_cfg, self.cfg = net.cfg.image, cfg
+        self.plain = image_preprocess(net.cfg.image)
+        self.aug: dict[Policy, AugmentedPreprocess] = {}
+
+    def __call__(self, paths: list[str], policies: list[Policy]) -> torch.Tensor:  # -> (B, 3, S, S)
+        out = []
+        for path, pol in zip(paths, policies):
+            im = load_image(path)
+            if self.cfg.aug_views > 0:
+                if pol not in self.aug:
+                    self.aug[pol] = AugmentedPreprocess(self.image_cfg, self.cfg, pol)
+                out.append(self.aug[pol](im))
+            else:
+                out.append(self.plain(im))
+        return torch.stack(out)
+
+
 def run_epoch(net: DualEncoder, step_model: nn.Module, tr: Split, cfg: TrainCfg, opt: torch.optim.Optimizer,
-              sched, dev: torch.device, epoch: int, progress: bool, env: DistEnv | None = None) -> dict:
+              sched, dev: torch.device, epoch: int, progress: bool, env: DistEnv | None = None,
+              tokenizer: Tokenizer | None = None) -> dict:
     """One pass over the pairs; each step also takes the next batch of triplets (cycled).
 
     Every rank draws the same global batches (the same generator) and computes its contiguous slice of
     each; the losses are scaled so that DDP's average over ranks is the loss of the whole global batch.
+    Frozen backbones: steps read cached features (with cached augmented views, one drawn per item and
+    epoch; the plain image counts as one of the choices). Unfrozen (``tr.raw``): images and texts go
+    through the backbones at every step.
     """
     env = env or DistEnv()
     # Everything random in an epoch derives from (seed, epoch), so --resume reproduces an uninterrupted run.
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-    torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout
+    torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout, on-the-fly augmentation
     net.train()
+    for tower in (net.image_tower, net.text_tower):
+        set_train_mode(tower.backbone, tr.raw)
+    raw_images = RawImages(net, cfg) if tr.raw else None
+    view_pick = torch.randint(0, tr.views.shape[1] + 1, (len(tr.items),), generator=gen) \
+        if tr.views is not None else None  # per item: 0 = the plain image, v = cached view v - 1
+    # A modifier that names a colour or a direction keeps its triplet's images unaugmented / within policy.
+    mod_policy = [policy_for([t]) for t in tr.triplets.texts]
+
+    def images(idx: torch.Tensor, extra: list[Policy] | None = None) -> torch.Tensor:
+        """Pair or triplet images at item positions ``idx`` (B,): backbone features or pixels."""
+        if raw_images is not None:
+            pols = [tr.policies[int(i)] & (extra[k] if extra else Policy()) for k, i in enumerate(idx)]
+            return raw_images([tr.items[int(i)].path for i in idx], pols).to(dev)
+        if view_pick is None:
+            return tr.img[idx].to(dev)
+        v = view_pick[idx]
+        if extra:
+            v = torch.where(torch.tensor([p != Policy() for p in extra]), 0, v)
+        return torch.where((v > 0)[:, None], tr.views[idx, (v - 1).clamp(min=0)], tr.img[idx]).to(dev)
+
+    def texts(strings: list[str], feats: torch.Tensor | None, rows: torch.Tensor):
+        if tr.raw:
+            return {k: t.to(dev) for k, t in tokenizer([strings[int(r)] for r in rows]).items()}
+        return feats[rows].to(dev)
     order = tr.pair_pos[torch.randperm(len(tr.pair_pos), generator=gen)]
     variant_pick = torch.rand(len(tr.pair_pos), generator=gen)
     pair_row = {int(p): r for r, p in enumerate(tr.pair_pos)}
@@ -479,14 +604,15 @@ def run_epoch(net: DualEncoder, step_model: nn.Module, tr: Split, cfg: TrainCfg,
         rows = [pair_row[int(p)] for p in pos]
         var = torch.tensor([tr.variants[r][int(variant_pick[r] * len(tr.variants[r]))] for r in rows])
         part, sizes = mine(len(pos))
-        feats = {"img": tr.img[pos[part]].to(dev), "txt": tr.txt[var[part]].to(dev)}
+        feats = {"img": images(pos[part]), "txt": texts(tr.strings, tr.txt, var[part])}
         if use_composed:
             n = len(tr.triplets)
             pick = trip_order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % n][:min(n, cfg.batch_size)]
             tpart, tsizes = mine(len(pick))
             local = pick[tpart]
-            feats.update(ref=tr.img[tr.triplets.ref[local]].to(dev), mod=tr.mod[local].to(dev),
-                         tgt=tr.img[tr.triplets.tgt[local]].to(dev))
+            pols = [mod_policy[int(i)] for i in local]
+            feats.update(ref=images(tr.triplets.ref[local], pols), mod=texts(tr.triplets.texts, tr.mod, local),
+                         tgt=images(tr.triplets.tgt[local], pols))
         with autocast(dev):
             emb = step_model(**feats)
             scale = emb["scale"]

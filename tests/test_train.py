@@ -147,13 +147,17 @@ def test_training_lowers_the_loss_and_learns_pairs(small_catalog, tmp_path):
             assert r1 < 0.75  # the untrained model does not already do it
 
 
-def test_resume_matches_uninterrupted_run(small_catalog, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", [{"epochs": 3}, {"epochs": 2, "aug_views": 2},
+                                  {"epochs": 2, "unfreeze": 1, "aug_views": 1}],
+                         ids=["frozen", "frozen-cached-views", "unfrozen-augmented"])
+def test_resume_matches_uninterrupted_run(small_catalog, tmp_path, monkeypatch, mode):
     from mmsearch import train as train_mod
 
     ids = catalog_ids(small_catalog)
     trip = write_triplets(small_catalog, [{"reference": ids[i], "text": f"edit {i}", "target": ids[i + 1]}
                                           for i in range(0, 10, 2)])
-    cfg = TrainCfg(epochs=3, batch_size=5, fusion="combiner")  # several steps per epoch, dropout in the fusion
+    # several steps per epoch, dropout in the fusion; with --unfreeze the backbones' trained blocks too
+    cfg = TrainCfg(batch_size=5, fusion="combiner", **mode)
 
     def run(out, resume=False):
         return train(small_catalog, out=out, model="tiny", cfg=cfg, composed=trip, val=small_catalog,
