@@ -341,12 +341,12 @@ def run(args) -> dict:
                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "command": "python " + " ".join(sys.argv), "input_mean_megapixels": round(mp, 2),
-                 "end_to_end": [], "stages": {}, "limit": {}, "agreement": {}}
+                 "end_to_end": [], "stages": {}, "limit": {}, "agreement": {}, "queries_only": args.queries_only}
     peak, how = peak_flops(device)
     res["limit"]["peak_flops"] = peak
     res["limit"]["peak_how"] = how
     print(f"peak: {peak / 1e9:.1f} GFLOP/s ({how})", flush=True)
-    for name in args.models:
+    for name in ([] if args.queries_only else args.models):
         model, preprocess, _ = create_model(name, device=device)
         naive_pre = naive_preprocess(model.cfg.image)
         sub = paths[:preset["images"][name]]
@@ -442,6 +442,8 @@ def run(args) -> dict:
 def write_results(res: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"encode_{res['device'].split(':')[0]}" + ("" if res["preset"] in ("cpu", "gpu") else f"_{res['preset']}")
+    if res.get("queries_only"):
+        stem += "_queries"
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [f"# Encoding benchmark ({res['preset']} preset, {res['device']}{', ' + res['gpu'] if res['gpu'] else ''}, "
              f"{res['cpus']} CPUs)", "", f"Command: `{res['command']}`  ", f"Date: {res['date']}, torch {res['torch']}  ",
@@ -531,6 +533,7 @@ def main() -> None:
                                                       os.path.join(tempfile.gettempdir(), "mmsearch-bench")))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--skip-queries", action="store_true")
+    ap.add_argument("--queries-only", action="store_true", help="only cold start and query latency")
     args = ap.parse_args()
     run(args)
 
