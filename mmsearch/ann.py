@@ -253,9 +253,13 @@ def set_params(index: faiss.Index, params: dict[str, int]) -> None:
         hnsw.hnsw.efSearch = int(params["efSearch"])
 
 
-def search_params(index: faiss.Index, spec_params: dict[str, int], selector=None):
-    """FAISS SearchParameters carrying the tuned parameter and an optional IDSelector (or None)."""
-    if selector is None:
+def search_params(index: faiss.Index, spec_params: dict[str, int], selector=None, plain: bool = False):
+    """FAISS SearchParameters carrying the tuned parameter and an optional IDSelector (or None).
+
+    Without a selector it returns None (the index's own settings apply) unless ``plain`` asks for the
+    parameters anyway.
+    """
+    if selector is None and not plain:
         return None
     if _ivf(index) is not None and not isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
         return faiss.SearchParametersIVF(sel=selector, nprobe=int(spec_params.get("nprobe", 1)))
@@ -263,7 +267,35 @@ def search_params(index: faiss.Index, spec_params: dict[str, int], selector=None
         return faiss.SearchParametersHNSW(sel=selector, efSearch=int(spec_params.get("efSearch", 16)))
     if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
         return None  # selectors do not pass through pre-transforms; caller over-fetches instead
-    return faiss.SearchParameters(sel=selector)
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def filter_boost(selectivity: float, graph: bool = False) -> int:
+    """How much wider to search (nprobe / efSearch) when a filter keeps ``selectivity`` of the items.
+
+    The k nearest *allowed* items sit about 1/selectivity deeper in the ranking than the k nearest overall,
+    so the unfiltered tuning misses some. Smallest multiple measured to reach Recall@10 >= 0.95:
+    IVF (50k x 384, nprobe 64): 4 at 2%, 2 at 10%, 2 at 30%; (4k x 32, nprobe 4): 8 at 5%. HNSW, whose
+    walk must also pass through disallowed nodes (efSearch 16): 8 at 2%, 4 at 10%, 2 at 30% (50k x 384);
+    16 at 5% (4k x 32). So IVF takes 1/sqrt(selectivity) and a graph 1/(2 selectivity), each rounded up to a
+    power of two, at most 32.
+    """
+    if selectivity >= 1.0:
+        return 1
+    need = 0.5 / max(selectivity, 1e-9) if graph else 1.0 / math.sqrt(max(selectivity, 1e-9))
+    return int(min(32, max(2, 2 ** math.ceil(math.log2(need)))))
+
+
+def boosted_params(index: faiss.Index, params: dict[str, int], selectivity: float) -> dict[str, int]:
+    """``params`` with nprobe (capped at the list count) and efSearch widened by :func:`filter_boost`."""
+    out = dict(params)
+    boost = filter_boost(selectivity, graph="efSearch" in out)
+    if "nprobe" in out:
+        ivf = _ivf(index)
+        out["nprobe"] = min(int(out["nprobe"]) * boost, ivf.nlist if ivf is not None else int(out["nprobe"]) * boost)
+    if "efSearch" in out:
+        out["efSearch"] = int(out["efSearch"]) * boost
+    return out
 
 
 # -------------------------------------------------------------------------------------------- tuning
@@ -389,14 +421,16 @@ def filtered_search(index: faiss.Index, queries: np.ndarray, n: int, allowed: np
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n = max(1, min(n, len(allowed)))
+    total = max(1, index.ntotal)
+    params = boosted_params(index, params, len(allowed) / total)  # selective filters search wider
     if strategy == "selector":
         sp = search_params(index, params, faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64)))
         if sp is not None:
             return index.search(q, n, params=sp)[1]
-    total = max(1, index.ntotal)
     fetch = min(total, int(n * total / max(1, len(allowed)) * 1.5) + 16)
+    plain = search_params(index, params, plain=True)
     while True:
-        ids = index.search(q, fetch)[1]
+        ids = index.search(q, fetch, params=plain)[1] if plain is not None else index.search(q, fetch)[1]
         ok = np.isin(ids, allowed) & (ids >= 0)
         if ok.sum(axis=1).min() >= n or fetch >= total or (ids < 0).any(axis=1).all():
             break

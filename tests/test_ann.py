@@ -90,3 +90,27 @@ def test_filtered_search_returns_only_allowed(data):
         for strategy in ("selector", "overfetch"):
             found = ann.filtered_search(index, q[:20], 10, allowed, spec.params, strategy)
             assert np.isin(found[found >= 0], allowed).all()
+
+
+def test_filter_boost_widens_search_for_selective_filters():
+    assert [ann.filter_boost(s) for s in (1.0, 0.5, 0.3, 0.1, 0.05, 0.02, 1e-6)] == [1, 2, 2, 4, 8, 8, 32]
+    assert [ann.filter_boost(s, graph=True) for s in (1.0, 0.5, 0.3, 0.1, 0.05, 0.02)] == [1, 2, 2, 8, 16, 32]
+    index = faiss.index_factory(8, "IVF16,Flat", faiss.METRIC_INNER_PRODUCT)
+    assert ann.boosted_params(index, {"nprobe": 4}, 0.1) == {"nprobe": 16}
+    assert ann.boosted_params(index, {"nprobe": 4}, 0.02) == {"nprobe": 16}  # never more lists than exist
+    assert ann.boosted_params(index, {"efSearch": 16}, 0.3) == {"efSearch": 32}
+    assert ann.boosted_params(index, {"efSearch": 16}, 0.05) == {"efSearch": 256}
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_selective_filters_keep_recall(data, kind):
+    """The k best *allowed* items lie deeper than the unfiltered tuning searches; the boost finds them."""
+    x, q, ids, _ = data
+    index, spec = ann.build_tuned(IndexCfg(index_type=kind), x, ids)
+    allowed = np.sort(np.random.default_rng(1).choice(ids, len(ids) // 20, replace=False))  # 5%
+    xa = x[np.searchsorted(ids, allowed)]
+    truth = allowed[faiss.knn(q, xa, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]]
+    for strategy in ("selector", "overfetch"):
+        found = ann.filtered_search(index, q, 10, allowed, spec.params, strategy)
+        assert np.isin(found[found >= 0], allowed).all()
+        assert ann.recall_at_k(found, truth) >= 0.95, strategy
