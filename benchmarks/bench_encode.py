@@ -69,6 +69,10 @@ PRESETS = {
                   "grid": {"default": [(256, None), (256, 8)], "tiny": [(256, None)]},
                   "reference": {"default": [(256, None)], "tiny": [(256, None)]},
                   "index_sizes": [10_000], "queries": 20, "cold_runs": 1, "compile": False, "device_decode": True},
+    "cpu-compile": {"images": {"default": 256, "tiny": 256}, "stage_images": 24,  # is --compile worth it here?
+                    "grid": {"default": [(32, 1)], "tiny": [(32, 1)]},
+                    "reference": {"default": [(32, 1)], "tiny": [(32, 1)]},
+                    "index_sizes": [10_000], "queries": 12, "cold_runs": 1, "repeats": 2, "compile": True},
     "smoke": {"images": {"default": 16, "tiny": 32}, "stage_images": 8,
               "grid": {"default": [(8, 0)], "tiny": [(16, 0), (16, 1)]},
               "reference": {"default": [(8, 0)], "tiny": [(16, 0)]},
@@ -174,7 +178,7 @@ def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 # ---------------------------------------------------------------------------------------- end to end
 def end_to_end(model, preprocess, paths, pipeline, batch, workers, device, extra=None) -> dict:
     cfg = EncodeCfg(pipeline=pipeline, batch_size=batch, num_workers=workers, **(extra or {}))
-    if device.type == "cuda":  # untimed warm-up: kernel selection per shape, nvJPEG and compile set-up
+    if device.type == "cuda" or cfg.compile:  # untimed warm-up: kernels per shape, nvJPEG, compilation
         tail = len(paths) % batch or batch  # the last, shorter batch is a shape of its own
         encode_image_files(model, preprocess, paths[:2 * batch] + paths[-tail:], cfg=cfg, progress=False)
     sync(device)
@@ -359,7 +363,7 @@ def run(args) -> dict:
         if device.type == "cuda" and preset.get("device_decode"):
             b, w = preset["grid"][name][0]
             points.append((b, w, {"decode": "pil"}))  # device (nvJPEG) decode is the CUDA default
-        if device.type == "cuda" and preset.get("compile"):
+        if preset.get("compile"):
             b, w = preset["grid"][name][0]
             points.append((b, w, {"compile": True}))
         for b, w, extra in points:
