@@ -292,7 +292,8 @@ def boosted_params(index: faiss.Index, params: dict[str, int], selectivity: floa
     boost = filter_boost(selectivity, graph="efSearch" in out)
     if "nprobe" in out:
         ivf = _ivf(index)
-        out["nprobe"] = min(int(out["nprobe"]) * boost, ivf.nlist if ivf is not None else int(out["nprobe"]) * boost)
+        widened = int(out["nprobe"]) * boost
+        out["nprobe"] = min(widened, ivf.nlist) if ivf is not None else widened
     if "efSearch" in out:
         out["efSearch"] = int(out["efSearch"]) * boost
     return out
@@ -430,7 +431,7 @@ def filtered_search(index: faiss.Index, queries: np.ndarray, n: int, allowed: np
     fetch = min(total, int(n * total / max(1, len(allowed)) * 1.5) + 16)
     plain = search_params(index, params, plain=True)
     while True:
-        ids = index.search(q, fetch, params=plain)[1] if plain is not None else index.search(q, fetch)[1]
+        ids = index.search(q, fetch, params=plain)[1]
         ok = np.isin(ids, allowed) & (ids >= 0)
         if ok.sum(axis=1).min() >= n or fetch >= total or (ids < 0).any(axis=1).all():
             break

@@ -44,7 +44,7 @@ from .distributed import (DistEnv, DistributedError, all_gather_objects, broadca
                           rank_device, shard_ranges, shards_of_rank)
 from .embed import encode_image_files, encode_texts
 from .errors import MMSearchError
-from .shards import write_shard
+from .shards import read_shard, shard_paths, write_shard
 from .index import (BuildReport, Precomputed, State, build_index, crash_point, sha256_file,
                     sha256_text)
 from .ondisk import AddTask, PartsStatus, part_paths, run_parts
@@ -132,14 +132,9 @@ def _crash_hook(env: DistEnv, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- one shard
-def shard_paths(plan: Plan, shard: int) -> tuple[Path, Path]:
-    base = Path(plan.work) / f"shard-{shard:06d}"
-    return base.with_suffix(".npz"), base.with_suffix(".json")
-
-
 def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
     """The shard's marker exists, lists these ids, and none of its files changed since it was written."""
-    npz, marker = shard_paths(plan, shard)
+    npz, marker = shard_paths(plan.work, shard)
     try:
         meta = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -185,7 +180,7 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
                       else np.zeros((0, net.embed_dim), np.float32))
     meta = {"shard": shard, "ids": [it.id for it in items], "hashes": hashes, "stat": stats, "encoded": encoded,
             "failed": failed, "texts": [i for i, _ in texts]}
-    write_shard(*shard_paths(plan, shard), arrays, meta)  # float16 npz, then the done marker
+    write_shard(*shard_paths(plan.work, shard), arrays, meta)  # float16 npz, then the done marker
     return len(encoded)
 
 
@@ -230,11 +225,8 @@ def load_shards(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> P
     text_rows: dict[str, int] = {}
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in dims}
     for shard, (start, end) in enumerate(ranges):
-        npz, marker = shard_paths(plan, shard)
         try:
-            meta = json.loads(marker.read_text(encoding="utf-8"))
-            with np.load(npz) as z:
-                arrays = {name: z[name] for name in z.files}
+            arrays, meta = read_shard(*shard_paths(plan.work, shard))
         except (OSError, ValueError) as exc:
             raise DistributedError(f"shard {shard} is missing or unreadable ({exc}); re-run the same command "
                                    f"to redo it") from None
@@ -368,7 +360,7 @@ def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> Di
     """Name the ranks whose shards have no done marker (the ones that died)."""
     log.debug("collective failed: %s", exc)
     missing = {r: [i for i in shards_of_rank(plan.num_shards, r, env.world_size)
-                   if not shard_paths(plan, i)[1].is_file()] for r in range(env.world_size)}
+                   if not shard_paths(plan.work, i)[1].is_file()] for r in range(env.world_size)}
     lost = [r for r, shards in missing.items() if shards]
     done = plan.num_shards - sum(len(v) for v in missing.values())
     who = f"rank {', '.join(map(str, lost))}" if lost else "a rank"
