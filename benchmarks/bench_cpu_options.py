@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mmsearch.embed import EncodeCfg, image_forward  # noqa: E402
-from mmsearch.factory import create_model  # noqa: E402
-from mmsearch.preprocess import ResizeCropU8, normalize_batch  # noqa: E402
+from mmsearch.encode.pipeline import EncodeCfg, image_forward  # noqa: E402
+from mmsearch.models.factory import create_model  # noqa: E402
+from mmsearch.models.preprocess import ResizeCropU8, normalize_batch  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     from bench_encode import input_set
 
-    from mmsearch.data import load_image
+    from mmsearch.catalog.scan import load_image
 
     model, _, _ = create_model(args.model, device="cpu")
     icfg = model.cfg.image

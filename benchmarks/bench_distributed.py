@@ -77,7 +77,7 @@ def make_jpegs(dst: Path, n: int, seed: int = 0) -> None:
 def worker(args) -> None:
     import torch
 
-    from mmsearch.dist_index import build_index_distributed
+    from mmsearch.dist.runner import build_index_distributed
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.perf_counter()
@@ -113,7 +113,7 @@ def run_config(nproc: int, threads: int, catalog: Path, work: Path, args) -> dic
 
 def compare(single: Path, multi: Path) -> dict:
     """Same item set and embeddings (largest absolute difference per channel) of two indexes."""
-    from mmsearch.index import channel_vectors, read_manifest
+    from mmsearch.index.build import channel_vectors, read_manifest
 
     out = {}
     for name in read_manifest(single)["channels"]:

@@ -43,11 +43,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmsearch.data import load_image  # noqa: E402
-from mmsearch.device import available_cpus, resolve_device  # noqa: E402
-from mmsearch.embed import EncodeCfg, encode_image_files  # noqa: E402
-from mmsearch.factory import create_model  # noqa: E402
-from mmsearch.preprocess import ResizeCropU8, normalize_batch  # noqa: E402
+from mmsearch.catalog.scan import load_image  # noqa: E402
+from mmsearch.models.device import available_cpus, resolve_device  # noqa: E402
+from mmsearch.encode.pipeline import EncodeCfg, encode_image_files  # noqa: E402
+from mmsearch.models.factory import create_model  # noqa: E402
+from mmsearch.models.preprocess import ResizeCropU8, normalize_batch  # noqa: E402
 
 SAMPLE = ROOT / "mmsearch" / "sample" / "catalog"
 SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200), (480, 640), (768, 1024), (1200, 1600)]
@@ -196,8 +196,8 @@ def device_decode_limit(model, paths, device, batch) -> float:
     the CUDA path; one untimed batch warms the decoder up."""
     from torchvision.io import read_file
 
-    from mmsearch.embed import decode_on_device
-    from mmsearch.preprocess import resize_crop_tensor
+    from mmsearch.encode.pipeline import decode_on_device
+    from mmsearch.models.preprocess import resize_crop_tensor
 
     icfg = model.cfg.image
     datas = [read_file(p) for p in paths]
@@ -244,7 +244,7 @@ def stages(model, naive_pre, paths, device, batch) -> dict:
         model.image_tower.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         reps = max(1, -(-batch // len(x)))
         xb = torch.cat([x] * reps)[:batch].to(device)
-        from mmsearch.device import autocast
+        from mmsearch.models.device import autocast
         with torch.inference_mode(), autocast(device, enabled=amp):
             model.encode_image_channels(xb)  # warm-up
             sync(device)
@@ -283,8 +283,8 @@ def cold_start(runs: int, model: str, device: str) -> list[float]:
 def synthetic_index(out: Path, model, n: int) -> Path:
     """An index folder of n items with random unit vectors in every channel the real model produces, written
     through the real write path (``mmsearch.index.commit``, index type chosen by ``auto``)."""
-    from mmsearch.ann import IndexCfg
-    from mmsearch.index import Change, _base_manifest, _channel_dims, commit
+    from mmsearch.index.ann import IndexCfg
+    from mmsearch.index.build import Change, _base_manifest, _channel_dims, commit
 
     rng = np.random.default_rng(n)
     dims = _channel_dims(model)
@@ -300,7 +300,7 @@ def synthetic_index(out: Path, model, n: int) -> Path:
 
 
 def query_latency(model_name: str, device: str, sizes: list[int], n_queries: int, photos: list[str]) -> list[dict]:
-    from mmsearch.search import SearchEngine
+    from mmsearch.search.engine import SearchEngine
 
     model, _, _ = create_model(model_name, device=device)
     texts = [f"a photo of a {w}" for w in ("red shoe", "banana", "laptop", "bicycle", "guitar", "dress",

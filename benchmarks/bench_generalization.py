@@ -1,6 +1,6 @@
 """Out-of-domain text->image retrieval: the trained ``default`` against the zero-shot ``bridge``.
 
-``default`` was trained on Fluent Emoji 3D renders only (mmsearch/weights/MODEL_CARD.md). This benchmark
+``default`` was trained on Fluent Emoji 3D renders only (mmsearch/models/weights/MODEL_CARD.md). This benchmark
 asks whether it still wins, or at least does not lose, on real image domains it never saw. Data comes
 from Debian packages, fetched and unpacked into a cache folder (nothing of it is committed):
 

@@ -34,8 +34,8 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mmsearch import ann  # noqa: E402
-from mmsearch.ann import IndexCfg  # noqa: E402
+from mmsearch.index import ann  # noqa: E402
+from mmsearch.index.ann import IndexCfg  # noqa: E402
 
 K = 10
 EF_LADDER = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
@@ -232,7 +232,7 @@ def bench_filters(index, spec, x, ids, q, max_q: int, seed: int = 0):
 
 def bench_write_path(x, n_update_frac: float = 0.01):
     """The real write path (mmsearch.index.commit): full build of a store vs an update adding 1% items."""
-    from mmsearch.index import Change, commit, load_state
+    from mmsearch.index.build import Change, commit, load_state
 
     rng = np.random.default_rng(1)
     cats = [f"c{i}" for i in range(50)]

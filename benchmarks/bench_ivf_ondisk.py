@@ -77,8 +77,8 @@ class PeakMemory:
 def task_for(work: Path, parts: int):
     import numpy as np
 
-    from mmsearch.distributed import shard_ranges
-    from mmsearch.ondisk import AddTask
+    from mmsearch.dist.env import shard_ranges
+    from mmsearch.index.ondisk import AddTask
 
     key = json.loads((work / "trained.json").read_text())["key"]
     n = len(np.load(work / "image.ids.npy", mmap_mode="r"))
@@ -91,8 +91,8 @@ def prepare(work: Path, args) -> float:
     """Vectors + ids on disk, and the trained empty index (timed: the same for every configuration)."""
     import numpy as np
 
-    from mmsearch.ann import IndexSpec
-    from mmsearch.ondisk import train_once
+    from mmsearch.index.ann import IndexSpec
+    from mmsearch.index.ondisk import train_once
 
     rng = np.random.default_rng(0)
     vecs = np.lib.format.open_memmap(work / "image.f16.npy", mode="w+", dtype=np.float16, shape=(args.n, args.dim))
@@ -112,8 +112,8 @@ def add_worker(args) -> None:
     import faiss
     import torch
 
-    from mmsearch.distributed import DistEnv, all_gather_objects, process_group
-    from mmsearch.ondisk import run_parts
+    from mmsearch.dist.env import DistEnv, all_gather_objects, process_group
+    from mmsearch.index.ondisk import run_parts
 
     faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     env = DistEnv.from_env()
@@ -131,7 +131,7 @@ def merge_worker(args) -> None:
     """One merge in a fresh process; writes its time and peak memory."""
     import faiss
 
-    from mmsearch import ann, ondisk
+    from mmsearch.index import ann, ondisk
 
     faiss.omp_set_num_threads(1)
     task = task_for(args.work, args.parts)

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.encoders import EfficientNetLite0
+from mmsearch.models.encoders import EfficientNetLite0
 from mmsearch.evaluate import EvalQuery, evaluate, read_queries
-from mmsearch.train import load_train_cfg, train
+from mmsearch.train.loop import load_train_cfg, train
 
 COMPOSED_KINDS = ("skin_tone", "gender", "recolour")
 

@@ -40,8 +40,8 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
     """Feed n synthetic rows through the real collector; return seconds and peak RSS growth (MB)."""
     import torch
 
-    from mmsearch.embed import EncodeCfg, _Encoder
-    from mmsearch.shards import ShardWriter, assemble, shard_paths, write_shard
+    from mmsearch.encode.pipeline import EncodeCfg, _Encoder
+    from mmsearch.encode.chunks import ShardWriter, assemble, shard_paths, write_shard
 
     class Stub(torch.nn.Module):  # what _Encoder reads from a model, without a model
         embed_dim, visual_dim = DIMS["image"], DIMS["visual"]
@@ -90,8 +90,8 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
 def real_encode(models: list[str], n: int, runs: int, cache: Path) -> list[dict]:
     from bench_encode import input_set
 
-    from mmsearch.embed import EncodeCfg, encode_image_files
-    from mmsearch.factory import create_model
+    from mmsearch.encode.pipeline import EncodeCfg, encode_image_files
+    from mmsearch.models.factory import create_model
 
     paths = input_set(n, cache)
     rows = []

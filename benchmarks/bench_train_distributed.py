@@ -52,8 +52,8 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     from mmsearch.config import TrainCfg
-    from mmsearch.distributed import DistEnv, process_group, rank_device
-    from mmsearch.train import init_model, prepare_split, train
+    from mmsearch.dist.env import DistEnv, process_group, rank_device
+    from mmsearch.train.loop import init_model, prepare_split, train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     env = DistEnv.from_env()

@@ -50,7 +50,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_train_modes_"))
     os.environ["MMSEARCH_CACHE"] = str(work / "cache")  # fresh: preparation is measured, not skipped
     from mmsearch.config import TrainCfg
-    from mmsearch.train import train
+    from mmsearch.train.loop import train
 
     catalog = work / "catalog"
     catalog.mkdir()

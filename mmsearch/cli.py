@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .data import is_image_file
+from .catalog.scan import is_image_file
 from .errors import MMSearchError, QueryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -47,7 +47,7 @@ WhereOpt = Annotated[Optional[list[str]], typer.Option(
 
 def index_cfg(index_type: Optional[str], max_memory: Optional[str]):
     """CLI options -> IndexCfg, or None to keep the existing index's configuration."""
-    from .ann import IndexCfg, parse_memory
+    from .index.ann import IndexCfg, parse_memory
 
     if index_type is None and max_memory is None:
         return None
@@ -76,9 +76,9 @@ def index_cmd(
     Under torchrun (`torchrun --nproc-per-node N -m mmsearch index ...`) the ranks share the encoding
     and rank 0 writes the one index.
     """
-    from .distributed import DistEnv
-    from .embed import EncodeCfg
-    from .index import build_index
+    from .dist.env import DistEnv
+    from .encode.pipeline import EncodeCfg
+    from .index.build import build_index
 
     try:
         if DistEnv.from_env().is_distributed:
@@ -110,7 +110,7 @@ def print_build_report(report) -> None:
 def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
                       cfg, rebuild: bool, wait: float, shard_size: int) -> None:
     """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
-    from .dist_index import build_index_distributed
+    from .dist.runner import build_index_distributed
 
     try:
         result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
@@ -166,8 +166,8 @@ def query_cmd(
     where: WhereOpt = None,
 ) -> None:
     """Search the index by photo, text, or photo + text."""
-    from .filters import parse_where
-    from .search import SearchEngine
+    from .index.filters import parse_where
+    from .search.engine import SearchEngine
 
     try:
         conditions = parse_where(where) if where else None  # malformed filters fail before any loading
@@ -203,7 +203,7 @@ def query_cmd(
 
 def read_batch(path: Path) -> list[dict[str, Any]]:
     """Parse and check a queries JSONL file up front, so a malformed line fails before any work."""
-    from .data import jsonl_objects
+    from .catalog.scan import jsonl_objects
 
     queries = []
     for lineno, q in jsonl_objects(path, QueryError, "batch"):
@@ -250,7 +250,7 @@ def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optio
 def info_cmd(index: IndexOpt = Path("index"),
              as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False) -> None:
     """Show what an index's manifest says."""
-    from .index import read_manifest
+    from .index.build import read_manifest
 
     try:
         m = read_manifest(index)
@@ -325,7 +325,7 @@ def train_cmd(
                                                              "checkpoint to fine-tune.")] = "default",
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder (metrics, checkpoints).")] = Path("runs/train"),
     config: Annotated[Optional[str], typer.Option("--config", help="Train config: a name in "
-                                                  "mmsearch/train_configs/ or a JSON file.")] = None,
+                                                  "mmsearch/train/configs/ or a JSON file.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (max, with early stopping).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=2, help="Pairs per step.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")] = None,
@@ -351,8 +351,8 @@ def train_cmd(
     """
     import dataclasses
 
-    from .distributed import DistEnv
-    from .train import load_train_cfg, train
+    from .dist.env import DistEnv
+    from .train.loop import load_train_cfg, train
 
     try:
         cfg = load_train_cfg(config or "default")
@@ -411,7 +411,7 @@ def remove_cmd(
     wait: WaitOpt = 0.0,
 ) -> None:
     """Remove items from the index by id (all must exist, else nothing is removed)."""
-    from .index import remove_items
+    from .index.build import remove_items
 
     try:
         report = remove_items(index, ids, lock_timeout=wait)
@@ -428,8 +428,8 @@ def reindex_cmd(
     wait: WaitOpt = 0.0,
 ) -> None:
     """Rebuild the ANN index with another type or memory budget from the stored embeddings (no re-encoding)."""
-    from .ann import IndexCfg
-    from .index import read_manifest, reindex
+    from .index.ann import IndexCfg
+    from .index.build import read_manifest, reindex
 
     try:
         cfg = index_cfg(index_type, max_memory) or IndexCfg()

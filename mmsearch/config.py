@@ -1,7 +1,7 @@
 """Configuration dataclasses, serialisable to and from JSON.
 
 A model is described by a :class:`ModelCfg`; named configurations live as JSON files in
-``mmsearch/model_configs/`` (``default.json``, ``tiny.json`` ...). Checkpoints and index manifests
+``mmsearch/models/configs/`` (``default.json``, ``tiny.json`` ...). Checkpoints and index manifests
 embed the same dictionaries, so every artifact carries the configuration it was made with.
 """
 
@@ -81,7 +81,7 @@ class ModelCfg:
         ``gated`` | ``combiner``); ``sum`` has no parameters.
     visual_channel: also store raw pooled backbone features per item and rank image queries by them
         (a second vector per item; see index/README.md).
-    weights: trained weights for a named config, a file in ``mmsearch/weights/`` (heads and fusion; packaged
+    weights: trained weights for a named config, a file in ``mmsearch/models/weights/`` (heads and fusion; packaged
         backbones load from their packages). Empty: the config's own initialisation.
     """
 
@@ -123,7 +123,7 @@ class RankingCfg:
 
 @dataclass
 class TrainCfg:
-    """How ``mmsearch train`` trains a model (named JSON configs in ``mmsearch/train_configs/``).
+    """How ``mmsearch train`` trains a model (named JSON configs in ``mmsearch/train/configs/``).
 
     Loss weights switch terms on and off (0 = off): ``contrastive`` (symmetric image<->text InfoNCE),
     ``composed`` (fuse(reference, modifier) -> target, against the batch) and ``classify`` (a category

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import jsonl_objects
+from .catalog.scan import jsonl_objects
 from .errors import QueryError
 
 KS = (1, 5, 10, 50)
@@ -117,7 +117,7 @@ def evaluate(index: str | Path, queries: str | Path | list[EvalQuery], device: s
         >>> from mmsearch.evaluate import evaluate                          # doctest: +SKIP
         >>> evaluate("index", "queries.jsonl")["overall"]["R@10"]           # doctest: +SKIP
     """
-    from .search import SearchEngine
+    from .search.engine import SearchEngine
 
     qs = read_queries(queries) if not isinstance(queries, list) else queries
     engine = engine or SearchEngine.open(index, device=device)

@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from mmsearch import ann
-from mmsearch.ann import IndexCfg
+from mmsearch.index import ann
+from mmsearch.index.ann import IndexCfg
 from mmsearch.errors import MMSearchError
 
 

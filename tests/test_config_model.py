@@ -9,8 +9,8 @@ import torch
 from mmsearch import create_model, list_models
 from mmsearch.config import ModelCfg, from_dict, to_dict
 from mmsearch.errors import ModelError
-from mmsearch.factory import get_model_config, load_checkpoint, save_checkpoint
-from mmsearch.tokenizer import WordTokenizer
+from mmsearch.models.factory import get_model_config, load_checkpoint, save_checkpoint
+from mmsearch.models.tokenizer import WordTokenizer
 
 
 def test_named_configs_round_trip_through_json(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmsearch.data import load_image, scan_catalog
+from mmsearch.catalog.scan import load_image, scan_catalog
 from mmsearch.errors import CatalogError, ImageDecodeError
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmsearch.distributed import DistEnv, DistributedError, shard_ranges, shards_of_rank
-from mmsearch.dist_index import num_shards_for
+from mmsearch.dist.env import DistEnv, DistributedError, shard_ranges, shards_of_rank
+from mmsearch.dist.runner import num_shards_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, uneven: bool = F
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from mmsearch.distributed import gathered_composed_loss, gathered_contrastive_loss, split_sizes
+    from mmsearch.dist.env import gathered_composed_loss, gathered_contrastive_loss, split_sizes
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -138,7 +138,7 @@ def test_ddp_step_with_gathered_loss_equals_single_process_step(tmp_path):
 
 
 def test_uneven_global_batch_with_both_gathered_losses_equals_single_process(tmp_path):
-    from mmsearch.loss import composed_loss, contrastive_loss
+    from mmsearch.train.loss import composed_loss, contrastive_loss
 
     torch.multiprocessing.start_processes(_ddp_worker, args=(2, free_port(), str(tmp_path), True), nprocs=2,
                                           join=True, start_method="fork")
@@ -165,7 +165,7 @@ def test_torchrun_train_step_equals_one_process_and_its_checkpoint_resumes_in_on
     import json
 
     from mmsearch.config import TrainCfg
-    from mmsearch.train import train
+    from mmsearch.train.loop import train
 
     rows = [json.loads(line) for line in (small_catalog / "catalog.jsonl").read_text().splitlines()]
     for i, r in enumerate(rows):
@@ -211,7 +211,7 @@ def test_torchrun_train_step_equals_one_process_and_its_checkpoint_resumes_in_on
             moved += int("head" in k and not torch.equal(a[k], fresh[k]))
         assert moved >= 2  # the heads trained (the comparison is not between two untouched models)
 
-    from mmsearch.factory import build_named_model
+    from mmsearch.models.factory import build_named_model
 
     fresh = {k: v for k, v in build_named_model("tiny", with_weights=False)[0].state_dict().items()}
     assert_same(weights("dist"), weights("single"))
@@ -264,7 +264,7 @@ def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subpro
 def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
                                                                              tmp_path):
     from mmsearch import build_index
-    from mmsearch.index import channel_vectors, current_snapshot, read_manifest
+    from mmsearch.index.build import channel_vectors, current_snapshot, read_manifest
     from test_tarshards import write_tar
 
     (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")

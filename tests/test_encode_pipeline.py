@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from mmsearch.config import ImageTowerCfg
-from mmsearch.data import RawJpeg, load_image, read_device_jpeg
-from mmsearch.device import default_num_workers, prefetch_to_device
-from mmsearch.embed import EncodeCfg, encode_image_files
+from mmsearch.catalog.scan import RawJpeg, load_image, read_device_jpeg
+from mmsearch.models.device import default_num_workers, prefetch_to_device
+from mmsearch.encode.pipeline import EncodeCfg, encode_image_files
 from mmsearch.errors import MMSearchError
-from mmsearch.factory import create_model, image_preprocess
-from mmsearch.preprocess import PilPreprocess, ResizeCropU8, normalize_batch, resize_crop_pil, resize_crop_tensor
+from mmsearch.models.factory import create_model, image_preprocess
+from mmsearch.models.preprocess import PilPreprocess, ResizeCropU8, normalize_batch, resize_crop_pil, resize_crop_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDERS = sorted((ROOT / "mmsearch" / "sample" / "catalog").rglob("*.webp"))
@@ -183,7 +183,7 @@ def test_bad_encode_config_is_a_clear_error():
 
 # ------------------------------------------------------------------------------------ device fallbacks
 def test_worker_defaults_follow_the_machine(monkeypatch):
-    import mmsearch.device as dev
+    import mmsearch.models.device as dev
 
     monkeypatch.setattr(dev, "available_cpus", lambda: 2)
     assert default_num_workers(torch.device("cpu")) == 1
@@ -195,7 +195,7 @@ def test_worker_defaults_follow_the_machine(monkeypatch):
 
 
 def test_auto_decoder_uses_nvjpeg_only_on_cuda_for_mostly_jpeg_inputs():
-    from mmsearch.embed import resolve_decode
+    from mmsearch.encode.pipeline import resolve_decode
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     jpegs, webps = ["a.jpg", "b.JPEG", "c.jfif"], ["d.webp", "e.png", "f.gif", "g.webp"]
@@ -207,8 +207,8 @@ def test_auto_decoder_uses_nvjpeg_only_on_cuda_for_mostly_jpeg_inputs():
 
 
 def test_device_decoding_reads_in_the_main_process_unless_told_otherwise(monkeypatch):
-    import mmsearch.device as dev
-    from mmsearch.embed import loader_workers
+    import mmsearch.models.device as dev
+    from mmsearch.encode.pipeline import loader_workers
 
     monkeypatch.setattr(dev, "available_cpus", lambda: 16)
     cuda = torch.device("cuda")

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from mmsearch import SearchEngine, build_index
 from mmsearch.cli import app
 from mmsearch.errors import QueryError
-from mmsearch.filters import Condition, as_number, parse_clause, parse_where
-from mmsearch.store import ItemStore
+from mmsearch.index.filters import Condition, as_number, parse_clause, parse_where
+from mmsearch.index.store import ItemStore
 
 CATS = ["shoes", "bags", "hats", "o'neil", "x"]
 BRANDS = ["acme", "globex", "initech"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsearch.fusion import fuse_sum
-from mmsearch.ranking import combine, text_part, top_k
+from mmsearch.models.fusion import fuse_sum
+from mmsearch.search.ranking import combine, text_part, top_k
 
 
 def unit(*rows):

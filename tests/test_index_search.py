@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mmsearch.index as index_mod
+import mmsearch.index.build as index_mod
 from mmsearch import SearchEngine, build_index
 from mmsearch.errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, QueryError
-from mmsearch.index import current_snapshot, read_manifest
+from mmsearch.index.build import current_snapshot, read_manifest
 
 
 def build(catalog, out, model="tiny", **kw):
@@ -207,7 +207,7 @@ def test_checkpoint_models_travel_with_the_index(small_catalog, tmp_path):
     import torch
 
     from mmsearch import create_model
-    from mmsearch.factory import save_checkpoint
+    from mmsearch.models.factory import save_checkpoint
 
     model, _, tok = create_model("tiny", device="cpu")
     with torch.no_grad():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.embed import EncodeCfg, encode_image_files
-from mmsearch.factory import create_model
-from mmsearch.index import ENCODE_DIR, read_manifest
-from mmsearch.shards import ShardWriter, ShardWriterError, assemble, read_shard, shard_paths
+from mmsearch.encode.pipeline import EncodeCfg, encode_image_files
+from mmsearch.models.factory import create_model
+from mmsearch.index.build import ENCODE_DIR, read_manifest
+from mmsearch.encode.chunks import ShardWriter, ShardWriterError, assemble, read_shard, shard_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_shard_writer_round_trip(tmp_path):
 
 
 def test_writer_exception_reaches_the_caller(tmp_path, monkeypatch):
-    import mmsearch.shards as shards_mod
+    import mmsearch.encode.chunks as shards_mod
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -74,7 +74,7 @@ def test_writer_exception_reaches_the_caller(tmp_path, monkeypatch):
 
 
 def test_writer_exception_surfaces_from_encode(tmp_path, monkeypatch, sample_catalog):
-    import mmsearch.shards as shards_mod
+    import mmsearch.encode.chunks as shards_mod
 
     def fail(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -104,7 +104,7 @@ def test_sharded_encode_equals_in_memory(tmp_path, sample_catalog):
     assert len(list((tmp_path / "s").glob("shard-*.json"))) == 2
 
 
-BUILD = ("import sys; from mmsearch import build_index; from mmsearch.embed import EncodeCfg; "
+BUILD = ("import sys; from mmsearch import build_index; from mmsearch.encode.pipeline import EncodeCfg; "
          "build_index(sys.argv[1], out=sys.argv[2], model='tiny', device='cpu', progress=False, "
          "encode=EncodeCfg(batch_size=4, num_workers=0, shard_rows=4))")
 
@@ -138,7 +138,7 @@ def test_killed_build_leaves_the_previous_index(small_catalog, sample_catalog, t
 
 
 def test_failed_build_keeps_the_previous_index(small_catalog, sample_catalog, tmp_path, monkeypatch):
-    import mmsearch.shards as shards_mod
+    import mmsearch.encode.chunks as shards_mod
 
     out = tmp_path / "index"
     build_index(small_catalog, out=out, model="tiny", device="cpu", num_workers=0, progress=False)
@@ -156,7 +156,7 @@ def test_cli_disk_full_while_writing_shards(small_catalog, tmp_path, monkeypatch
     """A shard that cannot be written is one line and exit code 1, not a traceback."""
     from typer.testing import CliRunner
 
-    import mmsearch.shards as shards_mod
+    import mmsearch.encode.chunks as shards_mod
     from mmsearch.cli import app
 
     def disk_full(*args, **kwargs):

@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.ann import IndexCfg
+from mmsearch.index.ann import IndexCfg
 from mmsearch.cli import app
 from mmsearch.errors import IndexIncompatibleError, MMSearchError
-from mmsearch.index import IndexLockedError, read_manifest, remove_items, writer_lock
-from mmsearch.store import ItemStore
+from mmsearch.index.build import IndexLockedError, read_manifest, remove_items, writer_lock
+from mmsearch.index.store import ItemStore
 
 runner = CliRunner()
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.data import load_image, scan_catalog
+from mmsearch.catalog.scan import load_image, scan_catalog
 from mmsearch.errors import CatalogError
-from mmsearch.index import sha256_file
-from mmsearch.tarshards import split_key
+from mmsearch.index.build import sha256_file
+from mmsearch.catalog.tar_shards import split_key
 
 
 def write_tar(path: Path, files: dict[str, bytes]) -> None:

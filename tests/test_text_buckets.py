@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmsearch.embed import encode_texts
-from mmsearch.factory import create_model
+from mmsearch.encode.pipeline import encode_texts
+from mmsearch.models.factory import create_model
 
 
 def varied_texts(n: int, seed: int = 0) -> list[str]:

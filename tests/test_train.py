@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from mmsearch.cli import app
 from mmsearch.config import TrainCfg
-from mmsearch.fusion import FUSIONS, build_fusion
-from mmsearch.loss import classification_loss, composed_loss, contrastive_loss
-from mmsearch.train import TrainError, read_triplets, train
+from mmsearch.models.fusion import FUSIONS, build_fusion
+from mmsearch.train.loss import classification_loss, composed_loss, contrastive_loss
+from mmsearch.train.loop import TrainError, read_triplets, train
 
 runner = CliRunner()
 
@@ -127,8 +127,8 @@ def test_train_cli_one_epoch_smoke(small_catalog, tmp_path):
 
 def test_training_lowers_the_loss_and_learns_pairs(small_catalog, tmp_path):
     from mmsearch import create_model
-    from mmsearch.data import scan_catalog
-    from mmsearch.embed import encode_image_files, encode_texts
+    from mmsearch.catalog.scan import scan_catalog
+    from mmsearch.encode.pipeline import encode_image_files, encode_texts
 
     cfg = TrainCfg(epochs=60, batch_size=12, lr=1e-2, loss_classify=0.0, warmup_frac=0.0)
     rep = train(small_catalog, out=tmp_path / "run", model="tiny", cfg=cfg, device="cpu", progress=False)
@@ -151,7 +151,7 @@ def test_training_lowers_the_loss_and_learns_pairs(small_catalog, tmp_path):
                                   {"epochs": 2, "unfreeze": 1, "aug_views": 1}],
                          ids=["frozen", "frozen-cached-views", "unfrozen-augmented"])
 def test_resume_matches_uninterrupted_run(small_catalog, tmp_path, monkeypatch, mode):
-    from mmsearch import train as train_mod
+    from mmsearch.train import loop as train_mod
 
     ids = catalog_ids(small_catalog)
     trip = write_triplets(small_catalog, [{"reference": ids[i], "text": f"edit {i}", "target": ids[i + 1]}
@@ -251,11 +251,11 @@ def test_resume_and_rerun_guards(small_catalog, tmp_path):
 
 
 def test_frozen_bridge_has_nothing_to_train(small_catalog, tmp_path, monkeypatch):
-    from mmsearch import train as train_mod
+    from mmsearch.train import loop as train_mod
     from mmsearch.config import ModelCfg
 
     # A config with fixed heads and the sum fusion: nothing but the temperature would learn.
-    cfg = ModelCfg.from_json_file(Path(train_mod.__file__).parent / "model_configs" / "tiny.json")
+    cfg = ModelCfg.from_json_file(Path(train_mod.__file__).parents[1] / "models" / "configs" / "tiny.json")
     cfg.image.head, cfg.text.head, cfg.embed_dim = "identity", "identity", 128
     cfg.text.width = 64  # bidirectional LSTM: 128-d, the CNN: 8 * 16 = 128-d
     monkeypatch.setattr(train_mod, "get_model_config", lambda name: cfg)
@@ -267,7 +267,7 @@ def test_frozen_bridge_has_nothing_to_train(small_catalog, tmp_path, monkeypatch
 def test_named_config_loads_its_shipped_weights(small_catalog, tmp_path, monkeypatch):
     import dataclasses
 
-    from mmsearch import factory
+    from mmsearch.models import factory
     from mmsearch.errors import ModelError
 
     rep = train(small_catalog, out=tmp_path / "run", model="tiny", cfg=TrainCfg(epochs=1, batch_size=6),
@@ -292,7 +292,7 @@ def test_named_config_loads_its_shipped_weights(small_catalog, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_shipped_default_has_trained_heads_and_retrains_from_the_bridge():
-    from mmsearch.factory import build_named_model
+    from mmsearch.models.factory import build_named_model
 
     shipped, _ = build_named_model("default")
     fresh, _ = build_named_model("default", with_weights=False)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from mmsearch.cli import app
 from mmsearch.config import TrainCfg
 from mmsearch.errors import ModelError
-from mmsearch.train import init_model, train
-from mmsearch.unfreeze import backbone_blocks
+from mmsearch.train.loop import init_model, train
+from mmsearch.train.unfreeze import backbone_blocks
 
 runner = CliRunner()
 
@@ -45,7 +45,7 @@ def test_blocks_of_each_backbone():
 
 def test_unfreeze_1_trains_exactly_the_last_blocks(small_catalog, tmp_path):
     from mmsearch import create_model
-    from mmsearch.factory import build_named_model
+    from mmsearch.models.factory import build_named_model
 
     cfg = TrainCfg(epochs=2, batch_size=6, lr=1e-2, unfreeze=1, warmup_frac=0.0, backbone_lr_scale=0.5)
     rep = train(small_catalog, out=tmp_path / "run", model="tiny", cfg=cfg, device="cpu", progress=False)
@@ -71,10 +71,10 @@ def test_unfreeze_1_trains_exactly_the_last_blocks(small_catalog, tmp_path):
 
 
 def test_unfrozen_step_gives_gradients_to_the_trained_blocks_only(small_catalog):
-    from mmsearch.data import scan_catalog
-    from mmsearch.train import RawImages, StepModel, prepare_split
-    from mmsearch.loss import contrastive_loss
-    from mmsearch.unfreeze import set_train_mode
+    from mmsearch.catalog.scan import scan_catalog
+    from mmsearch.train.loop import RawImages, StepModel, prepare_split
+    from mmsearch.train.loss import contrastive_loss
+    from mmsearch.train.unfreeze import set_train_mode
 
     cfg = TrainCfg(unfreeze=1, aug_views=1)
     net, tok, _ = init_model("tiny", cfg)

@@ -29,10 +29,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 
-from .. import __version__
+from .._version import __version__
 from ..errors import MMSearchError
-from ..index import resolve_snapshot
-from ..search import SearchEngine, SearchHit
+from ..index.build import resolve_snapshot
+from ..search.engine import SearchEngine, SearchHit
 from .config import ServeCfg
 from .files import ThumbnailCache, UploadRejected, catalog_file, probe_upload
 from .limits import Busy, LatencyStats, ModelGate

@@ -53,7 +53,7 @@ def serve(index: str | Path = "index", cfg: ServeCfg | None = None, device: str 
     """
     import uvicorn
 
-    from ..search import SearchEngine
+    from ..search.engine import SearchEngine
     from .app import create_app
 
     cfg = cfg or ServeCfg()

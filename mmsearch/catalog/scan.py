@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import CatalogError, ImageDecodeError
-from .tarshards import is_tar, read_member, scan_tar
+from ..errors import CatalogError, ImageDecodeError
+from .tar_shards import is_tar, read_member, scan_tar
 
 log = logging.getLogger(__name__)
 

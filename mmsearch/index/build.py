@@ -34,15 +34,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import faiss
 import numpy as np
 
-from . import __version__
+from .._version import __version__
 from . import ann, ondisk
 from .ann import IndexCfg, IndexSpec
-from .data import CatalogItem, scan_catalog
-from .embed import EncodeCfg, ImageEmbeddings, encode_image_files, encode_texts
-from .errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
-from .factory import create_model, list_models
+from ..catalog.scan import CatalogItem, scan_catalog
+from ..encode.pipeline import EncodeCfg, ImageEmbeddings, encode_image_files, encode_texts
+from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
+from ..models.factory import create_model, list_models
 from .store import ItemStore
-from .tarshards import read_member
+from ..catalog.tar_shards import read_member
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def fuse_sum(img: torch.Tensor, txt: torch.Tensor, image_weight: float = 0.5) -> torch.Tensor:

@@ -7,7 +7,7 @@ import hashlib
 import torch
 from torch import nn
 
-from .config import ModelCfg
+from ..config import ModelCfg
 from .encoders import ImageTower, TextTower, l2n
 from .fusion import build_fusion
 

@@ -38,18 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from .ann import IndexCfg
-from .data import CatalogItem, scan_catalog
-from .distributed import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group,
-                          rank_device, shard_ranges, shards_of_rank)
-from .embed import encode_image_files, encode_texts
-from .errors import MMSearchError
-from .shards import read_shard, shard_paths, write_shard
-from .index import (BuildReport, Precomputed, State, build_index, crash_point, sha256_file,
-                    sha256_text)
-from .ondisk import AddTask, PartsStatus, part_paths, run_parts
-from .store import ItemStore
-from .tarshards import stat_path
+from ..index.ann import IndexCfg
+from ..catalog.scan import CatalogItem, scan_catalog
+from .env import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group, rank_device,
+                  shard_ranges, shards_of_rank)
+from ..encode.pipeline import encode_image_files, encode_texts
+from ..errors import MMSearchError
+from ..encode.chunks import read_shard, shard_paths, write_shard
+from ..index.build import BuildReport, Precomputed, State, build_index, crash_point, sha256_file, sha256_text
+from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
+from ..index.store import ItemStore
+from ..catalog.tar_shards import stat_path
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +415,7 @@ def _lost_parts_error(task: AddTask, env: DistEnv, out: Path, exc: Exception) ->
 
 
 def _follower(catalog, out: Path, model, dev, batch_size, num_workers, env: DistEnv) -> None:
-    from .factory import create_model
+    from ..models.factory import create_model
 
     plan = Plan(**broadcast_object(None, env, "sharing the plan"))
     if plan.error is not None:

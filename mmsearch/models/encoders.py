@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImageTowerCfg, TextTowerCfg
-from .errors import ModelError
+from ..config import ImageTowerCfg, TextTowerCfg
+from ..errors import ModelError
 
 log = logging.getLogger(__name__)
 

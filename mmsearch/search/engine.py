@@ -12,22 +12,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import RankingCfg
-from .data import load_image
-from .device import autocast
-from .embed import encode_texts
-from . import ann
-from .ann import IndexSpec
-from .errors import ImageDecodeError, IndexIncompatibleError, QueryError
-from .factory import create_model, list_models
-from .filters import WhereSpec, parse_where
-from .index import read_manifest, resolve_snapshot, verify_snapshot
-from .preprocess import ResizeCropU8, normalize_batch
+from ..config import RankingCfg
+from ..catalog.scan import load_image
+from ..models.device import autocast
+from ..encode.pipeline import encode_texts
+from ..index import ann
+from ..index.ann import IndexSpec
+from ..errors import ImageDecodeError, IndexIncompatibleError, QueryError
+from ..models.factory import create_model, list_models
+from ..index.filters import WhereSpec, parse_where
+from ..index.build import read_manifest, resolve_snapshot, verify_snapshot
+from ..models.preprocess import ResizeCropU8, normalize_batch
 from .ranking import combine, text_part, top_k
-from .store import ItemStore
+from ..index.store import ItemStore
 
 if TYPE_CHECKING:
-    from .index import BuildReport
+    from ..index.build import BuildReport
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class SearchEngine:
     # -------------------------------------------------------------------------------- writing
     def add(self, items: list[dict[str, Any]], **kw) -> "BuildReport":
         """Add or update items by id (``{"id", "image", "title", "text", "metadata"}``), then reload."""
-        from .index import upsert_items
+        from ..index.build import upsert_items
 
         report = upsert_items(self.path, items, device=self.device, **kw)
         self.reload()
@@ -171,7 +171,7 @@ class SearchEngine:
 
     def remove(self, ids: Sequence[str], **kw) -> "BuildReport":
         """Remove items by id (all must exist), then reload."""
-        from .index import remove_items
+        from ..index.build import remove_items
 
         report = remove_items(self.path, ids, **kw)
         self.reload()

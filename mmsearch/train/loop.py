@@ -32,20 +32,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import AugmentedPreprocess, Policy, policy_for
-from .config import TrainCfg, to_dict
-from .data import CatalogItem, jsonl_objects, load_image, scan_catalog
-from .device import autocast, seed_everything
-from .distributed import (DistEnv, all_gather_objects, broadcast_object, gathered_composed_loss,
-                          gathered_contrastive_loss, process_group, rank_device, shard_ranges)
-from .encoders import l2n
-from .errors import MMSearchError
-from .factory import (Tokenizer, build_model, build_named_model, get_model_config, image_preprocess, list_models,
-                      load_checkpoint, save_checkpoint)
+from ..config import TrainCfg, to_dict
+from ..catalog.scan import CatalogItem, jsonl_objects, load_image, scan_catalog
+from ..models.device import autocast, seed_everything
+from ..dist.env import (DistEnv, all_gather_objects, broadcast_object, gathered_composed_loss,
+                        gathered_contrastive_loss, process_group, rank_device, shard_ranges)
+from ..models.encoders import l2n
+from ..errors import MMSearchError
+from ..models.factory import (Tokenizer, build_model, build_named_model, get_model_config, image_preprocess,
+                              list_models, load_checkpoint, save_checkpoint)
 from .features import image_features, text_features, view_features
-from .fusion import build_fusion
+from ..models.fusion import build_fusion
 from .loss import classification_loss
-from .model import DualEncoder
-from .evaluate import recall_at_k
+from ..models.dual_encoder import DualEncoder
+from ..evaluate import recall_at_k
 from .unfreeze import set_train_mode, trained_backbone_record, unfreeze_last
 
 log = logging.getLogger(__name__)
@@ -652,15 +652,15 @@ def run_epoch(net: DualEncoder, step_model: nn.Module, tr: Split, cfg: TrainCfg,
 
 
 def load_train_cfg(path: str | Path | None) -> TrainCfg:
-    """A named train config (``mmsearch/train_configs/<name>.json``), a JSON file, or the defaults."""
+    """A named train config (``mmsearch/train/configs/<name>.json``), a JSON file, or the defaults."""
     if not path:
         return TrainCfg()
     from importlib import resources
 
-    named = resources.files("mmsearch") / "train_configs" / f"{path}.json"
+    named = resources.files("mmsearch.train") / "configs" / f"{path}.json"
     target = Path(str(named)) if named.is_file() else Path(path)
     if not target.is_file():
-        raise TrainError(f"no train config {path!r} (a name in mmsearch/train_configs/ or a JSON file)")
+        raise TrainError(f"no train config {path!r} (a name in mmsearch/train/configs/ or a JSON file)")
     try:
         return TrainCfg.from_json_file(target)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:

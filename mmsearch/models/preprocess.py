@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import ImageTowerCfg
+from ..config import ImageTowerCfg
 
 
 def resized_size(width: int, height: int, short: int) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import MMSearchError
+from ..errors import MMSearchError
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import __version__
-from .config import ImageTowerCfg, ModelCfg, from_dict, to_dict
+from .._version import __version__
+from ..config import ImageTowerCfg, ModelCfg, from_dict, to_dict
 from .device import resolve_device
 from .encoders import ImageTower, TextTower, l2n, minilm_path
-from .errors import ModelError
-from .model import DualEncoder
+from ..errors import ModelError
+from .dual_encoder import DualEncoder
 from .preprocess import PilPreprocess
 from .tokenizer import HFTokenizer, WordTokenizer
 
@@ -34,12 +34,12 @@ Tokenizer = Callable[[list[str]], dict[str, torch.Tensor]]
 
 def list_models() -> list[str]:
     """Names of the built-in model configurations."""
-    folder = resources.files("mmsearch") / "model_configs"
+    folder = resources.files("mmsearch.models") / "configs"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 def get_model_config(name: str) -> ModelCfg:
-    path = resources.files("mmsearch") / "model_configs" / f"{name}.json"
+    path = resources.files("mmsearch.models") / "configs" / f"{name}.json"
     if not path.is_file():
         raise ModelError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
     return ModelCfg.from_json_file(str(path))
@@ -183,12 +183,12 @@ def load_checkpoint(path: str | Path) -> tuple[DualEncoder, Tokenizer, dict]:
 
 
 def weights_dir() -> Path:
-    """Where named configs find their trained weights: ``mmsearch/weights/`` inside the package."""
-    return Path(str(resources.files("mmsearch") / "weights"))
+    """Where named configs find their trained weights: ``mmsearch/models/weights/`` inside the package."""
+    return Path(str(resources.files("mmsearch.models") / "weights"))
 
 
 def build_named_model(name: str, with_weights: bool = True) -> tuple[DualEncoder, Tokenizer]:
-    """A built-in config; if it names ``weights`` (a file in ``mmsearch/weights/``), load them.
+    """A built-in config; if it names ``weights`` (a file in ``mmsearch/models/weights/``), load them.
 
     ``with_weights=False`` gives the config's fresh initialisation (what ``mmsearch train`` starts from).
     """

@@ -17,7 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .errors import IndexIncompatibleError, MMSearchError
+from ..errors import IndexIncompatibleError, MMSearchError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence, Union
 
-from .errors import QueryError
+from ..errors import QueryError
 
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in")
 _CLAUSE = re.compile(r"^\s*(?P<field>[^\s=!<>]+?)\s*(?P<op><=|>=|!=|==|=|<|>)\s*(?P<value>.*?)\s*$", re.S)

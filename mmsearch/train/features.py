@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import to_dict
-from .data import CatalogDataset, collate_images, load_image
-from .device import autocast
-from .factory import Preprocess, Tokenizer, cache_dir
-from .distributed import DistEnv, all_gather_objects
-from .model import DualEncoder
+from ..config import to_dict
+from ..catalog.scan import CatalogDataset, collate_images, load_image
+from ..models.device import autocast
+from ..models.factory import Preprocess, Tokenizer, cache_dir
+from ..dist.env import DistEnv, all_gather_objects
+from ..models.dual_encoder import DualEncoder
 
 log = logging.getLogger(__name__)
 

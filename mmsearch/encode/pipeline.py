@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import CatalogDataset, ImageBatch, collate_batch, load_image
-from .device import autocast, available_cpus, default_num_workers, prefetch_to_device
-from .errors import ImageDecodeError, MMSearchError
-from .factory import Preprocess, Tokenizer
-from .model import DualEncoder
-from .preprocess import ResizeCropU8, normalize_batch, resize_crop_tensor
-from .shards import ShardWriter, assemble
+from ..catalog.scan import CatalogDataset, ImageBatch, collate_batch, load_image
+from ..models.device import autocast, available_cpus, default_num_workers, prefetch_to_device
+from ..errors import ImageDecodeError, MMSearchError
+from ..models.factory import Preprocess, Tokenizer
+from ..models.dual_encoder import DualEncoder
+from ..models.preprocess import ResizeCropU8, normalize_batch, resize_crop_tensor
+from .chunks import ShardWriter, assemble
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Iterable
 import torch
 from PIL import Image
 
-from .config import ImageTowerCfg, TrainCfg
-from .preprocess import normalize_batch, pil_to_u8
+from ..config import ImageTowerCfg, TrainCfg
+from ..models.preprocess import normalize_batch, pil_to_u8
 
 # Words whose meaning flips with a mirror image: directions, and things that carry writing or a
 # fixed handedness (mirrored letters, digits, flags and clock faces are wrong).

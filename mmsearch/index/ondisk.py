@@ -41,7 +41,7 @@ import numpy as np
 
 from . import ann
 from .ann import IndexSpec
-from .errors import MMSearchError
+from ..errors import MMSearchError
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def build(channel: str, spec: IndexSpec, folder: Path, vectors: np.ndarray, adde
 
 
 def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    from .distributed import shard_ranges
+    from ..dist.env import shard_ranges
 
     return shard_ranges(n, min(parts, max(1, n)))
 

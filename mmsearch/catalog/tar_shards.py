@@ -25,7 +25,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from .errors import CatalogError
+from ..errors import CatalogError
 
 log = logging.getLogger(__name__)
 

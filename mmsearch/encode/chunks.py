@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import MMSearchError
+from ..errors import MMSearchError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: di
     ``durable``: fsync both, so a done marker survives a crash of the machine (shards a re-run resumes
     from); without it a shard is only as safe as the page cache (shards of one build, never resumed).
     """
-    from .index import atomic_write_text
+    from ..index.build import atomic_write_text
 
     tmp = npz.with_name(f".{npz.name}.tmp")
     with open(tmp, "wb") as fh:
@@ -181,7 +181,7 @@ class ShardWriter:
         self.shards.append(shard)
         self.rows += len(positions)
         self._buffer, self._buffered = [], 0
-        from .index import crash_point  # test hook: SIGKILL after a shard is written
+        from ..index.build import crash_point  # test hook: SIGKILL after a shard is written
 
         crash_point("shard-written")
 

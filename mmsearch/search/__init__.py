@@ -1,0 +1,1 @@
+"""Search: SearchEngine over one index snapshot, pure ranking functions."""
