@@ -113,7 +113,7 @@ def run_config(nproc: int, threads: int, catalog: Path, work: Path, args) -> dic
 
 def compare(single: Path, multi: Path) -> dict:
     """Same item set and embeddings (largest absolute difference per channel) of two indexes."""
-    from mmsearch.index.build import channel_vectors, read_manifest
+    from mmsearch.index.snapshot import channel_vectors, read_manifest
 
     out = {}
     for name in read_manifest(single)["channels"]:

@@ -284,7 +284,8 @@ def synthetic_index(out: Path, model, n: int) -> Path:
     """An index folder of n items with random unit vectors in every channel the real model produces, written
     through the real write path (``mmsearch.index.commit``, index type chosen by ``auto``)."""
     from mmsearch.index.ann import IndexCfg
-    from mmsearch.index.build import Change, _base_manifest, _channel_dims, commit
+    from mmsearch.index.writer import Change, commit
+    from mmsearch.index.writer import base_manifest as _base_manifest, channel_dims as _channel_dims
 
     rng = np.random.default_rng(n)
     dims = _channel_dims(model)
@@ -485,7 +486,7 @@ def write_results(res: dict, out: Path) -> None:
             lines.append(f"- fast pipeline, {name}: min {a['min_cosine']}, mean {a['mean_cosine']} over {a['images']} photos; "
                          f"nearest-10 neighbour overlap {a['neighbour_overlap_at_10']}")
     if "queries" in res:
-        lines += ["", f"## Cold start and queries", "", f"Cold start (fresh process: imports + model load), seconds: "
+        lines += ["", "## Cold start and queries", "", f"Cold start (fresh process: imports + model load), seconds: "
                   f"{res['cold_start_s']}", "", "| items | query | p50 ms | p99 ms | open s |", "|---|---|---|---|---|"]
         for q in res["queries"]:
             lines.append(f"| {q['items']} | {q['query']} | {q['p50_ms']} | {q['p99_ms']} | {q['open_s']} |")

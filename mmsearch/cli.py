@@ -250,7 +250,7 @@ def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optio
 def info_cmd(index: IndexOpt = Path("index"),
              as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False) -> None:
     """Show what an index's manifest says."""
-    from .index.build import read_manifest
+    from .index.snapshot import read_manifest
 
     try:
         m = read_manifest(index)
@@ -429,7 +429,8 @@ def reindex_cmd(
 ) -> None:
     """Rebuild the ANN index with another type or memory budget from the stored embeddings (no re-encoding)."""
     from .index.ann import IndexCfg
-    from .index.build import read_manifest, reindex
+    from .index.build import reindex
+    from .index.snapshot import read_manifest
 
     try:
         cfg = index_cfg(index_type, max_memory) or IndexCfg()

@@ -124,7 +124,7 @@ def test_failure_paths(args, code, message, cli_index, tmp_path):
 def test_incompatible_index_names_the_fix(cli_index, tmp_path):
     import shutil
 
-    from mmsearch.index.build import current_snapshot
+    from mmsearch.index.snapshot import current_snapshot
 
     copy = tmp_path / "index"
     shutil.copytree(cli_index, copy)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.index.build import read_manifest
+from mmsearch.index.snapshot import read_manifest
 from mmsearch.index.store import ItemStore
 
 UPDATE = ("import sys; from mmsearch import build_index; "
           "build_index(sys.argv[1], out=sys.argv[2], model='tiny', device='cpu', num_workers=0, progress=False)")
-# crash points in mmsearch.index.build (crash_point): after the FAISS files are written, before the snapshot
+# crash points (mmsearch.fsutil.crash_point): after the FAISS files are written, before the snapshot
 # folder is renamed into place, before CURRENT is swapped, and before old snapshots are deleted
 POINTS = [("after-faiss", "old"), ("before-rename", "old"), ("before-current", "old"), ("before-gc", "new")]
 

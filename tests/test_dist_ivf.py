@@ -116,7 +116,7 @@ def single_ivf(ivf_catalog, tmp_path_factory) -> Path:
 
 
 def channel_index(index_dir: Path, name: str) -> tuple[dict, faiss.Index]:
-    from mmsearch.index.build import read_manifest
+    from mmsearch.index.snapshot import read_manifest
 
     manifest = read_manifest(index_dir)
     meta = manifest["channels"][name]
@@ -151,7 +151,7 @@ def test_killed_rank_while_adding_ivf_parts_then_resume_equals_one_process_moves
     and gives the single-process index (ids, cells, lists, search results); the folder is then moved,
     opened and updated."""
     from mmsearch import SearchEngine, build_index
-    from mmsearch.index.build import current_snapshot, read_manifest, verify_snapshot
+    from mmsearch.index.snapshot import current_snapshot, read_manifest, verify_snapshot
 
     out = tmp_path / "dist"
     # 4 parts per channel: rank 0 adds parts 0 and 2, rank 1 parts 1 and 3 and dies after part 1
@@ -208,7 +208,8 @@ def test_killed_rank_while_adding_ivf_parts_then_resume_equals_one_process_moves
 def test_an_on_disk_index_that_must_be_retrained_is_rebuilt_on_disk_by_one_process(tmp_path):
     """An update outside torchrun that cannot re-use the trained cells (here: another index type asked
     for) builds the new IVF index on disk too, in parts added by this process, and cleans up its parts."""
-    from mmsearch.index.build import ChannelData, _channel_index
+    from mmsearch.index.snapshot import ChannelData
+    from mmsearch.index.writer import _channel_index
 
     rng = np.random.default_rng(2)
     vecs, ids = unit(rng, 600, 16), np.arange(600, dtype=np.int64)

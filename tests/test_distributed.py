@@ -264,7 +264,7 @@ def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subpro
 def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
                                                                              tmp_path):
     from mmsearch import build_index
-    from mmsearch.index.build import channel_vectors, current_snapshot, read_manifest
+    from mmsearch.index.snapshot import channel_vectors, current_snapshot, read_manifest
     from test_tarshards import write_tar
 
     (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")

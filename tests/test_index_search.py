@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mmsearch.index.build as index_mod
+import mmsearch.index.writer as index_mod
 from mmsearch import SearchEngine, build_index
 from mmsearch.errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, QueryError
-from mmsearch.index.build import current_snapshot, read_manifest
+from mmsearch.index.snapshot import current_snapshot, read_manifest
 
 
 def build(catalog, out, model="tiny", **kw):

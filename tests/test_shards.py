@@ -15,7 +15,8 @@ import pytest
 from mmsearch import SearchEngine, build_index
 from mmsearch.encode.pipeline import EncodeCfg, encode_image_files
 from mmsearch.models.factory import create_model
-from mmsearch.index.build import ENCODE_DIR, read_manifest
+from mmsearch.index.build import ENCODE_DIR
+from mmsearch.index.snapshot import read_manifest
 from mmsearch.encode.chunks import ShardWriter, ShardWriterError, assemble, read_shard, shard_paths
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from mmsearch import SearchEngine, build_index
 from mmsearch.index.ann import IndexCfg
 from mmsearch.cli import app
 from mmsearch.errors import IndexIncompatibleError, MMSearchError
-from mmsearch.index.build import IndexLockedError, read_manifest, remove_items, writer_lock
+from mmsearch.index.build import remove_items
+from mmsearch.index.snapshot import IndexLockedError, read_manifest, writer_lock
 from mmsearch.index.store import ItemStore
 
 runner = CliRunner()

@@ -13,7 +13,7 @@ import pytest
 from mmsearch import SearchEngine, build_index
 from mmsearch.catalog.scan import load_image, scan_catalog
 from mmsearch.errors import CatalogError
-from mmsearch.index.build import sha256_file
+from mmsearch.catalog.tar_shards import content_sha256 as sha256_file
 from mmsearch.catalog.tar_shards import split_key
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CatalogError
+from ..fsutil import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +130,12 @@ def scan_tar(tar_path: Path, root: Path, image_extensions) -> list[tuple[str, st
             row["text"] = (read_member(f"{tar_path}/{txt}") or b"").decode("utf-8", errors="replace").strip()
         out.append((f"{rel_tar}/{image}", f"{tar_path}/{image}", row))
     return out
+
+
+def content_sha256(path: str | Path) -> str:
+    """SHA-256 of an item's image bytes: a file, or a member of a tar shard addressed as ``<tar>/<member>``."""
+    if not os.path.isfile(path):
+        member = read_member(path)
+        if member is not None:
+            return sha256_bytes(member)
+    return sha256_file(path)

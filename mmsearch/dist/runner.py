@@ -5,11 +5,12 @@
     rank 0      scan, take OUT's writer lock, read the live snapshot  -> broadcast a Plan
     every rank  scan (the listing must match rank 0's digest), then for each shard it owns
                 (shard i -> rank i % N; shard = a contiguous slice of the sorted listing):
-                hash the files, encode new/changed images and texts
+                hash the files, plan its share (index.plan.plan_update: the same decisions as a
+                single-process build) and encode what the plan names (index.build.encode_plan)
                 -> OUT/.distributed/<plan>/shard-<i>.npz, then shard-<i>.json (the done marker)
     all ranks   exchange a status (ok or an error line)
-    rank 0      read every shard -> index.build_index's own diff + writer -> one snapshot, swapped in
-                atomically; then delete the shard folder
+    rank 0      read every shard -> the same plan_update / resolve / commit as index.build_index
+                -> one snapshot, swapped in atomically; then delete the shard folder
                 for a new IVF index (ivf, ivfpq, auto at scale), per channel: train once on a sample
                 -> every rank adds its parts of the channel's rows to a copy of the trained index
                 (OUT/.distributed/<plan>/ivf/<channel>/shard-<i>.ivf + .json done marker) -> rank 0
@@ -38,17 +39,20 @@ from typing import Any
 
 import numpy as np
 
-from ..index.ann import IndexCfg
 from ..catalog.scan import CatalogItem, scan_catalog
+from ..catalog.tar_shards import stat_path
+from ..encode.chunks import read_shard, shard_paths, write_shard
+from ..errors import MMSearchError
+from ..fsutil import crash_point
+from ..index.ann import IndexCfg
+from ..index.build import ENCODE_DIR, commit_update, encode_plan, finish_report, open_update
+from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
+from ..index.plan import BuildReport, Embeddings, hash_items, plan_update
+from ..index.snapshot import State, writer_lock
+from ..index.store import ItemStore
+from ..index.writer import channel_dims
 from .env import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group, rank_device,
                   shard_ranges, shards_of_rank)
-from ..encode.pipeline import encode_image_files, encode_texts
-from ..errors import MMSearchError
-from ..encode.chunks import read_shard, shard_paths, write_shard
-from ..index.build import BuildReport, Precomputed, State, build_index, crash_point, sha256_file, sha256_text
-from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
-from ..index.store import ItemStore
-from ..catalog.tar_shards import stat_path
 
 log = logging.getLogger(__name__)
 
@@ -144,43 +148,24 @@ def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
 
 def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], net, preprocess,
                  tokenizer, batch_size: int, num_workers: int | None, progress: bool) -> int:
-    """Hash, encode and write one shard; returns the number of images encoded.
+    """Hash, plan, encode and write one shard; returns the number of images encoded.
 
-    Only images that are new or changed against ``previous`` (the live snapshot's rows) are encoded,
-    and only texts that changed: the same decisions ``index._diff_and_encode`` makes.
+    The shard's share of the update is decided by :func:`mmsearch.index.plan.plan_update` against
+    ``previous`` (the live snapshot's rows), exactly as a single-process build decides it.
     """
     stats = [stat_path(it.path) for it in items]  # before reading: a file changed meanwhile is redone next time
-    hashes = []
-    for it in items:
-        try:
-            hashes.append(sha256_file(Path(it.path)))
-        except OSError as exc:
-            hashes.append(f"unreadable:{exc}")
-    todo = [it for it, h in zip(items, hashes) if it.id not in previous or previous[it.id]["image_sha256"] != h]
-    arrays: dict[str, np.ndarray] = {"image": np.zeros((0, net.embed_dim), np.float32)}
-    if net.visual_dim is not None:
-        arrays["visual"] = np.zeros((0, net.visual_dim), np.float32)
-    encoded: list[str] = []
-    failed: dict[str, str] = {}
-    if todo:
-        emb = encode_image_files(net, preprocess, [it.path for it in todo], batch_size=batch_size,
-                                 num_workers=num_workers, progress=progress,
-                                 desc=f"shard {shard + 1}/{plan.num_shards}")
-        arrays.update(emb.channels)
-        encoded = [todo[p].id for p in emb.ok]
-        failed = {todo[p].id: reason for p, reason in emb.failed}
-    texts = []
-    for it in items:
-        full = it.full_text
-        prev = previous.get(it.id)
-        if full and it.id not in failed and (prev is None or prev["text_sha256"] != sha256_text(full)):
-            texts.append((it.id, full))
-    arrays["text"] = (encode_texts(net, tokenizer, [t for _, t in texts]) if texts
+    hashes = hash_items(items)
+    share = plan_update(items, previous, hashes, next_fid=0, complete=False)
+    emb = encode_plan(share, net, preprocess, tokenizer, batch_size, num_workers, progress,
+                      desc=f"shard {shard + 1}/{plan.num_shards}", text_progress=False)
+    arrays = {name: np.stack([vecs[name] for vecs in emb.images.values()]) if emb.images
+              else np.zeros((0, dim), np.float32) for name, dim in channel_dims(net).items() if name != "text"}
+    arrays["text"] = (np.stack(list(emb.texts.values())) if emb.texts
                       else np.zeros((0, net.embed_dim), np.float32))
-    meta = {"shard": shard, "ids": [it.id for it in items], "hashes": hashes, "stat": stats, "encoded": encoded,
-            "failed": failed, "texts": [i for i, _ in texts]}
+    meta = {"shard": shard, "ids": [it.id for it in items], "hashes": [hashes[it.id] for it in items],
+            "stat": stats, "encoded": list(emb.images), "failed": emb.failed, "texts": list(emb.texts)}
     write_shard(*shard_paths(plan.work, shard), arrays, meta)  # float16 npz, then the done marker
-    return len(encoded)
+    return len(emb.images)
 
 
 def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
@@ -215,14 +200,11 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
     return status
 
 
-def load_shards(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> Precomputed:
-    """Every shard's hashes and embeddings, as one :class:`Precomputed` for the writer."""
+def load_shards(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> tuple[dict[str, str], Embeddings]:
+    """Every shard's hashes and embeddings: (id -> image SHA-256, the plan's :class:`Embeddings`)."""
     ranges = shard_ranges(len(items), plan.num_shards)
     hashes: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    image_rows: dict[str, int] = {}
-    text_rows: dict[str, int] = {}
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in dims}
+    emb = Embeddings()
     for shard, (start, end) in enumerate(ranges):
         try:
             arrays, meta = read_shard(*shard_paths(plan.work, shard))
@@ -232,19 +214,13 @@ def load_shards(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> P
         if meta["ids"] != [it.id for it in items[start:end]]:
             raise DistributedError(f"shard {shard} was written for another listing; re-run the same command")
         hashes.update(zip(meta["ids"], meta["hashes"]))
-        failed.update(meta["failed"])
-        offset = sum(len(c) for c in chunks["image"])
-        image_rows.update((iid, offset + r) for r, iid in enumerate(meta["encoded"]))
-        offset = sum(len(c) for c in chunks["text"])
-        text_rows.update((iid, offset + r) for r, iid in enumerate(meta["texts"]))
-        for name in chunks:
-            if name in arrays:
-                chunks[name].append(arrays[name])
-    images = {name: np.concatenate(chunks[name]) if chunks[name] else np.zeros((0, dim), np.float32)
-              for name, dim in dims.items() if name != "text"}
-    texts = np.concatenate(chunks["text"]) if chunks["text"] else np.zeros((0, dims["text"]), np.float32)
-    return Precomputed(hashes=hashes, image_rows=image_rows, images=images, failed=failed, text_rows=text_rows,
-                       texts=texts)
+        emb.failed.update(meta["failed"])
+        images = [name for name in dims if name != "text" and name in arrays]
+        for r, iid in enumerate(meta["encoded"]):
+            emb.images[iid] = {name: arrays[name][r] for name in images}
+        for r, iid in enumerate(meta["texts"]):
+            emb.texts[iid] = arrays["text"][r]
+    return hashes, emb
 
 
 def _previous_rows(snapshot: str | None) -> dict[str, dict]:
@@ -267,7 +243,7 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", mode
 
     Example (``build.py``, run as ``torchrun --nproc-per-node 4 build.py``)::
 
-        from mmsearch.dist_index import build_index_distributed
+        from mmsearch.dist.runner import build_index_distributed
         result = build_index_distributed("catalog", out="index", model="default")
         if result is not None:
             print(result.report.indexed, result.info["resumed_shards"])
@@ -289,70 +265,74 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", mode
 
 def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, progress, index, rebuild,
             lock_timeout, shard_size, env: DistEnv) -> DistributedBuild:
-    sent = False
+    sent = adding = False
     info: dict[str, Any] = {}
-    plan_box: list[Plan] = []
-    gathered_at = [0.0]
-    adding = [False]
-
-    def precompute(items, previous, state, net, preprocess, tokenizer) -> Precomputed:
-        nonlocal sent
-        plan = make_plan(out, items, state, net.fingerprint(), env, shard_size)
-        plan_box.append(plan)
-        broadcast_object(asdict(plan), env, "sharing the plan")
-        sent = True
-        log.info("distributed index: %d items in %d shards over %d ranks, work in %s", plan.count,
-                 plan.num_shards, env.world_size, plan.work)
-        mine = run_shards(plan, items, previous, net, preprocess, tokenizer, env, batch_size, num_workers,
-                          progress)
-        try:
-            gathered = all_gather_objects(asdict(mine), env, "finishing its shards")
-        except DistributedError as exc:
-            raise _lost_ranks_error(plan, env, out, exc) from None
-        statuses = [RankStatus(**s) for s in gathered]
-        gathered_at[0] = time.perf_counter()
-        errors = [s for s in statuses if s.error]
-        if errors:
-            raise DistributedError("; ".join(f"rank {s.rank}: {s.error}" if not s.error.startswith("rank ")
-                                             else s.error for s in errors)
-                                   + f" (nothing was written to {out}; completed shards are kept for a re-run)")
-        dims = {"image": net.embed_dim, "text": net.embed_dim}
-        if net.visual_dim is not None:
-            dims["visual"] = net.visual_dim
-        pre = load_shards(plan, items, dims)
-        info.update({"world_size": env.world_size, "shards": plan.num_shards, "shard_size": shard_size,
-                     "resumed_shards": sum(s.resumed for s in statuses),
-                     "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds, "device": s.device}
-                               for s in statuses]})
-        pre.info = dict(info)
-        pre.adder = RankAdder(plan, env, out, shard_size, pre.info)
-        adding[0] = True  # every rank now waits for add tasks until rank 0 says "done"
-        return pre
-
+    work: Plan | None = None
+    gathered_at = 0.0
     try:
-        report = build_index(catalog, out=out, model=model, device=device, batch_size=batch_size,
-                             num_workers=num_workers, progress=progress, index=index, rebuild=rebuild,
-                             lock_timeout=lock_timeout, precompute=precompute)
+        items = scan_catalog(catalog, exclude=[out])  # raises before anything is written
+        t0 = time.perf_counter()
+        with writer_lock(out, lock_timeout):
+            ctx = open_update(out, model, device, rebuild)
+            work = make_plan(out, items, ctx.state, ctx.model.fingerprint(), env, shard_size)
+            broadcast_object(asdict(work), env, "sharing the plan")
+            sent = True
+            log.info("distributed index: %d items in %d shards over %d ranks, work in %s", work.count,
+                     work.num_shards, env.world_size, work.work)
+            statuses = _run_and_gather(work, items, ctx.previous, ctx.model, ctx.preprocess, ctx.tokenizer, env,
+                                       batch_size, num_workers, progress, out)
+            gathered_at = time.perf_counter()
+            hashes, emb = load_shards(work, items, channel_dims(ctx.model))
+            info.update({"world_size": env.world_size, "shards": work.num_shards, "shard_size": shard_size,
+                         "resumed_shards": sum(s.resumed for s in statuses),
+                         "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds, "device": s.device}
+                                   for s in statuses]})
+            recorded = dict(info)  # the manifest's build.distributed (the adder adds ivf_ondisk to it)
+            adder = RankAdder(work, env, out, shard_size, recorded)
+            adding = True  # every rank now waits for add tasks until rank 0 says "done"
+            plan = plan_update(items, ctx.previous, hashes, ctx.next_fid)  # the same planner as build_index
+            shutil.rmtree(out / ENCODE_DIR, ignore_errors=True)  # left by a killed single-process build
+            snap, report = commit_update(out, catalog, len(items), ctx, plan, emb, index, batch_size, t0,
+                                         distributed=recorded, adder=adder)
+        report = finish_report(report, out, snap)
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
         with contextlib.suppress(Exception):
             if not sent:  # the other ranks are waiting for the plan: tell them to stop
                 broadcast_object(asdict(Plan(error=reason)), env, "sharing the plan")
-            elif adding[0] and not getattr(exc, "lost_rank", False):  # they wait for add tasks
+            elif adding and not getattr(exc, "lost_rank", False):  # they wait for add tasks
                 broadcast_object({"op": "stop", "error": reason}, env, "the index merge")
         raise
-    if adding[0]:
+    if adding:
         try:
             broadcast_object({"op": "done"}, env, "the index merge")
         except DistributedError as exc:  # the index is published; a rank that left early changes nothing
             log.warning("%s", exc)
     # reading the shards + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
-    info["merge_seconds"] = round(time.perf_counter() - gathered_at[0], 3) if gathered_at[0] else 0.0
-    if plan_box:
-        shutil.rmtree(plan_box[0].work, ignore_errors=True)
+    info["merge_seconds"] = round(time.perf_counter() - gathered_at, 3) if gathered_at else 0.0
+    if work is not None:
+        shutil.rmtree(work.work, ignore_errors=True)
         with contextlib.suppress(OSError):
-            Path(plan_box[0].work).parent.rmdir()  # only if no other job's work is there
+            Path(work.work).parent.rmdir()  # only if no other job's work is there
     return DistributedBuild(report=report, info=info)
+
+
+def _run_and_gather(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
+                    env: DistEnv, batch_size: int, num_workers: int | None, progress: bool,
+                    out: Path) -> list[RankStatus]:
+    """Rank 0's shards, then every rank's status; a failed or lost rank stops the job here."""
+    mine = run_shards(plan, items, previous, net, preprocess, tokenizer, env, batch_size, num_workers, progress)
+    try:
+        gathered = all_gather_objects(asdict(mine), env, "finishing its shards")
+    except DistributedError as exc:
+        raise _lost_ranks_error(plan, env, out, exc) from None
+    statuses = [RankStatus(**s) for s in gathered]
+    errors = [s for s in statuses if s.error]
+    if errors:
+        raise DistributedError("; ".join(f"rank {s.rank}: {s.error}" if not s.error.startswith("rank ")
+                                         else s.error for s in errors)
+                               + f" (nothing was written to {out}; completed shards are kept for a re-run)")
+    return statuses
 
 
 def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> DistributedError:
@@ -369,7 +349,7 @@ def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> Di
 
 
 class RankAdder:
-    """:class:`mmsearch.ondisk.Adder` over the ranks of the job: rank 0 sends each channel's add task,
+    """:class:`mmsearch.index.ondisk.Adder` over the ranks of the job: rank 0 sends each channel's add task,
     every rank adds its parts (part i -> rank i % N) and reports; kept in the plan's work folder, so a
     re-run resumes from the parts that completed."""
 

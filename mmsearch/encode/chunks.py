@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MMSearchError
+from ..fsutil import atomic_write, crash_point
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +38,14 @@ def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: di
     ``durable``: fsync both, so a done marker survives a crash of the machine (shards a re-run resumes
     from); without it a shard is only as safe as the page cache (shards of one build, never resumed).
     """
-    from ..index.build import atomic_write_text
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            # float16, as the index stores them: the index writer rounds to float16 anyway, so this loses
+            # nothing and halves the files (2 bytes x (384 + 1280 + 384) = 4 KB per item with `default`)
+            np.savez(fh, **{name: np.asarray(a).astype(np.float16) for name, a in arrays.items()})
 
-    tmp = npz.with_name(f".{npz.name}.tmp")
-    with open(tmp, "wb") as fh:
-        # float16, as the index stores them: the index writer rounds to float16 anyway, so this loses
-        # nothing and halves the files (2 bytes x (384 + 1280 + 384) = 4 KB per item with `default`)
-        np.savez(fh, **{name: np.asarray(a).astype(np.float16) for name, a in arrays.items()})
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, npz)
-    text = json.dumps(meta, ensure_ascii=False)
-    if durable:
-        atomic_write_text(marker, text)  # written last: the shard is done
-    else:
-        tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, marker)
+    atomic_write(npz, save, durable=durable)
+    atomic_write(marker, json.dumps(meta, ensure_ascii=False), durable=durable)  # written last: the shard is done
 
 
 def read_shard(npz: Path, marker: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -181,9 +171,7 @@ class ShardWriter:
         self.shards.append(shard)
         self.rows += len(positions)
         self._buffer, self._buffered = [], 0
-        from ..index.build import crash_point  # test hook: SIGKILL after a shard is written
-
-        crash_point("shard-written")
+        crash_point("shard-written")  # test hook: SIGKILL after a shard is written
 
 
 def assemble(folder: str | Path, shards: Sequence[int], dims: dict[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -8,11 +8,17 @@ until Recall@10 against exact search reaches a target, and recorded with the mea
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
+import os
 import re
+import sys
+import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
@@ -388,6 +394,39 @@ def build_tuned(cfg: IndexCfg, vectors: np.ndarray, ids: np.ndarray) -> tuple[fa
 
 
 # ------------------------------------------------------------------------------------------- opening
+_STDOUT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Drop what C code prints to stdout meanwhile: OnDiskInvertedLists printf()s every file resize and
+    relocation, which would end up in the middle of the CLI's output (``--json`` included)."""
+    with _STDOUT_LOCK:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        libc = ctypes.CDLL(None)
+        libc.fflush(None)
+        saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        try:
+            yield
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
+
+
+def read_ondisk(path: str | Path, lists_name: str, writable: bool = False) -> faiss.Index:
+    """Open ``path`` with its lists from ``lists_name`` in the same folder (wherever that folder is now)."""
+    path = Path(path)
+    if not (path.parent / lists_name).is_file():
+        raise OSError(f"its inverted lists file {path.parent / lists_name} is missing")
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | (0 if writable else faiss.IO_FLAG_READ_ONLY)
+    with quiet_stdout():
+        return faiss.read_index(str(path), flags)
+
+
 def read(path: str, spec: IndexSpec | None, mmap: bool | None = None) -> faiss.Index:
     """Open an index file; IVF files above MMAP_MIN_BYTES (or ``mmap=True``) are memory-mapped, and
     on-disk inverted lists (``spec.ondisk``) always are (read-only unless ``mmap=False``)."""
@@ -395,8 +434,6 @@ def read(path: str, spec: IndexSpec | None, mmap: bool | None = None) -> faiss.I
 
     try:
         if spec is not None and spec.ondisk:  # lists in a file beside this one; mmap=False: writable
-            from .ondisk import read_ondisk
-
             index = read_ondisk(path, spec.ondisk, writable=mmap is False)
         else:
             size = os.path.getsize(path)

@@ -1,514 +1,144 @@
-"""Build, update and open index folders: embeddings, FAISS indexes, an SQLite item store, a manifest.
+"""Public index writes: build a folder into an index or bring it up to date, upsert, remove, re-index.
 
-On-disk layout (documented in index/README.md)::
+Every write runs the same phases under the writer lock (:func:`mmsearch.index.snapshot.writer_lock`)::
 
-    <out>/CURRENT                  name of the live snapshot (replaced atomically)
-    <out>/.lock                    held (flock) by the one process writing this index
-    <out>/.encoding/               float16 embedding shards of the build in progress (mmsearch/shards.py)
-    <out>/snapshots/<name>/        one complete, self-describing, immutable index
-        manifest.json  items.sqlite  <channel>.faiss  <channel>.f16.npy  <channel>.ids.npy  [model.pt]
-
-Every write (build, update, remove) makes a new snapshot beside the live one, fsyncs it, renames it
-into place and only then swaps ``CURRENT``: a kill at any moment leaves the old or the new index.
-Embeddings are kept per snapshot, so an update re-encodes only new or changed files, and changing the
-index type re-uses them. Item ids (``fid``) are assigned once and never reused.
+    open_update   the live snapshot, the model, the indexed rows
+    plan_update   what is new, changed, metadata-only, gone (mmsearch/index/plan.py)
+    encode_plan   images and texts the plan names -> Embeddings (here in-process; a torchrun job runs
+                  the same plan on every rank instead, mmsearch/dist/runner.py)
+    commit        a new snapshot, published atomically (mmsearch/index/writer.py)
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import errno
-import hashlib
-import json
 import logging
-import os
 import shutil
-import signal
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
-import faiss
-import numpy as np
-
-from .._version import __version__
-from . import ann, ondisk
-from .ann import IndexCfg, IndexSpec
 from ..catalog.scan import CatalogItem, scan_catalog
-from ..encode.pipeline import EncodeCfg, ImageEmbeddings, encode_image_files, encode_texts
+from ..encode.pipeline import EncodeCfg, encode_image_files, encode_texts
 from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from ..models.factory import create_model, list_models
+from .ann import IndexCfg
+from .plan import BuildReport, Embeddings, UpdatePlan, hash_items, next_free_fid, plan_update, resolve
+from .snapshot import State, load_state, read_manifest, writer_lock
 from .store import ItemStore
-from ..catalog.tar_shards import read_member
+from .writer import base_manifest, cfg_for, channel_dims, commit
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = "mmsearch-index"
-INDEX_FORMAT_VERSION = 2
-METRIC = "inner_product"
-IMAGE_CHANNELS = ("image", "visual")
-ENCODE_DIR = ".encoding"  # <out>/.encoding: embedding shards of the build in progress
-
-
-class IndexLockedError(MMSearchError):
-    """Another process is writing this index."""
+ENCODE_DIR = ".encoding"  # <out>/.encoding: embedding chunks of the build in progress
 
 
 @dataclass
-class BuildReport:
-    out: Path
-    snapshot: Path
-    indexed: int
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    with_text: int = 0
-    seconds: float = 0.0
-    added: int = 0
-    updated: int = 0  # image content changed: re-encoded under the same id
-    metadata_updated: int = 0  # same image, new title/text/metadata: no image re-encoding
-    removed: int = 0
-    unchanged: int = 0
-    encoded: int = 0  # images actually run through the image tower
+class UpdateContext:
+    """What an update starts from, read under the writer lock."""
 
-    @property
-    def images_per_s(self) -> float:
-        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+    state: State | None  # the live snapshot (None: build from scratch)
+    model: Any  # DualEncoder
+    preprocess: Any
+    tokenizer: Any
+    ref: str  # the model as the manifest names it
+    checkpoint: Path | None  # a checkpoint file to copy into the snapshot
+    previous: dict[str, dict]  # id -> the live snapshot's row
+    next_fid: int
 
 
-# ------------------------------------------------------------------------------------------ file helpers
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    if not os.path.isfile(path):
-        member = read_member(path)  # a tar shard's member (mmsearch/tarshards.py)
-        if member is not None:
-            h.update(member)
-            return h.hexdigest()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def crash_point(name: str) -> None:
-    """Test hook: ``MMSEARCH_CRASH_AT=name`` kills this process with SIGKILL here (crash-safety tests)."""
-    if os.environ.get("MMSEARCH_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def writer_lock(out: Path, timeout: float = 0.0) -> Iterator[None]:
-    """Exclusive writer lock on ``<out>/.lock`` (flock: released by the kernel if the writer dies).
-
-    Waits up to ``timeout`` seconds, then raises :class:`IndexLockedError`.
-    """
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-                    raise IndexLockedError(f"index {out} is being written by {holder}; wait for it to finish "
-                                           f"(or pass --wait SECONDS)") from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-# ------------------------------------------------------------------------------------------- snapshots
-def current_snapshot(out: str | Path) -> Path | None:
-    out = Path(out)
-    try:
-        name = (out / "CURRENT").read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    path = out / "snapshots" / name
-    return path if name and path.is_dir() else None
-
-
-def resolve_snapshot(path: str | Path) -> Path:
-    """An index folder (with CURRENT) or a snapshot folder (with manifest.json) -> the snapshot folder."""
-    path = Path(path)
-    if not path.exists():
-        raise IndexNotFoundError(f"no index at {path}: build one with `mmsearch index CATALOG --out {path}`")
-    if (path / "manifest.json").is_file():
-        return path
-    snap = current_snapshot(path)
-    if snap is None:
-        raise IndexNotFoundError(f"{path} holds no built index: run `mmsearch index CATALOG --out {path}`")
-    return snap
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    snap = resolve_snapshot(path)
-    try:
-        manifest = json.loads((snap / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise IndexIncompatibleError(f"{snap}/manifest.json is unreadable ({exc}); rebuild the index") from None
-    if manifest.get("format") != INDEX_FORMAT:
-        raise IndexIncompatibleError(f"{snap} is not an mmsearch index; rebuild it with `mmsearch index`")
-    if manifest.get("format_version", 0) > INDEX_FORMAT_VERSION:
-        raise IndexIncompatibleError(
-            f"{snap} uses index format {manifest.get('format_version')}, newer than this mmsearch "
-            f"({__version__}) reads; upgrade mmsearch or rebuild the index")
-    if manifest.get("format_version", 0) < INDEX_FORMAT_VERSION:
-        raise IndexIncompatibleError(f"{snap} uses an old index format; rebuild it with `mmsearch index`")
-    manifest["_snapshot"] = str(snap)
-    return manifest
-
-
-def channel_vectors(path: str | Path, name: str) -> dict[str, np.ndarray]:
-    """Item id -> float32 vector of one channel (``image``, ``text``, ...) of the live index (or a snapshot)."""
-    from .store import ItemStore
-
-    snap = resolve_snapshot(path)
-    ids = np.load(snap / f"{name}.ids.npy")
-    vecs = np.load(snap / f"{name}.f16.npy").astype(np.float32)
-    store = ItemStore.open(snap / "items.sqlite")
-    try:
-        rows = store.rows(ids.tolist())
-    finally:
+def open_update(out: Path, model: str | Path, device: str, rebuild: bool) -> UpdateContext:
+    """The live snapshot of ``out`` (unless ``rebuild``, or it was built with another model) and the model."""
+    state = None if rebuild else _try_state(out)
+    net, preprocess, tokenizer, ref, ckpt = _model_for(None, model, device)
+    if state is not None and state.manifest["model"]["fingerprint"] != net.fingerprint():
+        log.info("index %s was built with another model; re-encoding everything", out)
+        state = None
+    store = ItemStore.open(state.snapshot / "items.sqlite") if state else None
+    previous = store.all_rows() if store else {}
+    if store:
         store.close()
-    return {rows[int(f)]["id"]: v for f, v in zip(ids, vecs)}
+    return UpdateContext(state=state, model=net, preprocess=preprocess, tokenizer=tokenizer, ref=ref,
+                         checkpoint=ckpt, previous=previous, next_fid=next_free_fid(previous, state))
 
 
-def verify_snapshot(snap: Path, manifest: dict[str, Any]) -> None:
-    """Check every file against the manifest's SHA-256; a damaged file is a clear error."""
-    for name, digest in manifest.get("files", {}).items():
-        if not (snap / name).is_file() or sha256_file(snap / name) != digest:
-            raise IndexIncompatibleError(f"index file {snap / name} is missing or damaged (checksum mismatch); "
-                                         f"rebuild the index with `mmsearch index --rebuild`")
+def encode_plan(plan: UpdatePlan, model, preprocess, tokenizer, batch_size: int | None, num_workers: int | None,
+                progress: bool, cfg: EncodeCfg | None = None, chunks: Path | None = None,
+                desc: str = "encoding images", text_progress: bool | None = None) -> Embeddings:
+    """Encode the images and texts ``plan`` names, in this process.
 
-
-def _snapshot_name() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def _publish(out: Path, tmp: Path, manifest: dict[str, Any]) -> Path:
-    """Checksum, fsync and rename ``tmp`` into place, then point CURRENT at it (caller holds the lock)."""
-    manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    for p in tmp.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    crash_point("before-rename")
-    final = tmp.parent / tmp.name.removeprefix(".tmp-")
-    os.rename(tmp, final)
-    _fsync_dir(tmp.parent)
-    crash_point("before-current")
-    previous = current_snapshot(out)
-    atomic_write_text(out / "CURRENT", final.name + "\n")
-    crash_point("before-gc")
-    _collect_garbage(out, keep={final.name, previous.name if previous else ""})
-    return final
-
-
-def _collect_garbage(out: Path, keep: set[str]) -> None:
-    """Delete snapshots other than ``keep`` (the new one and its predecessor) and stale temp folders.
-
-    The predecessor stays so a SearchEngine opened on it keeps working until it reloads.
+    ``chunks``: a folder for the image embeddings' chunks (bounded memory while encoding); None keeps
+    them in memory. ``text_progress``: show a bar for texts too (default: ``progress``).
     """
-    for p in (out / "snapshots").iterdir():
-        if p.name not in keep and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+    todo = plan.images
+    emb = Embeddings()
+    if todo:
+        out = encode_image_files(model, preprocess, [it.path for it in todo], batch_size=batch_size,
+                                 num_workers=num_workers, progress=progress, desc=desc, cfg=cfg, shards=chunks)
+        for r, pos in enumerate(out.ok):
+            emb.images[todo[pos].id] = {name: vecs[r] for name, vecs in out.channels.items()}
+        emb.failed.update((todo[pos].id, reason) for pos, reason in out.failed)
+    texts = plan.texts(emb.failed)  # texts are cheap next to images: (re-)encode where the text changed
+    if texts:
+        vecs = encode_texts(model, tokenizer, [t for _, t in texts],
+                            progress=progress if text_progress is None else text_progress)
+        emb.texts.update((iid, v) for (iid, _), v in zip(texts, vecs))
+    return emb
 
 
-# -------------------------------------------------------------------------------------- in-memory state
-@dataclass
-class ChannelData:
-    ids: np.ndarray  # (n,) int64 fids, ascending
-    vectors: np.ndarray  # (n, dim) float16 or float32, unit rows
-    index: faiss.Index | None = None  # the previous snapshot's index, re-used when possible
-    spec: IndexSpec | None = None
+def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateContext, plan: UpdatePlan,
+                  emb: Embeddings, index: IndexCfg | None, batch_size: int, t0: float,
+                  distributed: dict[str, Any] | None = None, adder=None) -> tuple[Path, BuildReport]:
+    """Resolve the plan against its embeddings and write the new snapshot (caller holds the lock).
 
-
-@dataclass
-class State:
-    """What an update starts from: the live snapshot's manifest, store path and channels."""
-
-    snapshot: Path
-    manifest: dict[str, Any]
-    channels: dict[str, ChannelData]
-
-
-def load_state(out: Path, verify: bool = True) -> State | None:
-    """The live snapshot of ``out`` for updating, or None when there is none."""
-    if current_snapshot(out) is None:
-        return None
-    manifest = read_manifest(out)
-    snap = Path(manifest["_snapshot"])
-    if verify:
-        verify_snapshot(snap, manifest)
-    channels = {}
-    for name, meta in manifest["channels"].items():
-        channels[name] = ChannelData(ids=np.load(snap / meta["ids"]), vectors=np.load(snap / meta["embeddings"],
-                                                                                      mmap_mode="r"),
-                                     spec=IndexSpec.from_dict(meta["spec"]))
-    return State(snapshot=snap, manifest=manifest, channels=channels)
-
-
-def _merge(old: ChannelData | None, drop: np.ndarray, new_ids: np.ndarray, new_vecs: np.ndarray,
-           dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """old rows minus ``drop`` fids, plus new rows; sorted by fid. -> (ids (n,), float16 (n, dim))."""
-    if old is not None and len(old.ids):
-        keep = ~np.isin(old.ids, drop)
-        ids = np.concatenate([old.ids[keep], new_ids.astype(np.int64)])
-        vecs = np.concatenate([np.asarray(old.vectors[keep], np.float16), new_vecs.astype(np.float16)])
-    else:
-        ids, vecs = new_ids.astype(np.int64), new_vecs.astype(np.float16, copy=False).reshape(-1, dim)
-    order = np.argsort(ids, kind="stable")
-    return ids[order], vecs[order]
-
-
-def _channel_index(name: str, cfg: IndexCfg, old: ChannelData | None, prev_cfg: dict | None, ids: np.ndarray,
-                   vecs: np.ndarray, drop: np.ndarray, added: np.ndarray, snap: Path | None, tmp: Path,
-                   adder: ondisk.Adder | None = None) -> tuple[faiss.Index, IndexSpec]:
-    """Re-use the previous trained index (remove + add) when the choice still holds, else build anew.
-
-    IVF lists stay where they were: an index with lists on disk is copied into ``tmp`` and updated
-    there. A new IVF index is built with its lists on disk (mmsearch/ondisk.py) when ``adder`` is
-    given (a distributed job: the ranks add the parts) or the previous index had them on disk.
-    ``vecs`` may stay float16: every FAISS call below converts chunks to float32 (exactly).
+    ``distributed``: recorded as the manifest's ``build.distributed``; ``adder``: see
+    :func:`mmsearch.index.writer.commit`. -> (the live snapshot, the report)
     """
-    fresh = ann.choose(len(ids), vecs.shape[1], cfg)
-    was_ondisk = old is not None and old.spec is not None and old.spec.ondisk is not None
-    reuse = (old is not None and old.spec is not None and prev_cfg == cfg.to_dict() and snap is not None
-             and old.spec.kind not in ("flat",) and old.spec.factory == _same_family(fresh, old.spec)
-             and len(ids) <= 4 * max(1, old.spec.trained_on))
-    if reuse:
-        if was_ondisk:
-            index = ondisk.open_copy(snap, name, old.spec, tmp)
-        else:
-            index = ann.read(str(snap / f"{name}.faiss"), old.spec, mmap=False)
-        if len(drop) and not ann.supports_remove(index):
-            reuse = False
-        else:
-            mask = np.isin(ids, added)
-            with ondisk.quiet_stdout() if was_ondisk else contextlib.nullcontext():
-                ann.remove(index, drop)
-                ann.add(index, vecs[mask], ids[mask])
-            spec = IndexSpec(old.spec.kind, old.spec.factory, dict(old.spec.params), trained_on=old.spec.trained_on,
-                             ondisk=old.spec.ondisk)
-            spec = ann.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
-            log.info("%s: updated the %s index in place (%d removed, %d added)", name, spec.kind, len(drop),
-                     int(mask.sum()))
-            return index, spec
-    if (adder is not None or was_ondisk) and ondisk.supports(fresh, vecs.shape[1]):
-        local = adder is None
-        adder = adder or ondisk.LocalAdder(tmp / ".parts")
-        try:
-            index, spec = ondisk.build(name, fresh, tmp, vecs, adder, seed=cfg.seed)
-        finally:
-            if local:
-                shutil.rmtree(tmp / ".parts", ignore_errors=True)
-        return index, ann.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
-    return ann.build_tuned(cfg, vecs, ids)
+    state = ctx.state
+    report, changes, removed, next_fid = resolve(plan, emb)
+    if state is None and report.skipped and report.encoded == 0:
+        reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
+        raise CatalogError(f"none of the {n_items} images in {catalog} could be read ({reasons})")
+    cfg = cfg_for(index, state)
+    report.seconds = time.perf_counter() - t0
+    nothing = (state is not None and not changes and not removed
+               and state.manifest.get("index_cfg") == cfg.to_dict())
+    if nothing:
+        return state.snapshot, report  # type: ignore[union-attr]
+    manifest = base_manifest(ctx.model, ctx.ref, str(Path(catalog).resolve()), state)
+    manifest["skipped"] = report.skipped
+    manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
+                         "images_per_s": round(report.images_per_s, 2) or None,
+                         "device": str(next(ctx.model.parameters()).device), "batch_size": batch_size,
+                         "added": report.added, "updated": report.updated,
+                         "metadata_updated": report.metadata_updated, "removed": report.removed,
+                         "unchanged": report.unchanged}
+    if distributed:
+        manifest["build"]["distributed"] = distributed
+    snap = commit(out, state, manifest, changes, removed, cfg, channel_dims(ctx.model), checkpoint=ctx.checkpoint,
+                  next_fid=next_fid, adder=adder)
+    return snap, report
 
 
-def _same_family(fresh: IndexSpec, old: IndexSpec) -> str:
-    """The old factory string if ``fresh`` is the same kind (cell counts may differ), else ``fresh``'s."""
-    return old.factory if fresh.kind == old.kind else fresh.factory
-
-
-# ------------------------------------------------------------------------------------------ the writer
-@dataclass
-class Precomputed:
-    """Content hashes and embeddings computed outside the writer (by the ranks of a distributed run).
-
-    ``image_rows`` / ``text_rows`` map an item id to its row in ``images[channel]`` / ``texts``.
-    """
-
-    hashes: dict[str, str]  # id -> image sha256, for every item of the catalog
-    image_rows: dict[str, int]
-    images: dict[str, np.ndarray]  # channel -> (n, dim) float32 unit rows
-    failed: dict[str, str]  # id -> reason the image could not be read
-    text_rows: dict[str, int] = field(default_factory=dict)
-    texts: np.ndarray | None = None  # (m, D) embeddings of the items' full text
-    info: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest's "build" section
-    adder: ondisk.Adder | None = None  # new IVF indexes: lists on disk, vectors added by these processes
-
-    def image_embeddings(self, items: list[CatalogItem]) -> ImageEmbeddings:
-        """The same result :func:`encode_image_files` would give for ``items``."""
-        ok = [p for p, it in enumerate(items) if it.id in self.image_rows]
-        failed = [(p, self.failed[it.id]) for p, it in enumerate(items) if it.id in self.failed]
-        missing = [it.id for it in items if it.id not in self.image_rows and it.id not in self.failed]
-        if missing:
-            raise MMSearchError(f"{len(missing)} item(s) have no precomputed embedding (first: {missing[0]}); "
-                                f"re-run the build")
-        rows = np.asarray([self.image_rows[items[p].id] for p in ok], np.int64)
-        return ImageEmbeddings(ok=ok, channels={name: arr[rows] for name, arr in self.images.items()},
-                               failed=failed)
-
-
-@dataclass
-class Change:
-    """One item to write: its store row and, if (re-)encoded, its vectors per channel."""
-
-    row: dict[str, Any]
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # channel -> (dim,)
-    drop_text: bool = False  # the item no longer has text: remove its text vector
-
-
-def commit(out: Path, state: State | None, manifest: dict[str, Any], changes: list[Change], removed: Sequence[int],
-           cfg: IndexCfg, dims: dict[str, int], checkpoint: Path | None = None, next_fid: int | None = None,
-           adder: ondisk.Adder | None = None) -> Path:
-    """Write a new snapshot = ``state`` + ``changes`` - ``removed`` and make it live (caller holds the lock).
-
-    adder: builds new IVF indexes with their lists on disk, its processes adding the vectors (see
-    :func:`_channel_index`). A failure removes the half-written snapshot folder.
-    """
-    snaps = out / "snapshots"
-    snaps.mkdir(parents=True, exist_ok=True)
-    tmp = snaps / f".tmp-{_snapshot_name()}"
-    tmp.mkdir()
-    try:
-        return _write_snapshot(out, tmp, state, manifest, changes, removed, cfg, dims, checkpoint, next_fid, adder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_snapshot(out: Path, tmp: Path, state: State | None, manifest: dict[str, Any], changes: list[Change],
-                    removed: Sequence[int], cfg: IndexCfg, dims: dict[str, int], checkpoint: Path | None,
-                    next_fid: int | None, adder: ondisk.Adder | None) -> Path:
-    store = ItemStore.create(tmp / "items.sqlite", copy_from=state.snapshot / "items.sqlite" if state else None)
-    removed = np.asarray(sorted(set(int(f) for f in removed)), np.int64)
-    store.delete(removed.tolist())
-    store.upsert(c.row for c in changes)
-    if next_fid is not None:
-        store.set_next_fid(next_fid)
-    store.commit()
-    count = store.count()
-    store.close()
-    crash_point("after-store")
-
-    manifest["channels"] = {}
-    prev_cfg = state.manifest.get("index_cfg") if state else None
-    for name, dim in dims.items():
-        old = state.channels.get(name) if state else None
-        new = [(c.row["fid"], c.vectors[name]) for c in changes if name in c.vectors]
-        new_ids = np.asarray([f for f, _ in new], np.int64)
-        new_vecs = np.stack([v for _, v in new]) if new else np.zeros((0, dim), np.float32)
-        replaced = [c.row["fid"] for c in changes if name in c.vectors or (c.drop_text and name == "text")]
-        drop = np.unique(np.concatenate([removed, np.asarray(replaced, np.int64)])) if len(replaced) else removed
-        if old is not None:
-            drop = drop[np.isin(drop, old.ids)]
-        ids, vecs = _merge(old, drop, new_ids, new_vecs, dim)
-        if not len(ids) and name == "text":
-            continue
-        np.save(tmp / f"{name}.f16.npy", vecs)
-        np.save(tmp / f"{name}.ids.npy", ids)
-        index, spec = _channel_index(name, cfg, old, prev_cfg, ids, vecs, drop, new_ids,
-                                     state.snapshot if state else None, tmp, adder)
-        (ondisk.write if spec.ondisk else faiss.write_index)(index, str(tmp / f"{name}.faiss"))
-        del index  # unmaps on-disk lists before the snapshot is checksummed
-        manifest["channels"][name] = {"dim": int(dim), "count": int(len(ids)), "index": spec.kind,
-                                      "spec": spec.to_dict(), "faiss": f"{name}.faiss",
-                                      "embeddings": f"{name}.f16.npy", "ids": f"{name}.ids.npy"}
-        if spec.ondisk:  # the inverted lists: a file of the snapshot, opened beside the .faiss file
-            manifest["channels"][name]["ivfdata"] = spec.ondisk
-    crash_point("after-faiss")
-    if checkpoint is not None:
-        shutil.copyfile(checkpoint, tmp / "model.pt")
-    elif state is not None and (state.snapshot / "model.pt").is_file():
-        shutil.copyfile(state.snapshot / "model.pt", tmp / "model.pt")
-    manifest["count"] = count
-    manifest["index_cfg"] = cfg.to_dict()
-    manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return _publish(out, tmp, manifest)
-
-
-def _base_manifest(net, model_ref: str, catalog: str | None, state: State | None) -> dict[str, Any]:
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return {
-        "format": INDEX_FORMAT,
-        "format_version": INDEX_FORMAT_VERSION,
-        "mmsearch_version": __version__,
-        "created": state.manifest.get("created", now) if state else now,
-        "catalog": catalog if catalog is not None else (state.manifest.get("catalog") if state else None),
-        "model": {"name": net.cfg.name, "ref": model_ref, "fingerprint": net.fingerprint(), "fusion": net.cfg.fusion},
-        "dim": net.embed_dim,
-        "metric": METRIC,
-        "skipped": [],
-    }
-
-
-def _channel_dims(net) -> dict[str, int]:
-    dims = {"image": net.embed_dim, "text": net.embed_dim}
-    if net.visual_dim is not None:
-        dims["visual"] = net.visual_dim
-    return dims
-
-
-def _model_for(state: State | None, model: str | Path | None, device: str):
-    """(net, preprocess, tokenizer, manifest model ref, checkpoint to copy) for a new build or an update."""
-    if model is None:
-        if state is None:
-            raise MMSearchError("no model given and no existing index to take it from")
-        ref = state.manifest["model"]["ref"]
-        model = str(state.snapshot / ref) if ref not in list_models() else ref
-    is_checkpoint = str(model) not in list_models()
-    net, preprocess, tokenizer = create_model(model, device=device)
-    ref = "model.pt" if is_checkpoint else str(model)
-    ckpt = Path(model) if is_checkpoint and not (state and Path(model).parent == state.snapshot) else None
-    return net, preprocess, tokenizer, ref, ckpt
-
-
-def _cfg_for(index: IndexCfg | None, state: State | None) -> IndexCfg:
-    if index is not None:
-        return index
-    if state is not None and state.manifest.get("index_cfg"):
-        return IndexCfg(**state.manifest["index_cfg"])
-    return IndexCfg()
+def finish_report(report: BuildReport, out: Path, snap: Path) -> BuildReport:
+    """Fill in what the published snapshot holds, and log the summary."""
+    report.out, report.snapshot = out, snap
+    final = read_manifest(snap)
+    report.indexed = final["count"]
+    report.with_text = final["channels"].get("text", {}).get("count", 0)
+    if report.indexed == 0:
+        log.warning("index %s is empty: none of the catalog's images could be read", out)
+    log.info("indexed %d items (+%d ~%d m%d -%d =%d, %d skipped) into %s", report.indexed, report.added,
+             report.updated, report.metadata_updated, report.removed, report.unchanged, len(report.skipped), snap)
+    return report
 
 
 # --------------------------------------------------------------------------------------- public writes
 def build_index(catalog: str | Path, out: str | Path = "index", model: str | Path = "default",
                 device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                 progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None,
-                rebuild: bool = False, lock_timeout: float = 0.0,
-                precompute: Callable[..., Precomputed] | None = None) -> BuildReport:
+                rebuild: bool = False, lock_timeout: float = 0.0) -> BuildReport:
     """Index every image of ``catalog`` into ``out``, or bring an existing index there up to date.
 
     On an existing index (same model) only new and changed files (by content hash) are encoded, files
@@ -522,15 +152,12 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         batch_size: images per forward pass.
         num_workers: image-decoding worker processes (default: sized to the machine and device).
-        encode: further image-pipeline options (:class:`mmsearch.embed.EncodeCfg`: decoder, torch.compile ...);
+        encode: further image-pipeline options (:class:`mmsearch.encode.pipeline.EncodeCfg`: decoder, torch.compile ...);
             ``batch_size`` and ``num_workers`` above override its fields.
         index: index type, memory budget and recall target (:class:`IndexCfg`); default: the existing
             index's, else ``auto``. A new type is built from the stored embeddings, without re-encoding.
         rebuild: ignore the existing index and encode everything again.
         lock_timeout: seconds to wait for another writer of ``out`` before failing.
-        precompute: called under the writer lock as ``precompute(items, previous_rows, state, net,
-            preprocess, tokenizer)``; the :class:`Precomputed` hashes and embeddings it returns replace
-            hashing and encoding here (distributed indexing, see mmsearch/dist_index.py).
 
     Returns:
         A :class:`BuildReport`: counts of added / updated / metadata-updated / removed / unchanged items,
@@ -546,59 +173,17 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
     items = scan_catalog(catalog, exclude=[out])  # raises before anything is written
     t0 = time.perf_counter()
     with writer_lock(out, lock_timeout):
-        state = None if rebuild else _try_state(out)
-        net, preprocess, tokenizer, ref, ckpt = _model_for(None, model, device)
-        if state is not None and state.manifest["model"]["fingerprint"] != net.fingerprint():
-            log.info("index %s was built with another model; re-encoding everything", out)
-            state = None
-        store = ItemStore.open(state.snapshot / "items.sqlite") if state else None
-        previous = store.all_rows() if store else {}
-        if store:
-            store.close()
-        wanted = {it.id: it for it in items}
-        removed = [row["fid"] for iid, row in previous.items() if iid not in wanted]
-        pre = precompute(items, previous, state, net, preprocess, tokenizer) if precompute else None
-        work = out / ENCODE_DIR  # float16 embedding shards of this build (mmsearch/shards.py)
+        ctx = open_update(out, model, device, rebuild)
+        plan = plan_update(items, ctx.previous, hash_items(items), ctx.next_fid)
+        work = out / ENCODE_DIR  # float16 embedding chunks of this build (mmsearch/encode/chunks.py)
         shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
         try:
-            report, changes, next_fid, failed = _diff_and_encode(list(wanted.values()), previous, net, preprocess,
-                                                                 tokenizer, state, batch_size, num_workers, progress,
-                                                                 encode=encode, precomputed=pre, shards=work)
+            emb = encode_plan(plan, ctx.model, ctx.preprocess, ctx.tokenizer, batch_size, num_workers, progress,
+                              cfg=encode, chunks=work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        report.removed = len(removed) + len(failed)
-        removed += failed
-        if state is None and report.skipped and report.encoded == 0:
-            reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
-            raise CatalogError(f"none of the {len(items)} images in {catalog} could be read ({reasons})")
-        cfg = _cfg_for(index, state)
-        report.seconds = time.perf_counter() - t0
-        nothing = (state is not None and not changes and not removed
-                   and state.manifest.get("index_cfg") == cfg.to_dict())
-        if nothing:
-            snap = state.snapshot  # type: ignore[union-attr]
-        else:
-            manifest = _base_manifest(net, ref, str(Path(catalog).resolve()), state)
-            manifest["skipped"] = report.skipped
-            manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
-                                 "images_per_s": round(report.images_per_s, 2) or None,
-                                 "device": str(next(net.parameters()).device), "batch_size": batch_size,
-                                 "added": report.added, "updated": report.updated,
-                                 "metadata_updated": report.metadata_updated, "removed": report.removed,
-                                 "unchanged": report.unchanged}
-            if pre is not None and pre.info:
-                manifest["build"]["distributed"] = pre.info
-            snap = commit(out, state, manifest, changes, removed, cfg, _channel_dims(net), checkpoint=ckpt,
-                          next_fid=next_fid, adder=pre.adder if pre is not None else None)
-    report.out, report.snapshot = out, snap
-    final = read_manifest(snap)
-    report.indexed = final["count"]
-    report.with_text = final["channels"].get("text", {}).get("count", 0)
-    if report.indexed == 0:
-        log.warning("index %s is empty: none of the catalog's images could be read", out)
-    log.info("indexed %d items (+%d ~%d m%d -%d =%d, %d skipped) into %s", report.indexed, report.added,
-             report.updated, report.metadata_updated, report.removed, report.unchanged, len(report.skipped), snap)
-    return report
+        snap, report = commit_update(out, catalog, len(items), ctx, plan, emb, index, batch_size, t0)
+    return finish_report(report, out, snap)
 
 
 def _try_state(out: Path) -> State | None:
@@ -607,92 +192,6 @@ def _try_state(out: Path) -> State | None:
     except IndexIncompatibleError as exc:
         log.warning("existing index at %s cannot be updated (%s); rebuilding it", out, exc)
         return None
-
-
-def _diff_and_encode(items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
-                     state: State | None, batch_size: int | None, num_workers: int | None, progress: bool,
-                     image_hashes: dict[str, str] | None = None, precomputed: Precomputed | None = None,
-                     encode: EncodeCfg | None = None, shards: Path | None = None
-                     ) -> tuple[BuildReport, list[Change], int, list[int]]:
-    """Compare wanted items with the previous rows; encode what is new or changed (or take the
-    hashes and embeddings from ``precomputed``). ``shards``: a folder for the image embeddings' shards
-    (bounded memory while encoding); None keeps them in memory.
-
-    -> (report, changes, next fid, fids of previously indexed items whose changed file no longer reads)
-    """
-    report = BuildReport(out=Path(), snapshot=Path(), indexed=0)
-    next_fid = max([r["fid"] + 1 for r in previous.values()] + [0])
-    if state is not None:
-        with contextlib.closing(ItemStore.open(state.snapshot / "items.sqlite")) as st:
-            next_fid = max(next_fid, st.next_fid())
-    if precomputed is not None:
-        image_hashes = precomputed.hashes
-    to_encode: list[CatalogItem] = []
-    hashes: dict[str, str] = {}
-    changes: list[Change] = []
-    for it in items:
-        try:
-            h = image_hashes[it.id] if image_hashes and it.id in image_hashes else sha256_file(Path(it.path))
-        except OSError as exc:
-            h = f"unreadable:{exc}"
-        hashes[it.id] = h
-        prev = previous.get(it.id)
-        if prev is None or prev["image_sha256"] != h:
-            to_encode.append(it)
-    if precomputed is not None:
-        emb = precomputed.image_embeddings(to_encode) if to_encode else None
-    else:
-        emb = encode_image_files(net, preprocess, [it.path for it in to_encode], batch_size=batch_size,
-                                 num_workers=num_workers, progress=progress, cfg=encode,
-                                 shards=shards) if to_encode else None
-    report.encoded = len(emb.ok) if emb else 0
-    encoded: dict[str, dict[str, np.ndarray]] = {}
-    failed_fids: list[int] = []
-    if emb is not None:
-        for r, pos in enumerate(emb.ok):
-            encoded[to_encode[pos].id] = {name: vecs[r] for name, vecs in emb.channels.items()}
-        for pos, reason in emb.failed:
-            it = to_encode[pos]
-            report.skipped.append({"id": it.id, "reason": reason})
-            if it.id in previous:  # changed into something unreadable: it leaves the index
-                failed_fids.append(previous[it.id]["fid"])
-    # texts: (re-)encode where the embedded text changed; texts are cheap next to images
-    need_text: list[tuple[Change, str]] = []
-    for it in items:
-        prev = previous.get(it.id)
-        if it.id not in encoded and (prev is None or prev["image_sha256"] != hashes[it.id]):
-            continue  # unreadable file
-        full = it.full_text
-        th = sha256_text(full) if full else None
-        row = {"fid": prev["fid"] if prev else next_fid, "id": it.id, "path": it.path, "title": it.title,
-               "text": it.text, "metadata": it.metadata, "image_sha256": hashes[it.id], "text_sha256": th}
-        if prev is None:
-            next_fid += 1
-            report.added += 1
-        elif it.id in encoded:
-            report.updated += 1
-        elif (prev["title"], prev["text"], prev["metadata"], prev["path"]) != (it.title, it.text, it.metadata, it.path):
-            report.metadata_updated += 1
-        else:
-            report.unchanged += 1
-            continue
-        change = Change(row=row, vectors=dict(encoded.get(it.id, {})))
-        if th is not None and (prev is None or prev["text_sha256"] != th):
-            need_text.append((change, full))
-        elif th is None and prev is not None and prev["text_sha256"] is not None:
-            change.drop_text = True
-        changes.append(change)
-    if need_text and precomputed is not None and precomputed.texts is not None:
-        rows = precomputed.text_rows
-        for change, _ in need_text:
-            if change.row["id"] in rows:
-                change.vectors["text"] = precomputed.texts[rows[change.row["id"]]]
-        need_text = [(c, t) for c, t in need_text if "text" not in c.vectors]
-    if need_text:
-        tv = encode_texts(net, tokenizer, [t for _, t in need_text], progress=progress)
-        for (change, _), v in zip(need_text, tv):
-            change.vectors["text"] = v
-    return report, changes, next_fid, failed_fids
 
 
 def _locked_state(out: Path) -> State:
@@ -718,7 +217,7 @@ def remove_items(index: str | Path, ids: Sequence[str], lock_timeout: float = 0.
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
         dims = {name: int(meta["dim"]) for name, meta in state.manifest["channels"].items()}
         dims.setdefault("text", int(state.manifest["dim"]))
-        snap = commit(out, state, manifest, [], list(fids.values()), _cfg_for(None, state), dims,
+        snap = commit(out, state, manifest, [], list(fids.values()), cfg_for(None, state), dims,
                       next_fid=next_fid)
     return BuildReport(out=out, snapshot=snap, indexed=read_manifest(snap)["count"], removed=len(fids),
                        seconds=time.perf_counter() - t0)
@@ -759,13 +258,15 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
                                       title=str(spec.get("title", prev["title"] if prev else "") or ""),
                                       text=str(spec.get("text", prev["text"] if prev else "") or ""), metadata=meta))
         net, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
-        report, changes, next_fid, _ = _diff_and_encode(wanted, previous, net, preprocess, tokenizer, state,
-                                                        batch_size, 0, progress, image_hashes=hashes)
+        plan = plan_update(wanted, previous, hash_items(wanted, known=hashes), next_free_fid(previous, state),
+                           complete=False)
+        emb = encode_plan(plan, net, preprocess, tokenizer, batch_size, 0, progress)
+        report, changes, _, next_fid = resolve(plan, emb)
         if report.skipped:
             bad = report.skipped[0]
             raise MMSearchError(f"item {bad['id']!r}: {bad['reason']}; nothing was changed")
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
-        snap = commit(out, state, manifest, changes, [], _cfg_for(None, state), _channel_dims(net),
+        snap = commit(out, state, manifest, changes, [], cfg_for(None, state), channel_dims(net),
                       next_fid=next_fid) if changes else state.snapshot
     report.out, report.snapshot, report.seconds = out, snap, time.perf_counter() - t0
     report.indexed = read_manifest(snap)["count"]
@@ -782,3 +283,17 @@ def reindex(index: str | Path, cfg: IndexCfg, lock_timeout: float = 0.0) -> Path
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
         dims = {name: int(meta["dim"]) for name, meta in state.manifest["channels"].items()}
         return commit(out, state, manifest, [], [], cfg, dims)
+
+
+def _model_for(state: State | None, model: str | Path | None, device: str):
+    """(net, preprocess, tokenizer, manifest model ref, checkpoint to copy) for a new build or an update."""
+    if model is None:
+        if state is None:
+            raise MMSearchError("no model given and no existing index to take it from")
+        ref = state.manifest["model"]["ref"]
+        model = str(state.snapshot / ref) if ref not in list_models() else ref
+    is_checkpoint = str(model) not in list_models()
+    net, preprocess, tokenizer = create_model(model, device=device)
+    ref = "model.pt" if is_checkpoint else str(model)
+    ckpt = Path(model) if is_checkpoint and not (state and Path(model).parent == state.snapshot) else None
+    return net, preprocess, tokenizer, ref, ckpt

@@ -22,53 +22,29 @@ copied to). Parts are added by whoever runs an :class:`Adder`: every rank of a t
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import faiss
 import numpy as np
 
 from . import ann
-from .ann import IndexSpec
+from .ann import IndexSpec, quiet_stdout, read_ondisk  # noqa: F401  (ondisk.quiet_stdout, ondisk.read_ondisk)
 from ..errors import MMSearchError
+from ..fsutil import atomic_write
+from ..ranges import shard_ranges
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".ivfdata"
-_STDOUT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """Drop what C code prints to stdout meanwhile: OnDiskInvertedLists printf()s every file resize and
-    relocation, which would end up in the middle of the CLI's output (``--json`` included)."""
-    with _STDOUT_LOCK:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-        libc = ctypes.CDLL(None)
-        libc.fflush(None)
-        saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        try:
-            yield
-        finally:
-            libc.fflush(None)
-            os.dup2(saved, 1)
-            os.close(saved)
-            os.close(devnull)
-
-
 def supports(spec: IndexSpec, dim: int) -> bool:
     """Whether ``spec`` is an IVF index (optionally behind a transform such as OPQ) whose lists hold
     everything it stores, so merge_ondisk can put them on disk: not flat, HNSW, IVFPQR or a refine stage."""
@@ -83,17 +59,7 @@ def _lists(index: faiss.Index):
     return faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
 
 
-# ---------------------------------------------------------------------------------------- reading
-def read_ondisk(path: str | Path, lists_name: str, writable: bool = False) -> faiss.Index:
-    """Open ``path`` with its lists from ``lists_name`` in the same folder (wherever that folder is now)."""
-    path = Path(path)
-    if not (path.parent / lists_name).is_file():
-        raise OSError(f"its inverted lists file {path.parent / lists_name} is missing")
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | (0 if writable else faiss.IO_FLAG_READ_ONLY)
-    with quiet_stdout():
-        return faiss.read_index(str(path), flags)
-
-
+# ---------------------------------------------------------------------------------------- writing
 def write(index: faiss.Index, path: str | Path) -> None:
     """write_index, recording the on-disk lists file by its name only (no absolute path of this machine)."""
     lists = _lists(index)
@@ -152,14 +118,9 @@ def add_part(task: AddTask, part: int, ids: np.ndarray, vectors: np.ndarray) -> 
             return False
     index = faiss.read_index(str(Path(task.work) / "trained.faiss"))
     ann.add(index, part_vecs, part_ids)
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    tmp_marker = marker.with_name(f".{marker.name}.tmp")
-    tmp_marker.write_text(json.dumps({"part": part, "rows": [start, end], "key": key}), encoding="utf-8")
-    os.replace(tmp_marker, marker)  # written last: the part is done
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    atomic_write(marker, json.dumps({"part": part, "rows": [start, end], "key": key}),
+                 durable=False)  # written last: the part is done
     return True
 
 
@@ -229,9 +190,7 @@ def train_once(spec: IndexSpec, vectors: np.ndarray, work: Path, seed: int = 0, 
     for p in work.glob("shard-*"):  # parts of another trained index can never be re-used
         p.unlink()
     index = ann.train(spec, sample, seed)  # the sample is all of its rows: trains on exactly these
-    tmp = path.with_name(".trained.faiss.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)), durable=False)
     marker.write_text(json.dumps({"factory": spec.factory, "seed": seed, "key": key}), encoding="utf-8")
     return key
 
@@ -269,8 +228,6 @@ def build(channel: str, spec: IndexSpec, folder: Path, vectors: np.ndarray, adde
 
 
 def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    from ..dist.env import shard_ranges
-
     return shard_ranges(n, min(parts, max(1, n)))
 
 

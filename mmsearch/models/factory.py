@@ -17,6 +17,7 @@ from ..config import ImageTowerCfg, ModelCfg, from_dict, to_dict
 from .device import resolve_device
 from .encoders import ImageTower, TextTower, l2n, minilm_path
 from ..errors import ModelError
+from ..fsutil import atomic_write
 from .dual_encoder import DualEncoder
 from .preprocess import PilPreprocess
 from .tokenizer import HFTokenizer, WordTokenizer
@@ -81,9 +82,7 @@ def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, 
         emb = torch.cat([l2n(text_tower(tokenizer(prompts[i:i + 128]))) for i in range(0, len(prompts), 128)])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(emb, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(emb, tmp), durable=False)
     except OSError as exc:
         log.warning("could not cache class-name embeddings at %s: %s", path, exc)
     return emb
@@ -139,9 +138,7 @@ def save_checkpoint(model: DualEncoder, tokenizer: Tokenizer, path: str | Path, 
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), durable=False)
     return path
 
 

@@ -21,13 +21,13 @@ from ..index.ann import IndexSpec
 from ..errors import ImageDecodeError, IndexIncompatibleError, QueryError
 from ..models.factory import create_model, list_models
 from ..index.filters import WhereSpec, parse_where
-from ..index.build import read_manifest, resolve_snapshot, verify_snapshot
+from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
 from ..models.preprocess import ResizeCropU8, normalize_batch
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
 
 if TYPE_CHECKING:
-    from ..index.build import BuildReport
+    from ..index.plan import BuildReport
 
 log = logging.getLogger(__name__)
 

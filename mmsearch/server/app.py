@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from .._version import __version__
 from ..errors import MMSearchError
-from ..index.build import resolve_snapshot
+from ..index.snapshot import resolve_snapshot
 from ..search.engine import SearchEngine, SearchHit
 from .config import ServeCfg
 from .files import ThumbnailCache, UploadRejected, catalog_file, probe_upload

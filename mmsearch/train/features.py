@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import to_dict
+from ..fsutil import atomic_write
 from ..catalog.scan import CatalogDataset, collate_images, load_image
 from ..models.device import autocast
 from ..models.factory import Preprocess, Tokenizer, cache_dir
@@ -63,9 +64,8 @@ class FeatureStore:
         keys = sorted(self.data)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"keys": keys, "feats": torch.stack([self.data[k] for k in keys])}, tmp)
-            os.replace(tmp, self.path)
+            payload = {"keys": keys, "feats": torch.stack([self.data[k] for k in keys])}
+            atomic_write(self.path, lambda tmp: torch.save(payload, tmp), durable=False)
         except OSError as exc:
             log.warning("could not write feature cache %s: %s", self.path, exc)
 
