@@ -53,7 +53,8 @@ def worker(args) -> None:
 
     from mmsearch.config import TrainCfg
     from mmsearch.dist.env import DistEnv, process_group, rank_device
-    from mmsearch.train.loop import init_model, prepare_split, train
+    from mmsearch.train.loop import init_model, train
+    from mmsearch.train.splits import prepare_split
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     env = DistEnv.from_env()

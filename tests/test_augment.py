@@ -12,7 +12,7 @@ from mmsearch.train.augment import AugmentedPreprocess, Policy, aug_key, forbids
 from mmsearch.config import TrainCfg
 from mmsearch.catalog.scan import CatalogItem
 from mmsearch.models.factory import get_model_config
-from mmsearch.train.loop import item_texts
+from mmsearch.train.splits import item_texts
 
 
 @pytest.mark.parametrize("text, expect", [

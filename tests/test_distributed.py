@@ -94,7 +94,9 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, uneven: bool = F
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from mmsearch.dist.env import gathered_composed_loss, gathered_contrastive_loss, split_sizes
+    from mmsearch.dist.env import split_sizes
+    from mmsearch.train.loss import composed_loss as gathered_composed_loss
+    from mmsearch.train.loss import contrastive_loss as gathered_contrastive_loss
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -15,7 +15,8 @@ from mmsearch.cli import app
 from mmsearch.config import TrainCfg
 from mmsearch.models.fusion import FUSIONS, build_fusion
 from mmsearch.train.loss import classification_loss, composed_loss, contrastive_loss
-from mmsearch.train.loop import TrainError, read_triplets, train
+from mmsearch.train.loop import TrainError, train
+from mmsearch.train.splits import read_triplets
 
 runner = CliRunner()
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from ..models.device import resolve_device
 from ..errors import MMSearchError
+from ..ranges import shard_ranges, shards_of_rank  # noqa: F401  (re-exported: the torchrun work split)
 
 log = logging.getLogger(__name__)
 
@@ -118,25 +119,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------- splitting work
-def shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
-    """Split ``range(n)`` into ``num_shards`` contiguous [start, end) ranges whose sizes differ by at most one."""
-    if num_shards < 1:
-        raise ValueError("num_shards must be at least 1")
-    base, extra = divmod(n, num_shards)
-    out, start = [], 0
-    for i in range(num_shards):
-        end = start + base + (1 if i < extra else 0)
-        out.append((start, end))
-        start = end
-    return out
-
-
-def shards_of_rank(num_shards: int, rank: int, world_size: int) -> list[int]:
-    """Shard ``i`` belongs to rank ``i % world_size``: interleaved, so every rank gets early and late
-    parts of a sorted listing (folders of big and small files spread evenly)."""
-    return list(range(rank, num_shards, world_size))
-
-
 # ------------------------------------------------------------------------------------------ collectives
 def all_gather_objects(obj, env: DistEnv, what: str) -> list:
     """``obj`` of every rank, in rank order; a rank that died turns into a :class:`DistributedError`."""
@@ -163,13 +145,13 @@ def broadcast_object(obj, env: DistEnv, what: str):
     return box[0]
 
 
-# --------------------------------------------------------------------------- contrastive loss over ranks
+# ------------------------------------------------------------------------ features of the global batch
 def split_sizes(n: int, world_size: int) -> list[int]:
     """Rows of an ``n``-row global batch that each rank takes (contiguous, sizes differ by at most one)."""
     return [b - a for a, b in shard_ranges(n, world_size)]
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -184,7 +166,7 @@ def gather_features(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Te
     as the last one of an epoch: rows are padded to the largest size for the collective and the padding
     is dropped. Without it every rank must pass the same B. Without a process group this returns ``x``.
     """
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if world == 1:
         return x
     from torch.distributed.nn.functional import all_gather
@@ -197,42 +179,3 @@ def gather_features(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Te
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
         parts = all_gather(x)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
-
-
-def gathered_contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
-                              sizes: list[int] | None = None) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE over the *global* batch, computed locally on each rank.
-
-    image, text: (B, D) unit embeddings of this rank's pairs (row i matches row i); scale: the logit
-    multiplier (``logit_scale.exp()``), as in issue 3's ``loss.contrastive_loss``, which this equals
-    without a process group. Each rank scores its B rows against all columns of the global batch
-    ((B, total) logits, not the full square). The result is scaled so that its mean over ranks (what
-    DistributedDataParallel does with gradients) is the single-process loss on the concatenated global
-    batch, also when ``sizes`` are uneven; ``tests/test_distributed.py`` checks this with 2 processes.
-    """
-    rank, world = _rank_world()
-    sizes = sizes or [image.shape[0]] * world
-    all_image, all_text = gather_features(image, sizes), gather_features(text, sizes)  # (total, D)
-    labels = torch.arange(image.shape[0], device=image.device) + sum(sizes[:rank])
-    ce = torch.nn.functional.cross_entropy
-    summed = ce(scale * image @ all_text.T, labels, reduction="sum") \
-        + ce(scale * text @ all_image.T, labels, reduction="sum")  # (B, total) logits each way
-    return summed / 2 * world / sum(sizes)
-
-
-def gathered_composed_loss(fused: torch.Tensor, target: torch.Tensor, scale: torch.Tensor | float,
-                           target_ids: torch.Tensor | None = None, sizes: list[int] | None = None) -> torch.Tensor:
-    """``loss.composed_loss`` over the global batch: this rank's fused queries (B, D) against the
-    targets of all ranks. ``target_ids`` are the ids of the *global* batch's targets (total,), the same
-    on every rank; a duplicate target is masked out of the other rows' denominators, as in
-    ``composed_loss``. Scaled like :func:`gathered_contrastive_loss` (mean over ranks = global loss)."""
-    rank, world = _rank_world()
-    sizes = sizes or [fused.shape[0]] * world
-    all_target = gather_features(target, sizes)  # (total, D)
-    labels = torch.arange(fused.shape[0], device=fused.device) + sum(sizes[:rank])
-    logits = scale * fused @ all_target.T  # (B, total)
-    if target_ids is not None:
-        same = target_ids[labels][:, None] == target_ids[None, :]
-        same[torch.arange(len(labels), device=same.device), labels] = False
-        logits = logits.masked_fill(same, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum") * world / sum(sizes)

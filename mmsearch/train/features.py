@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -25,6 +26,9 @@ from ..models.device import autocast
 from ..models.factory import Preprocess, Tokenizer, cache_dir
 from ..dist.env import DistEnv, all_gather_objects
 from ..models.dual_encoder import DualEncoder
+
+if TYPE_CHECKING:
+    from .augment import Policy
 
 log = logging.getLogger(__name__)
 
