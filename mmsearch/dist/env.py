@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 class DistributedError(MMSearchError):
     """A rank failed, the ranks disagree, or torchrun's environment is malformed."""
 
+    lost_rank = False  # the process group is broken: no rank is left to tell
+
 
 @dataclass(frozen=True)
 class DistEnv:

@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,7 +42,8 @@ def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: di
         with open(tmp, "wb") as fh:
             # float16, as the index stores them: the index writer rounds to float16 anyway, so this loses
             # nothing and halves the files (2 bytes x (384 + 1280 + 384) = 4 KB per item with `default`)
-            np.savez(fh, **{name: np.asarray(a).astype(np.float16) for name, a in arrays.items()})
+            halves: dict[str, Any] = {name: np.asarray(a).astype(np.float16) for name, a in arrays.items()}
+            np.savez(fh, **halves)
 
     atomic_write(npz, save, durable=durable)
     atomic_write(marker, json.dumps(meta, ensure_ascii=False), durable=durable)  # written last: the shard is done

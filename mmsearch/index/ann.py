@@ -114,7 +114,7 @@ def pq_m_for(dim: int, n: int, budget: int | None) -> int:
     return cands[-1]
 
 
-def estimate_memory(kind: str, n: int, dim: int, m: int = 32, pq_m: int = 32) -> int:
+def estimate_memory(kind: str, n: int, dim: int, m: int = 32, pq_m: int = 32) -> float:
     """Rough RAM of an index (bytes): vectors/codes + ids + graph links; used by ``auto``."""
     if kind == "flat":
         return n * (4 * dim + 8)
@@ -268,12 +268,13 @@ def search_params(index: faiss.Index, spec_params: dict[str, int], selector=None
     if selector is None and not plain:
         return None
     if _ivf(index) is not None and not isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=int(spec_params.get("nprobe", 1)))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(spec_params.get("nprobe", 1)))  # type: ignore[call-arg]
     if _hnsw(index) is not None:
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(spec_params.get("efSearch", 16)))
+        return faiss.SearchParametersHNSW(sel=selector,  # type: ignore[attr-defined]
+                                          efSearch=int(spec_params.get("efSearch", 16)))
     if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
         return None  # selectors do not pass through pre-transforms; caller over-fetches instead
-    return faiss.SearchParameters(sel=selector) if selector is not None else None
+    return faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
 
 
 def filter_boost(selectivity: float, graph: bool = False) -> int:

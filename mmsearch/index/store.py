@@ -52,7 +52,7 @@ def flatten(metadata: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, A
 
 
 def _attr_rows(fid: int, title: str, metadata: dict[str, Any]) -> list[tuple]:
-    rows = [(fid, "title", title, as_number(title))] if title else []
+    rows: list[tuple] = [(fid, "title", title, as_number(title))] if title else []
     for key, v in flatten(metadata):
         stored = int(v) if isinstance(v, bool) else v
         rows.append((fid, key, stored, as_number(v)))
@@ -145,7 +145,7 @@ class ItemStore:
             out.update({i: f for i, f in self.conn.execute(q, part)})
         return out
 
-    def rows(self, fids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    def rows(self, fids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
         """fid -> {id, path, title, metadata} for the given fids."""
         out: dict[int, dict[str, Any]] = {}
         for s in range(0, len(fids), 500):

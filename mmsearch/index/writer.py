@@ -123,8 +123,8 @@ def _write_snapshot(out: Path, tmp: Path, state: State | None, manifest: dict[st
                     removed: Sequence[int], cfg: IndexCfg, dims: dict[str, int], checkpoint: Path | None,
                     next_fid: int | None, adder: ondisk.Adder | None) -> Path:
     store = ItemStore.create(tmp / "items.sqlite", copy_from=state.snapshot / "items.sqlite" if state else None)
-    removed = np.asarray(sorted(set(int(f) for f in removed)), np.int64)
-    store.delete(removed.tolist())
+    gone = np.asarray(sorted(set(int(f) for f in removed)), np.int64)
+    store.delete(gone.tolist())
     store.upsert(c.row for c in changes)
     if next_fid is not None:
         store.set_next_fid(next_fid)
@@ -141,7 +141,7 @@ def _write_snapshot(out: Path, tmp: Path, state: State | None, manifest: dict[st
         new_ids = np.asarray([f for f, _ in new], np.int64)
         new_vecs = np.stack([v for _, v in new]) if new else np.zeros((0, dim), np.float32)
         replaced = [c.row["fid"] for c in changes if name in c.vectors or (c.drop_text and name == "text")]
-        drop = np.unique(np.concatenate([removed, np.asarray(replaced, np.int64)])) if len(replaced) else removed
+        drop = np.unique(np.concatenate([gone, np.asarray(replaced, np.int64)])) if len(replaced) else gone
         if old is not None:
             drop = drop[np.isin(drop, old.ids)]
         ids, vecs = _merge(old, drop, new_ids, new_vecs, dim)

@@ -28,6 +28,7 @@ from ..index.store import ItemStore
 
 if TYPE_CHECKING:
     from ..index.plan import BuildReport
+    from ..models.dual_encoder import DualEncoder
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class SearchEngine:
         self.device = device
         self.ranking = ranking or RankingCfg()
         self._verify = verify
-        self.model = None
+        self.model: DualEncoder | None = None
         self._load()
 
     @classmethod

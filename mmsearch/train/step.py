@@ -111,7 +111,8 @@ def wrap_ddp(module: StepModel, dev: torch.device, env: DistEnv, all_used: bool)
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in \
         inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
     return DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                   find_unused_parameters=not all_used, **{no_sync: False})
+                                   find_unused_parameters=not all_used,
+                                   **{no_sync: False})  # type: ignore[arg-type]
 
 
 class RawImages:
