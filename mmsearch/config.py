@@ -114,11 +114,19 @@ class RankingCfg:
     item_text_weight: within the text part, the share given to the item's own text (title) embedding;
         the rest goes to the item's image embedding. Items without text use the image embedding alone.
     candidates: per-channel candidates fetched from FAISS before exact re-scoring (at least k).
+    exact_filter_max: filtered searches over at most this many matching items score all of them exactly
+        (no FAISS).
+    filter_strategy: ``auto``, ``selector`` (FAISS IDSelector) or ``overfetch`` (see ann.filtered_search);
+        ``auto`` over-fetches when at least ``overfetch_from`` of the items match, else uses the selector:
+        the faster of the two at 1% / 10% / 50% selectivity in benchmarks/results/index.md.
     """
 
     image_weight: float = 0.5
     item_text_weight: float = 0.5
     candidates: int = 256
+    exact_filter_max: int = 4096
+    filter_strategy: str = "auto"
+    overfetch_from: float = 0.3
 
 
 @dataclass

@@ -35,5 +35,9 @@ class QueryError(MMSearchError):
     exit_code = 2
 
 
+class ItemNotFoundError(QueryError):
+    """A query names an item (``search_similar``) that is not in the index or has no stored image."""
+
+
 class ServeError(MMSearchError):
     """The server cannot start as asked (e.g. a public address without an API key)."""

@@ -146,7 +146,7 @@ def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
             and meta.get("stat") == [stat_path(it.path) for it in items])
 
 
-def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], net, preprocess,
+def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], model, preprocess,
                  tokenizer, batch_size: int, num_workers: int | None, progress: bool) -> int:
     """Hash, plan, encode and write one shard; returns the number of images encoded.
 
@@ -156,30 +156,31 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
     stats = [stat_path(it.path) for it in items]  # before reading: a file changed meanwhile is redone next time
     hashes = hash_items(items)
     share = plan_update(items, previous, hashes, next_fid=0, complete=False)
-    emb = encode_plan(share, net, preprocess, tokenizer, batch_size, num_workers, progress,
+    emb = encode_plan(share, model, preprocess, tokenizer, batch_size, num_workers, progress,
                       desc=f"shard {shard + 1}/{plan.num_shards}", text_progress=False)
     arrays = {name: np.stack([vecs[name] for vecs in emb.images.values()]) if emb.images
-              else np.zeros((0, dim), np.float32) for name, dim in channel_dims(net).items() if name != "text"}
+              else np.zeros((0, dim), np.float32) for name, dim in channel_dims(model).items() if name != "text"}
     arrays["text"] = (np.stack(list(emb.texts.values())) if emb.texts
-                      else np.zeros((0, net.embed_dim), np.float32))
+                      else np.zeros((0, model.embed_dim), np.float32))
     meta = {"shard": shard, "ids": [it.id for it in items], "hashes": [hashes[it.id] for it in items],
             "stat": stats, "encoded": list(emb.images), "failed": emb.failed, "texts": list(emb.texts)}
     write_shard(*shard_paths(plan.work, shard), arrays, meta)  # float16 npz, then the done marker
     return len(emb.images)
 
 
-def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
+def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], model, preprocess, tokenizer,
                env: DistEnv, batch_size: int, num_workers: int | None, progress: bool) -> RankStatus:
     """Encode this rank's shards (skipping completed ones); errors become the status's error line."""
-    status = RankStatus(rank=env.rank, device=str(next(net.parameters()).device))
+    status = RankStatus(rank=env.rank, device=str(next(model.parameters()).device))
     t0 = time.perf_counter()
     try:
         if listing_digest(items) != plan.digest or len(items) != plan.count:
             raise DistributedError(f"rank {env.rank} sees {len(items)} catalog items, rank 0 sees {plan.count} "
                                    f"(or other ids): every rank must see the same catalog folder")
-        if net.fingerprint() != plan.fingerprint:
+        if model.fingerprint() != plan.fingerprint:
             raise DistributedError(f"rank {env.rank} loaded a different model than rank 0 (fingerprint "
-                                   f"{net.fingerprint()} != {plan.fingerprint}): use the same --model file everywhere")
+                                   f"{model.fingerprint()} != {plan.fingerprint}): use the same --model file "
+                                   f"everywhere")
         ranges = shard_ranges(len(items), plan.num_shards)
         _crash_hook(env, "shard-start")
         for shard in shards_of_rank(plan.num_shards, env.rank, env.world_size):
@@ -191,7 +192,7 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
                 status.resumed += 1
                 log.info("rank %d: shard %d already done, skipping", env.rank, shard)
                 continue
-            status.encoded += encode_shard(plan, shard, part, previous, net, preprocess, tokenizer, batch_size,
+            status.encoded += encode_shard(plan, shard, part, previous, model, preprocess, tokenizer, batch_size,
                                            num_workers, progress)
             _crash_hook(env, "shard-done")
     except MMSearchError as exc:
@@ -317,11 +318,11 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
     return DistributedBuild(report=report, info=info)
 
 
-def _run_and_gather(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], net, preprocess, tokenizer,
+def _run_and_gather(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], model, preprocess, tokenizer,
                     env: DistEnv, batch_size: int, num_workers: int | None, progress: bool,
                     out: Path) -> list[RankStatus]:
     """Rank 0's shards, then every rank's status; a failed or lost rank stops the job here."""
-    mine = run_shards(plan, items, previous, net, preprocess, tokenizer, env, batch_size, num_workers, progress)
+    mine = run_shards(plan, items, previous, model, preprocess, tokenizer, env, batch_size, num_workers, progress)
     try:
         gathered = all_gather_objects(asdict(mine), env, "finishing its shards")
     except DistributedError as exc:
@@ -394,7 +395,7 @@ def _lost_parts_error(task: AddTask, env: DistEnv, out: Path, exc: Exception) ->
     return err
 
 
-def _follower(catalog, out: Path, model, dev, batch_size, num_workers, env: DistEnv) -> None:
+def _follower(catalog, out: Path, model_ref, dev, batch_size, num_workers, env: DistEnv) -> None:
     from ..models.factory import create_model
 
     plan = Plan(**broadcast_object(None, env, "sharing the plan"))
@@ -403,8 +404,8 @@ def _follower(catalog, out: Path, model, dev, batch_size, num_workers, env: Dist
     status = RankStatus(rank=env.rank)
     try:
         items = scan_catalog(catalog, exclude=[out])
-        net, preprocess, tokenizer = create_model(model, device=str(dev))
-        status = run_shards(plan, items, _previous_rows(plan.snapshot), net, preprocess, tokenizer, env,
+        model, preprocess, tokenizer = create_model(model_ref, device=str(dev))
+        status = run_shards(plan, items, _previous_rows(plan.snapshot), model, preprocess, tokenizer, env,
                             batch_size, num_workers, progress=False)
     except MMSearchError as exc:
         status.error = f"rank {env.rank}: {exc}"

@@ -195,7 +195,7 @@ def _hnsw(index: faiss.Index):
 def build(spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, seed: int = 0,
           train_sample: int = 100_000) -> faiss.Index:
     """A new index of ``spec`` over (n, d) unit ``vectors`` with int64 ``ids``; trained on a sample."""
-    index = train(spec, vectors, seed, train_sample)
+    index = train_index(spec, vectors, seed, train_sample)
     add(index, vectors, ids)
     set_params(index, spec.params)
     return index
@@ -210,7 +210,7 @@ def training_sample(vectors: np.ndarray, seed: int = 0, train_sample: int = 100_
     return np.ascontiguousarray(vectors[rows], dtype=np.float32)
 
 
-def train(spec: IndexSpec, vectors: np.ndarray, seed: int = 0, train_sample: int = 100_000) -> faiss.Index:
+def train_index(spec: IndexSpec, vectors: np.ndarray, seed: int = 0, train_sample: int = 100_000) -> faiss.Index:
     """An empty index of ``spec``, trained (IVF centroids, PQ codebooks) on :func:`training_sample`."""
     dim = vectors.shape[1]
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)

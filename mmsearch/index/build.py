@@ -48,18 +48,18 @@ class UpdateContext:
     next_fid: int
 
 
-def open_update(out: Path, model: str | Path, device: str, rebuild: bool) -> UpdateContext:
+def open_update(out: Path, model_ref: str | Path, device: str, rebuild: bool) -> UpdateContext:
     """The live snapshot of ``out`` (unless ``rebuild``, or it was built with another model) and the model."""
     state = None if rebuild else _try_state(out)
-    net, preprocess, tokenizer, ref, ckpt = _model_for(None, model, device)
-    if state is not None and state.manifest["model"]["fingerprint"] != net.fingerprint():
+    model, preprocess, tokenizer, ref, ckpt = _model_for(None, model_ref, device)
+    if state is not None and state.manifest["model"]["fingerprint"] != model.fingerprint():
         log.info("index %s was built with another model; re-encoding everything", out)
         state = None
     store = ItemStore.open(state.snapshot / "items.sqlite") if state else None
     previous = store.all_rows() if store else {}
     if store:
         store.close()
-    return UpdateContext(state=state, model=net, preprocess=preprocess, tokenizer=tokenizer, ref=ref,
+    return UpdateContext(state=state, model=model, preprocess=preprocess, tokenizer=tokenizer, ref=ref,
                          checkpoint=ckpt, previous=previous, next_fid=next_free_fid(previous, state))
 
 
@@ -152,8 +152,8 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         batch_size: images per forward pass.
         num_workers: image-decoding worker processes (default: sized to the machine and device).
-        encode: further image-pipeline options (:class:`mmsearch.encode.pipeline.EncodeCfg`: decoder, torch.compile ...);
-            ``batch_size`` and ``num_workers`` above override its fields.
+        encode: further image-pipeline options (:class:`mmsearch.encode.pipeline.EncodeCfg`: decoder,
+            torch.compile ...); ``batch_size`` and ``num_workers`` above override its fields.
         index: index type, memory budget and recall target (:class:`IndexCfg`); default: the existing
             index's, else ``auto``. A new type is built from the stored embeddings, without re-encoding.
         rebuild: ignore the existing index and encode everything again.
@@ -257,16 +257,16 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
             wanted.append(CatalogItem(id=spec["id"], path=path,
                                       title=str(spec.get("title", prev["title"] if prev else "") or ""),
                                       text=str(spec.get("text", prev["text"] if prev else "") or ""), metadata=meta))
-        net, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
+        model, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
         plan = plan_update(wanted, previous, hash_items(wanted, known=hashes), next_free_fid(previous, state),
                            complete=False)
-        emb = encode_plan(plan, net, preprocess, tokenizer, batch_size, 0, progress)
+        emb = encode_plan(plan, model, preprocess, tokenizer, batch_size, 0, progress)
         report, changes, _, next_fid = resolve(plan, emb)
         if report.skipped:
             bad = report.skipped[0]
             raise MMSearchError(f"item {bad['id']!r}: {bad['reason']}; nothing was changed")
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
-        snap = commit(out, state, manifest, changes, [], cfg_for(None, state), channel_dims(net),
+        snap = commit(out, state, manifest, changes, [], cfg_for(None, state), channel_dims(model),
                       next_fid=next_fid) if changes else state.snapshot
     report.out, report.snapshot, report.seconds = out, snap, time.perf_counter() - t0
     report.indexed = read_manifest(snap)["count"]
@@ -285,15 +285,15 @@ def reindex(index: str | Path, cfg: IndexCfg, lock_timeout: float = 0.0) -> Path
         return commit(out, state, manifest, [], [], cfg, dims)
 
 
-def _model_for(state: State | None, model: str | Path | None, device: str):
-    """(net, preprocess, tokenizer, manifest model ref, checkpoint to copy) for a new build or an update."""
-    if model is None:
+def _model_for(state: State | None, model_ref: str | Path | None, device: str):
+    """(model, preprocess, tokenizer, manifest model ref, checkpoint to copy) for a new build or an update."""
+    if model_ref is None:
         if state is None:
             raise MMSearchError("no model given and no existing index to take it from")
         ref = state.manifest["model"]["ref"]
-        model = str(state.snapshot / ref) if ref not in list_models() else ref
-    is_checkpoint = str(model) not in list_models()
-    net, preprocess, tokenizer = create_model(model, device=device)
-    ref = "model.pt" if is_checkpoint else str(model)
-    ckpt = Path(model) if is_checkpoint and not (state and Path(model).parent == state.snapshot) else None
-    return net, preprocess, tokenizer, ref, ckpt
+        model_ref = str(state.snapshot / ref) if ref not in list_models() else ref
+    is_checkpoint = str(model_ref) not in list_models()
+    model, preprocess, tokenizer = create_model(model_ref, device=device)
+    ref = "model.pt" if is_checkpoint else str(model_ref)
+    ckpt = Path(model_ref) if is_checkpoint and not (state and Path(model_ref).parent == state.snapshot) else None
+    return model, preprocess, tokenizer, ref, ckpt

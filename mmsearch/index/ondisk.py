@@ -189,7 +189,7 @@ def train_once(spec: IndexSpec, vectors: np.ndarray, work: Path, seed: int = 0, 
     work.mkdir(parents=True, exist_ok=True)
     for p in work.glob("shard-*"):  # parts of another trained index can never be re-used
         p.unlink()
-    index = ann.train(spec, sample, seed)  # the sample is all of its rows: trains on exactly these
+    index = ann.train_index(spec, sample, seed)  # the sample is all of its rows: trains on exactly these
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)), durable=False)
     marker.write_text(json.dumps({"factory": spec.factory, "seed": seed, "key": key}), encoding="utf-8")
     return key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..models.device import autocast
 from ..encode.pipeline import encode_texts
 from ..index import ann
 from ..index.ann import IndexSpec
-from ..errors import ImageDecodeError, IndexIncompatibleError, QueryError
+from ..errors import ImageDecodeError, IndexIncompatibleError, ItemNotFoundError, QueryError
 from ..models.factory import create_model, list_models
 from ..index.filters import WhereSpec, parse_where
 from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
@@ -63,6 +64,19 @@ class Channel:
         return present, np.asarray(self.vectors[pos[present]], dtype=np.float32)
 
 
+class _RankingSetting:
+    """An engine attribute that reads and replaces one field of the engine's :class:`RankingCfg`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, engine: Any, owner: Any = None) -> Any:
+        return getattr(RankingCfg if engine is None else engine.ranking, self.name)
+
+    def __set__(self, engine: Any, value: Any) -> None:
+        engine.ranking = dataclasses.replace(engine.ranking, **{self.name: value})
+
+
 class SearchEngine:
     """A loaded index plus the model that built it.
 
@@ -74,13 +88,10 @@ class SearchEngine:
         >>> engine.search(text="shoes", where={"price": ("<", 50)})      # doctest: +SKIP
     """
 
-    #: filtered searches over at most this many matching items score all of them exactly (no FAISS)
-    exact_filter_max = 4096
-    #: ``auto``, ``selector`` (FAISS IDSelector) or ``overfetch``; see ann.filtered_search. ``auto``
-    #: over-fetches when at least ``overfetch_from`` of the items match, else uses the selector: the
-    #: faster of the two at 1% / 10% / 50% selectivity in benchmarks/results/index.md
-    filter_strategy = "auto"
-    overfetch_from = 0.3
+    # RankingCfg's search settings, readable and settable on the engine as before
+    exact_filter_max = _RankingSetting("exact_filter_max")
+    filter_strategy = _RankingSetting("filter_strategy")
+    overfetch_from = _RankingSetting("overfetch_from")
 
     def __init__(self, path: str | Path, device: str = "auto", ranking: RankingCfg | None = None,
                  verify: bool = True):
@@ -245,8 +256,8 @@ class SearchEngine:
             raise QueryError(f"image weight must be between 0 and 1, got {w}")
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
-        n_cand = max(self.ranking.candidates, 4 * k)
         learned = image is not None and text is not None and self.model.cfg.fusion != "sum" and 0.0 < w < 1.0
+        fused = None
         if learned:
             with torch.inference_mode():
                 fused = self.model.fuse(torch.from_numpy(image["image"]).to(self._device()),
@@ -254,11 +265,23 @@ class SearchEngine:
         img_channel = "visual" if "visual" in self.channels and image is not None and "visual" in image else "image"
         batch = len(text) if text is not None else len(next(iter(image.values())))  # type: ignore[union-attr]
         allowed = self.select(where) if where is not None else None
+        cands = self.candidates(image, text, fused, img_channel, batch, k, allowed)
+        results = [top_k(self.score(image, text, fused, img_channel, b, cand, w), cand, k)
+                   for b, cand in enumerate(cands)]
+        rows = self.store.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
+        return [[self._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
+                for ids, best in results]
+
+    def candidates(self, image: dict[str, np.ndarray] | None, text: np.ndarray | None, fused: np.ndarray | None,
+                   img_channel: str, batch: int, k: int, allowed: np.ndarray | None) -> list[np.ndarray]:
+        """Per query, the item ids (fids) to score exactly: the union of the channels' FAISS candidates
+        (the fused query's when ``fused`` is given), or every allowed item when a filter leaves few."""
+        n_cand = max(self.ranking.candidates, 4 * k)
         exhaustive = allowed is not None and len(allowed) <= max(self.exact_filter_max, n_cand)
         pools = []
         if exhaustive:
             pass  # every matching item is a candidate
-        elif learned:
+        elif fused is not None:
             pools.append(self._candidates("image", fused, n_cand, allowed))
         else:
             if image is not None:
@@ -266,7 +289,7 @@ class SearchEngine:
             if text is not None:
                 pools.append(self._candidates("image", text, n_cand, allowed))
                 pools.append(self._candidates("text", text, n_cand, allowed))
-        results = []
+        out = []
         for b in range(batch):
             if exhaustive:
                 cand = allowed
@@ -275,23 +298,47 @@ class SearchEngine:
                 cand = cand[cand >= 0]
                 if allowed is not None and len(cand) < min(k, len(allowed)):
                     cand = allowed  # the approximate index missed matches: score them all exactly
-            if learned:
-                scores = self._sims("image", fused[b], cand)[1]
+            out.append(cand)
+        return out
+
+    def score(self, image: dict[str, np.ndarray] | None, text: np.ndarray | None, fused: np.ndarray | None,
+              img_channel: str, b: int, cand: np.ndarray, w: float) -> np.ndarray:
+        """Exact scores of query ``b`` for the candidates ``cand`` (see ranking.py for how parts combine)."""
+        if fused is not None:
+            return self._sims("image", fused[b], cand)[1]
+        ipart = self._sims(img_channel, image[img_channel][b], cand)[1] if image is not None else None
+        tpart = None
+        if text is not None:
+            txt_img = self._sims("image", text[b], cand)[1]
+            if "text" in self.channels:
+                has_text, txt_txt = self._sims("text", text[b], cand)
             else:
-                ipart = self._sims(img_channel, image[img_channel][b], cand)[1] if image is not None else None
-                tpart = None
-                if text is not None:
-                    txt_img = self._sims("image", text[b], cand)[1]
-                    if "text" in self.channels:
-                        has_text, txt_txt = self._sims("text", text[b], cand)
-                    else:
-                        has_text, txt_txt = np.zeros(len(cand), bool), np.zeros(len(cand), np.float32)
-                    tpart = text_part(txt_img, txt_txt, has_text, self.ranking.item_text_weight)
-                scores = combine(ipart, tpart, w)
-            results.append(top_k(scores, cand, k))
-        rows = self.store.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
-        return [[self._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
-                for ids, best in results]
+                has_text, txt_txt = np.zeros(len(cand), bool), np.zeros(len(cand), np.float32)
+            tpart = text_part(txt_img, txt_txt, has_text, self.ranking.item_text_weight)
+        return combine(ipart, tpart, w)
+
+    def search_similar(self, item_id: str, text: str | None = None, k: int = 10, image_weight: float | None = None,
+                       where: WhereSpec = None) -> list[SearchHit]:
+        """"More like this": items whose images resemble item ``item_id``'s stored embedding (the item
+        itself is left out); ``text`` steers the results as in a photo + text query."""
+        fid = self.store.fids_of([item_id]).get(item_id)
+        if fid is None:
+            raise ItemNotFoundError(f"no item {item_id!r} in this index")
+        image = {}
+        for name in ("image", "visual"):
+            ch = self.channels.get(name)
+            if ch is not None:
+                present, vecs = ch.rows(np.array([fid]))  # (1, dim) stored unit vector
+                if present[0]:
+                    image[name] = vecs
+        if "image" not in image:
+            raise ItemNotFoundError("this item has no stored image embedding")
+        txt = self.encode_texts([text]) if text else None
+        hits = self.search_vectors(image, txt, k=k + 1, image_weight=image_weight, where=where)[0]
+        hits = [h for h in hits if h.id != item_id][:k]
+        for rank, h in enumerate(hits, 1):
+            h.rank = rank
+        return hits
 
     @staticmethod
     def _hit(rank: int, row: dict[str, Any], score: float) -> SearchHit:

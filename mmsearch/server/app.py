@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -30,7 +29,7 @@ from pydantic import BaseModel, Field
 
 
 from .._version import __version__
-from ..errors import MMSearchError
+from ..errors import ItemNotFoundError, MMSearchError
 from ..index.snapshot import resolve_snapshot
 from ..search.engine import SearchEngine, SearchHit
 from .config import ServeCfg
@@ -337,25 +336,14 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
         row = lookup(cur, item_id)
         engine = cur.engine
 
-        def by_item(k: int, text: str | None, image_weight: float | None, **kw: Any) -> list[SearchHit]:
-            image = {}
-            for name in ("image", "visual"):
-                ch = engine.channels.get(name)
-                if ch is not None:
-                    present, vecs = ch.rows(np.array([row["fid"]]))  # (1, dim) stored unit vector
-                    if present[0]:
-                        image[name] = vecs
-            if "image" not in image:
-                raise HTTPException(404, "this item has no stored image embedding")
-            txt = engine.encode_texts([text]) if text else None
-            hits = engine.search_vectors(image, txt, k=k + 1, image_weight=image_weight, **kw)[0]
-            hits = [h for h in hits if h.id != item_id][:k]
-            for rank, h in enumerate(hits, 1):
-                h.rank = rank
-            return hits
+        def by_item(**kw: Any) -> list[SearchHit]:
+            try:
+                return engine.search_similar(row["id"], **kw)
+            except ItemNotFoundError as exc:
+                raise HTTPException(404, str(exc)) from None
 
         t0 = time.perf_counter()
-        hits = await run_search(by_item, where, engine.search_vectors, k=k, text=text, image_weight=image_weight)
+        hits = await run_search(by_item, where, engine.search_similar, k=k, text=text, image_weight=image_weight)
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 
