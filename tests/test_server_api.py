@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 from mmsearch import SearchEngine, build_index  # noqa: E402
 from mmsearch.server import ServeCfg, create_app  # noqa: E402
-from mmsearch.server.app import filter_fields, filter_kwarg  # noqa: E402
+from mmsearch.server.state import filter_fields, filter_kwarg  # noqa: E402
 from mmsearch.server.limits import Busy, ModelGate  # noqa: E402
 
 QUERIES = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "queries"

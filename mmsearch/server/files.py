@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..catalog.scan import load_image
+from ..catalog.images import load_image
 
 
 MAX_ASPECT = 20  # the preprocess scales the short side up to ~256 px; a 40000 x 1 image would become gigabytes

@@ -1,0 +1,279 @@
+"""The server's routes, in three routers: search, items, service (create_app adds the API key check)."""
+
+import asyncio
+import json
+import logging
+import time
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from .._version import __version__
+from ..errors import ItemNotFoundError, MMSearchError
+from ..search.engine import SearchHit
+from .config import ServeCfg
+from .files import UploadRejected, catalog_file, probe_upload
+from .state import Loaded, ServerState, filter_kwarg
+
+log = logging.getLogger(__name__)
+
+
+class Hit(BaseModel):
+    rank: int
+    id: str
+    score: float
+    title: str
+    metadata: dict[str, Any]
+    thumbnail_url: str = Field(description="Small WebP of the image (relative URL)")
+    item_url: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    took_ms: float
+    snapshot: str
+
+
+class Item(BaseModel):
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+    thumbnail_url: str
+
+
+class Health(BaseModel):
+    status: str
+    items: int
+    snapshot: str
+
+
+class Filters(BaseModel):
+    supported: bool = Field(description="Whether this build's SearchEngine applies filters")
+    fields: dict[str, list[Any]] = Field(description="Metadata fields with few distinct values, and those values")
+
+
+class Reloaded(BaseModel):
+    reloaded: bool
+    snapshot: str
+    items: int
+
+
+ERRORS = {400: {"description": "Malformed query (one-line `detail`)"},
+          401: {"description": "Missing or wrong API key"},
+          413: {"description": "Request body over the upload limit"},
+          415: {"description": "Upload is not an image"},
+          503: {"description": "Model queue full; retry after `Retry-After` seconds"}}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def item_urls(item_id: str, version: str) -> tuple[str, str]:
+    path = quote(item_id, safe="/")
+    return f"/items/{path}", f"/items/{path}/thumbnail?v={quote(version)}"
+
+
+def hit_json(h: SearchHit, version: str) -> dict[str, Any]:
+    item_url, thumb_url = item_urls(h.id, version)
+    return {"rank": h.rank, "id": h.id, "score": round(float(h.score), 6), "title": h.title,
+            "metadata": h.metadata, "thumbnail_url": thumb_url, "item_url": item_url}
+
+
+def parse_filters(raw: str | None) -> dict[str, Any] | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f'filters must be a JSON object, e.g. {{"category": "food"}} ({exc.msg})') from None
+    if not isinstance(value, dict):
+        raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}')
+    return value or None
+
+
+def check_query_args(cfg: ServeCfg, text: str | None, k: int) -> str | None:
+    if k > cfg.max_k:
+        raise HTTPException(400, f"k must be at most {cfg.max_k}, got {k}")
+    if text is not None and len(text) > cfg.max_text_chars:
+        raise HTTPException(400, f"text too long ({len(text)} characters; the limit is {cfg.max_text_chars})")
+    return text if text and text.strip() else None
+
+
+async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_filters: Any = None,
+                     **kwargs: Any) -> list[SearchHit]:
+    """Run ``fn(**kwargs)`` through the model gate; ``filters`` go to whichever parameter
+    ``takes_filters`` (default ``fn``) names them with, or are refused when it has none."""
+    if filters:
+        name = filter_kwarg(takes_filters or fn)
+        if name is None:
+            raise HTTPException(400, "filters are not supported by this mmsearch version")
+        kwargs[name] = filters
+    t0 = time.perf_counter()
+    try:
+        hits = await state.gate.run(fn, **kwargs)
+    except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
+        raise HTTPException(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    state.latency.add((time.perf_counter() - t0) * 1000.0)
+    return hits
+
+
+def lookup(cur: Loaded, item_id: str) -> dict[str, Any]:
+    row = cur.row_of.get(item_id)
+    if row is None:
+        raise HTTPException(404, "no such item")
+    return row
+
+
+# ------------------------------------------------------------------------------------------ routers
+def search_router(state: ServerState) -> APIRouter:
+    """POST /search, POST /search/by-item/{id}, GET /filters."""
+    router = APIRouter()
+    cfg = state.cfg
+
+    @router.post("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+    async def search(
+        image: Annotated[UploadFile | None, File(description="Query photo")] = None,
+        text: Annotated[str | None, Form(description="Query text")] = None,
+        k: Annotated[int, Form(ge=1, description="Number of hits")] = 10,
+        image_weight: Annotated[float | None, Form(ge=0.0, le=1.0, description="Weight of the photo in "
+                                                   "photo + text queries (default 0.5)")] = None,
+        filters: Annotated[str | None, Form(description='JSON object of metadata filters, e.g. '
+                                            '{"category": "food"}')] = None,
+    ) -> dict[str, Any]:
+        """Search by photo, text, or both (multipart form)."""
+        text = check_query_args(cfg, text, k)
+        where = parse_filters(filters)
+        data = None
+        if image is not None:
+            data = await image.read()
+            if not data and not image.filename:  # an empty file input, as browsers send it
+                data = None
+            else:
+                try:
+                    probe_upload(data, cfg.max_image_pixels)
+                except UploadRejected as exc:
+                    raise HTTPException(exc.status, str(exc)) from None
+        if data is None and text is None:
+            raise HTTPException(400, "a query needs an image, a text, or both")
+        cur = state.current
+        t0 = time.perf_counter()
+        hits = await run_search(state, cur.engine.search, where, image=data, text=text, k=k, image_weight=image_weight)
+        return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                "snapshot": cur.version}
+
+    @router.post("/search/by-item/{item_id:path}", response_model=SearchResponse,
+                 responses={**ERRORS, 404: {"description": "No such item"}}, tags=["search"])
+    async def search_by_item(
+        item_id: str,
+        text: Annotated[str | None, Form(description="Optional text to steer the results")] = None,
+        k: Annotated[int, Form(ge=1)] = 10,
+        image_weight: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+        filters: Annotated[str | None, Form(description="JSON object of metadata filters")] = None,
+    ) -> dict[str, Any]:
+        """"More like this": items whose images resemble this item's (the item itself is left out)."""
+        text = check_query_args(cfg, text, k)
+        where = parse_filters(filters)
+        cur = state.current
+        row = lookup(cur, item_id)
+        engine = cur.engine
+
+        def by_item(**kw: Any) -> list[SearchHit]:
+            try:
+                return engine.search_similar(row["id"], **kw)
+            except ItemNotFoundError as exc:
+                raise HTTPException(404, str(exc)) from None
+
+        t0 = time.perf_counter()
+        hits = await run_search(state, by_item, where, engine.search_similar, k=k, text=text, image_weight=image_weight)
+        return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                "snapshot": cur.version}
+
+    @router.get("/filters", response_model=Filters, tags=["search"])
+    def filters_() -> dict[str, Any]:
+        """Metadata fields the page offers as filter menus."""
+        cur = state.current
+        return {"supported": filter_kwarg(cur.engine.search) is not None, "fields": cur.fields}
+
+    return router
+
+
+def items_router(state: ServerState) -> APIRouter:
+    """GET /items/{id}/thumbnail, GET /items/{id}."""
+    router = APIRouter()
+
+    @router.get("/items/{item_id:path}/thumbnail", tags=["items"],
+                responses={200: {"content": {"image/webp": {}}, "description": "WebP thumbnail"},
+                         304: {"description": "Not modified (If-None-Match)"}, 404: {"description": "No such item"}})
+    def thumbnail(item_id: str, request: Request) -> Response:
+        """A small WebP of the item's image (longest side ``thumbnail_size``), cached; ETag aware."""
+        cur = state.current
+        row = lookup(cur, item_id)
+        path = catalog_file(cur.root, row["path"])
+        if path is None:
+            raise HTTPException(404, "no such item")
+        try:
+            tag = state.thumbs.etag(path)
+            headers = {"ETag": f'"{tag}"', "Cache-Control": "private, max-age=86400"}
+            if request.headers.get("if-none-match", "").strip() == f'"{tag}"':
+                return Response(status_code=304, headers=headers)
+            data, tag = state.thumbs.get(path)
+        except (MMSearchError, OSError) as exc:
+            log.warning("thumbnail of %s failed: %s", item_id, exc)
+            raise HTTPException(404, "the item's image can no longer be read") from None
+        return Response(data, media_type="image/webp", headers=headers)
+
+    @router.get("/items/{item_id:path}", response_model=Item, tags=["items"],
+                responses={404: {"description": "No such item"}})
+    def item(item_id: str) -> dict[str, Any]:
+        """An item's title, text and metadata."""
+        cur = state.current
+        row = lookup(cur, item_id)
+        return {"id": row["id"], "title": row.get("title", ""), "text": row.get("text", ""),
+                "metadata": row.get("metadata", {}), "thumbnail_url": item_urls(row["id"], cur.version)[1]}
+
+    return router
+
+
+def service_router(state: ServerState) -> APIRouter:
+    """GET /health, GET /stats, POST /reload."""
+    router = APIRouter()
+    cfg = state.cfg
+
+    @router.get("/health", response_model=Health, tags=["service"])
+    def health() -> dict[str, Any]:
+        cur = state.current
+        return {"status": "ok", "items": len(cur.engine), "snapshot": cur.version}
+
+    @router.get("/stats", tags=["service"])
+    def stats() -> dict[str, Any]:
+        """Item count, model, index type and query latency percentiles (sliding window)."""
+        cur = state.current
+        m = cur.engine.manifest
+        return {
+            "items": len(cur.engine),
+            "model": m["model"],
+            "index": {"snapshot": cur.version, "dim": m["dim"], "metric": m["metric"], "created": m["created"],
+                      "channels": {n: {"type": c["index"], "factory": c.get("spec", {}).get("factory"),
+                                       "count": c["count"]} for n, c in m["channels"].items()}},
+            "latency": state.latency.summary(),
+            "queue": {"pending": state.gate.pending, "limit": cfg.max_pending, "workers": cfg.model_workers,
+                      "rejected": state.gate.rejected},
+            "thumbnails": {"hits": state.thumbs.hits, "misses": state.thumbs.misses},
+            "uptime_s": round(time.time() - state.started, 1),
+            "mmsearch_version": __version__,
+        }
+
+    @router.post("/reload", response_model=Reloaded, tags=["service"],
+                 responses={409: {"description": "The index on disk cannot be loaded; the old one keeps serving"}})
+    async def reload() -> dict[str, Any]:
+        """Load a rebuilt or updated index now (it is also picked up on its own every few seconds)."""
+        try:
+            changed = await asyncio.to_thread(state.reload)
+        except MMSearchError as exc:
+            raise HTTPException(409, f"{exc}; still serving snapshot {state.current.version}") from None
+        cur = state.current
+        return {"reloaded": changed, "snapshot": cur.version, "items": len(cur.engine)}
+
+    return router

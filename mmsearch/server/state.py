@@ -1,0 +1,112 @@
+"""What the server holds: the loaded engine (swapped as a whole on reload), the model gate, caches."""
+
+import asyncio
+import copy
+import hashlib
+import hmac
+import inspect
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import MMSearchError
+from ..index.snapshot import resolve_snapshot
+from ..search.engine import SearchEngine
+from .config import ServeCfg
+from .files import ThumbnailCache
+from .limits import LatencyStats, ModelGate
+
+log = logging.getLogger(__name__)
+
+MAX_FILTER_VALUES = 50  # a metadata field with more distinct values is not offered as a filter menu
+
+
+@dataclass
+class Loaded:
+    """One engine and what the routes derive from it, swapped as a whole on reload."""
+
+    engine: SearchEngine
+    row_of: dict[str, dict[str, Any]]  # item id -> its row (fid, id, path, title, text, metadata)
+    root: Path  # resolved catalog folder; only files below it are served
+    fields: dict[str, list[Any]]
+    version: str  # snapshot name, used to bust thumbnail caches after a rebuild
+
+    @classmethod
+    def of(cls, engine: SearchEngine) -> "Loaded":
+        items = engine.items
+        return cls(engine=engine, row_of={row["id"]: row for row in items},
+                   root=Path(engine.manifest["catalog"]).resolve(), fields=filter_fields(items),
+                   version=Path(engine.snapshot).name)
+
+
+def filter_fields(items: list[dict]) -> dict[str, list[Any]]:
+    """Metadata fields whose values are scalars with few distinct values: the page offers them as menus."""
+    values: dict[str, set] = {}
+    dropped: set[str] = set()
+    for row in items:
+        for key, val in (row.get("metadata") or {}).items():
+            if key in dropped:
+                continue
+            if not isinstance(val, (str, int, float, bool)) or len(values.setdefault(key, set())) > MAX_FILTER_VALUES:
+                dropped.add(key)
+                values.pop(key, None)
+                continue
+            values[key].add(val)
+    return {k: sorted(v, key=str) for k, v in sorted(values.items()) if 1 < len(v) <= MAX_FILTER_VALUES}
+
+
+def filter_kwarg(fn: Any) -> str | None:
+    """Name of the filters parameter of ``fn`` (``filters`` or ``where``), None if it takes none."""
+    params = inspect.signature(fn).parameters
+    return next((name for name in ("filters", "where") if name in params), None)
+
+
+class ServerState:
+    def __init__(self, engine: SearchEngine, cfg: ServeCfg):
+        self.cfg = cfg
+        self.current = Loaded.of(engine)
+        self.gate = ModelGate(cfg.model_workers, cfg.max_pending)
+        self.thumbs = ThumbnailCache(cfg.thumbnail_size, cfg.thumbnail_cache_bytes)
+        self.latency = LatencyStats(cfg.latency_window)
+        self.started = time.time()
+        self._reload_lock = threading.Lock()
+        self._key_digest = hashlib.sha256(cfg.api_key.encode()).digest() if cfg.api_key else None
+
+    def key_ok(self, given: str | None) -> bool:
+        """Constant-time check: both sides are hashed to 32 bytes first, so even the length is not leaked."""
+        if self._key_digest is None:
+            return True
+        return hmac.compare_digest(hashlib.sha256((given or "").encode()).digest(), self._key_digest)
+
+    def reload(self) -> bool:
+        """Load the index's current snapshot if it changed; the old engine keeps serving until the swap."""
+        with self._reload_lock:
+            fresh = copy.copy(self.current.engine)  # shares the model; _load rebinds everything else
+            if not fresh.reload():
+                return False
+            self.current = Loaded.of(fresh)
+            log.info("reloaded index: now serving snapshot %s (%d items)", fresh.snapshot, len(fresh))
+            return True
+
+    def changed_on_disk(self) -> bool:
+        try:
+            engine = self.current.engine
+            return resolve_snapshot(engine.path) != engine.snapshot
+        except MMSearchError:
+            return False  # index folder mid-replacement or gone: keep serving what is loaded
+
+
+async def watch(state: ServerState) -> None:
+    """Poll the index folder and reload when its CURRENT snapshot changes."""
+    while True:
+        await asyncio.sleep(state.cfg.reload_interval_s)
+        try:
+            if await asyncio.to_thread(state.changed_on_disk):
+                await asyncio.to_thread(state.reload)
+        except MMSearchError as exc:
+            log.error("index changed but cannot be loaded (still serving the old one): %s", exc)
+        except Exception:  # never let the watcher die silently
+            log.exception("index watcher failed")
