@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     from bench_encode import input_set
 
-    from mmsearch.catalog.scan import load_image
+    from mmsearch.catalog.images import load_image
 
     model, _, _ = create_model(args.model, device="cpu")
     icfg = model.cfg.image

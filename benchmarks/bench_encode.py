@@ -43,7 +43,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmsearch.catalog.scan import load_image  # noqa: E402
+from mmsearch.catalog.images import load_image  # noqa: E402
 from mmsearch.models.device import available_cpus, resolve_device  # noqa: E402
 from mmsearch.encode.pipeline import EncodeCfg, encode_image_files  # noqa: E402
 from mmsearch.models.factory import create_model  # noqa: E402

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmsearch.catalog.scan import load_image, scan_catalog
+from mmsearch.catalog.scan import scan_catalog
+
+from mmsearch.catalog.images import load_image
 from mmsearch.errors import CatalogError, ImageDecodeError
 
 

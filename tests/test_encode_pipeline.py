@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from mmsearch.config import ImageTowerCfg
-from mmsearch.catalog.scan import RawJpeg, load_image, read_device_jpeg
+from mmsearch.catalog.images import RawJpeg, load_image, read_device_jpeg
 from mmsearch.models.device import default_num_workers, prefetch_to_device
 from mmsearch.encode.pipeline import EncodeCfg, encode_image_files
 from mmsearch.errors import MMSearchError

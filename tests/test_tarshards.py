@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.catalog.scan import load_image, scan_catalog
+from mmsearch.catalog.scan import scan_catalog
+from mmsearch.catalog.images import load_image
 from mmsearch.errors import CatalogError
 from mmsearch.catalog.tar_shards import content_sha256 as sha256_file
 from mmsearch.catalog.tar_shards import split_key

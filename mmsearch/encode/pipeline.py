@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..catalog.scan import CatalogDataset, ImageBatch, collate_batch, load_image
+from ..catalog.images import CatalogDataset, ImageBatch, collate_batch, load_image
 from ..models.device import autocast, available_cpus, default_num_workers, prefetch_to_device
 from ..errors import ImageDecodeError, MMSearchError
 from ..models.factory import Preprocess, Tokenizer

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..config import RankingCfg
-from ..catalog.scan import load_image
+from ..catalog.images import load_image
 from ..models.device import autocast
 from ..encode.pipeline import encode_texts
 from ..index import ann

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..config import to_dict
 from ..fsutil import atomic_write
-from ..catalog.scan import CatalogDataset, collate_images, load_image
+from ..catalog.images import CatalogDataset, collate_images, load_image
 from ..models.device import autocast
 from ..models.factory import Preprocess, Tokenizer, cache_dir
 from ..dist.env import DistEnv, all_gather_objects

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..catalog.scan import CatalogItem, jsonl_objects, load_image, scan_catalog
+from ..catalog.scan import CatalogItem, jsonl_objects, scan_catalog
+
+from ..catalog.images import load_image
 from ..config import TrainCfg
 from ..dist.env import DistEnv
 from ..errors import MMSearchError

@@ -15,7 +15,7 @@ from ..models.device import autocast
 from ..models.dual_encoder import DualEncoder
 from ..models.encoders import l2n
 from ..models.factory import Tokenizer, image_preprocess
-from ..catalog.scan import load_image
+from ..catalog.images import load_image
 from .augment import AugmentedPreprocess, Policy, policy_for
 from .loss import classification_loss, composed_loss, contrastive_loss
 from .splits import Split

@@ -1,0 +1,182 @@
+"""Reading images safely: the one gate every decoded image passes (``load_image``), raw JPEG bytes for
+on-device decoding, and the dataset / collate functions that feed the encoder.
+
+A bad image never stops a run: it is skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageDecodeError
+from .tar_shards import read_member
+
+log = logging.getLogger(__name__)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not grey pixels
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Transparency is composited on white (product shots), 16-bit is scaled."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype("uint8"), "L")
+    elif im.mode == "F":
+        im = im.point(lambda v: v * 255.0 if v <= 1.0 else v).convert("L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV ...
+
+
+def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None = None) -> Image.Image:
+    """Open an image from a path, bytes or a PIL image and return it as RGB, upright (EXIF applied).
+
+    ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the image is much larger.
+    Raises :class:`ImageDecodeError` with a human-readable reason for anything that is not a readable image.
+    """
+    if isinstance(source, Image.Image):
+        im = source
+    else:
+        if isinstance(source, (str, Path)) and not Path(source).is_file():
+            try:  # a member of a tar shard, addressed as <tar>/<member>
+                member = read_member(source)
+            except OSError:
+                member = None
+            if member is None:
+                raise ImageDecodeError(f"no such file: {source}")
+            source = member
+        if isinstance(source, (str, Path)):
+            p = Path(source)
+            if p.stat().st_size == 0:
+                raise ImageDecodeError("empty file (0 bytes)")
+            fp: Any = str(p)
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageDecodeError("empty image data (0 bytes)")
+            fp = io.BytesIO(bytes(source))
+        else:
+            raise ImageDecodeError(f"unsupported image source of type {type(source).__name__}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(fp)
+                if getattr(im, "is_animated", False):
+                    im.seek(0)  # animated GIF / WebP: first frame
+                if draft_size and im.format == "JPEG":
+                    im.draft("RGB", (draft_size, draft_size))
+                im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageDecodeError(f"image too large (decompression-bomb guard): {exc}") from None
+        except UnidentifiedImageError:
+            raise ImageDecodeError("not a recognised image format") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except Exception as exc:  # broken EXIF should not lose an otherwise fine image
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+    try:
+        return _to_rgb(im)
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot convert image mode {im.mode}: {exc}") from None
+
+
+@dataclass
+class RawJpeg:
+    """A JPEG's undecoded bytes, to be decoded in batch on the model's device (``torchvision.io.decode_jpeg``)."""
+
+    data: torch.Tensor  # (n,) uint8
+
+
+def read_device_jpeg(path: str | Path) -> RawJpeg | None:
+    """The file's bytes if it is a JPEG that a device decoder renders exactly like :func:`load_image`:
+    baseline, RGB or greyscale, upright (no EXIF rotation), not oversized. Anything else -> None, and the
+    caller decodes it with PIL (which also produces the reason when a file is bad)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                if (im.format != "JPEG" or im.mode not in ("RGB", "L") or im.info.get("progressive")
+                        or im.info.get("progression") or im.getexif().get(0x0112, 1) not in (None, 1)):
+                    return None
+        with open(path, "rb") as fh:
+            data = bytearray(fh.read())
+    except Exception:  # unreadable here -> PIL path, which reports why
+        return None
+    return RawJpeg(torch.frombuffer(data, dtype=torch.uint8)) if data else None
+
+
+class CatalogDataset(torch.utils.data.Dataset):
+    """Items -> (position, preprocessed tensor) or (position, reason) for images that fail to load.
+
+    With ``raw_jpeg``, plain JPEGs come back as :class:`RawJpeg` (decoded later on the device).
+    """
+
+    def __init__(self, paths: list[str], preprocess: Callable[[Image.Image], torch.Tensor],
+                 draft_size: int | None = None, raw_jpeg: bool = False):
+        self.paths = paths
+        self.preprocess = preprocess
+        self.draft_size = draft_size
+        self.raw_jpeg = raw_jpeg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | RawJpeg | str]:
+        try:
+            if self.raw_jpeg:
+                raw = read_device_jpeg(self.paths[i])
+                if raw is not None:
+                    return i, raw
+            return i, self.preprocess(load_image(self.paths[i], self.draft_size))
+        except ImageDecodeError as exc:
+            return i, str(exc)
+        except Exception as exc:  # never let one file stop a run
+            return i, f"unreadable image: {type(exc).__name__}: {exc}"
+
+
+def collate_images(batch: list[tuple[int, torch.Tensor | str]]):
+    """-> (positions of good images, stacked tensors or None, [(position, reason)] of failures)."""
+    good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
+    bad = [(i, x) for i, x in batch if not isinstance(x, torch.Tensor)]
+    tensors = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], tensors, bad
+
+
+@dataclass
+class ImageBatch:
+    """One loader step: images decoded on the CPU, JPEGs left for the device, and failures."""
+
+    positions: list[int]  # of the rows of ``images``
+    images: torch.Tensor | None  # (B, 3, S, S)
+    jpeg_positions: list[int] = field(default_factory=list)
+    jpegs: list[torch.Tensor] = field(default_factory=list)  # raw bytes, one (n,) uint8 tensor each
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> "ImageBatch":  # called by DataLoader(pin_memory=True)
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def collate_batch(batch: list[tuple[int, torch.Tensor | RawJpeg | str]]) -> ImageBatch:
+    good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
+    raw = [(i, x) for i, x in batch if isinstance(x, RawJpeg)]
+    return ImageBatch(positions=[i for i, _ in good], images=torch.stack([x for _, x in good]) if good else None,
+                      jpeg_positions=[i for i, _ in raw], jpegs=[x.data for _, x in raw],
+                      failed=[(i, x) for i, x in batch if isinstance(x, str)])
