@@ -108,6 +108,8 @@ def sha256_file(path: Path) -> str:
         if member is not None:
             h.update(member)
             return h.hexdigest()
+        if os.path.exists(path):  # a FIFO or /dev/zero would block or spin forever: regular files only
+            raise OSError(f"not a regular file: {path}")
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)

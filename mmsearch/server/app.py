@@ -309,8 +309,8 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
             if not data and not image.filename:  # an empty file input, as browsers send it
                 data = None
             else:
-                try:
-                    probe_upload(data, cfg.max_image_pixels)
+                try:  # off the event loop: even a header read may decode (and the gate bounds it)
+                    await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
                 except UploadRejected as exc:
                     raise HTTPException(exc.status, str(exc)) from None
         if data is None and text is None:

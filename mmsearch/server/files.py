@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..data import load_image
+from ..images import MAX_ASPECT, ImageRejected, open_image  # noqa: F401 (MAX_ASPECT re-exported)
 
-
-MAX_ASPECT = 20  # the preprocess scales the short side up to ~256 px; a 40000 x 1 image would become gigabytes
 
 
 class UploadRejected(Exception):
@@ -50,24 +48,13 @@ def probe_upload(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
     if not data:
         raise UploadRejected(400, "the uploaded image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                fmt, size = im.format or "?", im.size
-    except UnidentifiedImageError:
-        raise UploadRejected(415, "the upload is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, "
-                                  "TIFF)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadRejected(400, "image rejected: too many pixels (decompression-bomb guard)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise UploadRejected(400, f"corrupt image: {exc}") from None
-    if max(size) > MAX_ASPECT * max(1, min(size)):
-        raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} is too elongated (more than "
-                                  f"{MAX_ASPECT}:1); resizing its short side to the model's input would "
-                                  f"blow up its long side")
-    if size[0] * size[1] > max_pixels:
-        raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} pixels is more than the limit of "
-                                  f"{max_pixels:,} (decompression-bomb guard)")
+        with open_image(io.BytesIO(data), max_pixels) as im:  # the one image gate (mmsearch/images.py)
+            fmt, size = im.format or "?", im.size
+    except ImageRejected as exc:
+        if exc.kind == "format":
+            raise UploadRejected(415, "the upload is not an image in a supported format (JPEG, PNG, WebP, GIF, "
+                                      "BMP, TIFF)") from None
+        raise UploadRejected(400, f"image rejected: {exc}") from None
     return fmt, size
 
 

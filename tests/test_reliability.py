@@ -1,0 +1,115 @@
+"""Regression tests of issue 12: each defect found by attack, reproduced small, fails before its fix."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmsearch import SearchEngine, build_index
+from mmsearch.data import load_image
+from mmsearch.errors import ImageDecodeError, QueryError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def catalog_with(tmp_path: Path, small_catalog: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (small_catalog / name).write_bytes(data)
+    return small_catalog
+
+
+def run_cli(*args: str, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "mmsearch", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+# --------------------------------------------------------------- 2: elongated images, every path
+def test_2_elongated_images_are_refused_from_the_header_on_every_path(tmp_path, small_catalog, tiny_index):
+    strip = png(Image.new("RGB", (4000, 1)))
+    catalog_with(tmp_path, small_catalog, {"strip.png": strip})
+    report = build_index(small_catalog, out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0,
+                         progress=False)
+    reasons = {s["id"]: s["reason"] for s in report.skipped}
+    assert "elongated" in reasons["strip.png"]
+    assert report.indexed == 12
+    with pytest.raises(ImageDecodeError, match="elongated"):
+        load_image(strip)
+    engine = SearchEngine.open(tiny_index, device="cpu")
+    with pytest.raises(QueryError, match="elongated"):
+        engine.search(image=small_catalog / "strip.png")
+
+
+# --------------------------------------------------------------- 3: FIFOs and device links
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_3_fifo_and_dev_zero_link_in_the_catalog_are_skipped_not_hung(tmp_path, small_catalog):
+    os.mkfifo(small_catalog / "pipe.jpg")
+    (small_catalog / "zero.png").symlink_to("/dev/zero")
+    r = run_cli("index", str(small_catalog), "--out", str(tmp_path / "idx"), "--model", "tiny", "--device", "cpu",
+                "--workers", "0", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "pipe.jpg: not a regular file" in r.stdout and "zero.png: not a regular file" in r.stdout
+    assert "Indexed 12 items" in r.stdout
+
+
+# --------------------------------------------------------------- 5: float32 (mode F) TIFF
+def test_5_float32_tiff_is_read_on_every_path(tmp_path, small_catalog, tiny_index):
+    arr = np.linspace(0.0, 1.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    arr[0, 0], arr[0, 1] = np.nan, np.inf
+    buf = io.BytesIO()
+    Image.fromarray(arr, "F").save(buf, format="TIFF")
+    tiff = buf.getvalue()
+    with Image.open(io.BytesIO(tiff)) as im:
+        assert im.mode == "F"
+    rgb = load_image(tiff)
+    assert rgb.mode == "RGB" and rgb.getpixel((63, 63)) == (255, 255, 255)
+    catalog_with(tmp_path, small_catalog, {"float.tif": tiff})
+    report = build_index(small_catalog, out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0,
+                         progress=False)
+    assert report.skipped == [] and report.indexed == 13
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from mmsearch.server import ServeCfg, create_app
+
+    with TestClient(create_app(SearchEngine.open(tiny_index, device="cpu"), ServeCfg(reload_interval_s=0))) as c:
+        r = c.post("/search", files={"image": ("f.tif", tiff, "image/tiff")})
+        assert r.status_code == 200, r.text
+
+
+# --------------------------------------------------------------- 7: ICO and decoding off the event loop
+def test_7_ico_is_refused_and_uploads_are_probed_off_the_event_loop(tiny_index, monkeypatch):
+    pytest.importorskip("fastapi")
+    import threading
+
+    from fastapi.testclient import TestClient
+    from mmsearch.server import ServeCfg, app as app_mod, create_app
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, format="ICO")
+    threads = []
+    real = app_mod.probe_upload
+
+    def spy(data, max_pixels):
+        threads.append(threading.current_thread().name)
+        return real(data, max_pixels)
+
+    monkeypatch.setattr(app_mod, "probe_upload", spy)
+    with TestClient(create_app(SearchEngine.open(tiny_index, device="cpu"), ServeCfg(reload_interval_s=0))) as c:
+        loop_thread = c.portal.call(lambda: threading.current_thread().name)
+        r = c.post("/search", files={"image": ("x.ico", buf.getvalue(), "image/x-icon")})
+        assert r.status_code == 415, r.text
+        assert threads and threads[0] != loop_thread
