@@ -35,6 +35,7 @@ from ..index import resolve_snapshot
 from ..search import SearchEngine, SearchHit
 from .config import ServeCfg
 from .files import ThumbnailCache, UploadRejected, catalog_file, probe_upload
+from .lease import Hold, Lease
 from .limits import Busy, LatencyStats, ModelGate
 
 log = logging.getLogger(__name__)
@@ -109,13 +110,14 @@ class Loaded:
     root: Path  # resolved catalog folder; only files below it are served
     fields: dict[str, list[Any]]
     version: str  # snapshot name, used to bust thumbnail caches after a rebuild
+    lease: Lease  # in-flight searches; the engine's store closes after the last one, once retired
 
     @classmethod
     def of(cls, engine: SearchEngine) -> "Loaded":
         items = engine.items
         return cls(engine=engine, row_of={row["id"]: row for row in items},
                    root=Path(engine.manifest["catalog"]).resolve(), fields=filter_fields(items),
-                   version=Path(engine.snapshot).name)
+                   version=Path(engine.snapshot).name, lease=Lease(engine.store.close))
 
 
 def filter_fields(items: list[dict]) -> dict[str, list[Any]]:
@@ -149,6 +151,7 @@ class ServerState:
         self.latency = LatencyStats(cfg.latency_window)
         self.started = time.time()
         self._reload_lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # reading current + acquiring its lease vs swapping it
         self._key_digest = hashlib.sha256(cfg.api_key.encode()).digest() if cfg.api_key else None
 
     def key_ok(self, given: str | None) -> bool:
@@ -157,13 +160,25 @@ class ServerState:
             return True
         return hmac.compare_digest(hashlib.sha256((given or "").encode()).digest(), self._key_digest)
 
+    def acquire(self) -> tuple[Loaded, Hold]:
+        """The engine to serve a search with, held until the Hold's job ends or it is dropped."""
+        with self._swap_lock:
+            cur = self.current
+            cur.lease.acquire()
+        return cur, Hold(cur.lease)
+
     def reload(self) -> bool:
-        """Load the index's current snapshot if it changed; the old engine keeps serving until the swap."""
+        """Load the index's current snapshot if it changed; the old engine keeps serving until the swap,
+        and its store closes when its last in-flight search ends."""
         with self._reload_lock:
             fresh = copy.copy(self.current.engine)  # shares the model; _load rebinds everything else
+            del fresh.store  # ... and opens a store of its own: the old one is the old engine's to close
             if not fresh.reload():
                 return False
-            self.current = Loaded.of(fresh)
+            loaded = Loaded.of(fresh)
+            with self._swap_lock:
+                old, self.current = self.current, loaded
+            old.lease.retire()
             log.info("reloaded index: now serving snapshot %s (%d items)", fresh.snapshot, len(fresh))
             return True
 
@@ -315,9 +330,13 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
                     raise HTTPException(exc.status, str(exc)) from None
         if data is None and text is None:
             raise HTTPException(400, "a query needs an image, a text, or both")
-        cur = state.current
+        cur, hold = state.acquire()
         t0 = time.perf_counter()
-        hits = await run_search(cur.engine.search, where, image=data, text=text, k=k, image_weight=image_weight)
+        try:
+            hits = await run_search(hold.wrap(cur.engine.search), where, image=data, text=text, k=k,
+                                    image_weight=image_weight)
+        finally:
+            hold.drop()
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 
@@ -333,7 +352,14 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
         """"More like this": items whose images resemble this item's (the item itself is left out)."""
         text = check_query_args(cfg, text, k)
         where = parse_filters(filters)
-        cur = state.current
+        cur, hold = state.acquire()
+        try:
+            return await by_item_search(cur, hold, item_id, text, k, image_weight, where)
+        finally:
+            hold.drop()
+
+    async def by_item_search(cur: Loaded, hold: Hold, item_id: str, text: str | None, k: int,
+                             image_weight: float | None, where: dict | None) -> dict[str, Any]:
         row = lookup(cur, item_id)
         engine = cur.engine
 
@@ -355,7 +381,8 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
             return hits
 
         t0 = time.perf_counter()
-        hits = await run_search(by_item, where, engine.search_vectors, k=k, text=text, image_weight=image_weight)
+        hits = await run_search(hold.wrap(by_item), where, engine.search_vectors, k=k, text=text,
+                                image_weight=image_weight)
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 

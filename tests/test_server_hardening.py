@@ -1,0 +1,71 @@
+"""Server defects of issue 12: reload under load, filter payloads, thumbnails of tar items, 409 bodies,
+the watcher's log, Host checks and read timeouts."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+pytest.importorskip("multipart", reason="python-multipart is not installed")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mmsearch import SearchEngine  # noqa: E402
+from mmsearch.ann import IndexCfg  # noqa: E402
+from mmsearch.index import reindex  # noqa: E402
+from mmsearch.server import ServeCfg, create_app  # noqa: E402
+
+
+@pytest.fixture()
+def own_index(tmp_path, tiny_index) -> Path:
+    """A private copy of the tiny index, free to be rewritten."""
+    dst = tmp_path / "index"
+    shutil.copytree(tiny_index, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def client_for(index: Path, **cfg) -> TestClient:
+    cfg.setdefault("reload_interval_s", 0)
+    cfg.setdefault("max_pending", 256)
+    return TestClient(create_app(SearchEngine.open(index, device="cpu"), ServeCfg(**cfg)),
+                      raise_server_exceptions=False)
+
+
+# ------------------------------------------------------------------- 1: reload under load
+def test_1_searches_across_many_reloads_never_fail(own_index):
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    with client_for(own_index, model_workers=2) as c:
+        def searcher(n: int) -> None:
+            while not stop.is_set():
+                r = c.post("/search", data={"text": f"red shoes {n}", "k": "5",
+                                            "filters": '{"category": ["clothing", "food"]}'})
+                statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=searcher, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        snapshots = set()
+        loaded = []
+        try:
+            for i in range(12):
+                reindex(own_index, IndexCfg(index_type="flat" if i % 2 else "hnsw"))
+                r = c.post("/reload")
+                assert r.status_code == 200 and r.json()["reloaded"], r.text
+                snapshots.add(r.json()["snapshot"])
+                loaded.append(c.app.state.mm.current)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        old = c.app.state.mm
+    assert len(snapshots) == 12
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert old.current.lease.active == 0 and not old.current.lease.retired
+    assert all(x.lease.closed and x.lease.active == 0 for x in loaded[:-1])  # each old store closed once idle
