@@ -69,3 +69,54 @@ def test_1_searches_across_many_reloads_never_fail(own_index):
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert old.current.lease.active == 0 and not old.current.lease.retired
     assert all(x.lease.closed and x.lease.active == 0 for x in loaded[:-1])  # each old store closed once idle
+
+
+# ------------------------------------------------------------------- 6 and 11: filter payloads
+@pytest.fixture(scope="module")
+def client(tiny_index):
+    with client_for(tiny_index) as c:
+        yield c
+
+
+@pytest.mark.parametrize("filters, fragment", [
+    ("[" * 50_000 + "]" * 50_000, "too"),                                     # RecursionError was a 500
+    ('{"category": [' + ",".join(f'"v{i}"' for i in range(40_000)) + "]}", "too long"),  # too many SQL variables
+    ('{"category": [' + ",".join(f'"{i}"' for i in range(1500)) + "]}", "at most 1000"),
+    ('{"a": {"b": {"c": 1}}}', "string or a number"),
+    ("{" + ",".join(f'"f{i}": 1' for i in range(100)) + "}", "at most 64"),
+])
+def test_6_filter_payloads_are_bounded_with_400s(client, filters, fragment):
+    r = client.post("/search", data={"text": "shoe", "filters": filters})
+    assert r.status_code == 400, r.text[:200]
+    assert fragment in r.json()["detail"]
+
+
+def test_11_json_range_filters_mean_ranges(tmp_path, small_catalog):
+    import json
+
+    from mmsearch import build_index
+
+    rows = [json.loads(line) for line in (small_catalog / "catalog.jsonl").read_text().splitlines()]
+    for n, row in enumerate(rows):
+        row["price"] = 10 * n
+    (small_catalog / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_index(small_catalog, out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0, progress=False)
+    cheap = {r["image"] for r in rows if r["price"] < 50}
+    with client_for(tmp_path / "idx") as c:
+        r = c.post("/search", data={"text": "shoe", "k": "100", "filters": '{"price": ["<", 50]}'})
+        assert r.status_code == 200, r.text
+        assert {h["id"] for h in r.json()["hits"]} == cheap
+        r = c.post("/search", data={"text": "shoe", "k": "100", "filters": '{"price": [">=", 100]}'})
+        assert {h["id"] for h in r.json()["hits"]} == {r["image"] for r in rows if r["price"] >= 100}
+        r = c.post("/search", data={"text": "shoe", "k": "100", "filters": '{"price": ["in", [0, 20]]}'})
+        assert {h["id"] for h in r.json()["hits"]} == {rows[0]["image"], rows[2]["image"]}
+
+
+def test_11_where_typo_operators_are_refused():
+    from mmsearch.errors import QueryError
+    from mmsearch.filters import parse_where
+
+    for bad in ("price<==5", "price=>5", "price>=<5", "price!==5"):
+        with pytest.raises(QueryError, match="not an operator"):
+            parse_where(bad)
+    assert parse_where("price<=5")[0].op == "<="

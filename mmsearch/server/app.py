@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 API_KEY_HEADER = "X-API-Key"
+MAX_FILTER_CHARS = 64 * 1024  # a filters form field; far above any real filter, far below a memory risk
 MAX_FILTER_VALUES = 50  # a metadata field with more distinct values is not offered as a filter menu
 PAGE_HEADERS = {  # the page loads nothing from elsewhere (works offline, and a CDN could not be hijacked)
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
@@ -205,10 +206,14 @@ def hit_json(h: SearchHit, version: str) -> dict[str, Any]:
 def parse_filters(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
+    if len(raw) > MAX_FILTER_CHARS:
+        raise HTTPException(400, f"filters too long ({len(raw)} characters; the limit is {MAX_FILTER_CHARS})")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise HTTPException(400, f'filters must be a JSON object, e.g. {{"category": "food"}} ({exc.msg})') from None
+    except RecursionError:  # [[[[...]]]] 50,000 deep
+        raise HTTPException(400, "filters are nested too deeply; give a flat JSON object of field: value") from None
     if not isinstance(value, dict):
         raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}')
     return value or None
