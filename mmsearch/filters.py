@@ -43,7 +43,10 @@ def as_number(v: Any) -> float | None:
     if isinstance(v, bool):
         return 1.0 if v else 0.0
     if isinstance(v, (int, float)):
-        return float(v) if math.isfinite(v) else None
+        try:
+            return float(v) if math.isfinite(v) else None
+        except OverflowError:  # an int beyond float range (metadata may hold 10**400)
+            return None
     if isinstance(v, str):
         s = v.strip().lower()
         if s in ("true", "false"):

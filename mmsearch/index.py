@@ -41,6 +41,7 @@ from .data import CatalogItem, scan_catalog
 from .embed import EncodeCfg, ImageEmbeddings, encode_image_files, encode_texts
 from .errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from .factory import create_model, list_models
+from .storable import display_name, problem
 from .store import ItemStore
 from .tarshards import read_member
 
@@ -545,7 +546,8 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         (60, 60)
     """
     out = Path(out)
-    items = scan_catalog(catalog, exclude=[out])  # raises before anything is written
+    scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
+    items = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
     t0 = time.perf_counter()
     with writer_lock(out, lock_timeout):
         state = None if rebuild else _try_state(out)
@@ -570,6 +572,7 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
             shutil.rmtree(work, ignore_errors=True)
         report.removed = len(removed) + len(failed)
         removed += failed
+        report.skipped = scan_skipped + report.skipped
         if state is None and report.skipped and report.encoded == 0:
             reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
             raise CatalogError(f"none of the {len(items)} images in {catalog} could be read ({reasons})")
@@ -760,6 +763,9 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
             wanted.append(CatalogItem(id=spec["id"], path=path,
                                       title=str(spec.get("title", prev["title"] if prev else "") or ""),
                                       text=str(spec.get("text", prev["text"] if prev else "") or ""), metadata=meta))
+            why = problem(wanted[-1].id, path, wanted[-1].title, wanted[-1].text, meta)
+            if why is not None:
+                raise MMSearchError(f"item {display_name(spec['id'])!r}: {why}; nothing was changed")
         net, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
         report, changes, next_fid, _ = _diff_and_encode(wanted, previous, net, preprocess, tokenizer, state,
                                                         batch_size, 0, progress, image_hashes=hashes)

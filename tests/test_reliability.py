@@ -113,3 +113,89 @@ def test_7_ico_is_refused_and_uploads_are_probed_off_the_event_loop(tiny_index, 
         r = c.post("/search", files={"image": ("x.ico", buf.getvalue(), "image/x-icon")})
         assert r.status_code == 415, r.text
         assert threads and threads[0] != loop_thread
+
+
+# --------------------------------------------------------------- 4: one item never loses a run
+def write_jsonl(catalog: Path, extra: list[dict]) -> None:
+    rows = [json.loads(line) for line in (catalog / "catalog.jsonl").read_text().splitlines()]
+    with open(catalog / "catalog.jsonl", "w", encoding="utf-8") as fh:
+        for row in rows + extra:
+            fh.write(json.dumps(row) + "\n")  # ensure_ascii: "\ud800" stays an escape, valid UTF-8 on disk
+
+
+def test_4_unstorable_items_are_skipped_by_name_and_the_run_completes(tmp_path, small_catalog):
+    red = png(Image.new("RGB", (32, 32), "red"))
+    with open(os.fsencode(small_catalog) + b"/caf\xe9.png", "wb") as fh:  # a Latin-1 file name
+        fh.write(red)
+    for name in ("huge.png", "lone.png", "deep.png"):
+        (small_catalog / name).write_bytes(red)
+    deep: dict = {}
+    node = deep
+    for _ in range(60):
+        node["x"] = {}
+        node = node["x"]
+    write_jsonl(small_catalog, [{"image": "huge.png", "sku": 2**64 + 1, "big": 10**400},
+                                {"image": "lone.png", "title": "bad \ud800 title"},
+                                {"image": "deep.png", "meta": deep}])
+    out = tmp_path / "idx"
+    report = build_index(small_catalog, out=out, model="tiny", device="cpu", num_workers=0, progress=False)
+    reasons = {s["id"]: s["reason"] for s in report.skipped}
+    assert set(reasons) == {"caf\\xe9.png", "lone.png", "deep.png"}, reasons
+    assert "UTF-8" in reasons["caf\\xe9.png"] and "UTF-8" in reasons["lone.png"] and "deep" in reasons["deep.png"]
+    assert report.indexed == 13  # the 12 + huge.png, whose 2**64 is kept (as text in the filter table)
+    engine = SearchEngine.open(out, device="cpu")
+    assert [h.id for h in engine.search(text="x", where={"sku": 2**64 + 1})] == ["huge.png"]
+    assert engine.search(text="x", k=3, where=[("big", ">", 1)]) == []  # 10**400 has no float value
+    again = build_index(small_catalog, out=out, model="tiny", device="cpu", num_workers=0, progress=False)
+    assert again.unchanged == 13 and len(again.skipped) == 3
+
+
+def test_4_csv_row_with_an_extra_column_is_skipped_by_name(tmp_path, small_catalog):
+    rows = [json.loads(line) for line in (small_catalog / "catalog.jsonl").read_text().splitlines()]
+    (small_catalog / "catalog.jsonl").unlink()
+    lines = ["image,title,category"] + [f"{r['image']},{r['title']},{r['category']}" for r in rows]
+    lines[3] += ",surplus"
+    (small_catalog / "catalog.csv").write_text("\n".join(lines) + "\n")
+    report = build_index(small_catalog, out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0,
+                         progress=False)
+    assert [s["id"] for s in report.skipped] == [rows[2]["image"]]
+    assert "more field(s) than the header" in report.skipped[0]["reason"]
+    assert report.indexed == 11
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("catalog.jsonl", b'{"image": "a.png", "title": "caf\xe9"}\n', "not valid UTF-8"),
+    ("catalog.jsonl", b'{"image": "a.png", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}\n", "nested too deeply"),
+    ("catalog.csv", b"image,title\na.png,caf\xe9\n", "not valid UTF-8"),
+    ("catalog.csv", b"image,title\na.png," + b"x" * 200_000 + b"\n", "field larger than field limit"),
+])
+def test_4_unreadable_metadata_files_are_one_line_errors_naming_the_line(tmp_path, name, content, fragment):
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    (cat / "a.png").write_bytes(png(Image.new("RGB", (8, 8))))
+    (cat / name).write_bytes(content)
+    r = run_cli("index", str(cat), "--out", str(tmp_path / "idx"), "--model", "tiny", "--device", "cpu")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    line = 1 if name.endswith(".jsonl") else 2
+    assert fragment in r.stderr and f"{name}:{line}" in r.stderr.replace("\n", "")
+
+
+# --------------------------------------------------------------- 9: one bad tar is skipped, not fatal
+def test_9_bad_tar_shards_and_members_are_skipped_not_fatal(tmp_path, small_catalog):
+    import tarfile
+
+    (small_catalog / "random.tar").write_bytes(os.urandom(3000))
+    (small_catalog / "empty.tar").write_bytes(b"")
+    with tarfile.open(small_catalog / "shard.tar", "w") as tf:
+        for key, meta in (("good", b'{"title": "fine"}'), ("bad", b'{"title": ')):
+            for ext, data in ((".png", png(Image.new("RGB", (16, 16), "blue"))), (".json", meta)):
+                info = tarfile.TarInfo(key + ext)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    report = build_index(small_catalog, out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0,
+                         progress=False)
+    reasons = {s["id"]: s["reason"] for s in report.skipped}
+    assert set(reasons) == {"random.tar", "empty.tar", "shard.tar/bad.png"}, reasons
+    assert "not valid JSON" in reasons["shard.tar/bad.png"]
+    assert report.indexed == 13
+    assert str(small_catalog) not in json.dumps(report.skipped)
