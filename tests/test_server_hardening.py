@@ -120,3 +120,32 @@ def test_11_where_typo_operators_are_refused():
         with pytest.raises(QueryError, match="not an operator"):
             parse_where(bad)
     assert parse_where("price<=5")[0].op == "<="
+
+
+# ------------------------------------------------------------------- 8: thumbnails of tar items
+def test_8_tar_shard_items_get_thumbnails(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from mmsearch import build_index
+
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    with tarfile.open(cat / "000.tar", "w") as tf:
+        for key, color in (("a", "red"), ("b", "blue")):
+            buf = io.BytesIO()
+            Image.new("RGB", (300, 200), color).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    build_index(cat, out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0, progress=False)
+    with client_for(tmp_path / "idx") as c:
+        hit = c.post("/search", data={"text": "red"}).json()["hits"][0]
+        assert hit["id"].startswith("000.tar/")
+        r = c.get(hit["thumbnail_url"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+        again = c.get(hit["thumbnail_url"], headers={"If-None-Match": r.headers["etag"]})
+        assert again.status_code == 304
+        assert c.get("/items/000.tar/zzz.png/thumbnail").status_code == 404

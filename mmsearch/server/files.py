@@ -11,6 +11,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..data import load_image
+from ..errors import MMSearchError
+from ..tarshards import members, split_member_path, stat_path
 from ..images import MAX_ASPECT, ImageRejected, open_image  # noqa: F401 (MAX_ASPECT re-exported)
 
 
@@ -30,12 +32,20 @@ def catalog_file(root: Path, item_path: str) -> Path | None:
     ever passed here (never a path from a request), and symlinks are resolved first, so a link that was
     planted in the catalog and points elsewhere is refused.
     """
+    member = split_member_path(item_path)  # an image inside a tar shard: check the tar, then the member
     try:
-        real = Path(item_path).resolve(strict=True)
+        real = Path(member[0] if member else item_path).resolve(strict=True)
     except (OSError, RuntimeError):
         return None
     if not real.is_relative_to(root) or not real.is_file():
         return None
+    if member:
+        try:
+            if member[1] not in members(str(real)):
+                return None
+        except (MMSearchError, OSError):
+            return None
+        return Path(f"{real}/{member[1]}")
     return real
 
 
@@ -75,8 +85,10 @@ class ThumbnailCache:
         self.misses = 0
 
     def etag(self, path: Path) -> str:
-        st = path.stat()
-        raw = f"{path}|{st.st_size}|{st.st_mtime_ns}|{self.size}".encode()
+        st = stat_path(str(path))  # the file's, or for a tar member its tar's
+        if st is None:
+            raise FileNotFoundError(f"no such file: {path}")
+        raw = f"{path}|{st[0]}|{st[1]}|{self.size}".encode()
         return hashlib.sha1(raw).hexdigest()[:20]
 
     def get(self, path: Path) -> tuple[bytes, str]:
