@@ -149,3 +149,27 @@ def test_8_tar_shard_items_get_thumbnails(tmp_path):
         again = c.get(hit["thumbnail_url"], headers={"If-None-Match": r.headers["etag"]})
         assert again.status_code == 304
         assert c.get("/items/000.tar/zzz.png/thumbnail").status_code == 404
+
+
+# ------------------------------------------------------------------- 10: 409 without paths, one log line
+def test_10_reload_409_has_no_server_paths_and_the_watcher_logs_once(own_index, caplog):
+    import logging
+
+    with client_for(own_index, reload_interval_s=0.05) as c:
+        before = c.get("/health").json()["snapshot"]
+        snap = reindex(own_index, IndexCfg(index_type="flat"))
+        good = (snap / "items.sqlite").read_bytes()
+        (snap / "items.sqlite").write_bytes(b"damaged" * 100)
+        with caplog.at_level(logging.ERROR, logger="mmsearch.server.app"):
+            time.sleep(1.0)  # about 20 watcher rounds
+            watcher_errors = [r for r in caplog.records if "cannot be loaded" in r.getMessage()]
+            r = c.post("/reload")
+        assert r.status_code == 409
+        detail = r.json()["detail"]
+        assert "items.sqlite" in detail and before in detail
+        assert str(own_index.parent) not in detail and "/" not in detail.replace("--rebuild", "")
+        assert len(watcher_errors) == 1, [r.getMessage() for r in watcher_errors]
+        assert c.get("/health").json()["snapshot"] == before
+        (snap / "items.sqlite").write_bytes(good)  # repaired in place: the watcher leaves it, /reload retries
+        r = c.post("/reload")
+        assert r.status_code == 200 and r.json()["reloaded"] and r.json()["snapshot"] == snap.name

@@ -13,6 +13,7 @@ import hmac
 import inspect
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ class ServerState:
         self.started = time.time()
         self._reload_lock = threading.Lock()
         self._swap_lock = threading.Lock()  # reading current + acquiring its lease vs swapping it
+        self.failed_snapshot: Path | None = None  # on-disk snapshot that failed to load: not retried by the watcher
         self._key_digest = hashlib.sha256(cfg.api_key.encode()).digest() if cfg.api_key else None
 
     def key_ok(self, given: str | None) -> bool:
@@ -174,8 +176,13 @@ class ServerState:
         with self._reload_lock:
             fresh = copy.copy(self.current.engine)  # shares the model; _load rebinds everything else
             del fresh.store  # ... and opens a store of its own: the old one is the old engine's to close
-            if not fresh.reload():
-                return False
+            try:
+                if not fresh.reload():
+                    return False
+            except MMSearchError:
+                with contextlib.suppress(MMSearchError):
+                    self.failed_snapshot = resolve_snapshot(fresh.path)
+                raise
             loaded = Loaded.of(fresh)
             with self._swap_lock:
                 old, self.current = self.current, loaded
@@ -186,7 +193,8 @@ class ServerState:
     def changed_on_disk(self) -> bool:
         try:
             engine = self.current.engine
-            return resolve_snapshot(engine.path) != engine.snapshot
+            snap = resolve_snapshot(engine.path)
+            return snap != engine.snapshot and snap != self.failed_snapshot  # a bad snapshot is logged once
         except MMSearchError:
             return False  # index folder mid-replacement or gone: keep serving what is loaded
 
@@ -225,6 +233,14 @@ def check_query_args(cfg: ServeCfg, text: str | None, k: int) -> str | None:
     if text is not None and len(text) > cfg.max_text_chars:
         raise HTTPException(400, f"text too long ({len(text)} characters; the limit is {cfg.max_text_chars})")
     return text if text and text.strip() else None
+
+
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"`]+/)*([^\s/'\"`;,)]*)")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last component: responses never show server paths."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
 
 
 def one_line(errors: list[dict]) -> str:
@@ -299,7 +315,8 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
         try:
             hits = await state.gate.run(fn, **kwargs)
         except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
-            raise HTTPException(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise HTTPException(400, without_paths(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__) \
+                from None
         state.latency.add((time.perf_counter() - t0) * 1000.0)
         return hits
 
@@ -458,7 +475,9 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
         try:
             changed = await asyncio.to_thread(state.reload)
         except MMSearchError as exc:
-            raise HTTPException(409, f"{exc}; still serving snapshot {state.current.version}") from None
+            log.error("POST /reload: the index cannot be loaded (still serving the old one): %s", exc)
+            raise HTTPException(409, f"{without_paths(str(exc))}; still serving snapshot "
+                                     f"{state.current.version}") from None
         cur = state.current
         return {"reloaded": changed, "snapshot": cur.version, "items": len(cur.engine)}
 
