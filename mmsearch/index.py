@@ -135,7 +135,12 @@ def writer_lock(out: Path, timeout: float = 0.0) -> Iterator[None]:
     """
     import fcntl
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise MMSearchError(f"{out} exists and is not a folder; give --out a folder (new or an index)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MMSearchError(f"cannot create index folder {out}: {exc.strerror or exc}") from None
     fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + max(0.0, timeout)
@@ -163,10 +168,12 @@ def current_snapshot(out: str | Path) -> Path | None:
     out = Path(out)
     try:
         name = (out / "CURRENT").read_text(encoding="utf-8").strip()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a damaged, binary CURRENT
+        return None
+    if not name or "/" in name or "\x00" in name or name.startswith("."):
         return None
     path = out / "snapshots" / name
-    return path if name and path.is_dir() else None
+    return path if path.is_dir() else None
 
 
 def resolve_snapshot(path: str | Path) -> Path:
@@ -188,7 +195,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads((snap / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise IndexIncompatibleError(f"{snap}/manifest.json is unreadable ({exc}); rebuild the index") from None
-    if manifest.get("format") != INDEX_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         raise IndexIncompatibleError(f"{snap} is not an mmsearch index; rebuild it with `mmsearch index`")
     if manifest.get("format_version", 0) > INDEX_FORMAT_VERSION:
         raise IndexIncompatibleError(
@@ -196,8 +203,31 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"({__version__}) reads; upgrade mmsearch or rebuild the index")
     if manifest.get("format_version", 0) < INDEX_FORMAT_VERSION:
         raise IndexIncompatibleError(f"{snap} uses an old index format; rebuild it with `mmsearch index`")
+    missing = manifest_problems(manifest)
+    if missing:
+        raise IndexIncompatibleError(f"{snap}/manifest.json is damaged ({missing}); rebuild the index with "
+                                     f"`mmsearch index CATALOG --out {Path(path)} --rebuild`")
     manifest["_snapshot"] = str(snap)
     return manifest
+
+
+MANIFEST_KEYS = {"count": int, "dim": int, "metric": str, "model": dict, "channels": dict, "files": dict}
+MODEL_KEYS = ("name", "ref", "fingerprint")
+CHANNEL_KEYS = ("dim", "count", "index", "spec", "faiss", "embeddings", "ids")
+
+
+def manifest_problems(manifest: dict[str, Any]) -> str:
+    """What a manifest that parses as JSON still lacks (``""`` when nothing): read before it is used."""
+    bad = [k for k, t in MANIFEST_KEYS.items() if not isinstance(manifest.get(k), t)]
+    if isinstance(manifest.get("model"), dict):
+        bad += [f"model.{k}" for k in MODEL_KEYS if not isinstance(manifest["model"].get(k), str)]
+    if isinstance(manifest.get("channels"), dict):
+        if "image" not in manifest["channels"]:
+            bad.append("channels.image")
+        for name, ch in manifest["channels"].items():
+            if not isinstance(ch, dict) or any(k not in ch for k in CHANNEL_KEYS):
+                bad.append(f"channels.{name}")
+    return f"missing or malformed: {', '.join(bad)}" if bad else ""
 
 
 def channel_vectors(path: str | Path, name: str) -> dict[str, np.ndarray]:
@@ -507,7 +537,7 @@ def _cfg_for(index: IndexCfg | None, state: State | None) -> IndexCfg:
 
 
 # --------------------------------------------------------------------------------------- public writes
-def build_index(catalog: str | Path, out: str | Path = "index", model: str | Path = "default",
+def build_index(catalog: str | Path, out: str | Path = "index", model: str | Path | None = None,
                 device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                 progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None,
                 rebuild: bool = False, lock_timeout: float = 0.0,
@@ -520,8 +550,9 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
     Args:
         catalog: folder of images (see README "Catalog format").
         out: index folder; the new state replaces the old one atomically when complete.
-        model: a built-in model name (``default``, ``tiny`` ...) or a checkpoint path. A different model
-            than the existing index's re-encodes everything.
+        model: a built-in model name (``default``, ``tiny`` ...) or a checkpoint path; None: the existing
+            index's own model, else ``default``. A different model than the existing index's re-encodes
+            everything.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         batch_size: images per forward pass.
         num_workers: image-decoding worker processes (default: sized to the machine and device).
@@ -546,6 +577,8 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         (60, 60)
     """
     out = Path(out)
+    if model is None:  # keep the index's own model, as the index type is kept
+        model = index_model(out)
     scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
     items = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
     t0 = time.perf_counter()
@@ -604,6 +637,16 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
     log.info("indexed %d items (+%d ~%d m%d -%d =%d, %d skipped) into %s", report.indexed, report.added,
              report.updated, report.metadata_updated, report.removed, report.unchanged, len(report.skipped), snap)
     return report
+
+
+def index_model(out: str | Path) -> str:
+    """The model the index at ``out`` was built with (a name, or its snapshot's model.pt), else ``default``."""
+    try:
+        m = read_manifest(out)
+    except MMSearchError:
+        return "default"
+    ref = m["model"]["ref"]
+    return ref if ref in list_models() else str(Path(m["_snapshot"]) / ref)
 
 
 def _try_state(out: Path) -> State | None:

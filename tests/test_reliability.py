@@ -199,3 +199,69 @@ def test_9_bad_tar_shards_and_members_are_skipped_not_fatal(tmp_path, small_cata
     assert "not valid JSON" in reasons["shard.tar/bad.png"]
     assert report.indexed == 13
     assert str(small_catalog) not in json.dumps(report.skipped)
+
+
+# --------------------------------------------------------------- 11: one-line errors, info --check
+@pytest.fixture()
+def own_index(tmp_path, tiny_index) -> Path:
+    import shutil
+
+    dst = tmp_path / "index"
+    shutil.copytree(tiny_index, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, fragment: str, code: int = 1) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr and fragment in r.stderr, r.stderr[-1500:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_11_cli_cases_get_one_line_errors(tmp_path, own_index):
+    assert_one_line_error(run_cli("reindex", "-i", str(own_index), "--index-type", "IVF99999,Flat"),
+                          "cannot train a IVF99999,Flat index on 60 vectors")
+    (tmp_path / "a_file").write_text("x")
+    assert_one_line_error(run_cli("index", str(ROOT / "mmsearch/sample/catalog"), "--out", str(tmp_path / "a_file"),
+                                  "--model", "tiny"), "is not a folder")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable.encode(), b"-m", b"mmsearch", b"query", b"-i", str(own_index).encode(),
+                        b"caf\xe9 shoes"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert_one_line_error(r, "not valid UTF-8", code=2)
+    (tmp_path / "q.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    assert_one_line_error(run_cli("query", "-i", str(own_index), "--batch", str(tmp_path / "q.jsonl")),
+                          "q.jsonl:1: not valid UTF-8", code=2)
+
+
+def test_11_damaged_manifests_and_current_are_one_line_errors(own_index):
+    snap = own_index / "snapshots" / (own_index / "CURRENT").read_text().strip()
+    manifest = json.loads((snap / "manifest.json").read_text())
+    (snap / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "channels"}))
+    for args in (("info",), ("query", "shoe")):
+        assert_one_line_error(run_cli(*args, "-i", str(own_index)), "channels", code=1)
+    (own_index / "CURRENT").write_bytes(b"\xff\xfe\x00binary")
+    assert_one_line_error(run_cli("query", "shoe", "-i", str(own_index)), "holds no built index")
+
+
+def test_11_info_checks_checksums_and_says_how_to_repair(own_index):
+    r = run_cli("info", "-i", str(own_index))
+    assert r.returncode == 0 and "files intact" in r.stdout, r.stderr
+    snap = own_index / "snapshots" / (own_index / "CURRENT").read_text().strip()
+    data = bytearray((snap / "image.f16.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (snap / "image.f16.npy").write_bytes(bytes(data))
+    r = run_cli("info", "-i", str(own_index))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "image.f16.npy: checksum mismatch" in r.stderr and "--rebuild" in r.stderr
+    assert run_cli("info", "--no-check", "-i", str(own_index)).returncode == 0
+
+
+def test_low_index_without_model_keeps_the_index_model(tmp_path, small_catalog):
+    from mmsearch.index import read_manifest
+
+    out = tmp_path / "idx"
+    build_index(small_catalog, out=out, model="tiny", device="cpu", num_workers=0, progress=False)
+    (small_catalog / "new.png").write_bytes(png(Image.new("RGB", (20, 20), "green")))
+    r = run_cli("index", str(small_catalog), "--out", str(out), "--device", "cpu", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert "1 added" in r.stdout and "1 images encoded" in r.stdout
+    assert read_manifest(out)["model"]["name"] == "tiny"
