@@ -173,3 +173,66 @@ def test_10_reload_409_has_no_server_paths_and_the_watcher_logs_once(own_index, 
         (snap / "items.sqlite").write_bytes(good)  # repaired in place: the watcher leaves it, /reload retries
         r = c.post("/reload")
         assert r.status_code == 200 and r.json()["reloaded"] and r.json()["snapshot"] == snap.name
+
+
+# ------------------------------------------------------------------- low: read timeouts, Host check
+@pytest.fixture()
+def live_server(tiny_index):
+    """The app as `mmsearch serve` runs it (Host check, timed protocol), on a free loopback port."""
+    import socket
+
+    import uvicorn
+
+    from mmsearch.server.run import guarded_app, uvicorn_options
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = ServeCfg(port=port, reload_interval_s=0, read_timeout_s=0.5)
+    app = guarded_app(create_app(SearchEngine.open(tiny_index, device="cpu"), cfg), cfg)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           **uvicorn_options(cfg)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def raw_request(port: int, data: bytes, wait: float = 3.0) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            chunks.append(b"<still open>")
+    return b"".join(chunks)
+
+
+def test_low_stalled_connections_are_closed(live_server):
+    t0 = time.time()
+    assert raw_request(live_server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""  # headers never end
+    assert raw_request(live_server, b"") == b""  # nothing sent at all
+    body = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 1000\r\n\r\ntext=shoe")  # a body that stops short
+    assert b"<still open>" not in raw_request(live_server, body)
+    assert time.time() - t0 < 6
+    ok = raw_request(live_server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")
+
+
+def test_low_host_header_is_checked_without_an_api_key(live_server):
+    for host, status in ((b"127.0.0.1", b"200"), (b"localhost:%d" % live_server, b"200"),
+                         (b"evil.example", b"400"), (b"evil.example:%d" % live_server, b"400"), (b"", b"400")):
+        r = raw_request(live_server, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        assert r.startswith(b"HTTP/1.1 " + status), (host, r[:100])
