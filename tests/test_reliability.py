@@ -265,3 +265,19 @@ def test_low_index_without_model_keeps_the_index_model(tmp_path, small_catalog):
     assert r.returncode == 0, r.stderr
     assert "1 added" in r.stdout and "1 images encoded" in r.stdout
     assert read_manifest(out)["model"]["name"] == "tiny"
+
+
+def test_5_every_pillow_mode_is_converted_or_refused_with_a_reason():
+    modes = sorted(set(Image.MODES) | {"I;16", "I;16B", "I;16L", "I;16N", "RGBa", "La", "PA", "LAB", "HSV"})
+    converted = []
+    for mode in modes:
+        try:
+            im = Image.new(mode, (4, 4))
+        except ValueError:
+            continue
+        try:
+            assert load_image(im).mode == "RGB"
+            converted.append(mode)
+        except ImageDecodeError as exc:
+            assert f"mode {mode}" in str(exc)
+    assert {"1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F", "LA", "PA", "LAB", "HSV"} <= set(converted)
