@@ -157,9 +157,17 @@ def test_10_reload_409_has_no_server_paths_and_the_watcher_logs_once(own_index, 
 
     with client_for(own_index, reload_interval_s=0.05) as c:
         before = c.get("/health").json()["snapshot"]
-        snap = reindex(own_index, IndexCfg(index_type="flat"))
-        good = (snap / "items.sqlite").read_bytes()
-        (snap / "items.sqlite").write_bytes(b"damaged" * 100)
+        # the damaged snapshot is made beside the served index and then published, so the watcher never
+        # sees it intact
+        side = own_index.parent / "side"
+        shutil.copytree(own_index, side, ignore=shutil.ignore_patterns(".lock"))
+        made = reindex(side, IndexCfg(index_type="flat"))
+        good = (made / "items.sqlite").read_bytes()
+        (made / "items.sqlite").write_bytes(b"damaged" * 100)
+        snap = own_index / "snapshots" / made.name
+        shutil.copytree(made, snap)
+        (own_index / "CURRENT.tmp").write_text(made.name + "\n")
+        (own_index / "CURRENT.tmp").replace(own_index / "CURRENT")
         with caplog.at_level(logging.ERROR, logger="mmsearch.server.app"):
             time.sleep(1.0)  # about 20 watcher rounds
             watcher_errors = [r for r in caplog.records if "cannot be loaded" in r.getMessage()]
