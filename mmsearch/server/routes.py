@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -16,9 +17,12 @@ from ..errors import ItemNotFoundError, MMSearchError
 from ..search.engine import SearchHit
 from .config import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
+from .lease import Hold
 from .state import Loaded, ServerState, filter_kwarg
 
 log = logging.getLogger(__name__)
+
+MAX_FILTER_CHARS = 64 * 1024  # a filters form field; far above any real filter, far below a memory risk
 
 
 class Hit(BaseModel):
@@ -84,10 +88,14 @@ def hit_json(h: SearchHit, version: str) -> dict[str, Any]:
 def parse_filters(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
+    if len(raw) > MAX_FILTER_CHARS:
+        raise HTTPException(400, f"filters too long ({len(raw)} characters; the limit is {MAX_FILTER_CHARS})")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise HTTPException(400, f'filters must be a JSON object, e.g. {{"category": "food"}} ({exc.msg})') from None
+    except RecursionError:  # [[[[...]]]] 50,000 deep
+        raise HTTPException(400, "filters are nested too deeply; give a flat JSON object of field: value") from None
     if not isinstance(value, dict):
         raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}')
     return value or None
@@ -99,6 +107,14 @@ def check_query_args(cfg: ServeCfg, text: str | None, k: int) -> str | None:
     if text is not None and len(text) > cfg.max_text_chars:
         raise HTTPException(400, f"text too long ({len(text)} characters; the limit is {cfg.max_text_chars})")
     return text if text and text.strip() else None
+
+
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"`]+/)*([^\s/'\"`;,)]*)")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last component: responses never show server paths."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
 
 
 async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_filters: Any = None,
@@ -114,7 +130,8 @@ async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_fi
     try:
         hits = await state.gate.run(fn, **kwargs)
     except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
-        raise HTTPException(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise HTTPException(400, without_paths(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__) \
+            from None
     state.latency.add((time.perf_counter() - t0) * 1000.0)
     return hits
 
@@ -151,15 +168,19 @@ def search_router(state: ServerState) -> APIRouter:
             if not data and not image.filename:  # an empty file input, as browsers send it
                 data = None
             else:
-                try:
-                    probe_upload(data, cfg.max_image_pixels)
+                try:  # off the event loop: even a header read may decode (and the gate bounds it)
+                    await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
                 except UploadRejected as exc:
                     raise HTTPException(exc.status, str(exc)) from None
         if data is None and text is None:
             raise HTTPException(400, "a query needs an image, a text, or both")
-        cur = state.current
+        cur, hold = state.acquire()
         t0 = time.perf_counter()
-        hits = await run_search(state, cur.engine.search, where, image=data, text=text, k=k, image_weight=image_weight)
+        try:
+            hits = await run_search(state, hold.wrap(cur.engine.search), where, image=data, text=text, k=k,
+                                    image_weight=image_weight)
+        finally:
+            hold.drop()
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 
@@ -175,7 +196,14 @@ def search_router(state: ServerState) -> APIRouter:
         """"More like this": items whose images resemble this item's (the item itself is left out)."""
         text = check_query_args(cfg, text, k)
         where = parse_filters(filters)
-        cur = state.current
+        cur, hold = state.acquire()
+        try:
+            return await by_item_search(cur, hold, item_id, text, k, image_weight, where)
+        finally:
+            hold.drop()
+
+    async def by_item_search(cur: Loaded, hold: Hold, item_id: str, text: str | None, k: int,
+                             image_weight: float | None, where: dict | None) -> dict[str, Any]:
         row = lookup(cur, item_id)
         engine = cur.engine
 
@@ -186,7 +214,8 @@ def search_router(state: ServerState) -> APIRouter:
                 raise HTTPException(404, str(exc)) from None
 
         t0 = time.perf_counter()
-        hits = await run_search(state, by_item, where, engine.search_similar, k=k, text=text, image_weight=image_weight)
+        hits = await run_search(state, hold.wrap(by_item), where, engine.search_similar, k=k, text=text,
+                                image_weight=image_weight)
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 
@@ -272,7 +301,9 @@ def service_router(state: ServerState) -> APIRouter:
         try:
             changed = await asyncio.to_thread(state.reload)
         except MMSearchError as exc:
-            raise HTTPException(409, f"{exc}; still serving snapshot {state.current.version}") from None
+            log.error("POST /reload: the index cannot be loaded (still serving the old one): %s", exc)
+            raise HTTPException(409, f"{without_paths(str(exc))}; still serving snapshot "
+                                     f"{state.current.version}") from None
         cur = state.current
         return {"reloaded": changed, "snapshot": cur.version, "items": len(cur.engine)}
 
