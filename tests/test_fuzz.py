@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="the test extra (hypothesis) is not installed")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from PIL import Image  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
-from mmsearch import SearchEngine, build_index  # noqa: E402
-from mmsearch.data import load_image, scan_catalog  # noqa: E402
-from mmsearch.errors import CatalogError, ImageDecodeError, MMSearchError, QueryError  # noqa: E402
-from mmsearch.store import ItemStore  # noqa: E402
+from mmsearch import SearchEngine, build_index
+from mmsearch.data import load_image, scan_catalog
+from mmsearch.errors import CatalogError, ImageDecodeError, MMSearchError, QueryError
+from mmsearch.store import ItemStore
 
 
 def fuzz(n: int):

@@ -13,12 +13,12 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 pytest.importorskip("multipart", reason="python-multipart is not installed")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from mmsearch import SearchEngine  # noqa: E402
-from mmsearch.ann import IndexCfg  # noqa: E402
-from mmsearch.index import reindex  # noqa: E402
-from mmsearch.server import ServeCfg, create_app  # noqa: E402
+from mmsearch import SearchEngine
+from mmsearch.ann import IndexCfg
+from mmsearch.index import reindex
+from mmsearch.server import ServeCfg, create_app
 
 
 @pytest.fixture()
@@ -222,7 +222,7 @@ def raw_request(port: int, data: bytes, wait: float = 3.0) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except socket.timeout:
+        except TimeoutError:
             chunks.append(b"<still open>")
     return b"".join(chunks)
 
