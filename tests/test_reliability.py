@@ -122,7 +122,8 @@ def test_7_ico_is_refused_and_uploads_are_probed_off_the_event_loop(tiny_index, 
 def write_jsonl(catalog: Path, extra: list[dict]) -> None:
     rows = [json.loads(line) for line in (catalog / "catalog.jsonl").read_text().splitlines()]
     with open(catalog / "catalog.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in rows + extra)  # ensure_ascii: "\ud800" stays an escape, valid UTF-8 on disk
+        # ensure_ascii: "\ud800" stays an escape, so the file is valid UTF-8 on disk
+        fh.writelines(json.dumps(row) + "\n" for row in rows + extra)
 
 
 def test_4_unstorable_items_are_skipped_by_name_and_the_run_completes(tmp_path, small_catalog):
