@@ -83,6 +83,7 @@ def test_5_float32_tiff_is_read_on_every_path(tmp_path, small_catalog, tiny_inde
     assert report.skipped == [] and report.indexed == 13
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
+
     from mmsearch.server import ServeCfg, create_app
 
     with TestClient(create_app(SearchEngine.open(tiny_index, device="cpu"), ServeCfg(reload_interval_s=0))) as c:
@@ -119,8 +120,8 @@ def test_7_ico_is_refused_and_uploads_are_probed_off_the_event_loop(tiny_index, 
 def write_jsonl(catalog: Path, extra: list[dict]) -> None:
     rows = [json.loads(line) for line in (catalog / "catalog.jsonl").read_text().splitlines()]
     with open(catalog / "catalog.jsonl", "w", encoding="utf-8") as fh:
-        for row in rows + extra:
-            fh.write(json.dumps(row) + "\n")  # ensure_ascii: "\ud800" stays an escape, valid UTF-8 on disk
+        # ensure_ascii: "\ud800" stays an escape, so the file is valid UTF-8 on disk
+        fh.writelines(json.dumps(row) + "\n" for row in rows + extra)
 
 
 def test_4_unstorable_items_are_skipped_by_name_and_the_run_completes(tmp_path, small_catalog):

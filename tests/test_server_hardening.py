@@ -222,7 +222,7 @@ def raw_request(port: int, data: bytes, wait: float = 3.0) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except socket.timeout:
+        except TimeoutError:
             chunks.append(b"<still open>")
     return b"".join(chunks)
 
