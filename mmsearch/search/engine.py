@@ -26,6 +26,8 @@ from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
 from ..models.preprocess import ResizeCropU8, normalize_batch
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
+from . import runtime as _runtime
+from ..models.onnx import normalize_u8, tokenize_numpy
 
 if TYPE_CHECKING:
     from ..index.plan import BuildReport
@@ -94,9 +96,10 @@ class SearchEngine:
     overfetch_from = _RankingSetting("overfetch_from")
 
     def __init__(self, path: str | Path, device: str = "auto", ranking: RankingCfg | None = None,
-                 verify: bool = True):
+                 verify: bool = True, runtime: str | None = None):
         self.path = Path(path)
         self.device = device
+        self.runtime = runtime  # query encoders: auto | onnx | torch (models/onnx.py)
         self.ranking = ranking or RankingCfg()
         self._verify = verify
         self.model: DualEncoder | None = None
@@ -104,9 +107,10 @@ class SearchEngine:
 
     @classmethod
     def open(cls, path: str | Path = "index", device: str = "auto", ranking: RankingCfg | None = None,
-             verify: bool = True) -> "SearchEngine":
-        """Open the index at ``path`` (an index folder or one snapshot) with the model that built it."""
-        return cls(path, device=device, ranking=ranking, verify=verify)
+             verify: bool = True, runtime: str | None = None) -> "SearchEngine":
+        """Open the index at ``path`` (an index folder or one snapshot) with the model that built it;
+        ``runtime`` runs the query encoders in ``onnx`` (onnxruntime), ``torch`` or ``auto``."""
+        return cls(path, device=device, ranking=ranking, verify=verify, runtime=runtime)
 
     # ------------------------------------------------------------------------------------- loading
     def _load(self) -> None:
@@ -130,6 +134,7 @@ class SearchEngine:
             model.image_tower.to(memory_format=torch.channels_last)
             self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
             self._model_ref = (model_ref, manifest["model"]["fingerprint"])
+            self._ort = _runtime.ort_towers(model, manifest["model"]["fingerprint"], self.runtime, self.device)
         channels: dict[str, Channel] = {}
         for name, meta in manifest["channels"].items():
             spec = IndexSpec.from_dict(meta["spec"])
@@ -204,6 +209,10 @@ class SearchEngine:
         """Per-channel unit embeddings of query images: ``image`` (n, D) and, if present, ``visual``."""
         # The batched fast path of embed.py: uint8 crops, one normalise, channels_last, autocast (issue 5).
         cfg = self.model.cfg.image
+        if getattr(self, "_ort", None) is not None and "image" in self._ort.sessions:
+            crops = ResizeCropU8(cfg)
+            u8n = np.stack([crops(self._load_query_image(im)).numpy() for im in images])  # (B, 3, S, S) uint8
+            return self._ort.image_channels(normalize_u8(u8n, cfg.mean, cfg.std))
         u8 = torch.stack([ResizeCropU8(cfg)(self._load_query_image(im)) for im in images]).to(self._device())
         batch = normalize_batch(u8, cfg.mean, cfg.std, channels_last=True)
         with torch.inference_mode(), autocast(self._device()):
@@ -215,6 +224,8 @@ class SearchEngine:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, D) float32 unit embeddings in the shared space."""
+        if getattr(self, "_ort", None) is not None and "text" in self._ort.sessions and len(texts):
+            return self._ort.text(*tokenize_numpy(self.tokenizer, list(texts)))
         return encode_texts(self.model, self.tokenizer, list(texts))
 
     # ------------------------------------------------------------------------------------- ranking
@@ -375,8 +386,9 @@ class SearchEngine:
         for i, q in enumerate(queries):
             groups.setdefault((q.get("image") is not None, bool((q.get("text") or "").strip())), []).append(i)
         for (has_img, has_txt), idx in groups.items():
-            img = self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None
-            txt = self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None
+            img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
+                lambda: self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None,
+                lambda: self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None)[::-1]
             for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where)):
                 results[i] = hits
         return results  # type: ignore[return-value]

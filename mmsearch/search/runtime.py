@@ -1,0 +1,63 @@
+"""The query encoders' runtime for a SearchEngine: onnxruntime towers when chosen (see models/onnx.py),
+and the photo and text of one query encoded concurrently.
+
+A tower the exporter cannot trace (e.g. the LSTM text tower of the ``tiny`` model) stays on torch: a
+marker file in the export folder records the failure, so it is not retried on every open.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from ..errors import ModelError
+from ..models import onnx
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str) -> "onnx.OrtTowers | None":
+    """onnxruntime sessions for the towers of ``model`` (exported at first use), or None for torch."""
+    if onnx.resolve_runtime(runtime, device) != "onnx":
+        return None
+    folder = onnx.export_dir(fingerprint)
+    towers = []
+    for tower in ("image", "text"):
+        failed = folder / f"{tower}.failed"
+        if failed.is_file():
+            continue
+        if not (folder / f"{tower}.onnx").is_file():
+            if model is None:
+                continue
+            try:
+                onnx.export(model, (tower,))
+            except ModelError as exc:
+                log.warning("%s; this tower runs in torch", exc)
+                folder.mkdir(parents=True, exist_ok=True)
+                failed.write_text(str(exc)[:2000])
+                continue
+        towers.append(tower)
+    if not towers:
+        return None
+    try:
+        return onnx.OrtTowers(folder, tuple(towers))
+    except Exception as exc:  # a corrupt or foreign file: torch answers instead
+        log.warning("cannot open the ONNX towers in %s (%s); using torch", folder, exc)
+        return None
+
+
+def both(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
+    """Run ``first`` in a helper thread while ``second`` runs here (a photo + text query's two encoders:
+    both runtimes release the GIL, and batch-1 graphs do not fill two cores each)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsearch-encode")
+    fut = _POOL.submit(first)
+    b = second()
+    return fut.result(), b
