@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("MMSEARCH_SRC", str(ROOT)))  # MMSEARCH_SRC: another checkout (a "before")
 
 TEXTS = [f"a photo of a {w}" for w in ("red shoe", "banana", "laptop", "bicycle", "guitar", "dress",
                                        "teddy bear", "sports car", "handbag", "umbrella")]
@@ -137,27 +137,31 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--tag", default="before")
     ap.add_argument("--engine-kw", default="{}", help="JSON keyword arguments for SearchEngine.open")
+    ap.add_argument("--runtimes", nargs="+", default=[None],
+                    help="query encoder runtimes to run side by side (onnx torch); default: the engine's own")
     ap.add_argument("--no-where", action="store_true")
     ap.add_argument("--profile", action="store_true", help="cProfile the largest size, top functions per kind")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_encode import input_set  # the deterministic photo-sized JPEGs
-
     from mmsearch.models.factory import create_model
     from mmsearch.search.engine import SearchEngine
+
+    sys.path.insert(1, str(ROOT / "benchmarks"))
+    from bench_encode import input_set  # the deterministic photo-sized JPEGs
 
     photos = input_set(8, args.cache)
     model, _, _ = create_model("default", device="cpu")
     paths = {n: synthetic_index(args.cache / f"qindex_clustered_{n}", model, n) for n in args.sizes}
     del model
     engines, timers = {}, {}
-    for n, p in paths.items():
-        t0 = time.perf_counter()
-        engines[n] = SearchEngine.open(p, device="cpu", verify=False, **json.loads(args.engine_kw))
-        timers[n] = StageTimer(engines[n])
-        print(f"  opened {n}: {time.perf_counter() - t0:.2f} s, "
-              f"{ {c: ch.spec.factory + ' ' + str(ch.spec.params) for c, ch in engines[n].channels.items()} }")
+    for rt in args.runtimes:
+        for n, p in paths.items():
+            t0 = time.perf_counter()
+            kw = {**json.loads(args.engine_kw), **({"runtime": rt} if rt else {})}
+            engines[(n, rt)] = SearchEngine.open(p, device="cpu", verify=False, **kw)
+            timers[(n, rt)] = StageTimer(engines[(n, rt)])
+            print(f"  opened {n} {rt or ''}: {time.perf_counter() - t0:.2f} s, "
+                  f"{ {c: ch.spec.factory + ' ' + str(ch.spec.params) for c, ch in engines[(n, rt)].channels.items()} }")
     kinds = ["text", "photo", "photo+text"]
     wheres = [None] if args.no_where else [None] + WHERE
     lat: dict[tuple, list[float]] = defaultdict(list)
@@ -168,24 +172,25 @@ def main() -> None:
             for q in range(args.queries + 2):
                 kw = {"text": TEXTS[q % len(TEXTS)] if "text" in kind else None,
                       "image": photos[q % len(photos)] if "photo" in kind else None, "where": where}
-                for n in args.sizes:  # interleaved: every size sees the same load
+                for key, engine in engines.items():  # interleaved: every size and runtime sees the same load
                     t0 = time.perf_counter()
-                    engines[n].search(k=10, **kw)
+                    engine.search(k=10, **kw)
                     total = time.perf_counter() - t0
-                    st = timers[n].take(total)
+                    st = timers[key].take(total)
                     if q >= 2:  # the first two warm caches up
-                        lat[(n, kind, where)].append(total * 1e3)
-                        stages[(n, kind, where)].append(st)
+                        lat[(*key, kind, where)].append(total * 1e3)
+                        stages[(*key, kind, where)].append(st)
     load1 = os.getloadavg()
     rows = []
-    for (n, kind, where), v in lat.items():
+    for (n, rt, kind, where), v in lat.items():
         v = sorted(v)
-        names = sorted({s for d in stages[(n, kind, where)] for s in d})
-        med = {s: round(statistics.median([d.get(s, 0.0) for d in stages[(n, kind, where)]]) * 1e3, 2)
+        names = sorted({s for d in stages[(n, rt, kind, where)] for s in d})
+        med = {s: round(statistics.median([d.get(s, 0.0) for d in stages[(n, rt, kind, where)]]) * 1e3, 2)
                for s in names}
-        rows.append({"items": n, "query": kind, "where": where, "n": len(v), "p50_ms": round(statistics.median(v), 2),
+        rows.append({"items": n, "runtime": rt or "", "query": kind, "where": where, "n": len(v),
+                     "p50_ms": round(statistics.median(v), 2),
                      "p99_ms": round(float(np.percentile(v, 99)), 2), "stages_p50_ms": med})
-        print(f"  {n:>8} {kind:<11} {where or '':<9} p50 {rows[-1]['p50_ms']:8.2f}  p99 {rows[-1]['p99_ms']:8.2f}  {med}",
+        print(f"  {n:>8} {rt or '':<6} {kind:<11} {where or '':<9} p50 {rows[-1]['p50_ms']:8.2f}  p99 {rows[-1]['p99_ms']:8.2f}  {med}",
               flush=True)
     prof = {}
     if args.profile:
@@ -194,7 +199,7 @@ def main() -> None:
             pr = cProfile.Profile()
             pr.enable()
             for q in range(10):
-                engines[n].search(k=10, text=TEXTS[q % 10] if "text" in kind else None,
+                engines[(n, args.runtimes[0])].search(k=10, text=TEXTS[q % 10] if "text" in kind else None,
                                   image=photos[q % 8] if "photo" in kind else None)
             pr.disable()
             s = io.StringIO()
@@ -203,8 +208,8 @@ def main() -> None:
     res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "tag": args.tag,
            "cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": load1, "queries": args.queries,
            "engine_kw": args.engine_kw, "command": " ".join(["python", "benchmarks/bench_query.py"] + sys.argv[1:]),
-           "channels": {n: {c: {"factory": ch.spec.factory, "params": ch.spec.params, "recall": ch.spec.recall_at_10}
-                            for c, ch in e.channels.items()} for n, e in engines.items()},
+           "channels": {f"{n} {rt or ''}": {c: {"factory": ch.spec.factory, "params": ch.spec.params, "recall": ch.spec.recall_at_10}
+                            for c, ch in e.channels.items()} for (n, rt), e in engines.items()},
            "rows": rows}
     write(res, prof, args.out / f"query_{args.tag}")
 
@@ -220,23 +225,35 @@ def write(res: dict, prof: dict, stem: Path) -> None:
              f"compare ratios)  ", f"Engine options: {res['engine_kw']}", "",
              "Channels: " + "; ".join(f"{n}: " + ", ".join(f"{c} {v['factory']} {v['params']}" for c, v in ch.items())
                                       for n, ch in res["channels"].items()), "",
-             "| items | query | where | p50 ms | p99 ms | p99/p50 | stages (median ms) |", "|---|---|---|---|---|---|---|"]
+             "| items | runtime | query | where | p50 ms | p99 ms | p99/p50 | stages (median ms) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         st = ", ".join(f"{k} {v}" for k, v in sorted(r["stages_p50_ms"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {r['items']} | {r['query']} | {r['where'] or ''} | {r['p50_ms']} | {r['p99_ms']} | "
+        lines.append(f"| {r['items']} | {r['runtime']} | {r['query']} | {r['where'] or ''} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r['p99_ms'] / max(r['p50_ms'], 1e-9):.2f} | {st} |")
     if len(sizes) > 1:
         lines += ["", "## Growth (p50 ratio between sizes, same run)", "", "| query | where | " +
                   " | ".join(f"{b} / {a}" for a, b in zip(sizes, sizes[1:])) + " |", "|---|---|" + "---|" * (len(sizes) - 1)]
-        by = {(r["items"], r["query"], r["where"]): r for r in res["rows"]}
-        for (n, q, w), r in by.items():
+        by = {(r["items"], r["runtime"], r["query"], r["where"]): r for r in res["rows"]}
+        lines[-2] = "| runtime " + lines[-2]
+        lines[-1] = "|---" + lines[-1]
+        for (n, rt, q, w), r in by.items():
             if n == sizes[0]:
-                ratios = [by[(b, q, w)]["p50_ms"] / by[(a, q, w)]["p50_ms"] for a, b in zip(sizes, sizes[1:])]
-                lines.append(f"| {q} | {w or ''} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
-        lines += ["", "## Photo + text against photo (p50 ratio)", "", "| items | where | ratio |", "|---|---|---|"]
-        for (n, q, w), r in by.items():
-            if q == "photo+text":
-                lines.append(f"| {n} | {w or ''} | {r['p50_ms'] / by[(n, 'photo', w)]['p50_ms']:.2f}x |")
+                ratios = [by[(b, rt, q, w)]["p50_ms"] / by[(a, rt, q, w)]["p50_ms"] for a, b in zip(sizes, sizes[1:])]
+                lines.append(f"| {rt} | {q} | {w or ''} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+    by = {(r["items"], r["runtime"], r["query"], r["where"]): r for r in res["rows"]}
+    lines += ["", "## Photo + text against photo (p50 ratio)", "", "| items | runtime | where | ratio |",
+              "|---|---|---|---|"]
+    for (n, rt, q, w), r in by.items():
+        if q == "photo+text":
+            lines.append(f"| {n} | {rt} | {w or ''} | {r['p50_ms'] / by[(n, rt, 'photo', w)]['p50_ms']:.2f}x |")
+    rts = sorted({r["runtime"] for r in res["rows"]})
+    if len(rts) > 1:
+        lines += ["", f"## Runtimes side by side (p50 {rts[0]} / p50 {rts[1]})", "", "| items | query | where | ratio |",
+                  "|---|---|---|---|"]
+        for (n, rt, q, w), r in by.items():
+            if rt == rts[0]:
+                lines.append(f"| {n} | {q} | {w or ''} | {r['p50_ms'] / by[(n, rts[1], q, w)]['p50_ms']:.2f}x |")
     for kind, text in prof.items():
         lines += ["", f"## cProfile, {kind}, {max(sizes)} items, 10 queries (top by own time)", "", "```",
                   text.strip(), "```"]

@@ -87,3 +87,23 @@ def test_export_is_cached_by_fingerprint(tiny_index):
     SearchEngine.open(tiny_index, device="cpu", runtime="onnx")
     assert path.stat().st_mtime_ns == mtime  # reused, not exported again
     assert np.isfinite(engine.encode_texts(["x"])).all()
+
+
+@needs_ort
+def test_default_model_answers_from_the_exported_towers_without_the_torch_model(default_index, monkeypatch):
+    """Once exported, opening the index creates no torch model (no weights, no transformers): same hits."""
+    from mmsearch import SearchEngine
+    from mmsearch.search import engine as engine_mod
+
+    ref = SearchEngine.open(default_index, device="cpu", runtime="torch")
+    SearchEngine.open(default_index, device="cpu", runtime="onnx")  # exports if this test runs alone
+
+    def no_torch_model(*a, **kw):
+        raise AssertionError("the torch model was created")
+
+    monkeypatch.setattr(engine_mod, "create_model", no_torch_model)
+    lean = SearchEngine.open(default_index, device="cpu", runtime="onnx")
+    assert isinstance(lean.model, onnx.LazyModel)
+    for q in ({"text": "red running shoes"}, {"text": "a cup of coffee", "where": None}):
+        assert [h.id for h in lean.search(k=10, **q)] == [h.id for h in ref.search(k=10, **q)]
+    assert lean.model._model is None  # still not loaded

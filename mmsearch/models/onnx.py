@@ -4,8 +4,9 @@ torch stays the reference (training, CUDA indexing, export). A query (or CPU ind
 image and text towers in onnxruntime instead: no autograd dispatch, a fused graph, and, once the files
 exist, no need to import torch or transformers at all (see ``search/lean.py``).
 
-Files: ``<cache>/onnx/<fingerprint>-v<EXPORT_VERSION>/{image,text}.onnx`` with ``<cache>`` =
-``$MMSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmsearch``, else ``~/.cache/mmsearch``. The fingerprint
+Files: ``<onnx cache>/<fingerprint>-v<EXPORT_VERSION>/{image,text}.onnx`` plus ``lean.json`` (the model
+config and the tokenizer, what a query needs besides the graphs), with ``<onnx cache>`` =
+``$MMSEARCH_ONNX_CACHE``, else ``$MMSEARCH_CACHE/onnx`` (default ``~/.cache/mmsearch/onnx``). The fingerprint
 hashes the config and every weight (``DualEncoder.fingerprint``), and the index manifest records it, so an
 index names the exported files it can use without loading the model. Each file is written to a temporary
 name and renamed, so a reader never sees half a file. The outputs are unit vectors, exactly what
@@ -64,14 +65,15 @@ def _cuda_requested(device: str) -> bool:
 
 
 def cache_root() -> Path:
-    env = os.environ.get("MMSEARCH_CACHE_DIR")
+    """Where exported towers live (the same ``$MMSEARCH_CACHE`` as models/factory.py's other caches)."""
+    env = os.environ.get("MMSEARCH_ONNX_CACHE")
     if env:
         return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmsearch"
+    return Path(os.environ.get("MMSEARCH_CACHE") or Path.home() / ".cache" / "mmsearch") / "onnx"
 
 
 def export_dir(fingerprint: str) -> Path:
-    return cache_root() / "onnx" / f"{fingerprint}-v{EXPORT_VERSION}"
+    return cache_root() / f"{fingerprint}-v{EXPORT_VERSION}"
 
 
 def exported(fingerprint: str, towers: tuple[str, ...] = ("image", "text")) -> bool:
@@ -79,7 +81,7 @@ def exported(fingerprint: str, towers: tuple[str, ...] = ("image", "text")) -> b
 
 
 # ------------------------------------------------------------------------------------------ export
-def export(model: Any, towers: tuple[str, ...] = ("image", "text")) -> Path:
+def export(model: Any, towers: tuple[str, ...] = ("image", "text"), tokenizer: Any = None) -> Path:
     """Write ``image.onnx`` (images (B, 3, S, S) float32 -> image (B, D), visual (B, F) when the model has
     that channel) and ``text.onnx`` (input_ids, attention_mask (B, L) int64 -> text (B, D)) for ``model``
     into its :func:`export_dir`; towers already there are kept. Needs torch. Returns the folder."""
@@ -118,6 +120,7 @@ def export(model: Any, towers: tuple[str, ...] = ("image", "text")) -> Path:
     }
     import warnings
 
+    _write_lean(folder, model, tokenizer)
     for name in towers:
         path = folder / f"{name}.onnx"
         if path.is_file():
@@ -137,6 +140,21 @@ def export(model: Any, towers: tuple[str, ...] = ("image", "text")) -> Path:
             raise ModelError(f"cannot export the {name} tower to ONNX: {exc}") from exc
         log.info("exported the %s tower to %s", name, path)
     return folder
+
+
+def _write_lean(folder: Path, model: Any, tokenizer: Any) -> None:
+    """``lean.json``: the config and tokenizer a query process needs to run the exported graphs alone."""
+    import json
+
+    from ..config import to_dict
+
+    tok = None
+    if tokenizer is not None and getattr(tokenizer, "state", lambda: {})().get("kind") == "hf":
+        tok = {"kind": "hf", "path": str(tokenizer.path), "context_length": int(tokenizer.context_length)}
+    info = {"cfg": to_dict(model.cfg), "tokenizer": tok}
+    tmp = folder / f".lean.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, folder / "lean.json")
 
 
 # ------------------------------------------------------------------------------------------ runtime
@@ -189,3 +207,56 @@ def normalize_u8(u8: np.ndarray, mean, std) -> np.ndarray:
     scale = np.array([1.0 / (255.0 * s) for s in std], np.float32).reshape(1, 3, 1, 1)
     shift = np.array([-m / s for m, s in zip(mean, std)], np.float32).reshape(1, 3, 1, 1)
     return u8.astype(np.float32) * scale + shift
+
+
+# ---------------------------------------------------------------------------- without torch at all
+class HFTokenizerNumpy:
+    """The Hugging Face ``tokenizers`` tokenizer of ``models.tokenizer.HFTokenizer`` (same settings), for a
+    process that has no torch: :func:`tokenize_numpy` calls ``tok`` directly."""
+
+    def __init__(self, path: str, context_length: int):
+        from tokenizers import Tokenizer
+
+        self.path, self.context_length = path, context_length
+        self.tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        self.tok.enable_truncation(max_length=context_length)
+        pad = self.tok.padding or {}
+        self.tok.enable_padding(pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0),
+                                pad_token=pad.get("pad_token", "[PAD]"))
+
+
+class LazyModel:
+    """Stands in for the torch model while only the exported towers are used: ``cfg`` is here, any other
+    attribute loads the real model first (``load()``), so rare paths (a learned fusion, torch fallback)
+    still work, just not for free."""
+
+    def __init__(self, cfg: Any, load: Any):
+        self.cfg = cfg
+        self._load = load
+        self._model: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._model is None:
+            self._model = self._load()
+        return getattr(self._model, name)
+
+
+def lean_parts(fingerprint: str) -> tuple[Any, Any] | None:
+    """(ModelCfg, tokenizer) recorded beside the exported towers of ``fingerprint``, or None when a query
+    needs the torch model anyway (towers missing, an LSTM tokenizer, a moved MiniLM folder)."""
+    import json
+
+    from ..config import ModelCfg, from_dict
+
+    folder = export_dir(fingerprint)
+    try:
+        info = json.loads((folder / "lean.json").read_text())
+        cfg = from_dict(ModelCfg, info["cfg"])
+        tok = info.get("tokenizer") or {}
+        if tok.get("kind") != "hf" or not exported(fingerprint) or not os.path.isdir(tok.get("path", "")):
+            return None
+        return cfg, HFTokenizerNumpy(tok["path"], int(tok["context_length"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -27,6 +27,7 @@ from ..models.preprocess import ResizeCropU8, normalize_batch
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
 from . import runtime as _runtime
+from ..models.crop import resize_crop_pil
 from ..models.onnx import normalize_u8, tokenize_numpy
 
 if TYPE_CHECKING:
@@ -123,18 +124,17 @@ class SearchEngine:
         if ref not in list_models() and not Path(model_ref).is_file():
             raise IndexIncompatibleError(f"index {snap} was built with model {ref!r}, which this mmsearch "
                                          f"does not have (known: {', '.join(list_models())}); rebuild the index")
-        if self.model is None or getattr(self, "_model_ref", None) != (model_ref, manifest["model"]["fingerprint"]):
-            model, preprocess, tokenizer = create_model(model_ref, device=self.device)
-            if model.fingerprint() != manifest["model"]["fingerprint"]:
-                raise IndexIncompatibleError(
-                    f"index {snap} was built with a different {manifest['model']['name']!r} model (fingerprint "
-                    f"{manifest['model']['fingerprint']}, this install has {model.fingerprint()}); rebuild it "
-                    f"with `mmsearch index CATALOG --out {self.path}`")
-            # the batched query path feeds channels_last batches (layout only: same weights, same fingerprint)
-            model.image_tower.to(memory_format=torch.channels_last)
-            self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
-            self._model_ref = (model_ref, manifest["model"]["fingerprint"])
-            self._ort = _runtime.ort_towers(model, manifest["model"]["fingerprint"], self.runtime, self.device)
+        key = (model_ref, manifest["model"]["fingerprint"])
+        if self.model is None or getattr(self, "_model_ref", None) != key:
+            # the exported towers alone when they exist (no torch model load); else the torch model
+            lean = _runtime.lean(key[1], self.runtime, self.device, lambda: self._torch_model(model_ref, manifest))
+            if lean is not None:
+                self.model, self.preprocess, self.tokenizer, self._ort = lean
+            else:
+                model, self.preprocess, self.tokenizer = self._torch_model(model_ref, manifest, with_parts=True)
+                self.model = model
+                self._ort = _runtime.ort_towers(model, key[1], self.runtime, self.device, self.tokenizer)
+            self._model_ref = key
         channels: dict[str, Channel] = {}
         for name, meta in manifest["channels"].items():
             spec = IndexSpec.from_dict(meta["spec"])
@@ -146,6 +146,18 @@ class SearchEngine:
             ItemStore.open(snap / "items.sqlite"), channels, manifest, snap)
         if old_store is not None:
             old_store.close()
+
+    def _torch_model(self, model_ref: str, manifest: dict[str, Any], with_parts: bool = False) -> Any:
+        """The torch model that built the index (checked by fingerprint); with its preprocess and tokenizer."""
+        model, preprocess, tokenizer = create_model(model_ref, device=self.device)
+        if model.fingerprint() != manifest["model"]["fingerprint"]:
+            raise IndexIncompatibleError(
+                f"index {manifest['_snapshot']} was built with a different {manifest['model']['name']!r} model "
+                f"(fingerprint {manifest['model']['fingerprint']}, this install has {model.fingerprint()}); "
+                f"rebuild it with `mmsearch index CATALOG --out {self.path}`")
+        # the batched query path feeds channels_last batches (layout only: same weights, same fingerprint)
+        model.image_tower.to(memory_format=torch.channels_last)
+        return (model, preprocess, tokenizer) if with_parts else model
 
     def reload(self) -> bool:
         """Pick up a rebuilt or updated index; True if the snapshot changed. The model is reused when the same.
@@ -210,8 +222,8 @@ class SearchEngine:
         # The batched fast path of embed.py: uint8 crops, one normalise, channels_last, autocast (issue 5).
         cfg = self.model.cfg.image
         if getattr(self, "_ort", None) is not None and "image" in self._ort.sessions:
-            crops = ResizeCropU8(cfg)
-            u8n = np.stack([crops(self._load_query_image(im)).numpy() for im in images])  # (B, 3, S, S) uint8
+            u8n = np.stack([np.asarray(resize_crop_pil(self._load_query_image(im).convert("RGB"), cfg.resize_size,
+                                                       cfg.image_size)).transpose(2, 0, 1) for im in images])  # (B, 3, S, S)
             return self._ort.image_channels(normalize_u8(u8n, cfg.mean, cfg.std))
         u8 = torch.stack([ResizeCropU8(cfg)(self._load_query_image(im)) for im in images]).to(self._device())
         batch = normalize_batch(u8, cfg.mean, cfg.std, channels_last=True)

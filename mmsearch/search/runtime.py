@@ -22,7 +22,41 @@ U = TypeVar("U")
 _POOL: ThreadPoolExecutor | None = None
 
 
-def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str) -> "onnx.OrtTowers | None":
+def lean(fingerprint: str, runtime: str | None, device: str, load: Callable[[], Any]) -> tuple | None:
+    """(stand-in model, preprocess, tokenizer, towers) that answer queries from the exported towers alone
+    (no torch model is created until something asks for it, see ``onnx.LazyModel``), or None."""
+    if onnx.resolve_runtime(runtime, device) != "onnx":
+        return None
+    parts = onnx.lean_parts(fingerprint)
+    if parts is None:
+        return None
+    cfg, tokenizer = parts
+    try:
+        towers = onnx.OrtTowers(onnx.export_dir(fingerprint))
+    except Exception as exc:  # a corrupt file: the torch path re-exports or serves
+        log.warning("cannot open the exported towers (%s); loading the torch model", exc)
+        return None
+    model = onnx.LazyModel(cfg, load)
+    return model, _LazyPreprocess(model), tokenizer, towers
+
+
+class _LazyPreprocess:
+    """The model's PIL -> tensor preprocess, created on first call (it needs torch)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.fn: Any = None
+
+    def __call__(self, im: Any) -> Any:
+        if self.fn is None:
+            from ..models.preprocess import PilPreprocess
+
+            self.fn = PilPreprocess(self.model.cfg.image)
+        return self.fn(im)
+
+
+def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str,
+               tokenizer: Any = None) -> "onnx.OrtTowers | None":
     """onnxruntime sessions for the towers of ``model`` (exported at first use), or None for torch."""
     if onnx.resolve_runtime(runtime, device) != "onnx":
         return None
@@ -36,7 +70,7 @@ def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str) -
             if model is None:
                 continue
             try:
-                onnx.export(model, (tower,))
+                onnx.export(model, (tower,), tokenizer)
             except ModelError as exc:
                 log.warning("%s; this tower runs in torch", exc)
                 folder.mkdir(parents=True, exist_ok=True)
