@@ -192,6 +192,39 @@ class OrtTowers:
                                                 "attention_mask": np.asarray(attention_mask, np.int64)})[0]
 
 
+_FORWARDS: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, forward): one export check per model
+
+
+def image_forward(model: Any, runtime: str | None = None) -> Any:
+    """For an index build on CPU: a callable (B, 3, S, S) float tensor -> ``encode_image_channels`` output
+    (torch tensors) that runs the exported image tower in onnxruntime; None when torch should run it
+    (CUDA, ``runtime="torch"``, onnxruntime missing, or a tower the exporter cannot trace)."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cpu" or resolve_runtime(runtime, "cpu") != "onnx":
+        return None
+    cached = _FORWARDS.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    try:
+        folder = export_dir(model.fingerprint())
+        if not (folder / "image.onnx").is_file():
+            export(model, ("image",))
+        towers = OrtTowers(folder, ("image",))
+    except Exception as exc:  # ModelError from the exporter, or a runtime that cannot load the graph
+        log.warning("image tower stays on torch: %s", exc)
+        return None
+
+    def forward(images: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+        out = towers.image_channels(images.float().contiguous().numpy())
+        return {k: torch.from_numpy(v) for k, v in out.items()}
+
+    _FORWARDS.clear()  # one model at a time: a process indexes with one model
+    _FORWARDS[id(model)] = (model, forward)
+    return forward
+
+
 def tokenize_numpy(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask) as int64 arrays; a ``tokenizers`` tokenizer is called directly."""
     tok = getattr(tokenizer, "tok", None)
