@@ -93,7 +93,7 @@ def test_export_is_cached_by_fingerprint(tiny_index):
 def test_default_model_answers_from_the_exported_towers_without_the_torch_model(default_index, monkeypatch):
     """Once exported, opening the index creates no torch model (no weights, no transformers): same hits."""
     from mmsearch import SearchEngine
-    from mmsearch.search import engine as engine_mod
+    from mmsearch.models import factory
 
     ref = SearchEngine.open(default_index, device="cpu", runtime="torch")
     SearchEngine.open(default_index, device="cpu", runtime="onnx")  # exports if this test runs alone
@@ -101,7 +101,7 @@ def test_default_model_answers_from_the_exported_towers_without_the_torch_model(
     def no_torch_model(*a, **kw):
         raise AssertionError("the torch model was created")
 
-    monkeypatch.setattr(engine_mod, "create_model", no_torch_model)
+    monkeypatch.setattr(factory, "create_model", no_torch_model)
     lean = SearchEngine.open(default_index, device="cpu", runtime="onnx")
     assert isinstance(lean.model, onnx.LazyModel)
     for q in ({"text": "red running shoes"}, {"text": "a cup of coffee", "where": None}):

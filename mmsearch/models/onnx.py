@@ -149,7 +149,8 @@ def _write_lean(folder: Path, model: Any, tokenizer: Any) -> None:
     from ..config import to_dict
 
     tok = None
-    if tokenizer is not None and getattr(tokenizer, "state", lambda: {})().get("kind") == "hf":
+    state: dict[str, Any] = tokenizer.state() if hasattr(tokenizer, "state") else {}
+    if state.get("kind") == "hf":
         tok = {"kind": "hf", "path": str(tokenizer.path), "context_length": int(tokenizer.context_length)}
     info = {"cfg": to_dict(model.cfg), "tokenizer": tok}
     tmp = folder / f".lean.{os.getpid()}.tmp"

@@ -10,20 +10,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import faiss
 import numpy as np
-import torch
 from PIL import Image
 
 from ..config import RankingCfg
-from ..catalog.images import load_image
-from ..models.device import autocast
-from ..encode.pipeline import encode_texts
 from ..index import ann
 from ..index.ann import IndexSpec
 from ..errors import ImageDecodeError, IndexIncompatibleError, ItemNotFoundError, QueryError
-from ..models.factory import create_model, list_models
+from ..models.registry import list_models
 from ..index.filters import WhereSpec, parse_where
 from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
-from ..models.preprocess import ResizeCropU8, normalize_batch
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
 from . import runtime as _runtime
@@ -31,6 +26,8 @@ from ..models.crop import resize_crop_pil
 from ..models.onnx import normalize_u8, tokenize_numpy
 
 if TYPE_CHECKING:
+    import torch
+
     from ..index.plan import BuildReport
     from ..models.dual_encoder import DualEncoder
 
@@ -149,6 +146,10 @@ class SearchEngine:
 
     def _torch_model(self, model_ref: str, manifest: dict[str, Any], with_parts: bool = False) -> Any:
         """The torch model that built the index (checked by fingerprint); with its preprocess and tokenizer."""
+        import torch  # torch, transformers and the weights: only when the torch model is needed
+
+        from ..models.factory import create_model
+
         model, preprocess, tokenizer = create_model(model_ref, device=self.device)
         if model.fingerprint() != manifest["model"]["fingerprint"]:
             raise IndexIncompatibleError(
@@ -207,11 +208,13 @@ class SearchEngine:
         return report
 
     # ------------------------------------------------------------------------------------ encoding
-    def _device(self) -> torch.device:
+    def _device(self) -> "torch.device":
         return next(self.model.parameters()).device
 
     def _load_query_image(self, image: ImageInput) -> Image.Image:
         try:
+            from ..catalog.images import load_image
+
             return load_image(image, draft_size=2 * self.model.cfg.image.resize_size)
         except ImageDecodeError as exc:
             where = f" {image}" if isinstance(image, (str, Path)) else ""
@@ -225,6 +228,11 @@ class SearchEngine:
             u8n = np.stack([np.asarray(resize_crop_pil(self._load_query_image(im).convert("RGB"), cfg.resize_size,
                                                        cfg.image_size)).transpose(2, 0, 1) for im in images])  # (B, 3, S, S)
             return self._ort.image_channels(normalize_u8(u8n, cfg.mean, cfg.std))
+        import torch
+
+        from ..models.device import autocast
+        from ..models.preprocess import ResizeCropU8, normalize_batch
+
         u8 = torch.stack([ResizeCropU8(cfg)(self._load_query_image(im)) for im in images]).to(self._device())
         batch = normalize_batch(u8, cfg.mean, cfg.std, channels_last=True)
         with torch.inference_mode(), autocast(self._device()):
@@ -238,6 +246,8 @@ class SearchEngine:
         """(n, D) float32 unit embeddings in the shared space."""
         if getattr(self, "_ort", None) is not None and "text" in self._ort.sessions and len(texts):
             return self._ort.text(*tokenize_numpy(self.tokenizer, list(texts)))
+        from ..encode.pipeline import encode_texts
+
         return encode_texts(self.model, self.tokenizer, list(texts))
 
     # ------------------------------------------------------------------------------------- ranking
@@ -282,6 +292,8 @@ class SearchEngine:
         learned = image is not None and text is not None and self.model.cfg.fusion != "sum" and 0.0 < w < 1.0
         fused = None
         if learned:
+            import torch
+
             with torch.inference_mode():
                 fused = self.model.fuse(torch.from_numpy(image["image"]).to(self._device()),
                                         torch.from_numpy(text).to(self._device()), w).float().cpu().numpy()
