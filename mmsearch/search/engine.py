@@ -22,6 +22,7 @@ from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
 from . import runtime as _runtime
+from .filtercache import FilterCache
 from ..models.crop import resize_crop_pil
 from ..models.onnx import normalize_u8, tokenize_numpy
 
@@ -98,6 +99,7 @@ class SearchEngine:
         self.path = Path(path)
         self.device = device
         self.runtime = runtime  # query encoders: auto | onnx | torch (models/onnx.py)
+        self._filters = FilterCache()  # ids matching recent --where filters, per snapshot
         self.ranking = ranking or RankingCfg()
         self._verify = verify
         self.model: DualEncoder | None = None
@@ -257,7 +259,7 @@ class SearchEngine:
         if ch is None or ch.index.ntotal == 0:
             return np.full((len(queries), 0), -1, np.int64)
         if allowed is not None:
-            allowed = allowed[np.isin(allowed, ch.ids)]
+            allowed = self._filters.in_channel(channel, allowed, ch.ids)
             if not len(allowed):
                 return np.full((len(queries), 0), -1, np.int64)
             strategy = self.filter_strategy
@@ -299,7 +301,7 @@ class SearchEngine:
                                         torch.from_numpy(text).to(self._device()), w).float().cpu().numpy()
         img_channel = "visual" if "visual" in self.channels and image is not None and "visual" in image else "image"
         batch = len(text) if text is not None else len(next(iter(image.values())))  # type: ignore[union-attr]
-        allowed = self.select(where) if where is not None else None
+        allowed = self._filters.allowed(self.snapshot, where, self.select) if where is not None else None
         cands = self.candidates(image, text, fused, img_channel, batch, k, allowed)
         results = [top_k(self.score(image, text, fused, img_channel, b, cand, w), cand, k)
                    for b, cand in enumerate(cands)]
