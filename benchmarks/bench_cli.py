@@ -80,7 +80,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("MMSEARCH_BENCH_CACHE", "/tmp/mmsearch_bench")))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cli_cpu")
     args = ap.parse_args()
-    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # MMSEARCH_SRC: run another checkout (e.g. a frozen copy while this one is being edited)
+    env = {"PYTHONPATH": os.environ.get("MMSEARCH_SRC", str(ROOT)), "HF_HUB_OFFLINE": "1"}
     os.environ.update(env)
     load0 = os.getloadavg()
     res: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),

@@ -107,3 +107,26 @@ def test_default_model_answers_from_the_exported_towers_without_the_torch_model(
     for q in ({"text": "red running shoes"}, {"text": "a cup of coffee", "where": None}):
         assert [h.id for h in lean.search(k=10, **q)] == [h.id for h in ref.search(k=10, **q)]
     assert lean.model._model is None  # still not loaded
+
+
+@needs_ort
+def test_a_query_process_imports_no_torch(default_index, sample_catalog):
+    """`mmsearch query` in-process on the lean path: no torch, no transformers in the process at all."""
+    import os
+    import subprocess
+    import sys
+
+    from mmsearch import SearchEngine
+
+    SearchEngine.open(default_index, device="cpu", runtime="onnx")  # exports if this test runs alone
+    photo = sorted(sample_catalog.rglob("*.webp"))[0]
+    code = ("import sys, json; from mmsearch.cli import main; sys.argv = ['mmsearch', 'query', sys.argv[1], 'red shoes', "
+            "'--index', sys.argv[2], '--json', '--no-server', '--device', 'cpu']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules)))")
+    res = subprocess.run([sys.executable, "-c", code, str(photo), str(default_index)], capture_output=True, text=True,
+                         env={**os.environ, "MMSEARCH_RUNTIME": "onnx"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(__import__("json").loads(lines[0])) == 10  # the hits
+    assert lines[-1] == "[]", lines[-1]
