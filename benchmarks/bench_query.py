@@ -84,12 +84,16 @@ class StageTimer:
         self._wrap(engine, "score", "rescore")
         self._wrap(engine.store, "rows", "store")
         model = getattr(engine, "model", None)
-        if model is not None and hasattr(model, "encode_image_channels"):
+        if model is not None and type(model).__name__ != "LazyModel" and hasattr(model, "encode_image_channels"):
             self._wrap(model, "encode_image_channels", "image_encode")
             self._wrap(model, "encode_text", "text_encode")
         tok = getattr(engine, "tokenizer", None)
-        if tok is not None:
+        if tok is not None and callable(tok):  # the lean path's tokenizer is called inside the text stage
             engine.tokenizer = self._timed(tok, "tokenize")
+        ort = getattr(engine, "_ort", None)
+        if ort is not None:  # onnxruntime towers (models/onnx.py)
+            self._wrap(ort, "image_channels", "image_encode")
+            self._wrap(ort, "text", "text_encode")
         orig = engine._candidates
 
         def cand(channel, *a, **kw):

@@ -178,6 +178,9 @@ class OrtTowers:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         opts.intra_op_num_threads = int(threads or cpus)
         opts.log_severity_level = 3
+        # no busy-waiting between ops: on a shared CPU (and while a photo + text query runs both towers at
+        # once) spinning threads only take cores from the threads with work to do
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {t: ort.InferenceSession(str(self.folder / f"{t}.onnx"), opts,
                                                  providers=["CPUExecutionProvider"]) for t in towers}
 
