@@ -414,7 +414,8 @@ class SearchEngine:
         for (has_img, has_txt), idx in groups.items():
             img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
                 lambda: self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None,
-                lambda: self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None)[::-1]
+                lambda: self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None,
+                concurrent=has_img and has_txt)[::-1]
             for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where)):
                 results[i] = hits
         return results  # type: ignore[return-value]

@@ -86,10 +86,12 @@ def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str,
         return None
 
 
-def both(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
+def both(first: Callable[[], T], second: Callable[[], U], concurrent: bool = True) -> tuple[T, U]:
     """Run ``first`` in a helper thread while ``second`` runs here (a photo + text query's two encoders:
     both runtimes release the GIL, and batch-1 graphs do not fill two cores each)."""
     global _POOL
+    if not concurrent:  # one encoder (or none) to run: no thread hand-off
+        return first(), second()
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsearch-encode")
     fut = _POOL.submit(first)
