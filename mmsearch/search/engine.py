@@ -302,7 +302,8 @@ class SearchEngine:
         img_channel = "visual" if "visual" in self.channels and image is not None and "visual" in image else "image"
         batch = len(text) if text is not None else len(next(iter(image.values())))  # type: ignore[union-attr]
         allowed = self._filters.allowed(self.snapshot, where, self.select) if where is not None else None
-        cands = self.candidates(image, text, fused, img_channel, batch, k, allowed)
+        with _runtime.faiss_threads(batch):  # batch-1 searches on one thread (no barrier on a busy CPU)
+            cands = self.candidates(image, text, fused, img_channel, batch, k, allowed)
         results = [top_k(self.score(image, text, fused, img_channel, b, cand, w), cand, k)
                    for b, cand in enumerate(cands)]
         rows = self.store.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
