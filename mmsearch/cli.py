@@ -165,10 +165,12 @@ def query_cmd(
     batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line.")] = None,
     device: DeviceOpt = "auto",
     where: WhereOpt = None,
+    no_server: Annotated[bool, typer.Option("--no-server", help="Search in this process even when a "
+                                            "`mmsearch serve` of this index is running.")] = False,
 ) -> None:
-    """Search the index by photo, text, or photo + text."""
+    """Search the index by photo, text, or photo + text (through a running `mmsearch serve` of the same
+    index when there is one: no model load)."""
     from .index.filters import parse_where
-    from .search.engine import SearchEngine
 
     try:
         conditions = parse_where(where) if where else None  # malformed filters fail before any loading
@@ -176,6 +178,8 @@ def query_cmd(
             if args or image or text:
                 raise QueryError("--batch takes its queries from the file; give no image or text as well")
             queries = read_batch(batch)
+            from .search.engine import SearchEngine
+
             engine = SearchEngine.open(index, device=device)
             failures = run_batch(engine, queries, k, image_weight, where=conditions)
             if failures:
@@ -184,8 +188,14 @@ def query_cmd(
         qimage, qtext = split_query_args(args or [], image, text)
         if qimage is None and not (qtext or "").strip():
             raise QueryError("give a query image, a query text, or both (e.g. mmsearch query photo.jpg \"red shoes\")")
-        engine = SearchEngine.open(index, device=device)
-        hits = engine.search(image=qimage, text=qtext, k=k, image_weight=image_weight, where=conditions)
+        served = None if no_server else ask_server(index, qimage, qtext, k, image_weight, where)
+        if served is not None:
+            hits = served
+        else:
+            from .search.engine import SearchEngine  # torch and the model: only when searching here
+
+            engine = SearchEngine.open(index, device=device)
+            hits = engine.search(image=qimage, text=qtext, k=k, image_weight=image_weight, where=conditions)
     except MMSearchError as exc:
         raise fail(exc)
     if as_json:
@@ -200,6 +210,16 @@ def query_cmd(
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.3f}", h.id, h.title)
     out.print(table)
+
+
+def ask_server(index: Path, image, text, k, image_weight, where) -> list | None:
+    """Hits from a running `mmsearch serve` of ``index`` (server/discovery.py), or None."""
+    from types import SimpleNamespace
+
+    from .server.discovery import ask
+
+    rows = ask(index, image, text, k, image_weight, list(where) if where else None)
+    return None if rows is None else [SimpleNamespace(**r) for r in rows]
 
 
 def read_batch(path: Path) -> list[dict[str, Any]]:
