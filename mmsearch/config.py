@@ -48,6 +48,10 @@ class ImageTowerCfg:
     head: ``linear`` / ``mlp`` (trainable), ``imagenet_bridge`` (fixed zero-shot head: ImageNet class
         probabilities times the text embeddings of the class names; lands in the text tower's space) or
         ``bridge_residual`` (the bridge plus a trained, zero-initialised MLP correction).
+    geometry: ``crop`` (short side to ``resize_size``, centre crop ``image_size``: cuts the ends of
+        non-square objects) or ``pad`` (the whole image, long side to ``image_size``, centred on a square of
+        ``pad_color``). Indexing, queries, training and the GPU path all follow it.
+    pad_color: RGB of the padding (also the border ``crop`` adds around images smaller than the crop).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -58,6 +62,8 @@ class ImageTowerCfg:
     head: str = "imagenet_bridge"
     width: int = 32  # tiny_cnn only: channels of the first stage
     bridge_template: str = "a photo of a {}."
+    geometry: str = "crop"
+    pad_color: tuple[int, int, int] = (0, 0, 0)
 
 
 @dataclass
