@@ -64,6 +64,11 @@ class ImageTowerCfg:
     bridge_template: str = "a photo of a {}."
     geometry: str = "crop"
     pad_color: tuple[int, int, int] = (0, 0, 0)
+    # Zero-shot bridge prompts: an ensemble of templates (empty: ``bridge_template`` alone), all ImageNet
+    # synonyms of a class ("tench, Tinca tinca") instead of the first, and the softmax temperature.
+    bridge_templates: tuple[str, ...] = ()
+    bridge_synonyms: bool = False
+    bridge_temperature: float = 1.0
 
 
 @dataclass
