@@ -6,12 +6,29 @@ import torch
 import torch.nn.functional as F
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+def same_text_mask(text_ids: torch.Tensor | None, rows: int, offset: int = 0) -> torch.Tensor | None:
+    """(rows, total) True where row i and column j are different pairs with the same text (``text_ids``:
+    (total,) one id per pair of the global batch; row i is pair ``offset + i``). Such a column is a false
+    negative: many items share a class name or an emoji label."""
+    if text_ids is None:
+        return None
+    mine = text_ids[offset:offset + rows]
+    same = mine[:, None] == text_ids[None, :]
+    same[torch.arange(rows, device=same.device), torch.arange(rows, device=same.device) + offset] = False
+    return same
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor | float,
+                     text_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric image<->text InfoNCE (CLIP): row i of ``img`` (B, D) matches row i of ``txt`` (B, D).
 
-    mean of CE(scale * img @ txt.T, arange(B)) and CE(scale * txt @ img.T, arange(B)).
+    mean of CE(scale * img @ txt.T, arange(B)) and CE(scale * txt @ img.T, arange(B)). With ``text_ids``
+    (B,), pairs sharing a text are not each other's negatives (masked out of both directions).
     """
     logits = logit_scale * img @ txt.t()  # (B, B)
+    same = same_text_mask(text_ids, len(img))
+    if same is not None:
+        logits = logits.masked_fill(same, float("-inf"))  # symmetric, so the transpose is masked too
     labels = torch.arange(len(img), device=img.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 

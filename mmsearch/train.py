@@ -618,7 +618,9 @@ def run_epoch(net: DualEncoder, step_model: nn.Module, tr: Split, cfg: TrainCfg,
             scale = emb["scale"]
             losses = {}
             if cfg.loss_contrastive > 0:
-                losses["contrastive"] = gathered_contrastive_loss(emb["img"], emb["txt"], scale, sizes)
+                # pairs whose items share their first text (the title) are not each other's negatives
+                same_ids = torch.tensor([tr.variants[r][0] for r in rows], device=dev) if cfg.mask_same_text else None
+                losses["contrastive"] = gathered_contrastive_loss(emb["img"], emb["txt"], scale, sizes, same_ids)
             if use_composed:
                 losses["composed"] = gathered_composed_loss(emb["fused"], emb["tgt"], scale,
                                                             tr.triplets.tgt[pick].to(dev), tsizes)
