@@ -160,6 +160,7 @@ class TrainCfg:
     text_templates: tuple[str, ...] = ("{title}", "a photo of {title}", "{title}, {tags}")
     max_tags: int = 4  # tags per "{tags}" variant
     mask_same_text: bool = True  # pairs sharing a title are not contrastive negatives of each other
+    wise_alpha: float = 1.0  # WiSE-FT: checkpoints hold (1 - a) * start + a * trained weights (1 = off)
     tag_groups: int = 1  # "{tags}" variants per item, each with the next max_tags tags
     fusion: str = ""  # override the model's fusion ("" = keep)
     # Image augmentation (mmsearch/augment.py); 0 views = off. Frozen backbones: aug_views augmented views
