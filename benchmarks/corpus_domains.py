@@ -68,6 +68,29 @@ STYLE_WORD = {**{d: "emoji" for d in EMOJI_SETS}, **{d: "icon" for d in ICON_SET
               "openclipart-svg": "drawing"}
 
 
+_UNITS = {"px": 1.0, "pt": 4 / 3, "pc": 16.0, "mm": 96 / 25.4, "cm": 96 / 2.54, "in": 96.0}
+
+
+def px_root(svg: str) -> str:
+    """An SVG whose root has width/height in physical units ("210mm") and no viewBox, which resvg refuses
+    ("invalid size"): the same drawing with a viewBox in user units (px) and unitless width/height."""
+    start = svg.find("<svg")
+    end = svg.find(">", start)
+    head = svg[start:end]
+    if start < 0 or "viewBox" in head:
+        return svg
+    dims = {}
+    for key in ("width", "height"):
+        m = re.search(rf'(\s{key}\s*=\s*["\'])\s*([\d.]+)\s*(px|pt|pc|mm|cm|in)\s*(["\'])', head)
+        if not m:
+            return svg
+        dims[key] = (m, float(m.group(2)) * _UNITS[m.group(3)])
+    for key, (m, v) in dims.items():
+        head = head.replace(m.group(0), f"{m.group(1)}{v:.2f}{m.group(4)}")
+    w, h = dims["width"][1], dims["height"][1]
+    return svg[:start] + head + f' viewBox="0 0 {w:.2f} {h:.2f}"' + svg[end:]
+
+
 def render_svg(svg: str, size: int = RENDER) -> Image.Image | None:
     """SVG markup -> RGBA image whose long side is ``size`` (transparent background); None if it fails."""
     import io
@@ -75,6 +98,7 @@ def render_svg(svg: str, size: int = RENDER) -> Image.Image | None:
     import resvg_py
 
     try:
+        svg = px_root(svg)
         w, h = svg_size(svg)
         scale = size / max(w, h)
         png = resvg_py.svg_to_bytes(svg_string=svg, width=max(1, round(w * scale)), height=max(1, round(h * scale)),

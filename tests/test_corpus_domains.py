@@ -150,3 +150,9 @@ def test_svg_size_and_words():
     assert cd.words("cameraPhoto") == "camera photo" and cd.words("weather-storm_2") == "weather storm 2"
     assert cd.icon_base("camera outline") == "camera" and cd.icon_base("camera 2") == "camera"
     assert cd.render_svg("not an svg") is None
+    # physical units without a viewBox (old Inkscape files), which resvg refuses as they are
+    assert cd.px_root('<svg width="210mm" height="297mm">') == \
+        '<svg width="793.70" height="1122.52" viewBox="0 0 793.70 1122.52">'
+    im = cd.render_svg('<svg xmlns="http://www.w3.org/2000/svg" width="20mm" height="10mm"><rect width="40" '
+                       'height="20" fill="#f00"/></svg>', 100)
+    assert im is not None and im.size == (100, 50)
