@@ -77,7 +77,30 @@ class Corpus:
                          and (not_domain is None or self.domain[i] != not_domain)], dtype=np.int64)
 
 
-def load_corpus(root: Path) -> Corpus:
+def load_corpus(roots: Path | list[Path]) -> Corpus:
+    """Every folder of one or more corpora built by ``build_corpus.py``. With several, a later corpus's
+    domains (other than fluent, which every build contains) replace the earlier corpora's rows of that
+    domain: a domain rebuilt on its own (``--domains openclipart-svg --out corpus-oc``) joins the rest."""
+    roots = [roots] if isinstance(roots, Path) else list(roots)
+    later: set[str] = set()
+    per_root = []
+    for k in range(len(roots) - 1, -1, -1):  # the last corpus wins
+        keep = _load_one(roots[k], skip=later, fluent=(k == 0))
+        later |= {d for d in keep.domain if d != "fluent"}
+        per_root.insert(0, keep)
+    out = Corpus([], [], [], [], [], [])
+    for c in per_root:
+        off = len(out.ids)
+        out.ids += c.ids
+        out.paths += c.paths
+        out.rows += c.rows
+        out.split += c.split
+        out.domain += c.domain
+        out.triplets += [(r + off, m, t + off, k) for r, m, t, k in c.triplets]
+    return out
+
+
+def _load_one(root: Path, skip: set[str], fluent: bool) -> Corpus:
     ids, paths, rows, split, domain, trip = [], [], [], [], [], []
     pos = {}
     for folder in sorted(p.parent for p in root.glob("*/catalog.jsonl")):
@@ -85,19 +108,23 @@ def load_corpus(root: Path) -> Corpus:
             if not line.strip():
                 continue
             r = json.loads(line)
+            d = r.get("domain", "fluent")
+            if d in skip or (d == "fluent" and not fluent):
+                continue
             pos[f"{folder.name}/{r['image']}"] = len(ids)
-            ids.append(f"{folder.name}/{r['image']}")
+            ids.append(f"{root.name}/{folder.name}/{r['image']}")
             paths.append(str(folder / r["image"]))
             rows.append(r)
             split.append(folder.name.split("-")[0])
-            domain.append(r.get("domain", "fluent"))
+            domain.append(d)
         tp = folder / "triplets.jsonl"
         if tp.is_file():
             for line in tp.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     t = json.loads(line)
-                    trip.append((pos[f"{folder.name}/{t['reference']}"], t["text"], pos[f"{folder.name}/{t['target']}"],
-                                 t.get("kind", "")))
+                    a, b = f"{folder.name}/{t['reference']}", f"{folder.name}/{t['target']}"
+                    if a in pos and b in pos:
+                        trip.append((pos[a], t["text"], pos[b], t.get("kind", "")))
     return Corpus(ids, paths, rows, split, domain, trip)
 
 
@@ -121,18 +148,19 @@ def extraction_order(c: Corpus, splits: list[str], caps: dict[str, int] | None =
             continue
         seen[key] += 1
         keep.append(i)
-    first = [i for i in keep if c.split[i] == "test" and "test" in splits]
-    rest_by_domain = defaultdict(list)
-    for i in keep:
-        if c.split[i] in splits and c.split[i] != "test":
-            rest_by_domain[c.domain[i]].append(i)
-    rest = []
-    queues = [list(v) for _, v in sorted(rest_by_domain.items())]
-    while any(queues):
-        for q in queues:
-            if q:
-                rest.append(q.pop(0))
-    return first + rest
+    def round_robin(rows: list[int]) -> list[int]:
+        by_domain = defaultdict(list)
+        for i in rows:
+            by_domain[c.domain[i]].append(i)
+        out, queues = [], [list(v) for _, v in sorted(by_domain.items())]
+        while any(queues):
+            for q in queues:
+                if q:
+                    out.append(q.pop(0))
+        return out
+
+    first = round_robin([i for i in keep if c.split[i] == "test" and "test" in splits])
+    return first + round_robin([i for i in keep if c.split[i] in splits and c.split[i] != "test"])
 
 
 def cmd_extract(args) -> None:
@@ -416,6 +444,10 @@ def cmd_run(args) -> None:
     pad_cfg = geometry_cfg("pad", "default")
     pad_model, _ = build_model(pad_cfg)
     have_pad = attach_features(c, "pad", pad_model)
+    # every model is evaluated on the same queries: test images with features in both geometries
+    test = np.array(c.split) == "test"
+    for g, have in (("crop", have_crop), ("pad", have_pad)):
+        c.feats[g][torch.from_numpy(test & ~(have_crop & have_pad))] = float("nan")
     for d in doms:
         results["counts"][d] = {s: int(((np.array(c.domain) == d) & (np.array(c.split) == s)).sum())
                                 for s in ("train", "val", "test")}
@@ -459,7 +491,8 @@ def cmd_run(args) -> None:
     prior = bridge_heads[args.prior]
     alphas = [float(a) for a in args.alphas.split(",")]
     costs = {}
-    for rname in args.recipes.split(","):
+    in_domain: dict[str, dict[str, dict]] = defaultdict(dict)
+    for rname in [r for r in args.recipes.split(",") if r]:
         recipe = RECIPES[rname]
         t0 = time.time()
         tuned_by_domain = {}
@@ -468,25 +501,37 @@ def cmd_run(args) -> None:
             tuned_by_domain[d] = train_heads(prior, c, c.feats["pad"], pool, recipe)
             print(f"{rname} without {d}: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
         costs[rname] = (time.time() - t0) / len(doms)
+        # in-domain: the same recipe on every domain's train split, evaluated on every test split
+        tuned_all = train_heads(prior, c, c.feats["pad"], c.where("train"), recipe) if args.in_domain else None
         for a in alphas:
             name = f"{rname} a{a:g}"
             for d in doms:
                 spaces[name][d] = evaluate(prior.space(c.feats["pad"], a, tuned_by_domain[d]), c, d, weights)
+                if tuned_all is not None:
+                    in_domain[name][d] = evaluate(prior.space(c.feats["pad"], a, tuned_all), c, d, weights)
             print(f"{name}: done", file=sys.stderr, flush=True)
+    if args.in_domain:
+        for name in ("bridge", "default (shipped)", args.prior):
+            in_domain[name] = spaces[name]
     results["train_seconds_per_fold"] = costs
     results["prior"] = args.prior
     # summaries
-    for name, per_dom in spaces.items():
-        entry = {}
-        for d, tasks in per_dom.items():
-            e = {task: summary(r) for task, r in tasks.items()}
-            base = spaces["bridge"][d]
-            for task, r in tasks.items():
-                if task in base and len(base[task]) == len(r):
-                    e[task]["dR@10_vs_bridge_ci"] = paired_ci(r, base[task], 10)
-                    e[task]["dR@1_vs_bridge_ci"] = paired_ci(r, base[task], 1)
-            entry[d] = e
-        results["models"][name] = entry
+    def summarize(table):
+        out = {}
+        for name, per_dom in table.items():
+            entry = {}
+            for d, tasks in per_dom.items():
+                e = {task: summary(r) for task, r in tasks.items()}
+                base = spaces["bridge"][d]
+                for task, r in tasks.items():
+                    if task in base and len(base[task]) == len(r):
+                        e[task]["dR@10_vs_bridge_ci"] = paired_ci(r, base[task], 10)
+                        e[task]["dR@1_vs_bridge_ci"] = paired_ci(r, base[task], 1)
+                entry[d] = e
+            out[name] = entry
+        return out
+    results["models"] = summarize(spaces)
+    results["in_domain"] = summarize(in_domain)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     args.out.with_suffix(".md").write_text(report(results, weights, " ".join(sys.argv)))
@@ -555,6 +600,40 @@ def report(res: dict, weights, command: str) -> str:
                 L.append(f"| {name} | {'raw features' if ch == 'raw' else 'shared image embedding'} | " +
                          " | ".join(f"{v['R@1']:.2f} / {v['R@10']:.2f}" for v in vals) +
                          f" | {np.mean([v['R@1'] for v in vals]):.3f} / {np.mean([v['R@10'] for v in vals]):.3f} |")
+    L += ["", "## Ship rule (issue 13)\n",
+          "text R@10 above `bridge` on every held-out domain, mean >= 1.5x bridge; composed (w=0.5) R@10 >= "
+          "photo-only and R@1 >= 0.30 on held-out emoji styles (mean over styles; worst style in brackets).\n",
+          "| model | domains above bridge | mean / bridge | composed R@1 mean [worst] | composed R@10 - photo-only mean "
+          "[worst] | passes |", "|---|---|---|---|---|---|"]
+    for name, e in models.items():
+        above = sum(e[d]["text"]["R@10"] > models["bridge"][d]["text"]["R@10"] for d in doms)
+        ratio = np.mean([e[d]["text"]["R@10"] for d in doms]) / bmean
+        if comp and "composed_w0.5" in e[comp[0]]:
+            r1 = [e[d]["composed_w0.5"]["R@1"] for d in comp]
+            gap = [e[d]["composed_w0.5"]["R@10"] - e[d]["composed_photo"]["R@10"] for d in comp]
+            ok = above == len(doms) and ratio >= 1.5 and np.mean(r1) >= 0.30 and np.mean(gap) >= 0
+            L.append(f"| {name} | {above}/{len(doms)} | {ratio:.2f}x | {np.mean(r1):.3f} [{min(r1):.3f}] | "
+                     f"{np.mean(gap):+.3f} [{min(gap):+.3f}] | {'yes' if ok else 'no'} |")
+    if res.get("in_domain"):
+        ind = res["in_domain"]
+        L += ["", "## In-domain (secondary): trained on every domain's train split, tested on each test split\n",
+              "text -> image R@10 per domain; composed R@1 / R@10 at w=0.5 on the emoji domains (mean).\n",
+              "| model | " + " | ".join(doms) + " | mean | composed R@1 / R@10 |", "|---" * (len(doms) + 3) + "|"]
+        for name, e in ind.items():
+            vals = [e[d]["text"]["R@10"] for d in doms]
+            cdoms = [d for d in doms if "composed_w0.5" in e[d]]
+            comp_s = (f"{np.mean([e[d]['composed_w0.5']['R@1'] for d in cdoms]):.3f} / "
+                      f"{np.mean([e[d]['composed_w0.5']['R@10'] for d in cdoms]):.3f}") if cdoms else ""
+            L.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} | {comp_s} |")
+        if "fluent" in doms:
+            L += ["", "Fluent 3D test split (the old in-domain benchmark, `quality.md`): text R@10 [95% CI of the "
+                  "difference to bridge], composed R@1 / R@10 at w=0.5:\n", "| model | text R@10 | composed R@1 | composed R@10 |",
+                  "|---|---|---|---|"]
+            for name, e in ind.items():
+                t, cp = e["fluent"]["text"], e["fluent"].get("composed_w0.5", {})
+                ci = t.get("dR@10_vs_bridge_ci", (float("nan"),) * 2)
+                L.append(f"| {name} | {t['R@10']:.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] | {cp.get('R@1', float('nan')):.3f} | "
+                         f"{cp.get('R@10', float('nan')):.3f} |")
     L += ["", f"Training cost per LODO fold (seconds, 2 shared CPU cores): {res.get('train_seconds_per_fold')}", ""]
     return "\n".join(L)
 
@@ -588,7 +667,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("extract")
-    e.add_argument("--corpus", type=Path, required=True)
+    e.add_argument("--corpus", type=Path, action="append", required=True)
     e.add_argument("--geometry", choices=("crop", "pad"), default="pad")
     e.add_argument("--splits", default="test,train,val")
     e.add_argument("--limit", type=int, default=0)
@@ -596,7 +675,8 @@ def main(argv=None) -> None:
     e.add_argument("--chunk", type=int, default=640)
     e.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("run")
-    r.add_argument("--corpus", type=Path, required=True)
+    r.add_argument("--corpus", type=Path, action="append", required=True,
+                   help="a corpus folder; repeat to add domains rebuilt on their own")
     r.add_argument("--out", type=Path, default=Path("benchmarks/results/lodo"))
     r.add_argument("--domains", default="")
     r.add_argument("--recipes", default="old,masked,masked_anchor")
@@ -605,8 +685,10 @@ def main(argv=None) -> None:
     r.add_argument("--temperatures", default="1,2")
     r.add_argument("--prior", default="bridge pad+ens+syn")
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--in-domain", action="store_true", help="also train each recipe on every domain's train split "
+                                                              "and evaluate in-domain")
     s = sub.add_parser("ship")
-    s.add_argument("--corpus", type=Path, required=True)
+    s.add_argument("--corpus", type=Path, action="append", required=True)
     s.add_argument("--recipe", default="masked")
     s.add_argument("--alpha", type=float, default=0.5)
     s.add_argument("--bridge", default=json.dumps({"bridge_templates": list(ENSEMBLE), "bridge_synonyms": True}))

@@ -31,3 +31,5 @@ def test_extraction_order_tests_first_then_round_robin():
                   triplets=[])
     assert bl.extraction_order(c, ["test", "train", "val"]) == [3, 0, 4, 1, 5, 2]
     assert bl.extraction_order(c, ["test", "train"], {"train": 1}) == [3, 0, 5]
+    c.split[0] = "test"  # test images of several domains also alternate
+    assert bl.extraction_order(c, ["test"]) == [0, 3]
