@@ -112,8 +112,9 @@ class ModelCfg:
     def from_json_file(cls, path: str | Path) -> "ModelCfg":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         for tower in ("image", "text"):
-            if isinstance(data.get(tower, {}).get("mean"), list):
-                data[tower]["mean"] = tuple(data[tower]["mean"])
+            for key in ("mean", "pad_color", "bridge_templates"):
+                if isinstance(data.get(tower, {}).get(key), list):
+                    data[tower][key] = tuple(data[tower][key])
         return from_dict(cls, data)
 
 
