@@ -130,8 +130,11 @@ def _load_one(root: Path, skip: set[str], fluent: bool) -> Corpus:
 
 def geometry_cfg(geometry: str, base: str = "default", **bridge) -> ModelCfg:
     cfg = get_model_config(base)
+    # the shipped bridge's prompt (one template, first synonym, T = 1) unless asked otherwise, whatever the
+    # named config says now, so "bridge" stays the same baseline
+    prompts = {"bridge_templates": (), "bridge_synonyms": False, "bridge_temperature": 1.0, **bridge}
     image = dataclasses.replace(cfg.image, geometry=geometry, pad_color=WHITE if geometry == "pad" else (0, 0, 0),
-                                **bridge)
+                                bridge_template="a photo of a {}.", **prompts)
     return dataclasses.replace(cfg, image=image, weights="")
 
 
@@ -657,6 +660,7 @@ def cmd_ship(args) -> None:
     torch.manual_seed(0)
     c = load_corpus(args.corpus)
     kw = json.loads(args.bridge) if args.bridge else {}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
     cfg = geometry_cfg("pad", "default", **kw)
     model, tok = build_model(cfg)
     attach_features(c, "pad", model)
@@ -664,14 +668,16 @@ def cmd_ship(args) -> None:
     h = Heads(model, tok, crop_model)
     h.text_feats(all_texts(c))
     splits = args.splits.split(",")
-    pool = np.array([i for i in range(len(c.ids)) if c.split[i] in splits], dtype=np.int64)
+    pool = np.array([i for i in range(len(c.ids)) if c.split[i] in splits
+                     and not torch.isnan(c.feats["pad"][i]).any()], dtype=np.int64)  # items with cached features
     t0 = time.time()
     tuned = train_heads(h, c, c.feats["pad"], pool, RECIPES[args.recipe])
     model.load_state_dict(interpolate(h.start, tuned, args.alpha), strict=False)
     model.cfg = dataclasses.replace(cfg, name="default", weights="")
     save_checkpoint(model, tok, args.out, extra={"wise_ft_alpha": args.alpha, "recipe": dataclasses.asdict(
         RECIPES[args.recipe]), "train_splits": splits, "train_items": int(len(pool)),
-        "train_seconds": round(time.time() - t0, 1), "corpus_domains": domains_of(c)})
+        "train_seconds": round(time.time() - t0, 1), "corpus_domains": domains_of(c),
+        "train_items_by_domain": {d: int(sum(c.domain[i] == d for i in pool)) for d in domains_of(c)}})
     print(f"wrote {args.out} ({time.time() - t0:.0f}s)")
 
 
@@ -704,7 +710,8 @@ def main(argv=None) -> None:
     s.add_argument("--corpus", type=Path, action="append", required=True)
     s.add_argument("--recipe", default="masked")
     s.add_argument("--alpha", type=float, default=0.5)
-    s.add_argument("--bridge", default=json.dumps({"bridge_templates": list(ENSEMBLE), "bridge_synonyms": True}))
+    s.add_argument("--bridge", default=json.dumps({"bridge_templates": list(ENSEMBLE), "bridge_synonyms": True,
+                                                   "bridge_temperature": 2.0}))
     s.add_argument("--splits", default="train,val,test")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--threads", type=int, default=2)
