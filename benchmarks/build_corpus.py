@@ -91,6 +91,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sample_catalog import as_photo, find_asset  # noqa: E402
+import corpus_domains as more  # noqa: E402
 
 GROUPS = {0: "smileys", 1: "people", 2: "component", 3: "animals", 4: "food", 5: "travel", 6: "activities",
           7: "objects", 8: "symbols", 9: "flags"}
@@ -108,7 +109,7 @@ FASHION_KIND = ("clothing", "clothing", "clothing", "clothing", "clothing", "foo
 NOTO_FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 NOTO_VERSION = 15.0  # fonts-noto-color-emoji 2.042 covers Emoji 15.0
 GENERALIZATION_SAMPLES = ((500, 0), (500, 1))  # bench_generalization.py's openclipart samples (n, seed)
-DOMAINS = ("fluent", "noto", "fashion", "openclipart")
+DOMAINS = ("fluent", "noto", "fashion", "openclipart") + more.NEW_DOMAINS
 
 # source -> (registry, what to fetch, archive file pattern, folder under --fetch); see fetch(). The
 # folder names of the Debian packages are the ones bench_generalization.py --data expects.
@@ -118,6 +119,7 @@ PACKAGES = {
     "noto": ("apt", "fonts-noto-color-emoji", "fonts-noto-color-emoji_*_all.deb", "noto"),
     "fashion": ("apt", "dataset-fashion-mnist", "dataset-fashion-mnist_*_all.deb", "fashion-mnist"),
     "openclipart": ("apt", "openclipart-png", "openclipart-png_*_all.deb", "openclipart"),
+    **more.packages(),
 }
 
 
@@ -209,7 +211,8 @@ class Corpus:
         self.missing = 0
 
     def add(self, folder: str, src: Path | Image.Image, name: str, title: str, tags, category: str, base: str,
-            kind: str, domain: str | None = None, ext: str = "webp") -> str:
+            kind: str, domain: str | None = None, ext: str = "webp", captions: list[str] | None = None,
+            text: str = "") -> str:
         rel = f"images/{name}.{ext}"
         dst = self.out / folder / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +224,10 @@ class Corpus:
                "kind": kind}
         if domain:
             row["domain"] = domain
+        if captions:  # several texts for one image; training draws one per epoch
+            row["captions"] = captions
+        if text:
+            row["text"] = text
         self.rows[folder].append(row)
         return rel
 
@@ -232,7 +239,9 @@ def add_emoji(corpus: Corpus, data: list[dict], image_of: Callable[[str, str], P
     by_root: dict[str, dict[str, str]] = defaultdict(dict)  # root -> gender word -> id (base tone)
 
     def add(folder, src, name, title, tags, group, base, kind):
-        return corpus.add(folder, src, prefix + name, title, tags, GROUPS.get(group, "other"), base, kind, domain)
+        caps = more.captions(title, list(tags or []), "emoji") if domain in more.NEW_DOMAINS else None
+        return corpus.add(folder, src, prefix + name, title, tags, GROUPS.get(group, "other"), base, kind, domain,
+                          ext="png" if domain in more.NEW_DOMAINS else "webp", captions=caps)
 
     for e in data:
         if e.get("group") in (2, None):  # skin-tone swatches, regional letters
@@ -379,6 +388,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--noto", type=Path, help="unpacked fonts-noto-color-emoji (the folder holding usr/)")
     ap.add_argument("--fashion", type=Path, help="unpacked dataset-fashion-mnist (the folder holding usr/)")
     ap.add_argument("--openclipart", type=Path, help="unpacked openclipart-png (the folder holding usr/)")
+    ap.add_argument("--limit-per-domain", type=int, default=0, help="at most this many images per icon set / "
+                                                                    "clip-art domain (0: all; tests use a few)")
     ap.add_argument("--out", type=Path, default=Path("corpus"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tones", type=int, default=2, help="skin tones kept per base emoji (of 5)")
@@ -391,12 +402,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = wanted - set(DOMAINS)
     if unknown:
         ap.error(f"unknown domain(s) {sorted(unknown)}; choose from {', '.join(DOMAINS)}")
-    wanted |= {d for d in DOMAINS if getattr(args, d, None) is not None}
-    for source in ["fluent", "emojibase"] + [d for d in DOMAINS[1:] if d in wanted]:
+    wanted |= {d for d in DOMAINS[:4] if getattr(args, d, None) is not None}
+    for source in ["fluent", "emojibase"] + [d for d in DOMAINS[1:4] if d in wanted]:
         if getattr(args, source) is None:
             if args.fetch is None:
                 ap.error(f"--{source} (an unpacked package) or --fetch DIR is needed")
             setattr(args, source, fetch(source, args.fetch))
+    args.sources = {}  # the newer domains' packages (corpus_domains.py) come from --fetch only
+    for d in sorted(wanted & set(more.NEW_DOMAINS)):
+        if args.fetch is None:
+            ap.error(f"domain {d} needs --fetch DIR")
+        for source in (more.THEMES if d == "freedesktop" else (d,)):
+            args.sources[source] = fetch(source, args.fetch)
     args.wanted = wanted
     return args
 
@@ -420,6 +437,24 @@ def main(argv: list[str] | None = None) -> dict:
         corpus.missing = 0
         add_openclipart(corpus, args.openclipart, args.openclipart_per_base, args.seed)
         missing["openclipart"] = corpus.missing
+    for d in more.NEW_DOMAINS:
+        if d not in args.wanted:
+            continue
+        corpus.missing = 0
+        if d in more.EMOJI_SETS:
+            image_of = more.iconify_emoji_images(args.sources[d], data, more.EMOJI_SETS[d][1])
+            add_emoji(corpus, data, image_of, random.Random(f"{d}-{args.seed}"), args.tones, held_out(d),
+                      prefix=f"{d}-", domain=d)
+        elif d in more.ICON_SETS:
+            more.add_icon_set(corpus, split_of, held_out, args.sources[d], d, args.limit_per_domain)
+        elif d == "freedesktop":
+            more.add_freedesktop(corpus, split_of, held_out, {t: args.sources[t] for t in more.THEMES},
+                                 args.limit_per_domain)
+        elif d == "openclipart-svg":
+            more.add_openclipart_svg(corpus, split_of, held_out, args.sources[d], limit=args.limit_per_domain)
+        missing[d] = corpus.missing
+        print(f"{d}: {sum(r.get('domain') == d for rows in corpus.rows.values() for r in rows)} images, "
+              f"{corpus.missing} missing", file=sys.stderr, flush=True)
 
     counts = {}
     extra = sorted(f for f in corpus.rows if f not in ("train", "val", "test"))

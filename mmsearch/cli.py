@@ -368,6 +368,9 @@ def train_cmd(
     aug_views: Annotated[Optional[int], typer.Option("--aug-views", min=0, help="Image augmentation: cached "
                                                      "augmented views per image (frozen backbones), any N > 0 "
                                                      "augments on the fly with --unfreeze; 0 = off.")] = None,
+    wise_alpha: Annotated[Optional[float], typer.Option("--wise-alpha", min=0.0, max=1.0, help="WiSE-FT: save "
+                                                        "(1 - a) x the starting weights + a x the trained ones "
+                                                        "(1 = off).")] = None,
     composed: Annotated[Optional[Path], typer.Option("--composed", help="Triplets JSONL: reference, text, target.")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation catalog (early stopping on Recall@10).")] = None,
     val_composed: Annotated[Optional[Path], typer.Option("--val-composed", help="Validation triplets JSONL.")] = None,
@@ -387,7 +390,7 @@ def train_cmd(
     try:
         cfg = load_train_cfg(config or "default")
         overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "fusion": fusion,
-                     "unfreeze": unfreeze, "aug_views": aug_views}
+                     "unfreeze": unfreeze, "aug_views": aug_views, "wise_alpha": wise_alpha}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         report = train(catalog, out=out_dir, model=model, cfg=cfg, composed=composed, val=val,
                        val_composed=val_composed, device=device, resume=resume, progress=sys.stderr.isatty())

@@ -48,6 +48,10 @@ class ImageTowerCfg:
     head: ``linear`` / ``mlp`` (trainable), ``imagenet_bridge`` (fixed zero-shot head: ImageNet class
         probabilities times the text embeddings of the class names; lands in the text tower's space) or
         ``bridge_residual`` (the bridge plus a trained, zero-initialised MLP correction).
+    geometry: ``crop`` (short side to ``resize_size``, centre crop ``image_size``: cuts the ends of
+        non-square objects) or ``pad`` (the whole image, long side to ``image_size``, centred on a square of
+        ``pad_color``). Indexing, queries, training and the GPU path all follow it.
+    pad_color: RGB of the padding (also the border ``crop`` adds around images smaller than the crop).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -58,6 +62,13 @@ class ImageTowerCfg:
     head: str = "imagenet_bridge"
     width: int = 32  # tiny_cnn only: channels of the first stage
     bridge_template: str = "a photo of a {}."
+    geometry: str = "crop"
+    pad_color: tuple[int, int, int] = (0, 0, 0)
+    # Zero-shot bridge prompts: an ensemble of templates (empty: ``bridge_template`` alone), all ImageNet
+    # synonyms of a class ("tench, Tinca tinca") instead of the first, and the softmax temperature.
+    bridge_templates: tuple[str, ...] = ()
+    bridge_synonyms: bool = False
+    bridge_temperature: float = 1.0
 
 
 @dataclass
@@ -101,8 +112,9 @@ class ModelCfg:
     def from_json_file(cls, path: str | Path) -> "ModelCfg":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         for tower in ("image", "text"):
-            if isinstance(data.get(tower, {}).get("mean"), list):
-                data[tower]["mean"] = tuple(data[tower]["mean"])
+            for key in ("mean", "pad_color", "bridge_templates"):
+                if isinstance(data.get(tower, {}).get(key), list):
+                    data[tower][key] = tuple(data[tower][key])
         return from_dict(cls, data)
 
 
@@ -156,6 +168,8 @@ class TrainCfg:
     loss_classify: float = 0.1
     text_templates: tuple[str, ...] = ("{title}", "a photo of {title}", "{title}, {tags}")
     max_tags: int = 4  # tags per "{tags}" variant
+    mask_same_text: bool = True  # pairs sharing a title are not contrastive negatives of each other
+    wise_alpha: float = 1.0  # WiSE-FT: checkpoints hold (1 - a) * start + a * trained weights (1 = off)
     tag_groups: int = 1  # "{tags}" variants per item, each with the next max_tags tags
     fusion: str = ""  # override the model's fusion ("" = keep)
     # Image augmentation (mmsearch/augment.py); 0 views = off. Frozen backbones: aug_views augmented views

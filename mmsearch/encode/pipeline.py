@@ -161,7 +161,8 @@ class _Encoder:
                     self.failed.append((pos, str(exc)))
                     continue
             else:
-                img = resize_crop_tensor(img, self.icfg.resize_size, self.icfg.image_size)
+                img = resize_crop_tensor(img, self.icfg.resize_size, self.icfg.image_size, self.icfg.geometry,
+                                         tuple(self.icfg.pad_color))
             positions.append(pos)
             images.append(img)
         return positions, images

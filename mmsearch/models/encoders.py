@@ -85,13 +85,14 @@ class ImageNetBridge(nn.Module):
     (B, F) features -> (B, 1000) softmax -> (B, D) in the text tower's space. Fixed, nothing trains.
     """
 
-    def __init__(self, backbone: EfficientNetLite0, class_text_emb: torch.Tensor):
+    def __init__(self, backbone: EfficientNetLite0, class_text_emb: torch.Tensor, temperature: float = 1.0):
         super().__init__()
         self.classify = backbone.classify  # shares the backbone's classifier weights
         self.register_buffer("class_text_emb", class_text_emb.float(), persistent=False)  # (1000, D)
+        self.temperature = float(temperature)  # > 1 spreads the mass over more classes
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        probs = self.classify(feats).float().softmax(dim=-1)
+        probs = (self.classify(feats).float() / self.temperature).softmax(dim=-1)
         return probs @ self.class_text_emb
 
 
@@ -139,7 +140,7 @@ class ImageTower(nn.Module):
         if cfg.head in ("imagenet_bridge", "bridge_residual"):
             if not isinstance(self.backbone, EfficientNetLite0) or class_text_emb is None:
                 raise ModelError(f"the {cfg.head} head needs an ImageNet backbone and class-name embeddings")
-            bridge = ImageNetBridge(self.backbone, class_text_emb)
+            bridge = ImageNetBridge(self.backbone, class_text_emb, cfg.bridge_temperature)
             # bridge_residual: the zero-shot bridge plus a trained correction (starts at zero-shot)
             self.head = bridge if cfg.head == "imagenet_bridge" else ResidualHead(bridge, self.num_features, embed_dim)
         else:

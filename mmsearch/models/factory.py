@@ -54,27 +54,48 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, template: str) -> torch.Tensor:
-    """(1000, D) unit text embeddings of "a photo of a {class name}." for the ImageNet-1k classes.
-
-    Computed once per (template, text tower) and cached under ``$MMSEARCH_CACHE`` (default
-    ``~/.cache/mmsearch``); the cache is only an accelerator and is rebuilt when missing or damaged.
-    """
+def bridge_prompts(templates: tuple[str, ...] | list[str], synonyms: bool = False) -> list[list[str]]:
+    """Per ImageNet-1k class, the prompts whose mean embedding stands for it: every template filled with the
+    class's first name (or, with ``synonyms``, with each of its comma-separated WordNet synonyms)."""
     import timm.data
 
-    names = [d.split(",")[0].strip() for d in timm.data.ImageNetInfo().label_descriptions()]
-    prompts = [template.format(n) for n in names]
-    key = hashlib.sha256(("\n".join(prompts) + text_tower.cfg.backbone + __version__).encode()).hexdigest()[:16]
+    out = []
+    for desc in timm.data.ImageNetInfo().label_descriptions():
+        names = [n.strip() for n in desc.split(",") if n.strip()]
+        names = list(dict.fromkeys(names if synonyms else names[:1]))
+        out.append(list(dict.fromkeys(t.format(n) for t in templates for n in names)))
+    return out
+
+
+def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, template: str,
+                                   templates: tuple[str, ...] = (), synonyms: bool = False) -> torch.Tensor:
+    """(1000, D) unit text embeddings of "a photo of a {class name}." for the ImageNet-1k classes; with
+    ``templates`` / ``synonyms``, the normalised mean over a prompt ensemble per class.
+
+    Computed once per (prompts, text tower) and cached under ``$MMSEARCH_CACHE`` (default
+    ``~/.cache/mmsearch``); the cache is only an accelerator and is rebuilt when missing or damaged.
+    """
+    per_class = bridge_prompts(tuple(templates) or (template,), synonyms)
+    prompts = [p for ps in per_class for p in ps]
+    if not templates and not synonyms:  # the single-template cache key of earlier versions
+        key_text = "\n".join(prompts)
+    else:
+        key_text = "\n".join("\t".join(ps) for ps in per_class)
+    key = hashlib.sha256((key_text + text_tower.cfg.backbone + __version__).encode()).hexdigest()[:16]
     path = cache_dir() / f"imagenet_text_{key}.pt"
     if path.exists():
         try:
             emb = torch.load(path, map_location="cpu", weights_only=True)
-            if emb.shape[0] == len(prompts):
+            if emb.shape[0] == len(per_class):
                 return emb
         except Exception as exc:  # a damaged cache file is rebuilt, never fatal
             log.warning("ignoring unreadable cache %s: %s", path, exc)
     with torch.inference_mode():
         emb = torch.cat([l2n(text_tower(tokenizer(prompts[i:i + 128]))) for i in range(0, len(prompts), 128)])
+        if len(prompts) != len(per_class):  # ensemble: mean of each class's unit prompt embeddings, renormalised
+            owner = torch.tensor([c for c, ps in enumerate(per_class) for _ in ps])
+            emb = l2n(torch.zeros(len(per_class), emb.shape[1]).index_add_(0, owner, emb))
+    emb = emb.clone()  # a plain tensor (not an inference tensor) for the buffer
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: torch.save(emb, tmp), durable=False)
@@ -98,7 +119,8 @@ def build_model(cfg: ModelCfg, tokenizer_state: dict | None = None) -> tuple[Dua
         class_emb = None
         if cfg.image.head in ("imagenet_bridge", "bridge_residual"):
             text.eval()
-            class_emb = imagenet_class_text_embeddings(text, tokenizer, cfg.image.bridge_template)
+            class_emb = imagenet_class_text_embeddings(text, tokenizer, cfg.image.bridge_template,
+                                                       tuple(cfg.image.bridge_templates), cfg.image.bridge_synonyms)
             if class_emb.shape[1] != cfg.embed_dim:
                 raise ModelError(f"imagenet_bridge lands in the text space ({class_emb.shape[1]}-d), "
                                  f"but embed_dim is {cfg.embed_dim}")

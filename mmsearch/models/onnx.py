@@ -261,6 +261,11 @@ class HFTokenizerNumpy:
         self.tok.enable_padding(pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0),
                                 pad_token=pad.get("pad_token", "[PAD]"))
 
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Like the torch tokenizer (``engine.tokenizer(texts)``), with int64 arrays instead of tensors."""
+        ids, mask = tokenize_numpy(self, texts)
+        return {"input_ids": ids, "attention_mask": mask}
+
 
 class LazyModel:
     """Stands in for the torch model while only the exported towers are used: ``cfg`` is here, any other

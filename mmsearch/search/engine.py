@@ -228,7 +228,8 @@ class SearchEngine:
         cfg = self.model.cfg.image
         if getattr(self, "_ort", None) is not None and "image" in self._ort.sessions:
             u8n = np.stack([np.asarray(resize_crop_pil(self._load_query_image(im).convert("RGB"), cfg.resize_size,
-                                                       cfg.image_size)).transpose(2, 0, 1) for im in images])  # (B, 3, S, S)
+                                                       cfg.image_size, geometry=cfg.geometry, pad_color=cfg.pad_color))
+                            .transpose(2, 0, 1) for im in images])  # (B, 3, S, S)
             return self._ort.image_channels(normalize_u8(u8n, cfg.mean, cfg.std))
         import torch
 

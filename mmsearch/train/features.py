@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+FEATURE_FIELDS = ("backbone", "image_size", "resize_size", "mean", "std", "width", "geometry", "pad_color")
+
+
 def module_fingerprint(module: torch.nn.Module, extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     for name, tensor in sorted(module.state_dict().items()):
@@ -94,7 +97,8 @@ def _image_store(model: DualEncoder, use_cache: bool) -> FeatureStore:
     """The image-feature cache of this backbone and image config (an empty, unsaved one without cache)."""
     if not use_cache:
         return FeatureStore(Path(os.devnull) / "none")
-    icfg = json.dumps(to_dict(model.cfg.image), sort_keys=True)
+    # only what changes the backbone's output: heads and bridge prompts share one cache
+    icfg = json.dumps({k: v for k, v in to_dict(model.cfg.image).items() if k in FEATURE_FIELDS}, sort_keys=True)
     return FeatureStore(cache_dir() / "features" / f"image-{module_fingerprint(model.image_tower.backbone, icfg)}.pt")
 
 

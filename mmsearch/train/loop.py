@@ -42,6 +42,7 @@ from ..models.fusion import build_fusion
 from .splits import Split, TrainError, category_index, prepare_split, refresh_features
 from .step import StepModel, build_optimizer, run_epoch, wrap_ddp
 from .unfreeze import trained_backbone_record, unfreeze_last
+from .wise import interpolated, trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
     seed_everything(cfg.seed)  # the same initialisation on every rank (DDP also broadcasts rank 0's)
     net, tokenizer, _ = init_model(model, cfg)
     net.to(dev)
+    start_state = trainable_state(net)  # WiSE-FT's other end: the weights training starts from
     categories = category_index(catalog)
     progress = progress and env.is_main
     tr = prepare_split(catalog, net, tokenizer, cfg, composed, categories, augment=True, progress=progress, env=env)
@@ -241,7 +243,8 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
             if va is not None:
                 if va.raw:  # the backbones changed: validate on their current features
                     refresh_features(va, net, tokenizer)
-                metrics.update(validate(net, va, dev))
+                with interpolated(net, start_state, cfg.wise_alpha):  # what the checkpoint will hold
+                    metrics.update(validate(net, va, dev))
             metrics["epoch"] = epoch + 1
             improved = va is None or best is None or metrics["val_recall"] > best
             if improved:
@@ -249,7 +252,7 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
             else:
                 bad_epochs += 1
             save_epoch(run, net, tokenizer, classifier, opt, sched, cfg, summary, metrics, history + [metrics],
-                       improved, (epoch + 1, best, best_epoch, bad_epochs), trained_backbone)
+                       improved, (epoch + 1, best, best_epoch, bad_epochs), trained_backbone, start_state)
             log.info("epoch %d: %s", epoch + 1, metrics)
             return metrics, best, best_epoch, bad_epochs
 
@@ -262,14 +265,19 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
 
 def save_epoch(run: Path, net: DualEncoder, tokenizer: Tokenizer, classifier: nn.Module | None, opt, sched,
                cfg: TrainCfg, summary: dict, metrics: dict, history: list[dict], improved: bool,
-               progress_state: tuple, trained_backbone: dict | None = None) -> None:
+               progress_state: tuple, trained_backbone: dict | None = None,
+               start_state: dict | None = None) -> None:
     """last.pt, model.pt (when improved), state.pt (atomically) and metrics.jsonl after an epoch.
-    ``trained_backbone``: the unfrozen blocks, whose weights every file then carries."""
+    ``trained_backbone``: the unfrozen blocks, whose weights every file then carries. With
+    ``cfg.wise_alpha`` < 1 the checkpoints hold the WiSE-FT mix of ``start_state`` and the trained weights
+    (state.pt keeps the trained ones, to resume)."""
     epoch, best, best_epoch, bad_epochs = progress_state
-    extra = {"train": to_dict(cfg), "summary": summary, "epoch": epoch, "metrics": metrics}
-    save_checkpoint(net, tokenizer, run / "last.pt", extra=extra, trained_backbone=trained_backbone)
-    if improved:
-        save_checkpoint(net, tokenizer, run / "model.pt", extra=extra, trained_backbone=trained_backbone)
+    extra = {"train": to_dict(cfg), "summary": summary, "epoch": epoch, "metrics": metrics,
+             "wise_ft_alpha": cfg.wise_alpha}
+    with interpolated(net, start_state or {}, cfg.wise_alpha):
+        save_checkpoint(net, tokenizer, run / "last.pt", extra=extra, trained_backbone=trained_backbone)
+        if improved:
+            save_checkpoint(net, tokenizer, run / "model.pt", extra=extra, trained_backbone=trained_backbone)
     keep = set((trained_backbone or {}).get("keys", ()))
     state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
              "model": {k: v for k, v in net.state_dict().items() if "backbone" not in k or k in keep},

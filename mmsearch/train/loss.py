@@ -12,8 +12,20 @@ import torch.nn.functional as F
 from ..dist.env import gather_features, rank_world
 
 
+def same_text_mask(text_ids: torch.Tensor | None, rows: int, offset: int = 0) -> torch.Tensor | None:
+    """(rows, total) True where row i and column j are different pairs with the same text (``text_ids``:
+    (total,) one id per pair of the global batch; row i is pair ``offset + i``). Such a column is a false
+    negative: many items share a class name or an emoji label."""
+    if text_ids is None:
+        return None
+    mine = text_ids[offset:offset + rows]
+    same = mine[:, None] == text_ids[None, :]
+    same[torch.arange(rows, device=same.device), torch.arange(rows, device=same.device) + offset] = False
+    return same
+
+
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
-                     sizes: list[int] | None = None) -> torch.Tensor:
+                     sizes: list[int] | None = None, text_ids: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the *global* batch, computed locally on each rank.
 
     image, text: (B, D) unit embeddings of this rank's pairs (row i matches row i); scale: the logit
@@ -23,14 +35,19 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
     ((B, total) logits, not the full square). The result is scaled so that its mean over ranks (what
     DistributedDataParallel does with gradients) is the single-process loss on the concatenated global
     batch, also when ``sizes`` are uneven; ``tests/test_distributed.py`` checks this with 2 processes.
+    ``text_ids`` (total,): the global batch's text ids; pairs sharing a text are not negatives (masked out
+    of both directions).
     """
     rank, world = rank_world()
     sizes = sizes or [image.shape[0]] * world
     all_image, all_text = gather_features(image, sizes), gather_features(text, sizes)  # (total, D)
     labels = torch.arange(image.shape[0], device=image.device) + sum(sizes[:rank])
     ce = F.cross_entropy
-    summed = ce(scale * image @ all_text.T, labels, reduction="sum") \
-        + ce(scale * text @ all_image.T, labels, reduction="sum")  # (B, total) logits each way
+    same = same_text_mask(text_ids, image.shape[0], sum(sizes[:rank]))
+    i2t, t2i = scale * image @ all_text.T, scale * text @ all_image.T  # (B, total) logits each way
+    if same is not None:
+        i2t, t2i = i2t.masked_fill(same, float("-inf")), t2i.masked_fill(same, float("-inf"))
+    summed = ce(i2t, labels, reduction="sum") + ce(t2i, labels, reduction="sum")
     return summed / 2 * world / sum(sizes)
 
 

@@ -86,7 +86,7 @@ def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int, tag
     """Text augmentations of an item: each template filled with its title, and where the template asks
     for them its tags (``{tags}``: up to ``tag_groups`` variants, each with the next ``max_tags`` tags, so
     more than the first few tags are seen) and its description (``{text}``); templates whose fields the
-    item lacks are skipped."""
+    item lacks are skipped. A ``captions`` list in the item's metadata adds its texts."""
     title = item.title.strip() or item.full_text
     tags = item.metadata.get("tags")
     tags = [str(t) for t in tags if str(t).strip()] if isinstance(tags, list) else []
@@ -99,6 +99,8 @@ def item_texts(item: CatalogItem, templates: tuple[str, ...], max_tags: int, tag
             text = tpl.format(title=title, tags=group, text=item.text.strip())
             if text not in out:
                 out.append(text)
+    caps = item.metadata.get("captions")  # the catalog's own caption variants (build_corpus.py writes them)
+    out += [str(c) for c in (caps if isinstance(caps, list) else []) if str(c).strip() and str(c) not in out]
     return out or [title]
 
 

@@ -175,12 +175,15 @@ def rank_rows(n: int, env: DistEnv) -> tuple[slice, list[int]]:
 
 def step_losses(emb: dict[str, torch.Tensor], tr: Split, cfg: TrainCfg, dev: torch.device, env: DistEnv,
                 pos: torch.Tensor, part: slice, sizes: list[int], pick: torch.Tensor | None,
-                tsizes: list[int] | None, classify: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """(each weighted loss term, their weighted sum) of one step, scaled for DDP's mean over ranks."""
+                tsizes: list[int] | None, classify: bool,
+                text_ids: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(each weighted loss term, their weighted sum) of one step, scaled for DDP's mean over ranks.
+    ``text_ids`` (global batch,): pairs sharing an id are not each other's contrastive negatives."""
     scale = emb["scale"]
     losses = {}
     if cfg.loss_contrastive > 0:
-        losses["contrastive"] = contrastive_loss(emb["img"], emb["txt"], scale, sizes)
+        losses["contrastive"] = contrastive_loss(emb["img"], emb["txt"], scale, sizes, text_ids.to(dev)
+                                                 if text_ids is not None else None)
     if pick is not None:
         losses["composed"] = composed_loss(emb["fused"], emb["tgt"], scale, tr.triplets.tgt[pick].to(dev), tsizes)
     if classify:
@@ -240,6 +243,8 @@ def run_epoch(net: DualEncoder, step_model: nn.Module, tr: Split, cfg: TrainCfg,
             continue
         rows = [pair_row[int(p)] for p in pos]
         var = torch.tensor([tr.variants[r][int(variant_pick[r] * len(tr.variants[r]))] for r in rows])
+        # pairs whose items share their first text (the title) are not each other's negatives
+        same_ids = torch.tensor([tr.variants[r][0] for r in rows]) if cfg.mask_same_text else None
         part, sizes = rank_rows(len(pos), env)
         feats = {"img": inputs.images(pos[part]), "txt": inputs.texts(tr.strings, tr.txt, var[part])}
         pick, tsizes = None, None
@@ -254,7 +259,7 @@ def run_epoch(net: DualEncoder, step_model: nn.Module, tr: Split, cfg: TrainCfg,
                          tgt=inputs.images(tr.triplets.tgt[local], pols))
         with autocast(dev):
             emb = step_model(**feats)
-            losses, loss = step_losses(emb, tr, cfg, dev, env, pos, part, sizes, pick, tsizes, classify)
+            losses, loss = step_losses(emb, tr, cfg, dev, env, pos, part, sizes, pick, tsizes, classify, same_ids)
         optimizer_step(opt, sched, loss, cfg.grad_clip)
         seen += len(pos)
         for k, v in losses.items():
