@@ -50,8 +50,10 @@ def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty
 
 def hits_table(hits: Sequence[Any]) -> Table:
     table = Table(title=f"{len(hits)} results", title_justify="left")
-    for col, kw in (("rank", {"justify": "right"}), ("score", {"justify": "right"}), ("id", {}), ("title", {})):
-        table.add_column(col, **kw)
+    table.add_column("rank", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id")
+    table.add_column("title")
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.3f}", h.id, h.title)
     return table

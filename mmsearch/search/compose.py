@@ -7,7 +7,7 @@ candidates of the fused vector.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -16,8 +16,9 @@ from ..index.filters import WhereSpec
 from .algebra import Term, check_terms, combine_terms, fuse, plain_form
 from .ranking import top_k
 
-if TYPE_CHECKING:
-    from .engine import SearchEngine, SearchHit
+# the engine imports this module (engine.search delegates algebra queries here): no import back
+SearchEngine = Any
+SearchHit = Any
 
 
 def search_terms(engine: "SearchEngine", terms: Sequence[Term], k: int = 10, image_weight: float | None = None,

@@ -121,6 +121,7 @@ def find_duplicates(engine: "SearchEngine", threshold: float = 0.95, where: Wher
     fids = np.array([r["fid"] for r in rows], np.int64)
     present, x = _vectors(engine, "image", fids)
     fids, x = fids[present], np.ascontiguousarray(x[present])
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # stored as float16: re-normalise
     if len(fids) < 2:
         return []
     index = faiss.IndexFlatIP(x.shape[1])
