@@ -126,3 +126,10 @@ def test_dedupe_finds_planted_duplicates(small_catalog, tmp_path):
     assert "2 group(s)" in table.stdout and "copy_of_shoe.webp" in table.stdout
     api = find_duplicates(SearchEngine.open(out, device="cpu"), threshold=0.999)
     assert api == groups  # the CLI prints what the API returns
+
+
+def test_filter_on_an_unknown_field_is_an_error(tiny_index):
+    res = run("query", "taxi", "-i", tiny_index, "--where", "colour=red")
+    assert res.exit_code == 2 and "no item has the field 'colour'" in res.output
+    assert "known fields: category, tags, title" in res.output
+    assert run("list", "-i", tiny_index, "--where", "colour=red").exit_code == 2

@@ -168,7 +168,9 @@ class SearchEngine:
 
     def select(self, where: WhereSpec) -> np.ndarray:
         """Sorted int64 ids (fids) of the items matching ``where`` (see filters.py for the forms)."""
-        return self.store.select(parse_where(where))
+        conditions = parse_where(where)
+        self.store.check_fields(conditions)  # a filter on a field no item has is an error, not "no results"
+        return self.store.select(conditions)
 
     # -------------------------------------------------------------------------------- writing
     def add(self, items: list[dict[str, Any]], **kw) -> "BuildReport":
