@@ -106,7 +106,7 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
     def dedupe_cmd(
         index: IndexOpt = Path("index"),
         threshold: Annotated[float, typer.Option("--threshold", "-t", min=-1.0, max=1.0, help="Cosine similarity "
-                                                 "of two images from which they count as duplicates.")] = 0.95,
+                                                 "of two images from which they count as duplicates.")] = 0.92,
         where: WhereOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of groups ({ids, paths, scores}).")] = False,
     ) -> None:

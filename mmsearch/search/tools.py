@@ -108,7 +108,7 @@ def load_export(path: str | Path) -> tuple[list[dict[str, Any]], np.ndarray, np.
     return items, np.load(path / "embeddings.npy"), np.load(path / "text_embeddings.npy")
 
 
-def find_duplicates(engine: "SearchEngine", threshold: float = 0.95, where: WhereSpec = None,
+def find_duplicates(engine: "SearchEngine", threshold: float = 0.92, where: WhereSpec = None,
                     chunk: int = 4096) -> list[dict[str, Any]]:
     """Groups of items whose images are near-duplicates: cosine similarity >= ``threshold`` (exact search
     over the stored shared-space image vectors; pairs link into groups). Each group lists ``ids`` and
