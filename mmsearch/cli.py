@@ -51,7 +51,7 @@ IndexTypeOpt = Annotated[Optional[str], typer.Option(
 MaxMemoryOpt = Annotated[Optional[str], typer.Option(
     "--max-memory", help="RAM budget for the ANN index, e.g. 512MB or 4GB (auto picks what fits).")]
 WhereOpt = Annotated[Optional[list[str]], typer.Option(
-    "--where", help="Metadata filter, repeatable: category=shoes, 'price<50', brand!=acme, 'color in red,blue'.")]
+    "--where", metavar="FIELD OP VALUE", help="Metadata filter, repeatable: category=shoes, 'price<50', brand!=acme, 'color in red,blue'.")]
 
 
 def index_cfg(index_type: Optional[str], max_memory: Optional[str]):
