@@ -110,7 +110,10 @@ def print_build_report(report) -> None:
               f"{report.unchanged} unchanged; {report.encoded} images encoded"
               + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
     if report.skipped:
-        out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
+        again = getattr(report, "not_retried", 0)
+        out.print(f"[yellow]Skipped {len(report.skipped)} file(s)[/]"
+                  + (f" ({again} unchanged since an earlier run failed on them: not decoded again)" if again else "")
+                  + ":")
         for s in report.skipped[:20]:
             out.print(f"  {s['id']}: {s['reason']}", highlight=False)
         if len(report.skipped) > 20:

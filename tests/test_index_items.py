@@ -32,7 +32,7 @@ def test_bad_files_are_remembered_and_not_retried_until_they_change(small_catalo
 
     monkeypatch.setattr(build_mod, "encode_image_files", spy)
     again = build_index(small_catalog, out=out, **TINY)
-    assert decoded == [] and again.encoded == 0
+    assert decoded == [] and again.encoded == 0 and again.not_retried == 1
     assert [s["id"] for s in again.skipped] == ["broken.jpg"]  # still reported, once, not decoded again
 
     bad.write_bytes(b"\xff\xd8\xff\xe0 changed, still broken")

@@ -45,6 +45,7 @@ class BuildReport:
     removed: int = 0
     unchanged: int = 0
     encoded: int = 0  # images actually run through the image tower
+    not_retried: int = 0  # skipped files unchanged since an earlier run failed on them: not decoded again
 
     @property
     def images_per_s(self) -> float:
@@ -160,6 +161,7 @@ def resolve(plan: UpdatePlan, emb: Embeddings) -> tuple[BuildReport, list[Change
     previous, next_fid = plan.previous, plan.next_fid
     failed_fids: list[int] = []
     failed = {**{iid: s["reason"] for iid, s in plan.known_bad.items()}, **emb.failed}
+    report.not_retried = len(plan.known_bad)
     for iid, reason in failed.items():
         entry = {"id": iid, "reason": reason}
         if not plan.hashes.get(iid, "unreadable:").startswith("unreadable:"):
