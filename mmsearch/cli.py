@@ -68,7 +68,8 @@ def index_cmd(
     catalog: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     out_dir: Annotated[Path, typer.Option("--index", "-i", "--out", "-o", help="Where to write the index "
                                           "(--out/-o: the older name).")] = Path("index"),
-    model: Annotated[str, typer.Option("--model", "-m", help="Model name (default, bridge, tiny) or checkpoint path.")] = "default",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default, bridge, tiny) or "
+                     "checkpoint path (default: the existing index's model, else default).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes.")] = None,
     device: DeviceOpt = "auto",
@@ -88,11 +89,11 @@ def index_cmd(
     """
     from .dist.env import DistEnv
     from .encode.pipeline import EncodeCfg
-    from .index.build import build_index
+    from .index.build import build_index, index_model
 
     try:
         if DistEnv.from_env().is_distributed:
-            return index_distributed(catalog, out_dir, model, batch_size, workers, device,
+            return index_distributed(catalog, out_dir, model or index_model(out_dir), batch_size, workers, device,
                                      index_cfg(index_type, max_memory), rebuild, wait, shard_size)
         report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
                              num_workers=workers, progress=sys.stderr.isatty(),
@@ -260,14 +261,22 @@ def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optio
 
 @app.command("info")
 def info_cmd(index: IndexOpt = Path("index"),
-             as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False) -> None:
-    """Show what an index's manifest says."""
+             as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+             check: Annotated[bool, typer.Option("--check/--no-check", help="Verify every file against the "
+                                                 "manifest's checksums (exit 1 if damaged).")] = True) -> None:
+    """Show what an index's manifest says, after checking its files against their checksums."""
+    from .index.check import check_index
     from .index.snapshot import read_manifest
 
     try:
         m = read_manifest(index)
+        result = check_index(index) if check else None
     except MMSearchError as exc:
         raise fail(exc)
+    if result is not None and not result.ok:
+        for name, what in result.damaged:
+            err.print(f"[bold red]Damaged:[/] {result.snapshot / name}: {what}", highlight=False)
+        raise fail(MMSearchError(f"index {index} is damaged ({len(result.damaged)} file(s)); {result.repair}"))
     if as_json:
         print(json.dumps(m, indent=2, ensure_ascii=False))
         return
@@ -285,6 +294,7 @@ def info_cmd(index: IndexOpt = Path("index"),
                   f"{', ' + params if params else ''}{recall}{lists})", highlight=False)
     out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
     out.print(f"  catalog     {m['catalog']}")
+    out.print(f"  checksums   {'all ' + str(len(m['files'])) + ' files intact' if result else 'not checked'}")
 
 
 @app.command("serve")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
 from .tar_shards import read_member
+from .gate import check_regular_file, open_image, to_uint8_grey
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         arr = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
         im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype("uint8"), "L")
-    elif im.mode == "F":
-        im = im.point(lambda v: v * 255.0 if v <= 1.0 else v).convert("L")
+    elif im.mode == "F":  # float32 TIFFs; Pillow 13's point() no longer takes a lambda for F
+        im = to_uint8_grey(im)
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -58,6 +60,8 @@ def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None 
             except OSError:
                 member = None
             if member is None:
+                if os.path.exists(source):
+                    check_regular_file(source)  # a FIFO or a device: refused, never read
                 raise ImageDecodeError(f"no such file: {source}")
             source = member
         if isinstance(source, (str, Path)):
@@ -74,7 +78,7 @@ def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(fp)
+                im = open_image(fp)  # the one gate: format, pixel count and aspect from the header
                 if getattr(im, "is_animated", False):
                     im.seek(0)  # animated GIF / WebP: first frame
                 if draft_size and im.format == "JPEG":
@@ -108,9 +112,10 @@ def read_device_jpeg(path: str | Path) -> RawJpeg | None:
     baseline, RGB or greyscale, upright (no EXIF rotation), not oversized. Anything else -> None, and the
     caller decodes it with PIL (which also produces the reason when a file is bad)."""
     try:
+        check_regular_file(path)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header only
+            with open_image(path) as im:  # reads the header only
                 if (im.format != "JPEG" or im.mode not in ("RGB", "L") or im.info.get("progressive")
                         or im.info.get("progression") or im.getexif().get(0x0112, 1) not in (None, 1)):
                     return None

@@ -8,6 +8,7 @@ sidecar ``<stem>.txt``. A bad image never stops a run: it is skipped with a reas
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any, Iterable, Iterator
 
 
 from ..errors import CatalogError
+from .storable import display_name, problem
 from .tar_shards import is_tar, scan_tar
 
 log = logging.getLogger(__name__)
@@ -48,14 +50,20 @@ def jsonl_objects(path: Path, error: type[Exception], what: str) -> Iterator[tup
     naming the file and line."""
     if not path.is_file():
         raise error(f"{what} file {path} does not exist")
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise error(f"{path}:{lineno}: JSON nested too deeply") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -68,11 +76,26 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise CatalogError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
         if not reader.fieldnames or "image" not in reader.fieldnames:
             raise CatalogError(f'{path}: needs a header row with an "image" column')
-        return [dict(row) for row in reader]
+        for row in reader:
+            row = dict(row)
+            if None in row:  # more fields than the header: which column is which is unknown
+                row = {"image": row.get("image"), "_error": f"{path.name} line {reader.line_num}: "
+                       f"{len(row[None])} more field(s) than the header"}
+            rows.append(row)
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (128 KB)
+        raise CatalogError(f"{path}:{reader.line_num + 1}: {exc}") from None
+    return rows
 
 
 def read_catalog_metadata(root: Path) -> dict[str, dict]:
@@ -80,7 +103,13 @@ def read_catalog_metadata(root: Path) -> dict[str, dict]:
     for name, reader in (("catalog.jsonl", _read_jsonl), ("catalog.csv", _read_csv)):
         path = root / name
         if path.is_file():
-            return {Path(r["image"]).as_posix(): r for r in reader(path)}
+            rows = {}
+            for r in reader(path):
+                if isinstance(r.get("image"), str) and r["image"]:
+                    rows[Path(r["image"]).as_posix()] = r
+                else:
+                    log.warning("%s: a row without an image path is ignored", path)
+            return rows
     return {}
 
 
@@ -104,12 +133,25 @@ def make_item(root: Path, rel: str, row: dict | None) -> CatalogItem:
                        metadata=meta)
 
 
-def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = ()) -> list[CatalogItem]:
+def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
+                 skipped: list[dict[str, str]] | None = None) -> list[CatalogItem]:
     """Every image file below ``folder`` (recursively, sorted by id), with its text and metadata.
 
     Hidden files and folders are ignored, and so is anything under ``exclude`` (the index folder).
     ``*.tar`` files are WebDataset-style shards whose images are items too (see mmsearch/tarshards.py).
+    A file, tar shard or member, or metadata row that cannot be read or stored is left out and reported
+    as ``{"id", "reason"}`` in ``skipped`` (logged when it is None): one bad item never stops a run.
     """
+    left_out: list[dict[str, str]] = []
+
+    def skip(name: str, reason: str) -> None:
+        entry = {"id": display_name(name), "reason": reason}
+        left_out.append(entry)
+        if skipped is None:
+            log.warning("skipping %s: %s", entry["id"], reason)
+        else:
+            skipped.append(entry)
+
     root = Path(folder)
     if not root.exists():
         raise CatalogError(f"catalog folder {root} does not exist")
@@ -127,11 +169,32 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = ()) -> list
             if not name.startswith(".") and is_image_file(name):
                 ids.append((here / name).relative_to(root).as_posix())
             elif not name.startswith(".") and is_tar(name):
-                for rel, _, row in scan_tar(here / name, root, IMAGE_EXTENSIONS):
+                rel_tar = (here / name).relative_to(root).as_posix()
+                try:
+                    if not os.path.isfile(here / name):
+                        raise CatalogError("not a regular file")
+                    shard = scan_tar(here / name, root, IMAGE_EXTENSIONS, skip=skip)
+                except CatalogError as exc:  # random bytes, an empty file, a FIFO: this shard only
+                    skip(rel_tar, str(exc).replace(str(here / name), rel_tar))
+                    continue
+                for rel, _, row in shard:
                     ids.append(rel)
                     tar_rows[rel] = row
     if not ids:
+        why = "".join(f"; {s['id']}: {s['reason']}" for s in left_out[:5])
         raise CatalogError(f"catalog folder {root} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                           f"and no tar shards holding any")
+                           f"and no tar shards holding any{why}")
     ids.sort()
-    return [make_item(root, rel, rows.get(rel, tar_rows.get(rel))) for rel in ids]
+    items = []
+    for rel in ids:
+        row = rows.get(rel, tar_rows.get(rel))
+        if row is not None and "_error" in row:
+            skip(rel, str(row["_error"]))
+            continue
+        it = make_item(root, rel, row)
+        why = problem(it.id, it.path, it.title, it.text, it.metadata)
+        if why is not None:
+            skip(rel, why)
+            continue
+        items.append(it)
+    return items

@@ -23,7 +23,7 @@ import logging
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CatalogError
 from ..fsutil import sha256_bytes, sha256_file
@@ -95,9 +95,11 @@ def stat_path(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def scan_tar(tar_path: Path, root: Path, image_extensions) -> list[tuple[str, str, dict[str, Any]]]:
+def scan_tar(tar_path: Path, root: Path, image_extensions,
+             skip: Callable[[str, str], None] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
     """(id, path, row) per image sample of one shard; ``row`` holds title / text / metadata like a
-    catalog.jsonl row."""
+    catalog.jsonl row. A sample whose ``.json`` is unreadable is passed to ``skip(id, reason)`` and left
+    out (without ``skip``, it raises CatalogError)."""
     index = members(str(tar_path))
     samples: dict[str, dict[str, str]] = {}
     for name in index:
@@ -118,10 +120,13 @@ def scan_tar(tar_path: Path, root: Path, image_extensions) -> list[tuple[str, st
         if js is not None:
             try:
                 data = json.loads(read_member(f"{tar_path}/{js}") or b"{}")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise CatalogError(f"{tar_path}/{js}: not valid JSON ({exc})") from None
-            if not isinstance(data, dict):
-                raise CatalogError(f"{tar_path}/{js}: expected a JSON object")
+                if not isinstance(data, dict):
+                    raise ValueError("expected a JSON object")
+            except (ValueError, UnicodeDecodeError, RecursionError, OSError) as exc:
+                if skip is None:
+                    raise CatalogError(f"{tar_path}/{js}: not valid JSON ({exc})") from None
+                skip(f"{rel_tar}/{image}", f"{js}: not valid JSON ({str(exc)[:200]})")
+                continue
             row = dict(data)
             if "text" not in row and "caption" in row:
                 row["text"] = row.pop("caption")
@@ -138,4 +143,6 @@ def content_sha256(path: str | Path) -> str:
         member = read_member(path)
         if member is not None:
             return sha256_bytes(member)
+        if os.path.exists(path):  # a FIFO or /dev/zero would block or spin forever: regular files only
+            raise OSError(f"not a regular file: {path}")
     return sha256_file(path)

@@ -271,7 +271,8 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
     work: Plan | None = None
     gathered_at = 0.0
     try:
-        items = scan_catalog(catalog, exclude=[out])  # raises before anything is written
+        scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
+        items = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
         t0 = time.perf_counter()
         with writer_lock(out, lock_timeout):
             ctx = open_update(out, model, device, rebuild)
@@ -295,7 +296,7 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
                                keep=ctx.state.manifest.get("api_items", []) if ctx.state is not None else [])
             shutil.rmtree(out / ENCODE_DIR, ignore_errors=True)  # left by a killed single-process build
             snap, report = commit_update(out, catalog, len(items), ctx, plan, emb, index, batch_size, t0,
-                                         distributed=recorded, adder=adder)
+                                         distributed=recorded, adder=adder, skipped=scan_skipped)
         report = finish_report(report, out, snap)
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
@@ -404,7 +405,7 @@ def _follower(catalog, out: Path, model_ref, dev, batch_size, num_workers, env: 
         raise DistributedError(f"rank {env.rank}: stopped because rank 0 failed: {plan.error}")
     status = RankStatus(rank=env.rank)
     try:
-        items = scan_catalog(catalog, exclude=[out])
+        items = scan_catalog(catalog, exclude=[out], skipped=[])  # rank 0 reports what the scan left out
         model, preprocess, tokenizer = create_model(model_ref, device=str(dev))
         status = run_shards(plan, items, _previous_rows(plan.snapshot), model, preprocess, tokenizer, env,
                             batch_size, num_workers, progress=False)

@@ -231,7 +231,12 @@ def train_index(spec: IndexSpec, vectors: np.ndarray, seed: int = 0, train_sampl
                 # default 65k; this makes PQ training several times faster for no measurable recall loss
                 pq.cp.max_points_per_centroid = 40  # 10,240 points: just above FAISS's warning floor
                 pq.cp.niter = 10
-        index.train(sample)
+        try:
+            index.train(sample)
+        except RuntimeError as exc:  # e.g. IVF99999,Flat on 40 items: FAISS's assertion, as one line
+            first = str(exc).strip().splitlines()[-1].split("Error: ")[-1] if str(exc).strip() else "failed"
+            raise MMSearchError(f"cannot train a {spec.factory} index on {len(sample)} vectors: {first}; choose "
+                                f"a smaller index type (or --index-type auto)") from None
     return index
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..catalog.scan import CatalogItem, scan_catalog
+from ..catalog.storable import display_name, problem
 from ..encode.pipeline import EncodeCfg, encode_image_files, encode_texts
 from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from ..models.factory import create_model, list_models
@@ -90,14 +91,17 @@ def encode_plan(plan: UpdatePlan, model, preprocess, tokenizer, batch_size: int 
 
 def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateContext, plan: UpdatePlan,
                   emb: Embeddings, index: IndexCfg | None, batch_size: int, t0: float,
-                  distributed: dict[str, Any] | None = None, adder=None) -> tuple[Path, BuildReport]:
+                  distributed: dict[str, Any] | None = None, adder=None,
+                  skipped: list[dict[str, str]] | None = None) -> tuple[Path, BuildReport]:
     """Resolve the plan against its embeddings and write the new snapshot (caller holds the lock).
 
     ``distributed``: recorded as the manifest's ``build.distributed``; ``adder``: see
-    :func:`mmsearch.index.writer.commit`. -> (the live snapshot, the report)
+    :func:`mmsearch.index.writer.commit`; ``skipped``: what the catalog scan left out, reported first.
+    -> (the live snapshot, the report)
     """
     state = ctx.state
     report, changes, removed, next_fid = resolve(plan, emb)
+    report.skipped = list(skipped or []) + report.skipped
     if state is None and report.skipped and report.encoded == 0:
         reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
         raise CatalogError(f"none of the {n_items} images in {catalog} could be read ({reasons})")
@@ -175,7 +179,7 @@ def finish_report(report: BuildReport, out: Path, snap: Path) -> BuildReport:
 
 
 # --------------------------------------------------------------------------------------- public writes
-def build_index(catalog: str | Path | None = None, out: str | Path = "index", model: str | Path = "default",
+def build_index(catalog: str | Path | None = None, out: str | Path = "index", model: str | Path | None = None,
                 device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                 progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None,
                 rebuild: bool = False, lock_timeout: float = 0.0,
@@ -188,8 +192,9 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
     Args:
         catalog: folder of images (see README "Catalog format"); or None with ``items``.
         out: index folder; the new state replaces the old one atomically when complete.
-        model: a built-in model name (``default``, ``tiny`` ...) or a checkpoint path. A different model
-            than the existing index's re-encodes everything.
+        model: a built-in model name (``default``, ``tiny`` ...) or a checkpoint path; None: the existing
+            index's own model, else ``default``. A different model than the existing index's re-encodes
+            everything.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         batch_size: images per forward pass.
         num_workers: image-decoding worker processes (default: sized to the machine and device).
@@ -220,13 +225,16 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
     if (catalog is None) == (items is None):
         raise CatalogError("give a catalog folder or items, not both" if items is not None else
                            "give a catalog folder or items to index")
+    if model is None:  # keep the index's own model, as the index type is kept
+        model = index_model(out)
+    scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
     if items is not None:
         wanted = items_from_dicts(items)
         if not wanted:
             raise CatalogError("no items given")
         catalog = Path(os.path.commonpath([str(Path(it.path).parent) for it in wanted]))  # thumbnails served below
     else:
-        wanted = scan_catalog(catalog, exclude=[out])  # raises before anything is written
+        wanted = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
     t0 = time.perf_counter()
     with writer_lock(out, lock_timeout):
         ctx = open_update(out, model, device, rebuild)
@@ -240,8 +248,19 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
                               cfg=encode, chunks=work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        snap, report = commit_update(out, catalog, len(wanted), ctx, plan, emb, index, batch_size, t0)
+        snap, report = commit_update(out, catalog, len(wanted), ctx, plan, emb, index, batch_size, t0,
+                                     skipped=scan_skipped)
     return finish_report(report, out, snap)
+
+
+def index_model(out: str | Path) -> str:
+    """The model the index at ``out`` was built with (a name, or its snapshot's model.pt), else ``default``."""
+    try:
+        m = read_manifest(out)
+    except MMSearchError:
+        return "default"
+    ref = m["model"]["ref"]
+    return ref if ref in list_models() else str(Path(m["_snapshot"]) / ref)
 
 
 def _try_state(out: Path) -> State | None:
@@ -301,6 +320,10 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
             previous = st.all_rows()
         hashes: dict[str, str] = {}
         wanted = items_from_dicts(given, previous, hashes)
+        for it in wanted:
+            why = problem(it.id, it.path, it.title, it.text, it.metadata)
+            if why is not None:
+                raise MMSearchError(f"item {display_name(it.id)!r}: {why}; nothing was changed")
         model, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
         plan = plan_update(wanted, previous, hash_items(wanted, known=hashes), next_free_fid(previous, state),
                            complete=False)

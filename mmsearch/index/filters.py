@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 from ..errors import QueryError
 
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in")
+MAX_VALUES = 1000  # per ``in`` list: SQLite binds at most 32766 parameters per statement
+MAX_CONDITIONS = 64
 _CLAUSE = re.compile(r"^\s*(?P<field>[^\s=!<>]+?)\s*(?P<op><=|>=|!=|==|=|<|>)\s*(?P<value>.*?)\s*$", re.S)
 _IN = re.compile(r"^\s*(?P<field>\S+)\s+in\s+(?P<values>.+?)\s*$", re.S | re.I)
 
@@ -41,7 +43,10 @@ def as_number(v: Any) -> float | None:
     if isinstance(v, bool):
         return 1.0 if v else 0.0
     if isinstance(v, (int, float)):
-        return float(v) if math.isfinite(v) else None
+        try:
+            return float(v) if math.isfinite(v) else None
+        except OverflowError:  # an int beyond float range (metadata may hold 10**400)
+            return None
     if isinstance(v, str):
         s = v.strip().lower()
         if s in ("true", "false"):
@@ -79,12 +84,16 @@ def parse_clause(text: str) -> Condition:
         value = value[1:-1]
     if value == "":
         raise QueryError(f"filter {text!r} has no value after {op!r}")
+    if value[0] in "=<>!" and value == m.group("value").strip():  # price<==5, price=>5: a typo, not a value
+        raise QueryError(f"cannot read filter {text!r}: {m.group('op') + value[0]!r} is not an operator; use one "
+                         f"of = != < <= > >=")
     return Condition(m.group("field"), op, (value,))
 
 
 def _from_pair(field: str, spec: Any) -> Condition:
     """Dict entry -> Condition: ``value`` (=), ``[a, b]`` (in), ``(op, value)`` or ``(\"in\", [a, b])``."""
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and spec[0].lower() in OPERATORS:
+    # (op, value), or its JSON spelling [op, value]: {"price": ["<", 50]} is a range, as documented
+    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and spec[0].lower() in OPERATORS:
         op, value = spec[0].lower(), spec[1]
         if op == "in":
             if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
@@ -103,6 +112,8 @@ def _checked(c: Condition) -> Condition:
         raise QueryError(f"unknown filter operator {c.op!r}: use one of {', '.join(OPERATORS)}")
     if not c.values:
         raise QueryError(f"filter on {c.field!r} has no value")
+    if len(c.values) > MAX_VALUES:
+        raise QueryError(f"filter on {c.field!r} lists {len(c.values)} values; at most {MAX_VALUES} are allowed")
     for v in c.values:
         if not isinstance(v, (str, int, float, bool)):
             raise QueryError(f"filter value for {c.field!r} must be a string or a number, got {type(v).__name__}")
@@ -117,6 +128,8 @@ def parse_where(where: WhereSpec) -> list[Condition]:
     """
     if where is None:
         return []
+    if not isinstance(where, str) and isinstance(where, (Mapping, list, tuple)) and len(where) > MAX_CONDITIONS:
+        raise QueryError(f"{len(where)} filter conditions given; at most {MAX_CONDITIONS} are allowed")
     if isinstance(where, str):
         return [_checked(parse_clause(where))]
     if isinstance(where, Condition):

@@ -54,7 +54,12 @@ def writer_lock(out: Path, timeout: float = 0.0) -> Iterator[None]:
     """
     import fcntl
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise MMSearchError(f"{out} exists and is not a folder; give --out a folder (new or an index)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MMSearchError(f"cannot create index folder {out}: {exc.strerror or exc}") from None
     fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + max(0.0, timeout)
@@ -82,10 +87,12 @@ def current_snapshot(out: str | Path) -> Path | None:
     out = Path(out)
     try:
         name = (out / "CURRENT").read_text(encoding="utf-8").strip()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a damaged, binary CURRENT
+        return None
+    if not name or "/" in name or "\x00" in name or name.startswith("."):
         return None
     path = out / "snapshots" / name
-    return path if name and path.is_dir() else None
+    return path if path.is_dir() else None
 
 
 def resolve_snapshot(path: str | Path) -> Path:
@@ -107,7 +114,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads((snap / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise IndexIncompatibleError(f"{snap}/manifest.json is unreadable ({exc}); rebuild the index") from None
-    if manifest.get("format") != INDEX_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         raise IndexIncompatibleError(f"{snap} is not an mmsearch index; rebuild it with `mmsearch index`")
     if manifest.get("format_version", 0) > INDEX_FORMAT_VERSION:
         raise IndexIncompatibleError(
@@ -115,8 +122,31 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"({__version__}) reads; upgrade mmsearch or rebuild the index")
     if manifest.get("format_version", 0) < INDEX_FORMAT_VERSION:
         raise IndexIncompatibleError(f"{snap} uses an old index format; rebuild it with `mmsearch index`")
+    missing = manifest_problems(manifest)
+    if missing:
+        raise IndexIncompatibleError(f"{snap}/manifest.json is damaged ({missing}); rebuild the index with "
+                                     f"`mmsearch index CATALOG --out {Path(path)} --rebuild`")
     manifest["_snapshot"] = str(snap)
     return manifest
+
+
+MANIFEST_KEYS = {"count": int, "dim": int, "metric": str, "model": dict, "channels": dict, "files": dict}
+MODEL_KEYS = ("name", "ref", "fingerprint")
+CHANNEL_KEYS = ("dim", "count", "index", "spec", "faiss", "embeddings", "ids")
+
+
+def manifest_problems(manifest: dict[str, Any]) -> str:
+    """What a manifest that parses as JSON still lacks (``""`` when nothing): read before it is used."""
+    bad = [k for k, t in MANIFEST_KEYS.items() if not isinstance(manifest.get(k), t)]
+    if isinstance(manifest.get("model"), dict):
+        bad += [f"model.{k}" for k in MODEL_KEYS if not isinstance(manifest["model"].get(k), str)]
+    if isinstance(manifest.get("channels"), dict):
+        if "image" not in manifest["channels"]:
+            bad.append("channels.image")
+        for name, ch in manifest["channels"].items():
+            if not isinstance(ch, dict) or any(k not in ch for k in CHANNEL_KEYS):
+                bad.append(f"channels.{name}")
+    return f"missing or malformed: {', '.join(bad)}" if bad else ""
 
 
 def channel_vectors(path: str | Path, name: str) -> dict[str, np.ndarray]:

@@ -56,6 +56,8 @@ def _attr_rows(fid: int, title: str, metadata: dict[str, Any]) -> list[tuple]:
     rows: list[tuple] = [(fid, "title", title, as_number(title))] if title else []
     for key, v in flatten(metadata):
         stored = int(v) if isinstance(v, bool) else v
+        if isinstance(stored, int) and not -2**63 <= stored < 2**63:  # SQLite integers are 64-bit
+            stored = str(stored)
         rows.append((fid, key, stored, as_number(v)))
     return rows
 

@@ -381,6 +381,11 @@ class SearchEngine:
         for i, q in enumerate(queries):
             if q.get("image") is None and not (q.get("text") or "").strip():
                 raise QueryError(f"query {i + 1} has neither an image nor a text")
+            if isinstance(q.get("text"), str) and not q["text"].isascii():
+                try:
+                    q["text"].encode("utf-8")
+                except UnicodeEncodeError:  # undecodable bytes of a command line, a lone surrogate
+                    raise QueryError(f"query {i + 1}: the text is not valid UTF-8") from None
         results: list[list[SearchHit] | None] = [None] * len(queries)
         # Group by query type so each group is one batched encode and one ranking pass.
         groups: dict[tuple[bool, bool], list[int]] = {}

@@ -19,6 +19,8 @@ class ServeCfg:
     model_workers: model jobs (encode + rank) that run at once; on a CPU one job already uses every core.
     max_pending: model jobs admitted at once (running + waiting); beyond that a request gets 503 with
         ``Retry-After: retry_after_s``, so a burst cannot pile up uploads in memory.
+    read_timeout_s: a request's headers and body must arrive within this many seconds of the connection
+        opening (or of the previous response on a keep-alive connection); slower ones are closed.
     reload_interval_s: how often to look for a rebuilt index (reading the CURRENT file); 0 disables it,
         leaving ``POST /reload``.
     """
@@ -35,6 +37,7 @@ class ServeCfg:
     max_pending: int = 32
     retry_after_s: int = 1
     reload_interval_s: float = 2.0
+    read_timeout_s: float = 30.0
     thumbnail_size: int = 256
     thumbnail_cache_bytes: int = 64 * 1024 * 1024
     latency_window: int = 2048

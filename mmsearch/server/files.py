@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..catalog.gate import MAX_ASPECT, ImageRejected, open_image  # noqa: F401 (MAX_ASPECT re-exported)
 from ..catalog.images import load_image
+from ..catalog.tar_shards import members, split_member_path, stat_path
+from ..errors import MMSearchError
 
-
-MAX_ASPECT = 20  # the preprocess scales the short side up to ~256 px; a 40000 x 1 image would become gigabytes
 
 
 class UploadRejected(Exception):
@@ -32,12 +32,20 @@ def catalog_file(root: Path, item_path: str) -> Path | None:
     ever passed here (never a path from a request), and symlinks are resolved first, so a link that was
     planted in the catalog and points elsewhere is refused.
     """
+    member = split_member_path(item_path)  # an image inside a tar shard: check the tar, then the member
     try:
-        real = Path(item_path).resolve(strict=True)
+        real = Path(member[0] if member else item_path).resolve(strict=True)
     except (OSError, RuntimeError):
         return None
     if not real.is_relative_to(root) or not real.is_file():
         return None
+    if member:
+        try:
+            if member[1] not in members(str(real)):
+                return None
+        except (MMSearchError, OSError):
+            return None
+        return Path(f"{real}/{member[1]}")
     return real
 
 
@@ -50,24 +58,13 @@ def probe_upload(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
     if not data:
         raise UploadRejected(400, "the uploaded image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                fmt, size = im.format or "?", im.size
-    except UnidentifiedImageError:
-        raise UploadRejected(415, "the upload is not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, "
-                                  "TIFF)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadRejected(400, "image rejected: too many pixels (decompression-bomb guard)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise UploadRejected(400, f"corrupt image: {exc}") from None
-    if max(size) > MAX_ASPECT * max(1, min(size)):
-        raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} is too elongated (more than "
-                                  f"{MAX_ASPECT}:1); resizing its short side to the model's input would "
-                                  f"blow up its long side")
-    if size[0] * size[1] > max_pixels:
-        raise UploadRejected(400, f"image rejected: {size[0]}x{size[1]} pixels is more than the limit of "
-                                  f"{max_pixels:,} (decompression-bomb guard)")
+        with open_image(io.BytesIO(data), max_pixels) as im:  # the one image gate (mmsearch/images.py)
+            fmt, size = im.format or "?", im.size
+    except ImageRejected as exc:
+        if exc.kind == "format":
+            raise UploadRejected(415, "the upload is not an image in a supported format (JPEG, PNG, WebP, GIF, "
+                                      "BMP, TIFF)") from None
+        raise UploadRejected(400, f"image rejected: {exc}") from None
     return fmt, size
 
 
@@ -88,8 +85,10 @@ class ThumbnailCache:
         self.misses = 0
 
     def etag(self, path: Path) -> str:
-        st = path.stat()
-        raw = f"{path}|{st.st_size}|{st.st_mtime_ns}|{self.size}".encode()
+        st = stat_path(str(path))  # the file's, or for a tar member its tar's
+        if st is None:
+            raise FileNotFoundError(f"no such file: {path}")
+        raw = f"{path}|{st[0]}|{st[1]}|{self.size}".encode()
         return hashlib.sha1(raw).hexdigest()[:20]
 
     def get(self, path: Path) -> tuple[bytes, str]:

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -16,9 +17,12 @@ from ..errors import ItemNotFoundError, MMSearchError
 from ..search.engine import SearchHit
 from .config import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
+from .lease import Hold
 from .state import Loaded, ServerState, filter_kwarg
 
 log = logging.getLogger(__name__)
+
+MAX_FILTER_CHARS = 64 * 1024  # a filters form field; far above any real filter, far below a memory risk
 
 
 class Hit(BaseModel):
@@ -89,10 +93,14 @@ def hit_json(h: SearchHit, version: str) -> dict[str, Any]:
 def parse_filters(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
+    if len(raw) > MAX_FILTER_CHARS:
+        raise HTTPException(400, f"filters too long ({len(raw)} characters; the limit is {MAX_FILTER_CHARS})")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise HTTPException(400, f'filters must be a JSON object, e.g. {{"category": "food"}} ({exc.msg})') from None
+    except RecursionError:  # [[[[...]]]] 50,000 deep
+        raise HTTPException(400, "filters are nested too deeply; give a flat JSON object of field: value") from None
     if not isinstance(value, dict):
         raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}')
     return value or None
@@ -104,6 +112,14 @@ def check_query_args(cfg: ServeCfg, text: str | None, k: int) -> str | None:
     if text is not None and len(text) > cfg.max_text_chars:
         raise HTTPException(400, f"text too long ({len(text)} characters; the limit is {cfg.max_text_chars})")
     return text if text and text.strip() else None
+
+
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"`]+/)*([^\s/'\"`;,)]*)")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last component: responses never show server paths."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
 
 
 async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_filters: Any = None,
@@ -119,7 +135,8 @@ async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_fi
     try:
         hits = await state.gate.run(fn, **kwargs)
     except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
-        raise HTTPException(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise HTTPException(400, without_paths(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__) \
+            from None
     state.latency.add((time.perf_counter() - t0) * 1000.0)
     return hits
 
@@ -134,8 +151,8 @@ async def read_upload(upload: UploadFile | str, cfg: ServeCfg) -> bytes | None:
     data = await upload.read()
     if not data and not upload.filename:
         return None
-    try:
-        probe_upload(data, cfg.max_image_pixels)
+    try:  # off the event loop: even a header read may decode
+        await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
     except UploadRejected as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return data
@@ -192,21 +209,25 @@ def search_router(state: ServerState) -> APIRouter:
         nots = [d for d in [await read_upload(f, cfg) for f in not_image or []] if d is not None]
         texts = [t for t in text or [] if t.strip()]
         neg_texts = [t for t in not_text or [] if t.strip()]
-        cur = state.current
-        t0 = time.perf_counter()
-        if len(images) <= 1 and len(texts) <= 1 and not nots and not neg_texts and not image_weights \
-                and not text_weights:  # the plain query (learned fusion included)
-            if not images and not texts:
-                raise HTTPException(400, "a query needs an image, a text, or both")
-            hits = await run_search(state, cur.engine.search, where, image=images[0] if images else None,
-                                    text=texts[0] if texts else None, k=k, image_weight=image_weight)
+        plain = len(images) <= 1 and len(texts) <= 1 and not nots and not neg_texts and not image_weights \
+            and not text_weights  # the plain query (learned fusion included)
+        if plain and not images and not texts:
+            raise HTTPException(400, "a query needs an image, a text, or both")
+        if plain:
+            kwargs: dict[str, Any] = {"image": images[0] if images else None, "text": texts[0] if texts else None}
         else:
             weighted = weigh(images, image_weights, "image") + [(-1.0, d) for d in nots]
-            hits = await run_search(state, cur.engine.search, where, image=[w for w in weighted if w[0] > 0],
-                                    not_image=[(abs(w), d) for w, d in weighted if w < 0],
-                                    text=[w for w in weigh(texts, text_weights, "text") if w[0] > 0],
-                                    not_text=[(abs(w), t) for w, t in weigh(texts, text_weights, "text") if w < 0]
-                                    + [(1.0, t) for t in neg_texts], k=k, image_weight=image_weight)
+            weighted_texts = weigh(texts, text_weights, "text")
+            kwargs = {"image": [w for w in weighted if w[0] > 0], "not_image": [(abs(w), d) for w, d in weighted if w < 0],
+                      "text": [w for w in weighted_texts if w[0] > 0],
+                      "not_text": [(abs(w), t) for w, t in weighted_texts if w < 0] + [(1.0, t) for t in neg_texts]}
+        cur, hold = state.acquire()
+        t0 = time.perf_counter()
+        try:
+            hits = await run_search(state, hold.wrap(cur.engine.search), where, k=k, image_weight=image_weight,
+                                    **kwargs)
+        finally:
+            hold.drop()
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 
@@ -222,7 +243,14 @@ def search_router(state: ServerState) -> APIRouter:
         """"More like this": items whose images resemble this item's (the item itself is left out)."""
         text = check_query_args(cfg, text, k)
         where = parse_filters(filters)
-        cur = state.current
+        cur, hold = state.acquire()
+        try:
+            return await by_item_search(cur, hold, item_id, text, k, image_weight, where)
+        finally:
+            hold.drop()
+
+    async def by_item_search(cur: Loaded, hold: Hold, item_id: str, text: str | None, k: int,
+                             image_weight: float | None, where: dict | None) -> dict[str, Any]:
         row = lookup(cur, item_id)
         engine = cur.engine
 
@@ -233,7 +261,8 @@ def search_router(state: ServerState) -> APIRouter:
                 raise HTTPException(404, str(exc)) from None
 
         t0 = time.perf_counter()
-        hits = await run_search(state, by_item, where, engine.search_similar, k=k, text=text, image_weight=image_weight)
+        hits = await run_search(state, hold.wrap(by_item), where, engine.search_similar, k=k, text=text,
+                                image_weight=image_weight)
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": cur.version}
 
@@ -258,15 +287,17 @@ def items_router(state: ServerState) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """The indexed items (as `mmsearch list`), all or those matching the filters, in index order."""
-        cur = state.current
         where = parse_filters(filters)
-        rows = list(cur.row_of.values())
-        if where is not None:
-            try:
+        cur, hold = state.acquire()  # the store stays open while it is read
+        try:
+            rows = list(cur.row_of.values())
+            if where is not None:
                 keep = set(cur.engine.select(where).tolist())
-            except (MMSearchError, ValueError) as exc:
-                raise HTTPException(400, str(exc).splitlines()[0]) from None
-            rows = [r for r in rows if r["fid"] in keep]
+                rows = [r for r in rows if r["fid"] in keep]
+        except (MMSearchError, ValueError) as exc:
+            raise HTTPException(400, str(exc).splitlines()[0]) from None
+        finally:
+            hold.drop()
         page = rows[offset:offset + limit]
         return {"total": len(rows), "items": [{"id": r["id"], "title": r.get("title", ""), "text": r.get("text", ""),
                                                "metadata": r.get("metadata", {}),
@@ -341,7 +372,9 @@ def service_router(state: ServerState) -> APIRouter:
         try:
             changed = await asyncio.to_thread(state.reload)
         except MMSearchError as exc:
-            raise HTTPException(409, f"{exc}; still serving snapshot {state.current.version}") from None
+            log.error("POST /reload: the index cannot be loaded (still serving the old one): %s", exc)
+            raise HTTPException(409, f"{without_paths(str(exc))}; still serving snapshot "
+                                     f"{state.current.version}") from None
         cur = state.current
         return {"reloaded": changed, "snapshot": cur.version, "items": len(cur.engine)}
 

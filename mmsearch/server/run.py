@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import Any
 
 from ..errors import ServeError
 from .config import ServeCfg
@@ -59,6 +60,22 @@ def serve(index: str | Path = "index", cfg: ServeCfg | None = None, device: str 
     cfg = cfg or ServeCfg()
     check_bind(cfg)  # before the (slow) model load, so a refused address fails at once
     engine = SearchEngine.open(index, device=device)
-    app = create_app(engine, cfg)
+    app = guarded_app(create_app(engine, cfg), cfg)
     log.info("serving %d items from %s on http://%s:%d", len(engine), engine.snapshot, cfg.host, cfg.port)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False, **uvicorn_options(cfg))
+
+
+def guarded_app(app: Any, cfg: ServeCfg) -> Any:
+    """``app`` behind the Host check when it listens on loopback without an API key (DNS rebinding)."""
+    from .guard import HostCheck, loopback_hosts
+
+    if cfg.api_key or not is_loopback(cfg.host):
+        return app
+    return HostCheck(app, loopback_hosts(cfg.host))
+
+
+def uvicorn_options(cfg: ServeCfg) -> dict[str, Any]:
+    """uvicorn settings that bound what one connection can hold: read deadline, keep-alive."""
+    from .guard import timed_h11
+
+    return {"http": timed_h11(cfg.read_timeout_s), "timeout_keep_alive": 5}

@@ -1,6 +1,7 @@
 """What the server holds: the loaded engine (swapped as a whole on reload), the model gate, caches."""
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import hmac
@@ -17,6 +18,7 @@ from ..index.snapshot import resolve_snapshot
 from ..search.engine import SearchEngine
 from .config import ServeCfg
 from .files import ThumbnailCache
+from .lease import Hold, Lease
 from .limits import LatencyStats, ModelGate
 
 log = logging.getLogger(__name__)
@@ -33,13 +35,14 @@ class Loaded:
     root: Path  # resolved catalog folder; only files below it are served
     fields: dict[str, list[Any]]
     version: str  # snapshot name, used to bust thumbnail caches after a rebuild
+    lease: Lease  # in-flight searches; the engine's store closes after the last one, once retired
 
     @classmethod
     def of(cls, engine: SearchEngine) -> "Loaded":
         items = engine.items
         return cls(engine=engine, row_of={row["id"]: row for row in items},
                    root=Path(engine.manifest["catalog"]).resolve(), fields=filter_fields(items),
-                   version=Path(engine.snapshot).name)
+                   version=Path(engine.snapshot).name, lease=Lease(engine.store.close))
 
 
 def filter_fields(items: list[dict]) -> dict[str, list[Any]]:
@@ -73,6 +76,8 @@ class ServerState:
         self.latency = LatencyStats(cfg.latency_window)
         self.started = time.time()
         self._reload_lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # reading current + acquiring its lease vs swapping it
+        self.failed_snapshot: Path | None = None  # on-disk snapshot that failed to load: not retried by the watcher
         self._key_digest = hashlib.sha256(cfg.api_key.encode()).digest() if cfg.api_key else None
 
     def key_ok(self, given: str | None) -> bool:
@@ -81,20 +86,38 @@ class ServerState:
             return True
         return hmac.compare_digest(hashlib.sha256((given or "").encode()).digest(), self._key_digest)
 
+    def acquire(self) -> tuple[Loaded, Hold]:
+        """The engine to serve a search with, held until the Hold's job ends or it is dropped."""
+        with self._swap_lock:
+            cur = self.current
+            cur.lease.acquire()
+        return cur, Hold(cur.lease)
+
     def reload(self) -> bool:
-        """Load the index's current snapshot if it changed; the old engine keeps serving until the swap."""
+        """Load the index's current snapshot if it changed; the old engine keeps serving until the swap,
+        and its store closes when its last in-flight search ends."""
         with self._reload_lock:
             fresh = copy.copy(self.current.engine)  # shares the model; _load rebinds everything else
-            if not fresh.reload():
-                return False
-            self.current = Loaded.of(fresh)
+            del fresh.store  # ... and opens a store of its own: the old one is the old engine's to close
+            try:
+                if not fresh.reload():
+                    return False
+            except MMSearchError:
+                with contextlib.suppress(MMSearchError):
+                    self.failed_snapshot = resolve_snapshot(fresh.path)
+                raise
+            loaded = Loaded.of(fresh)
+            with self._swap_lock:
+                old, self.current = self.current, loaded
+            old.lease.retire()
             log.info("reloaded index: now serving snapshot %s (%d items)", fresh.snapshot, len(fresh))
             return True
 
     def changed_on_disk(self) -> bool:
         try:
             engine = self.current.engine
-            return resolve_snapshot(engine.path) != engine.snapshot
+            snap = resolve_snapshot(engine.path)
+            return snap != engine.snapshot and snap != self.failed_snapshot  # a bad snapshot is logged once
         except MMSearchError:
             return False  # index folder mid-replacement or gone: keep serving what is loaded
 
