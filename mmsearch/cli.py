@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -177,12 +177,15 @@ def query_cmd(
                                                   "one JSON object per query.")] = None,
     device: DeviceOpt = "auto",
     where: WhereOpt = None,
+    no_server: Annotated[bool, typer.Option("--no-server", help="Search in this process even when a "
+                                            "`mmsearch serve` of this index is running.")] = False,
 ) -> None:
-    """Search the index by photos and texts: one of each, or any number, weighted, with --not terms."""
+    """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
+    photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:
+    no model load)."""
     from .commands.output import check_modes, print_hits
     from .commands.queryargs import describe, query_terms
     from .index.filters import parse_where
-    from .search.engine import SearchEngine
 
     try:
         mode = check_modes(as_json, paths, preview)
@@ -192,7 +195,11 @@ def query_cmd(
                 raise QueryError("--batch takes its queries from the file; give no image or text as well")
             if mode in ("paths", "preview"):
                 raise QueryError(f"--batch prints JSON lines; --{mode} is for single queries")
+            from .commands.batch import read_batch, run_batch
+
             queries = read_batch(batch)
+            from .search.engine import SearchEngine
+
             engine = SearchEngine.open(index, device=device)
             failures = run_batch(engine, queries, k, image_weight, where=conditions)
             if failures:
@@ -202,61 +209,34 @@ def query_cmd(
         if not terms:
             raise QueryError("give a query image, a query text, or both (e.g. mmsearch query photo.jpg \"red shoes\")")
         logging.getLogger("mmsearch.cli").info("query: %s", describe(terms))
-        engine = SearchEngine.open(index, device=device)
-        from .search.compose import search_terms
+        from .search.algebra import plain_form
 
-        hits = search_terms(engine, terms, k=k, image_weight=image_weight, where=conditions)
+        plain = plain_form(terms)  # one photo and/or one text, nothing negative: what serve's CLI route takes
+        served = None
+        if plain is not None and not no_server:
+            qimage, qtext, w = plain
+            served = ask_server(index, qimage, qtext, k, image_weight if w is None else w, where)
+        if served is not None:
+            hits = served
+        else:
+            from .search.compose import search_terms
+            from .search.engine import SearchEngine  # torch and the model: only when searching here
+
+            engine = SearchEngine.open(index, device=device)
+            hits = search_terms(engine, terms, k=k, image_weight=image_weight, where=conditions)
     except MMSearchError as exc:
         raise fail(exc)
     print_hits(hits, mode, out, err, "No results: no item matches the --where filter." if where else "No results.")
 
 
-def read_batch(path: Path) -> list[dict[str, Any]]:
-    """Parse and check a queries JSONL file up front, so a malformed line fails before any work."""
-    from .catalog.scan import jsonl_objects
+def ask_server(index: Path, image, text, k, image_weight, where) -> list | None:
+    """Hits from a running `mmsearch serve` of ``index`` (server/discovery.py), or None."""
+    from types import SimpleNamespace
 
-    queries = []
-    for lineno, q in jsonl_objects(path, QueryError, "batch"):
-        if not isinstance(q, dict):
-            raise QueryError(f'{path}:{lineno}: expected an object like {{"image": ..., "text": ...}}')
-        img, txt = q.get("image"), q.get("text")
-        if img is not None and not isinstance(img, str) or txt is not None and not isinstance(txt, str):
-            raise QueryError(f'{path}:{lineno}: "image" and "text" must be strings or null')
-        if img is None and not (txt or "").strip():
-            raise QueryError(f"{path}:{lineno}: the query has neither an image nor a text")
-        queries.append({"image": img, "text": txt if (txt or "").strip() else None})
-    if not queries:
-        raise QueryError(f"batch file {path} has no queries")
-    return queries
+    from .server.discovery import ask
 
-
-def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optional[float], chunk: int = 64,
-              where: Any = None) -> int:
-    """Print one JSON line per query, in order; a query whose image cannot be read gets an "error"."""
-    from .commands.output import hit_dict
-
-    failures = 0
-    for start in range(0, len(queries), chunk):
-        part = queries[start:start + chunk]
-        try:
-            results = [(hits, None) for hits in engine.search_batch(part, k=k, image_weight=image_weight,
-                                                                    where=where)]
-        except QueryError:
-            results = []
-            for q in part:  # find the bad one(s); the rest still get answers
-                try:
-                    results.append((engine.search(q["image"], q["text"], k=k, image_weight=image_weight,
-                                                  where=where), None))
-                except QueryError as exc:
-                    results.append(([], str(exc)))
-        for hits, error in results:
-            row: dict[str, Any] = {"ids": [h.id for h in hits], "scores": [round(h.score, 6) for h in hits],
-                                   "hits": [hit_dict(h) for h in hits]}  # the fields of a single --json query
-            if error:
-                row["error"] = error
-                failures += 1
-            print(json.dumps(row, ensure_ascii=False))
-    return failures
+    rows = ask(index, image, text, k, image_weight, list(where) if where else None)
+    return None if rows is None else [SimpleNamespace(**r) for r in rows]
 
 
 @app.command("info")

@@ -14,6 +14,8 @@ SAMPLE_QUERIES = ROOT / "mmsearch" / "sample" / "queries"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the ONNX exports of the query towers (models/onnx.py) go to one cache per test session, never ~/.cache
+os.environ.setdefault("MMSEARCH_ONNX_CACHE", __import__("tempfile").mkdtemp(prefix="mmsearch-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,19 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
 from .tar_shards import read_member
 from .gate import check_regular_file, open_image, to_uint8_grey
+
+if TYPE_CHECKING:  # torch only where tensors are made: load_image serves processes without it
+    import torch
+    from torch.utils.data import Dataset as _Dataset
+else:
+    _Dataset = object  # DataLoader needs only __len__ and __getitem__ of a map-style dataset
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +128,12 @@ def read_device_jpeg(path: str | Path) -> RawJpeg | None:
             data = bytearray(fh.read())
     except Exception:  # unreadable here -> PIL path, which reports why
         return None
+    import torch
+
     return RawJpeg(torch.frombuffer(data, dtype=torch.uint8)) if data else None
 
 
-class CatalogDataset(torch.utils.data.Dataset):
+class CatalogDataset(_Dataset):
     """Items -> (position, preprocessed tensor) or (position, reason) for images that fail to load.
 
     With ``raw_jpeg``, plain JPEGs come back as :class:`RawJpeg` (decoded later on the device).
@@ -157,6 +164,8 @@ class CatalogDataset(torch.utils.data.Dataset):
 
 def collate_images(batch: list[tuple[int, torch.Tensor | str]]):
     """-> (positions of good images, stacked tensors or None, [(position, reason)] of failures)."""
+    import torch
+
     good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
     bad = [(i, x) for i, x in batch if not isinstance(x, torch.Tensor)]
     tensors = torch.stack([x for _, x in good]) if good else None
@@ -180,6 +189,8 @@ class ImageBatch:
 
 
 def collate_batch(batch: list[tuple[int, torch.Tensor | RawJpeg | str]]) -> ImageBatch:
+    import torch
+
     good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
     raw = [(i, x) for i, x in batch if isinstance(x, RawJpeg)]
     return ImageBatch(positions=[i for i, _ in good], images=torch.stack([x for _, x in good]) if good else None,

@@ -54,6 +54,8 @@ class EncodeCfg:
     reducing_gap: Pillow's resize shortcut (box-reduce by an integer factor first); None: exact bicubic.
     channels_last: NHWC activations (1.6x faster forward on CPU here, and what tensor cores want).
     compile: ``torch.compile`` the image tower (pays off only for long runs; last batch is padded).
+    runtime: the fast pipeline on CPU runs the image tower in onnxruntime (``auto``/``onnx``, exported
+        once per model fingerprint) or torch; CUDA always runs torch (bf16 autocast).
     shard_rows, write_queue: when encoding into a shard folder (index builds): rows per float16 shard,
         and batches the background writer may have queued before the encoder waits for it
         (mmsearch/shards.py); memory while encoding is bounded by these, not by the catalog's size.
@@ -70,6 +72,7 @@ class EncodeCfg:
     compile: bool = False
     shard_rows: int = 4096
     write_queue: int = 8
+    runtime: str | None = None  # image tower on CPU: auto | onnx | torch (models/onnx.py); None: $MMSEARCH_RUNTIME
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
@@ -97,6 +100,12 @@ def image_forward(model: DualEncoder, cfg: EncodeCfg):
     # Weights' memory layout only; values (and so the fingerprint) stay the same.
     channels_last = cfg.pipeline == "fast" and cfg.channels_last
     model.image_tower.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if cfg.pipeline == "fast" and not cfg.compile:
+        from ..models.onnx import image_forward as ort_forward
+
+        fwd = ort_forward(model, cfg.runtime)  # onnxruntime on CPU (models/onnx.py); None: torch
+        if fwd is not None:
+            return fwd
     if not (cfg.compile and cfg.pipeline == "fast"):
         return model.encode_image_channels
     if model not in _compiled:

@@ -20,6 +20,7 @@ from ..errors import ModelError
 from ..fsutil import atomic_write
 from .dual_encoder import DualEncoder
 from .preprocess import PilPreprocess
+from .registry import list_models
 from .tokenizer import HFTokenizer, WordTokenizer
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,6 @@ PACKAGED_BACKBONES = {"efficientnet_lite0", "minilm"}
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 Tokenizer = Callable[[list[str]], dict[str, torch.Tensor]]
-
-
-def list_models() -> list[str]:
-    """Names of the built-in model configurations."""
-    folder = resources.files("mmsearch.models") / "configs"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 def get_model_config(name: str) -> ModelCfg:

@@ -10,24 +10,25 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import faiss
 import numpy as np
-import torch
 from PIL import Image
 
 from ..config import RankingCfg
-from ..catalog.images import load_image
-from ..models.device import autocast
-from ..encode.pipeline import encode_texts
 from ..index import ann
 from ..index.ann import IndexSpec
 from ..errors import ImageDecodeError, IndexIncompatibleError, ItemNotFoundError, QueryError
-from ..models.factory import create_model, list_models
+from ..models.registry import list_models
 from ..index.filters import WhereSpec, parse_where
 from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
-from ..models.preprocess import ResizeCropU8, normalize_batch
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
+from . import runtime as _runtime
+from .filtercache import FilterCache
+from ..models.crop import resize_crop_pil
+from ..models.onnx import normalize_u8, tokenize_numpy
 
 if TYPE_CHECKING:
+    import torch
+
     from ..index.plan import BuildReport
     from ..models.dual_encoder import DualEncoder
 
@@ -94,9 +95,11 @@ class SearchEngine:
     overfetch_from = _RankingSetting("overfetch_from")
 
     def __init__(self, path: str | Path, device: str = "auto", ranking: RankingCfg | None = None,
-                 verify: bool = True):
+                 verify: bool = True, runtime: str | None = None):
         self.path = Path(path)
         self.device = device
+        self.runtime = runtime  # query encoders: auto | onnx | torch (models/onnx.py)
+        self._filters = FilterCache()  # ids matching recent --where filters, per snapshot
         self.ranking = ranking or RankingCfg()
         self._verify = verify
         self.model: DualEncoder | None = None
@@ -104,9 +107,10 @@ class SearchEngine:
 
     @classmethod
     def open(cls, path: str | Path = "index", device: str = "auto", ranking: RankingCfg | None = None,
-             verify: bool = True) -> "SearchEngine":
-        """Open the index at ``path`` (an index folder or one snapshot) with the model that built it."""
-        return cls(path, device=device, ranking=ranking, verify=verify)
+             verify: bool = True, runtime: str | None = None) -> "SearchEngine":
+        """Open the index at ``path`` (an index folder or one snapshot) with the model that built it;
+        ``runtime`` runs the query encoders in ``onnx`` (onnxruntime), ``torch`` or ``auto``."""
+        return cls(path, device=device, ranking=ranking, verify=verify, runtime=runtime)
 
     # ------------------------------------------------------------------------------------- loading
     def _load(self) -> None:
@@ -119,17 +123,17 @@ class SearchEngine:
         if ref not in list_models() and not Path(model_ref).is_file():
             raise IndexIncompatibleError(f"index {snap} was built with model {ref!r}, which this mmsearch "
                                          f"does not have (known: {', '.join(list_models())}); rebuild the index")
-        if self.model is None or getattr(self, "_model_ref", None) != (model_ref, manifest["model"]["fingerprint"]):
-            model, preprocess, tokenizer = create_model(model_ref, device=self.device)
-            if model.fingerprint() != manifest["model"]["fingerprint"]:
-                raise IndexIncompatibleError(
-                    f"index {snap} was built with a different {manifest['model']['name']!r} model (fingerprint "
-                    f"{manifest['model']['fingerprint']}, this install has {model.fingerprint()}); rebuild it "
-                    f"with `mmsearch index CATALOG --out {self.path}`")
-            # the batched query path feeds channels_last batches (layout only: same weights, same fingerprint)
-            model.image_tower.to(memory_format=torch.channels_last)
-            self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
-            self._model_ref = (model_ref, manifest["model"]["fingerprint"])
+        key = (model_ref, manifest["model"]["fingerprint"])
+        if self.model is None or getattr(self, "_model_ref", None) != key:
+            # the exported towers alone when they exist (no torch model load); else the torch model
+            lean = _runtime.lean(key[1], self.runtime, self.device, lambda: self._torch_model(model_ref, manifest))
+            if lean is not None:
+                self.model, self.preprocess, self.tokenizer, self._ort = lean
+            else:
+                model, self.preprocess, self.tokenizer = self._torch_model(model_ref, manifest, with_parts=True)
+                self.model = model
+                self._ort = _runtime.ort_towers(model, key[1], self.runtime, self.device, self.tokenizer)
+            self._model_ref = key
         channels: dict[str, Channel] = {}
         for name, meta in manifest["channels"].items():
             spec = IndexSpec.from_dict(meta["spec"])
@@ -141,6 +145,22 @@ class SearchEngine:
             ItemStore.open(snap / "items.sqlite"), channels, manifest, snap)
         if old_store is not None:
             old_store.close()
+
+    def _torch_model(self, model_ref: str, manifest: dict[str, Any], with_parts: bool = False) -> Any:
+        """The torch model that built the index (checked by fingerprint); with its preprocess and tokenizer."""
+        import torch  # torch, transformers and the weights: only when the torch model is needed
+
+        from ..models.factory import create_model
+
+        model, preprocess, tokenizer = create_model(model_ref, device=self.device)
+        if model.fingerprint() != manifest["model"]["fingerprint"]:
+            raise IndexIncompatibleError(
+                f"index {manifest['_snapshot']} was built with a different {manifest['model']['name']!r} model "
+                f"(fingerprint {manifest['model']['fingerprint']}, this install has {model.fingerprint()}); "
+                f"rebuild it with `mmsearch index CATALOG --out {self.path}`")
+        # the batched query path feeds channels_last batches (layout only: same weights, same fingerprint)
+        model.image_tower.to(memory_format=torch.channels_last)
+        return (model, preprocess, tokenizer) if with_parts else model
 
     def reload(self) -> bool:
         """Pick up a rebuilt or updated index; True if the snapshot changed. The model is reused when the same.
@@ -192,11 +212,13 @@ class SearchEngine:
         return report
 
     # ------------------------------------------------------------------------------------ encoding
-    def _device(self) -> torch.device:
+    def _device(self) -> "torch.device":
         return next(self.model.parameters()).device
 
     def _load_query_image(self, image: ImageInput) -> Image.Image:
         try:
+            from ..catalog.images import load_image
+
             return load_image(image, draft_size=2 * self.model.cfg.image.resize_size)
         except ImageDecodeError as exc:
             where = f" {image}" if isinstance(image, (str, Path)) else ""
@@ -206,6 +228,15 @@ class SearchEngine:
         """Per-channel unit embeddings of query images: ``image`` (n, D) and, if present, ``visual``."""
         # The batched fast path of embed.py: uint8 crops, one normalise, channels_last, autocast (issue 5).
         cfg = self.model.cfg.image
+        if getattr(self, "_ort", None) is not None and "image" in self._ort.sessions:
+            u8n = np.stack([np.asarray(resize_crop_pil(self._load_query_image(im).convert("RGB"), cfg.resize_size,
+                                                       cfg.image_size)).transpose(2, 0, 1) for im in images])  # (B, 3, S, S)
+            return self._ort.image_channels(normalize_u8(u8n, cfg.mean, cfg.std))
+        import torch
+
+        from ..models.device import autocast
+        from ..models.preprocess import ResizeCropU8, normalize_batch
+
         u8 = torch.stack([ResizeCropU8(cfg)(self._load_query_image(im)) for im in images]).to(self._device())
         batch = normalize_batch(u8, cfg.mean, cfg.std, channels_last=True)
         with torch.inference_mode(), autocast(self._device()):
@@ -217,6 +248,10 @@ class SearchEngine:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, D) float32 unit embeddings in the shared space."""
+        if getattr(self, "_ort", None) is not None and "text" in self._ort.sessions and len(texts):
+            return self._ort.text(*tokenize_numpy(self.tokenizer, list(texts)))
+        from ..encode.pipeline import encode_texts
+
         return encode_texts(self.model, self.tokenizer, list(texts))
 
     # ------------------------------------------------------------------------------------- ranking
@@ -226,7 +261,7 @@ class SearchEngine:
         if ch is None or ch.index.ntotal == 0:
             return np.full((len(queries), 0), -1, np.int64)
         if allowed is not None:
-            allowed = allowed[np.isin(allowed, ch.ids)]
+            allowed = self._filters.in_channel(channel, allowed, ch.ids)
             if not len(allowed):
                 return np.full((len(queries), 0), -1, np.int64)
             strategy = self.filter_strategy
@@ -261,13 +296,16 @@ class SearchEngine:
         learned = image is not None and text is not None and self.model.cfg.fusion != "sum" and 0.0 < w < 1.0
         fused = None
         if learned:
+            import torch
+
             with torch.inference_mode():
                 fused = self.model.fuse(torch.from_numpy(image["image"]).to(self._device()),
                                         torch.from_numpy(text).to(self._device()), w).float().cpu().numpy()
         img_channel = "visual" if "visual" in self.channels and image is not None and "visual" in image else "image"
         batch = len(text) if text is not None else len(next(iter(image.values())))  # type: ignore[union-attr]
-        allowed = self.select(where) if where is not None else None
-        cands = self.candidates(image, text, fused, img_channel, batch, k, allowed)
+        allowed = self._filters.allowed(self.snapshot, where, self.select) if where is not None else None
+        with _runtime.faiss_threads(batch):  # batch-1 searches on one thread (no barrier on a busy CPU)
+            cands = self.candidates(image, text, fused, img_channel, batch, k, allowed)
         results = [top_k(self.score(image, text, fused, img_channel, b, cand, w), cand, k)
                    for b, cand in enumerate(cands)]
         rows = self.store.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
@@ -392,8 +430,10 @@ class SearchEngine:
         for i, q in enumerate(queries):
             groups.setdefault((q.get("image") is not None, bool((q.get("text") or "").strip())), []).append(i)
         for (has_img, has_txt), idx in groups.items():
-            img = self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None
-            txt = self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None
+            img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
+                lambda: self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None,
+                lambda: self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None,
+                concurrent=has_img and has_txt)[::-1]
             for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where)):
                 results[i] = hits
         return results  # type: ignore[return-value]

@@ -100,6 +100,9 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
     app.include_router(search_router(state), dependencies=api)
     app.include_router(items_router(state), dependencies=api)
     app.include_router(service_router(state), dependencies=api)
+    from .cli_route import cli_router  # `mmsearch query` through this server (discovery.py)
+
+    app.include_router(cli_router(state), dependencies=api)
 
     # ----------------------------------------------------------------------------------- the page
     @app.get("/", include_in_schema=False)

@@ -62,7 +62,11 @@ def serve(index: str | Path = "index", cfg: ServeCfg | None = None, device: str 
     engine = SearchEngine.open(index, device=device)
     app = guarded_app(create_app(engine, cfg), cfg)
     log.info("serving %d items from %s on http://%s:%d", len(engine), engine.snapshot, cfg.host, cfg.port)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False, **uvicorn_options(cfg))
+    from .discovery import advertise
+
+    with advertise(index, cfg.host, cfg.port):  # `mmsearch query` on this index asks this server
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False,
+                    **uvicorn_options(cfg))
 
 
 def guarded_app(app: Any, cfg: ServeCfg) -> Any:

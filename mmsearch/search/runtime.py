@@ -1,0 +1,135 @@
+"""The query encoders' runtime for a SearchEngine: onnxruntime towers when chosen (see models/onnx.py),
+and the photo and text of one query encoded concurrently.
+
+A tower the exporter cannot trace (e.g. the LSTM text tower of the ``tiny`` model) stays on torch: a
+marker file in the export folder records the failure, so it is not retried on every open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, TypeVar
+
+from ..errors import ModelError
+from ..models import onnx
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def query_threads() -> int:
+    """onnxruntime intra-op threads per query tower: 1 (``$MMSEARCH_QUERY_THREADS`` to change). A batch-1
+    tower gains little from a second thread and loses much when the CPU is busy (EfficientNet-Lite0,
+    batch 1, load 5 on 2 cores: 11.7 ms on 1 thread, 26.9 ms on 2); a photo + text query already runs
+    its two towers on two threads."""
+    import os
+
+    return max(1, int(os.environ.get("MMSEARCH_QUERY_THREADS", "1")))
+
+
+def lean(fingerprint: str, runtime: str | None, device: str, load: Callable[[], Any]) -> tuple | None:
+    """(stand-in model, preprocess, tokenizer, towers) that answer queries from the exported towers alone
+    (no torch model is created until something asks for it, see ``onnx.LazyModel``), or None."""
+    if onnx.resolve_runtime(runtime, device) != "onnx":
+        return None
+    parts = onnx.lean_parts(fingerprint)
+    if parts is None:
+        return None
+    cfg, tokenizer = parts
+    try:
+        towers = onnx.OrtTowers(onnx.export_dir(fingerprint), threads=query_threads())
+    except Exception as exc:  # a corrupt file: the torch path re-exports or serves
+        log.warning("cannot open the exported towers (%s); loading the torch model", exc)
+        return None
+    model = onnx.LazyModel(cfg, load)
+    return model, _LazyPreprocess(model), tokenizer, towers
+
+
+class _LazyPreprocess:
+    """The model's PIL -> tensor preprocess, created on first call (it needs torch)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.fn: Any = None
+
+    def __call__(self, im: Any) -> Any:
+        if self.fn is None:
+            from ..models.preprocess import PilPreprocess
+
+            self.fn = PilPreprocess(self.model.cfg.image)
+        return self.fn(im)
+
+
+def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str,
+               tokenizer: Any = None) -> "onnx.OrtTowers | None":
+    """onnxruntime sessions for the towers of ``model`` (exported at first use), or None for torch."""
+    if onnx.resolve_runtime(runtime, device) != "onnx":
+        return None
+    folder = onnx.export_dir(fingerprint)
+    towers = []
+    for tower in ("image", "text"):
+        failed = folder / f"{tower}.failed"
+        if failed.is_file():
+            continue
+        if not (folder / f"{tower}.onnx").is_file():
+            if model is None:
+                continue
+            try:
+                onnx.export(model, (tower,), tokenizer)
+            except ModelError as exc:
+                log.warning("%s; this tower runs in torch", exc)
+                folder.mkdir(parents=True, exist_ok=True)
+                failed.write_text(str(exc)[:2000])
+                continue
+        towers.append(tower)
+    if not towers:
+        return None
+    try:
+        return onnx.OrtTowers(folder, tuple(towers), threads=query_threads())
+    except Exception as exc:  # a corrupt or foreign file: torch answers instead
+        log.warning("cannot open the ONNX towers in %s (%s); using torch", folder, exc)
+        return None
+
+
+def both(first: Callable[[], T], second: Callable[[], U], concurrent: bool = True) -> tuple[T, U]:
+    """Run ``first`` in a helper thread while ``second`` runs here (a photo + text query's two encoders:
+    both runtimes release the GIL, and batch-1 graphs do not fill two cores each)."""
+    global _POOL
+    if not concurrent:  # one encoder (or none) to run: no thread hand-off
+        return first(), second()
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsearch-encode")
+    fut = _POOL.submit(first)
+    b = second()
+    return fut.result(), b
+
+
+SMALL_BATCH = 8  # queries below which one FAISS search runs on one thread
+
+
+@contextlib.contextmanager
+def faiss_threads(n_queries: int) -> Iterator[None]:
+    """One OpenMP thread for this thread's FAISS searches while the batch is small.
+
+    A batch-1 search has nothing to split across threads, but FAISS still opens a parallel region whose
+    barrier waits for every thread: on a busy CPU that is a scheduling quantum per search (a 10k x 1280
+    flat scan measured 55 ms with 2 threads, 14 ms with 1, under load). OpenMP's thread count is
+    per calling thread, so this does not slow down index builds or other requests.
+    """
+    if n_queries >= SMALL_BATCH:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
