@@ -6,23 +6,32 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .catalog.scan import is_image_file
 from .errors import MMSearchError, QueryError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Multimodal image search: index a folder of images, query by text, photo, or both.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        print(f"mmsearch {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
@@ -42,7 +51,7 @@ IndexTypeOpt = Annotated[Optional[str], typer.Option(
 MaxMemoryOpt = Annotated[Optional[str], typer.Option(
     "--max-memory", help="RAM budget for the ANN index, e.g. 512MB or 4GB (auto picks what fits).")]
 WhereOpt = Annotated[Optional[list[str]], typer.Option(
-    "--where", help="Metadata filter, repeatable: category=shoes, 'price<50', brand!=acme, 'color in red,blue'.")]
+    "--where", metavar="FIELD OP VALUE", help="Metadata filter, repeatable: category=shoes, 'price<50', brand!=acme, 'color in red,blue'.")]
 
 
 def index_cfg(index_type: Optional[str], max_memory: Optional[str]):
@@ -57,7 +66,8 @@ def index_cfg(index_type: Optional[str], max_memory: Optional[str]):
 @app.command("index")
 def index_cmd(
     catalog: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write the index.")] = Path("index"),
+    out_dir: Annotated[Path, typer.Option("--index", "-i", "--out", "-o", help="Where to write the index "
+                                          "(--out/-o: the older name).")] = Path("index"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default, bridge, tiny) or "
                      "checkpoint path (default: the existing index's model, else default).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
@@ -101,7 +111,10 @@ def print_build_report(report) -> None:
               f"{report.unchanged} unchanged; {report.encoded} images encoded"
               + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
     if report.skipped:
-        out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
+        again = getattr(report, "not_retried", 0)
+        out.print(f"[yellow]Skipped {len(report.skipped)} file(s)[/]"
+                  + (f" ({again} unchanged since an earlier run failed on them: not decoded again)" if again else "")
+                  + ":")
         for s in report.skipped[:20]:
             out.print(f"  {s['id']}: {s['reason']}", highlight=False)
         if len(report.skipped) > 20:
@@ -131,52 +144,59 @@ def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int,
                       f"resumed), inverted lists merged on disk")
 
 
-def split_query_args(args: list[str], image: Optional[Path], text: Optional[str]) -> tuple[Optional[str], Optional[str]]:
-    """Positional arguments: an existing image file is the photo, anything else is the text."""
-    for arg in args:
-        if is_image_file(arg) and not any(c.isspace() for c in arg.strip()):
-            if not Path(arg).is_file():
-                raise QueryError(f"query image {arg} does not exist (to search for this text, pass --text)")
-            if image is not None:
-                raise QueryError(f"two query images given ({image} and {arg}); a query takes one photo")
-            image = Path(arg)
-        else:
-            if text is not None:
-                raise QueryError(f"two query texts given ({text!r} and {arg!r}); quote a text with spaces")
-            text = arg
-    return (str(image) if image is not None else None), text
-
-
-def hits_json(hits) -> list[dict[str, Any]]:
-    return [{"rank": h.rank, "id": h.id, "path": h.path, "score": round(h.score, 6), "title": h.title,
-             "metadata": h.metadata} for h in hits]
+TopKOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")]
+ImageWeightOpt = Annotated[Optional[float], typer.Option(
+    "--image-weight", "-w", min=0.0, max=1.0, help="Weight of the photo in a one-photo + one-text query "
+    "[default: 0.5, the index's ranking setting].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON list of hits (rank, id, path, score, title, "
+                                       "metadata).")]
+PathsOpt = Annotated[bool, typer.Option("--paths", help="Print one absolute image path per line (for xargs, "
+                                        "feh, cp).")]
+PreviewOpt = Annotated[bool, typer.Option("--preview", help="Show thumbnails (kitty, sixel terminals; else "
+                                          "the table).")]
 
 
 @app.command("query")
 def query_cmd(
-    args: Annotated[Optional[list[str]], typer.Argument(help="An image path and/or a text, in any order.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Query photo (explicit).")] = None,
-    text: Annotated[Optional[str], typer.Option("--text", help="Query text (explicit).")] = None,
+    args: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[PHOTO|TEXT]...", help="Photos and texts, in any order. W:X weights a term (2:a.jpg); "
+        "'cat + a.jpg - blurry' adds and subtracts terms.")] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", metavar="[W:]PATH", help="Query photo, "
+                                                       "repeatable.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", metavar="[W:]TEXT", help="Query text, "
+                                                      "repeatable.")] = None,
+    not_: Annotated[Optional[list[str]], typer.Option("--not", metavar="[W:]PHOTO|TEXT", help="A photo or text "
+                                                      "the results should not look like, repeatable.")] = None,
     index: IndexOpt = Path("index"),
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of results.")] = 10,
-    image_weight: Annotated[Optional[float], typer.Option("--image-weight", "-w", min=0.0, max=1.0,
-                                                          help="Weight of the photo in photo+text queries.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line.")] = None,
+    k: TopKOpt = 10,
+    image_weight: ImageWeightOpt = None,
+    as_json: JsonOpt = False,
+    paths: PathsOpt = False,
+    preview: PreviewOpt = False,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line; prints "
+                                                  "one JSON object per query.")] = None,
     device: DeviceOpt = "auto",
     where: WhereOpt = None,
     no_server: Annotated[bool, typer.Option("--no-server", help="Search in this process even when a "
                                             "`mmsearch serve` of this index is running.")] = False,
 ) -> None:
-    """Search the index by photo, text, or photo + text (through a running `mmsearch serve` of the same
-    index when there is one: no model load)."""
+    """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
+    photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:
+    no model load)."""
+    from .commands.output import check_modes, print_hits
+    from .commands.queryargs import describe, query_terms
     from .index.filters import parse_where
 
     try:
+        mode = check_modes(as_json, paths, preview)
         conditions = parse_where(where) if where else None  # malformed filters fail before any loading
         if batch is not None:
-            if args or image or text:
+            if args or image or text or not_:
                 raise QueryError("--batch takes its queries from the file; give no image or text as well")
+            if mode in ("paths", "preview"):
+                raise QueryError(f"--batch prints JSON lines; --{mode} is for single queries")
+            from .commands.batch import read_batch, run_batch
+
             queries = read_batch(batch)
             from .search.engine import SearchEngine
 
@@ -185,31 +205,28 @@ def query_cmd(
             if failures:
                 raise QueryError(f"{failures} of {len(queries)} queries failed (see their \"error\" fields)")
             return
-        qimage, qtext = split_query_args(args or [], image, text)
-        if qimage is None and not (qtext or "").strip():
+        terms = query_terms(args or [], image or [], text or [], not_ or [])
+        if not terms:
             raise QueryError("give a query image, a query text, or both (e.g. mmsearch query photo.jpg \"red shoes\")")
-        served = None if no_server else ask_server(index, qimage, qtext, k, image_weight, where)
+        logging.getLogger("mmsearch.cli").info("query: %s", describe(terms))
+        from .search.algebra import plain_form
+
+        plain = plain_form(terms)  # one photo and/or one text, nothing negative: what serve's CLI route takes
+        served = None
+        if plain is not None and not no_server:
+            qimage, qtext, w = plain
+            served = ask_server(index, qimage, qtext, k, image_weight if w is None else w, where)
         if served is not None:
             hits = served
         else:
+            from .search.compose import search_terms
             from .search.engine import SearchEngine  # torch and the model: only when searching here
 
             engine = SearchEngine.open(index, device=device)
-            hits = engine.search(image=qimage, text=qtext, k=k, image_weight=image_weight, where=conditions)
+            hits = search_terms(engine, terms, k=k, image_weight=image_weight, where=conditions)
     except MMSearchError as exc:
         raise fail(exc)
-    if as_json:
-        print(json.dumps(hits_json(hits), ensure_ascii=False))
-        return
-    if not hits:
-        out.print("No results: no item matches the --where filter." if where else "No results.")
-        return
-    table = Table(title=f"{len(hits)} results", title_justify="left")
-    for col, kw in (("rank", {"justify": "right"}), ("score", {"justify": "right"}), ("id", {}), ("title", {})):
-        table.add_column(col, **kw)
-    for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.id, h.title)
-    out.print(table)
+    print_hits(hits, mode, out, err, "No results: no item matches the --where filter." if where else "No results.")
 
 
 def ask_server(index: Path, image, text, k, image_weight, where) -> list | None:
@@ -220,51 +237,6 @@ def ask_server(index: Path, image, text, k, image_weight, where) -> list | None:
 
     rows = ask(index, image, text, k, image_weight, list(where) if where else None)
     return None if rows is None else [SimpleNamespace(**r) for r in rows]
-
-
-def read_batch(path: Path) -> list[dict[str, Any]]:
-    """Parse and check a queries JSONL file up front, so a malformed line fails before any work."""
-    from .catalog.scan import jsonl_objects
-
-    queries = []
-    for lineno, q in jsonl_objects(path, QueryError, "batch"):
-        if not isinstance(q, dict):
-            raise QueryError(f'{path}:{lineno}: expected an object like {{"image": ..., "text": ...}}')
-        img, txt = q.get("image"), q.get("text")
-        if img is not None and not isinstance(img, str) or txt is not None and not isinstance(txt, str):
-            raise QueryError(f'{path}:{lineno}: "image" and "text" must be strings or null')
-        if img is None and not (txt or "").strip():
-            raise QueryError(f"{path}:{lineno}: the query has neither an image nor a text")
-        queries.append({"image": img, "text": txt if (txt or "").strip() else None})
-    if not queries:
-        raise QueryError(f"batch file {path} has no queries")
-    return queries
-
-
-def run_batch(engine, queries: list[dict[str, Any]], k: int, image_weight: Optional[float], chunk: int = 64,
-              where: Any = None) -> int:
-    """Print one JSON line per query, in order; a query whose image cannot be read gets an "error"."""
-    failures = 0
-    for start in range(0, len(queries), chunk):
-        part = queries[start:start + chunk]
-        try:
-            results = [(hits, None) for hits in engine.search_batch(part, k=k, image_weight=image_weight,
-                                                                    where=where)]
-        except QueryError:
-            results = []
-            for q in part:  # find the bad one(s); the rest still get answers
-                try:
-                    results.append((engine.search(q["image"], q["text"], k=k, image_weight=image_weight,
-                                                  where=where), None))
-                except QueryError as exc:
-                    results.append(([], str(exc)))
-        for hits, error in results:
-            row: dict[str, Any] = {"ids": [h.id for h in hits], "scores": [round(h.score, 6) for h in hits]}
-            if error:
-                row["error"] = error
-                failures += 1
-            print(json.dumps(row, ensure_ascii=False))
-    return failures
 
 
 @app.command("info")
@@ -473,6 +445,11 @@ def reindex_cmd(
         raise fail(exc)
     kinds = ", ".join(f"{n}: {c['spec']['factory']} {c['spec']['params'] or ''}".rstrip() for n, c in m["channels"].items())
     out.print(f"[bold green]Re-indexed {m['count']} items[/] ({kinds})", highlight=False)
+
+
+from .commands.tools import register  # noqa: E402  (list, export, dedupe, similar: commands/tools.py)
+
+register(app, fail, out, err)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "mmsearch"
 
 # Lowest first. A module may import its own subpackage and any lower layer, never a higher one or a
-# sibling of the same layer: __main__ -> cli -> server/train -> dist/evaluate -> search -> index ->
+# sibling of the same layer: __main__ -> cli -> commands -> server/train -> dist/evaluate -> search -> index ->
 # encode -> catalog/models -> fsutil/config/errors.
 LAYERS = [
     {"_version", "errors", "config", "fsutil", "ranges"},
@@ -21,6 +21,7 @@ LAYERS = [
     {"search"},
     {"dist", "evaluate"},
     {"train", "server"},
+    {"commands"},
     {"cli", "__init__"},
     {"__main__"},
 ]

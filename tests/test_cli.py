@@ -106,7 +106,7 @@ def test_info(cli_index):
     (["query", "shoes", "--index", "{tmp}/noindex"], 1, "no index at"),
     (["query", "shoes", "--index", "{index}", "--device", "cuda:7"], 1, None),
     (["info", "--index", "{tmp}/noindex"], 1, "no index at"),
-    (["query", "a", "b", "--index", "{index}"], 2, "two query texts"),
+    (["query", "--not", "b", "--index", "{index}"], 2, "at least one photo or text"),  # two texts are a query now
 ])
 def test_failure_paths(args, code, message, cli_index, tmp_path):
     (tmp_path / "empty").mkdir()

@@ -142,6 +142,10 @@ def test_filtered_search_is_exact(filtered_index, strategy, sample_catalog):
         conds = [random_condition(rng) for _ in range(rng.randint(1, 2))]
         matching = {i for i, r in rows.items() if all(reference(r, c) for c in conds)}
         k = rng.choice([1, 5, 10])
+        if any(c.field == "missing" for c in conds):  # on no item: an error naming the known fields
+            with pytest.raises(QueryError, match="no item has the field 'missing' .*known fields: brand"):
+                engine.search(image=photo, text="red shoe", k=k, where=conds)
+            continue
         hits = engine.search(image=photo, text="red shoe", k=k, where=conds)
         assert {h.id for h in hits} <= matching
         assert len(hits) == min(k, len(matching))

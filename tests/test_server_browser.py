@@ -146,9 +146,9 @@ def test_search_page_end_to_end(server, browser):
         wait_for_thumbnails(page)
         page.screenshot(path=str(ARTIFACTS / "search_page.png"), full_page=True)
 
-        # 5. drag and drop a photo (with the text box cleared): it searches by the photo alone
-        page.get_by_role("button", name="Remove photo").click()
-        page.get_by_label("Search text").fill("")
+        # 5. "more like this" cleared the form; drag and drop a photo: it searches by the photo alone
+        sync_api.expect(page.get_by_role("button", name="Remove photo")).to_be_hidden()
+        sync_api.expect(page.get_by_label("Search text")).to_have_value("")
         data = page.evaluate_handle(
             "([b64, name]) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));"
             " const dt = new DataTransfer(); dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));"
@@ -188,3 +188,115 @@ def test_search_page_with_an_api_key(engine, browser):
             assert not page.errors and not page.outside
         finally:
             page.close()
+
+
+# ------------------------------------------------------------------ page states, one screenshot each
+SHOTS = ROOT / "docs" / "screenshots" if os.environ.get("MMSEARCH_UPDATE_SCREENSHOTS") else ARTIFACTS
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    assert (SHOTS / f"{name}.png").stat().st_size > 5_000
+
+
+def test_page_algebra_filters_reset_and_keyboard(server, browser):
+    page = open_page(browser, server)
+    status, hits = page.locator("#status"), page.locator("#results .hit")
+    try:
+        sync_api.expect(page.locator("#index-info")).to_contain_text("60 items")
+        # keyboard: "/" focuses the search box from anywhere
+        page.locator("body").click()
+        page.keyboard.press("/")
+        sync_api.expect(page.get_by_label("Search text")).to_be_focused()
+
+        # the algebra: a text, a photo, and a text marked "not"
+        page.get_by_label("Search text").fill("shoe")
+        page.get_by_role("button", name="+ Add photo").click()
+        page.locator("#terms .term").nth(0).locator("input[type=file]").set_input_files(str(SHOE))
+        page.get_by_role("button", name="+ Add text").click()
+        neg = page.locator("#terms .term").nth(1)
+        neg.locator("input[type=text]").fill("high heel")
+        neg.get_by_label("not").check()
+        sync_api.expect(neg).to_have_class("term negative")
+        page.get_by_role("button", name="Search", exact=True).click()
+        sync_api.expect(status).to_contain_text('results for "shoe" + photo shoe.jpg − "high heel"')
+        sync_api.expect(hits).to_have_count(24)
+        wait_for_thumbnails(page)
+        shot(page, "page_algebra")
+
+        # filters: every hit in the chosen category
+        page.locator("#filter-category").select_option(label="food")
+        page.get_by_role("button", name="Search", exact=True).click()
+        sync_api.expect(hits).to_have_count(9)
+        wait_for_thumbnails(page)
+        shot(page, "page_filters")
+
+        # "more like this" clears the form: the results are no longer for what it said
+        first = hits.first
+        title = first.locator(".title").inner_text()
+        first.click()
+        sync_api.expect(status).to_contain_text(f'more like "{title}"')
+        sync_api.expect(page.get_by_label("Search text")).to_have_value("")
+        sync_api.expect(page.locator("#terms .term")).to_have_count(0)
+        sync_api.expect(page.locator("#preview")).to_be_hidden()
+        wait_for_thumbnails(page)
+        shot(page, "page_more_like_this")
+
+        # arrow keys move between results; Escape resets
+        hits.first.focus()
+        page.keyboard.press("ArrowRight")
+        sync_api.expect(hits.nth(1)).to_be_focused()
+        page.get_by_label("Search text").fill("taxi")
+        page.keyboard.press("Escape")
+        sync_api.expect(page.get_by_label("Search text")).to_have_value("")
+        assert not page.errors, page.errors
+        assert not page.outside, f"the page fetched from elsewhere: {page.outside}"
+    finally:
+        page.close()
+
+
+def test_long_untitled_captions_truncate_with_the_path_on_hover(browser, sample_catalog, tmp_path):
+    from mmsearch import build_index
+
+    cat = tmp_path / "photos" / "2024 summer holiday in the mountains with the whole family"
+    cat.mkdir(parents=True)
+    for n, src in enumerate(sorted((sample_catalog / "food").glob("*.webp"))[:6]):
+        shutil.copy(src, cat / f"IMG_{n:04d}_a_very_long_camera_file_name_that_never_ends_{src.stem}.webp")
+    out = tmp_path / "index"
+    build_index(tmp_path / "photos", out=out, model="tiny", device="cpu", num_workers=0, progress=False)
+    with running(create_app(SearchEngine.open(out, device="cpu"), ServeCfg(reload_interval_s=0))) as base:
+        page = open_page(browser, base)
+        try:
+            page.get_by_label("Search text").fill("fruit")
+            page.keyboard.press("Enter")
+            hits = page.locator("#results .hit")
+            sync_api.expect(hits).to_have_count(6)
+            wait_for_thumbnails(page)
+            cap = hits.first.locator(".title")
+            assert cap.inner_text().startswith("IMG_")  # the file name, not the folder path
+            assert cap.evaluate("el => el.scrollWidth > el.clientWidth")  # cut with an ellipsis ...
+            box, card = cap.bounding_box(), hits.first.bounding_box()
+            assert box["x"] + box["width"] <= card["x"] + card["width"] + 1  # ... inside its own card
+            full = hits.first.get_attribute("title")
+            assert "2024 summer holiday in the mountains" in full and full.splitlines()[0].endswith(".webp")
+            shot(page, "page_long_captions")
+            assert not page.errors and not page.outside
+        finally:
+            page.close()
+
+
+def test_docs_render_offline_and_the_favicon_loads(server, browser):
+    pytest.importorskip("fastapi_offline", reason="fastapi-offline (the serve extra) is not installed")
+    page = open_page(browser, server)
+    try:
+        page.goto(server + "/docs")
+        sync_api.expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible(timeout=30_000)
+        sync_api.expect(page.get_by_text("/search/by-item/{item_id}")).to_be_visible()
+        shot(page, "page_docs")
+        page.goto(server + "/redoc")
+        sync_api.expect(page.get_by_text("Search by photos and texts").first).to_be_visible(timeout=30_000)
+        assert not page.outside, f"/docs fetched from elsewhere: {page.outside}"
+        assert page.request.get(server + "/favicon.ico").status == 200
+    finally:
+        page.close()

@@ -292,7 +292,8 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
             recorded = dict(info)  # the manifest's build.distributed (the adder adds ivf_ondisk to it)
             adder = RankAdder(work, env, out, shard_size, recorded)
             adding = True  # every rank now waits for add tasks until rank 0 says "done"
-            plan = plan_update(items, ctx.previous, hashes, ctx.next_fid)  # the same planner as build_index
+            plan = plan_update(items, ctx.previous, hashes, ctx.next_fid,  # the same planner as build_index
+                               keep=ctx.state.manifest.get("api_items", []) if ctx.state is not None else [])
             shutil.rmtree(out / ENCODE_DIR, ignore_errors=True)  # left by a killed single-process build
             snap, report = commit_update(out, catalog, len(items), ctx, plan, emb, index, batch_size, t0,
                                          distributed=recorded, adder=adder, skipped=scan_skipped)

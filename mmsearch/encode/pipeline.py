@@ -213,7 +213,7 @@ class _Encoder:
 
     def result(self) -> ImageEmbeddings:
         for pos, reason in self.failed:
-            log.warning("skipping %s: %s", self.paths[pos], reason)
+            log.info("skipping %s: %s", self.paths[pos], reason)  # once: the build report lists skipped files
         if self.writer is not None:
             ok, channels = assemble(self.writer.folder, self.writer.close(), self.dims())
             return ImageEmbeddings(ok=ok.tolist(), channels=channels, failed=sorted(self.failed))

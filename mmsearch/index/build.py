@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -107,11 +108,13 @@ def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateConte
     cfg = cfg_for(index, state)
     report.seconds = time.perf_counter() - t0
     nothing = (state is not None and not changes and not removed
-               and state.manifest.get("index_cfg") == cfg.to_dict())
+               and state.manifest.get("index_cfg") == cfg.to_dict()
+               and state.manifest.get("skipped") == report.skipped)  # skipped files are remembered (with hashes)
     if nothing:
         return state.snapshot, report  # type: ignore[union-attr]
     manifest = base_manifest(ctx.model, ctx.ref, str(Path(catalog).resolve()), state)
     manifest["skipped"] = report.skipped
+    manifest["api_items"] = api_items_after(state, plan)
     manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
                          "images_per_s": round(report.images_per_s, 2) or None,
                          "device": str(next(ctx.model.parameters()).device), "batch_size": batch_size,
@@ -123,6 +126,43 @@ def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateConte
     snap = commit(out, state, manifest, changes, removed, cfg, channel_dims(ctx.model), checkpoint=ctx.checkpoint,
                   next_fid=next_fid, adder=adder)
     return snap, report
+
+
+def api_items_after(state: State | None, plan: UpdatePlan) -> list[str]:
+    """Ids added through the API (upsert_items) that a catalog sync keeps: the live manifest's, less those
+    the catalog now has itself (the catalog owns them from then on)."""
+    old = state.manifest.get("api_items", []) if state is not None else []
+    wanted = {it.id for it in plan.items}
+    return [i for i in old if i not in wanted and i in plan.previous]
+
+
+def items_from_dicts(given: Iterable[dict[str, Any]], previous: dict[str, dict] | None = None,
+                     hashes: dict[str, str] | None = None) -> list[CatalogItem]:
+    """``{"id", "image", "title", "text", "metadata"}`` dicts -> CatalogItems (checked; image paths resolved).
+
+    With ``previous`` (id -> live row) an existing id may leave out ``image`` (its hash goes to ``hashes``)
+    and the fields it does not give keep their values."""
+    previous = previous or {}
+    wanted = []
+    for n, spec in enumerate(given, 1):
+        if not isinstance(spec, dict) or not isinstance(spec.get("id"), str) or not spec["id"]:
+            raise MMSearchError(f"item {n}: needs a non-empty string \"id\"")
+        prev = previous.get(spec["id"])
+        image = spec.get("image")
+        if image is None and prev is None:
+            raise MMSearchError(f"item {spec['id']!r} is new and needs an \"image\" path")
+        path = str(Path(image).resolve()) if image is not None else prev["path"]
+        if image is None and hashes is not None:
+            hashes[spec["id"]] = prev["image_sha256"]
+        elif image is not None and not Path(path).is_file():
+            raise MMSearchError(f"item {spec['id']!r}: image {image} does not exist")
+        meta = spec.get("metadata", prev["metadata"] if prev else {})
+        if not isinstance(meta, dict):
+            raise MMSearchError(f"item {spec['id']!r}: \"metadata\" must be an object")
+        wanted.append(CatalogItem(id=spec["id"], path=path,
+                                  title=str(spec.get("title", prev["title"] if prev else "") or ""),
+                                  text=str(spec.get("text", prev["text"] if prev else "") or ""), metadata=meta))
+    return wanted
 
 
 def finish_report(report: BuildReport, out: Path, snap: Path) -> BuildReport:
@@ -139,17 +179,18 @@ def finish_report(report: BuildReport, out: Path, snap: Path) -> BuildReport:
 
 
 # --------------------------------------------------------------------------------------- public writes
-def build_index(catalog: str | Path, out: str | Path = "index", model: str | Path | None = None,
+def build_index(catalog: str | Path | None = None, out: str | Path = "index", model: str | Path | None = None,
                 device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                 progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None,
-                rebuild: bool = False, lock_timeout: float = 0.0) -> BuildReport:
+                rebuild: bool = False, lock_timeout: float = 0.0,
+                items: Iterable[dict[str, Any]] | None = None) -> BuildReport:
     """Index every image of ``catalog`` into ``out``, or bring an existing index there up to date.
 
     On an existing index (same model) only new and changed files (by content hash) are encoded, files
     gone from the folder are removed, and metadata-only changes re-encode at most the item's text.
 
     Args:
-        catalog: folder of images (see README "Catalog format").
+        catalog: folder of images (see README "Catalog format"); or None with ``items``.
         out: index folder; the new state replaces the old one atomically when complete.
         model: a built-in model name (``default``, ``tiny`` ...) or a checkpoint path; None: the existing
             index's own model, else ``default``. A different model than the existing index's re-encodes
@@ -163,6 +204,12 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
             index's, else ``auto``. A new type is built from the stored embeddings, without re-encoding.
         rebuild: ignore the existing index and encode everything again.
         lock_timeout: seconds to wait for another writer of ``out`` before failing.
+        items: instead of a folder, the items themselves: ``{"id", "image": path, "title", "text",
+            "metadata"}`` dicts (the whole set, as a catalog would be: ids not given are removed).
+
+    Files that could not be read are recorded in the manifest with their content hash and are not
+    decoded again until they change. Items added with :func:`upsert_items` stay through a sync (the
+    manifest's ``api_items``) until removed with :func:`remove_items` (or ``rebuild``).
 
     Returns:
         A :class:`BuildReport`: counts of added / updated / metadata-updated / removed / unchanged items,
@@ -175,14 +222,25 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
         (60, 60)
     """
     out = Path(out)
+    if (catalog is None) == (items is None):
+        raise CatalogError("give a catalog folder or items, not both" if items is not None else
+                           "give a catalog folder or items to index")
     if model is None:  # keep the index's own model, as the index type is kept
         model = index_model(out)
     scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
-    items = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
+    if items is not None:
+        wanted = items_from_dicts(items)
+        if not wanted:
+            raise CatalogError("no items given")
+        catalog = Path(os.path.commonpath([str(Path(it.path).parent) for it in wanted]))  # thumbnails served below
+    else:
+        wanted = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
     t0 = time.perf_counter()
     with writer_lock(out, lock_timeout):
         ctx = open_update(out, model, device, rebuild)
-        plan = plan_update(items, ctx.previous, hash_items(items), ctx.next_fid)
+        live = ctx.state.manifest if ctx.state is not None else {}
+        plan = plan_update(wanted, ctx.previous, hash_items(wanted), ctx.next_fid, skipped=live.get("skipped"),
+                           keep=live.get("api_items", []))
         work = out / ENCODE_DIR  # float16 embedding chunks of this build (mmsearch/encode/chunks.py)
         shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
         try:
@@ -190,7 +248,7 @@ def build_index(catalog: str | Path, out: str | Path = "index", model: str | Pat
                               cfg=encode, chunks=work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        snap, report = commit_update(out, catalog, len(items), ctx, plan, emb, index, batch_size, t0,
+        snap, report = commit_update(out, catalog, len(wanted), ctx, plan, emb, index, batch_size, t0,
                                      skipped=scan_skipped)
     return finish_report(report, out, snap)
 
@@ -234,6 +292,8 @@ def remove_items(index: str | Path, ids: Sequence[str], lock_timeout: float = 0.
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise MMSearchError(f"no item with id {shown} in {out}; nothing was removed")
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
+        if manifest.get("api_items"):  # removed on purpose: no longer kept through syncs
+            manifest["api_items"] = [i for i in manifest["api_items"] if i not in fids]
         dims = {name: int(meta["dim"]) for name, meta in state.manifest["channels"].items()}
         dims.setdefault("text", int(state.manifest["dim"]))
         snap = commit(out, state, manifest, [], list(fids.values()), cfg_for(None, state), dims,
@@ -248,7 +308,8 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
 
     Each item is ``{"id": ..., "image": path, "title": ..., "text": ..., "metadata": {...}}``; ``image``
     is required for a new id and optional for an existing one (then only title/text/metadata change).
-    A later ``mmsearch index CATALOG`` on this index removes items that are not files of the catalog.
+    New ids are recorded in the manifest (``api_items``): a later ``mmsearch index CATALOG`` keeps them,
+    until :func:`remove_items` removes them (or the index is rebuilt with ``rebuild=True``).
     """
     out = Path(index)
     t0 = time.perf_counter()
@@ -257,28 +318,12 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
         state = _locked_state(out)
         with contextlib.closing(ItemStore.open(state.snapshot / "items.sqlite")) as st:
             previous = st.all_rows()
-        wanted, hashes = [], {}
-        for n, spec in enumerate(given, 1):
-            if not isinstance(spec, dict) or not isinstance(spec.get("id"), str) or not spec["id"]:
-                raise MMSearchError(f"item {n}: needs a non-empty string \"id\"")
-            prev = previous.get(spec["id"])
-            image = spec.get("image")
-            if image is None and prev is None:
-                raise MMSearchError(f"item {spec['id']!r} is new and needs an \"image\" path")
-            path = str(Path(image).resolve()) if image is not None else prev["path"]
-            if image is None:
-                hashes[spec["id"]] = prev["image_sha256"]
-            elif not Path(path).is_file():
-                raise MMSearchError(f"item {spec['id']!r}: image {image} does not exist")
-            meta = spec.get("metadata", prev["metadata"] if prev else {})
-            if not isinstance(meta, dict):
-                raise MMSearchError(f"item {spec['id']!r}: \"metadata\" must be an object")
-            wanted.append(CatalogItem(id=spec["id"], path=path,
-                                      title=str(spec.get("title", prev["title"] if prev else "") or ""),
-                                      text=str(spec.get("text", prev["text"] if prev else "") or ""), metadata=meta))
-            why = problem(wanted[-1].id, path, wanted[-1].title, wanted[-1].text, meta)
+        hashes: dict[str, str] = {}
+        wanted = items_from_dicts(given, previous, hashes)
+        for it in wanted:
+            why = problem(it.id, it.path, it.title, it.text, it.metadata)
             if why is not None:
-                raise MMSearchError(f"item {display_name(spec['id'])!r}: {why}; nothing was changed")
+                raise MMSearchError(f"item {display_name(it.id)!r}: {why}; nothing was changed")
         model, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
         plan = plan_update(wanted, previous, hash_items(wanted, known=hashes), next_free_fid(previous, state),
                            complete=False)
@@ -288,6 +333,8 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
             bad = report.skipped[0]
             raise MMSearchError(f"item {bad['id']!r}: {bad['reason']}; nothing was changed")
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
+        added = [it.id for it in wanted if it.id not in previous]  # a catalog sync keeps these (api_items)
+        manifest["api_items"] = sorted(set(manifest.get("api_items", [])) | set(added))
         snap = commit(out, state, manifest, changes, [], cfg_for(None, state), channel_dims(model),
                       next_fid=next_fid) if changes else state.snapshot
     report.out, report.snapshot, report.seconds = out, snap, time.perf_counter() - t0

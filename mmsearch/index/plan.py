@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class BuildReport:
     removed: int = 0
     unchanged: int = 0
     encoded: int = 0  # images actually run through the image tower
+    not_retried: int = 0  # skipped files unchanged since an earlier run failed on them: not decoded again
 
     @property
     def images_per_s(self) -> float:
@@ -95,35 +96,45 @@ class UpdatePlan:
     hashes: dict[str, str]  # id -> image SHA-256 of every wanted item
     next_fid: int
     removed: list[int] = field(default_factory=list)  # fids of indexed items that are no longer wanted
+    # id -> the live manifest's "skipped" entry of a file that failed before and has not changed since:
+    # it is not decoded again (and stays skipped) until its content hash changes
+    known_bad: dict[str, dict] = field(default_factory=dict)
 
     @property
     def images(self) -> list[CatalogItem]:
         """Items whose image is new or changed: they go through the image tower."""
-        return [it for it in self.items if image_changed(self.previous.get(it.id), self.hashes[it.id])]
+        return [it for it in self.items
+                if it.id not in self.known_bad and image_changed(self.previous.get(it.id), self.hashes[it.id])]
 
     def texts(self, failed: dict[str, str] | set[str]) -> list[tuple[str, str]]:
         """(id, full text) to encode, skipping items whose image failed to read (they are not indexed)."""
         out = []
         for it in self.items:
-            text = text_to_encode(it, self.previous.get(it.id)) if it.id not in failed else None
+            skip = it.id in failed or it.id in self.known_bad
+            text = text_to_encode(it, self.previous.get(it.id)) if not skip else None
             if text is not None:
                 out.append((it.id, text))
         return out
 
 
 def plan_update(items: list[CatalogItem], previous: dict[str, dict], hashes: dict[str, str], next_fid: int,
-                complete: bool = True) -> UpdatePlan:
+                complete: bool = True, skipped: list[dict] | None = None, keep: Iterable[str] = ()) -> UpdatePlan:
     """Plan bringing ``previous`` (the live rows) to ``items``.
 
     ``complete``: ``items`` is the whole catalog, so indexed items missing from it are removed; False for
     :func:`mmsearch.upsert_items`, which names only the items it adds or changes.
+    ``skipped``: the live manifest's skipped files; one whose content hash is unchanged is not retried.
+    ``keep``: ids added through the API (manifest ``api_items``): a complete sync leaves them in place.
     """
+    known_bad = {s["id"]: s for s in skipped or []
+                 if s.get("sha256") and hashes.get(s["id"]) == s["sha256"] and s["id"] not in previous}
     if not complete:
         return UpdatePlan(items=list(items), previous=previous, hashes=hashes, next_fid=next_fid)
     wanted = {it.id: it for it in items}
-    removed = [row["fid"] for iid, row in previous.items() if iid not in wanted]
+    kept = set(keep)
+    removed = [row["fid"] for iid, row in previous.items() if iid not in wanted and iid not in kept]
     return UpdatePlan(items=list(wanted.values()), previous=previous, hashes=hashes, next_fid=next_fid,
-                      removed=removed)
+                      removed=removed, known_bad={i: s for i, s in known_bad.items() if i in wanted})
 
 
 @dataclass
@@ -149,14 +160,19 @@ def resolve(plan: UpdatePlan, emb: Embeddings) -> tuple[BuildReport, list[Change
     report.encoded = sum(1 for it in todo if it.id in emb.images)
     previous, next_fid = plan.previous, plan.next_fid
     failed_fids: list[int] = []
-    for iid, reason in emb.failed.items():
-        report.skipped.append({"id": iid, "reason": reason})
+    failed = {**{iid: s["reason"] for iid, s in plan.known_bad.items()}, **emb.failed}
+    report.not_retried = len(plan.known_bad)
+    for iid, reason in failed.items():
+        entry = {"id": iid, "reason": reason}
+        if not plan.hashes.get(iid, "unreadable:").startswith("unreadable:"):
+            entry["sha256"] = plan.hashes[iid]  # remembered: not retried until the file changes
+        report.skipped.append(entry)
         if iid in previous:  # changed into something unreadable: it leaves the index
             failed_fids.append(previous[iid]["fid"])
     changes: list[Change] = []
     for it in plan.items:
         prev = previous.get(it.id)
-        if it.id in emb.failed:
+        if it.id in failed:
             continue  # unreadable file
         full = it.full_text
         th = sha256_text(full) if full else None

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import QueryError
 from .filters import Condition, as_number, where_sql
 
 SCHEMA = """
@@ -156,6 +157,21 @@ class ItemStore:
             for fid, iid, path, title, meta in self.conn.execute(q, part):
                 out[fid] = {"id": iid, "path": path, "title": title, "metadata": json.loads(meta)}
         return out
+
+    def fields(self) -> list[str]:
+        """Every filterable field name (metadata keys, flattened with dots, and ``title``), sorted."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT key FROM attrs ORDER BY key")]
+
+    def check_fields(self, conditions: Sequence[Condition]) -> None:
+        """Raise QueryError naming the known fields when a condition's field is on no item (a typo would
+        otherwise answer "no results"); one index lookup per field."""
+        unknown = sorted(f for f in {c.field for c in conditions}
+                         if self.conn.execute("SELECT 1 FROM attrs WHERE key = ? LIMIT 1", (f,)).fetchone() is None)
+        if unknown:
+            known = self.fields()
+            shown = ", ".join(known[:30]) + (f" and {len(known) - 30} more" if len(known) > 30 else "")
+            raise QueryError(f"no item has the field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                             f"(known fields: {shown or 'none'})")
 
     def select(self, conditions: Sequence[Condition]) -> np.ndarray:
         """Sorted int64 fids of the items satisfying every condition."""

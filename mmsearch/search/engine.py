@@ -188,7 +188,9 @@ class SearchEngine:
 
     def select(self, where: WhereSpec) -> np.ndarray:
         """Sorted int64 ids (fids) of the items matching ``where`` (see filters.py for the forms)."""
-        return self.store.select(parse_where(where))
+        conditions = parse_where(where)
+        self.store.check_fields(conditions)  # a filter on a field no item has is an error, not "no results"
+        return self.store.select(conditions)
 
     # -------------------------------------------------------------------------------- writing
     def add(self, items: list[dict[str, Any]], **kw) -> "BuildReport":
@@ -384,13 +386,17 @@ class SearchEngine:
         return SearchHit(rank=rank, id=row["id"], path=row["path"], score=score, title=row.get("title", ""),
                          metadata=row.get("metadata", {}))
 
-    def search(self, image: ImageInput | None = None, text: str | None = None, k: int = 10,
-               image_weight: float | None = None, where: WhereSpec = None) -> list[SearchHit]:
-        """Search by photo, text, or both.
+    def search(self, image: Any = None, text: Any = None, k: int = 10,
+               image_weight: float | None = None, where: WhereSpec = None, *,
+               not_image: Any = None, not_text: Any = None) -> list[SearchHit]:
+        """Search by photo, text, or both; or by any number of weighted photos and texts (algebra.py).
 
         Args:
-            image: a path, raw bytes or a PIL image, or None.
-            text: the query text, or None. Empty or whitespace-only text counts as no text.
+            image: a path, raw bytes or a PIL image, or None; or a list of them, each optionally
+                ``(weight, image)``.
+            text: the query text, or None. Empty or whitespace-only text counts as no text. Or a list
+                of texts, each optionally ``(weight, text)``.
+            not_image, not_text: photos / texts the results should not look like (negative terms).
             k: number of hits.
             image_weight: weight of the photo in a photo + text query (default 0.5); see ranking.py.
             where: metadata filter: ``{"category": "shoes", "price": ("<", 50)}``, ``["price<50"]`` or
@@ -399,6 +405,12 @@ class SearchEngine:
         Returns:
             Up to ``k`` :class:`SearchHit`, best first.
         """
+        if isinstance(image, (list, tuple)) or isinstance(text, (list, tuple)) or not_image or not_text:
+            from .algebra import terms_of
+            from .compose import search_terms
+
+            return search_terms(self, terms_of(image, text, not_image, not_text), k=k, image_weight=image_weight,
+                                where=where)
         return self.search_batch([{"image": image, "text": text}], k=k, image_weight=image_weight, where=where)[0]
 
     def search_batch(self, queries: Iterable[dict[str, Any]], k: int = 10,

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from .._version import __version__
 from ..search.engine import SearchEngine
 from .config import ServeCfg
+from .docs import add_docs
 from .limits import Busy
 from .routes import items_router, search_router, service_router
 from .state import ServerState, watch
@@ -109,4 +110,5 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_docs(app, STATIC)  # /docs offline (swagger-ui-bundle), /redoc, /favicon.ico
     return app

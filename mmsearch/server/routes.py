@@ -8,7 +8,7 @@ import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -47,6 +47,11 @@ class Item(BaseModel):
     text: str
     metadata: dict[str, Any]
     thumbnail_url: str
+
+
+class ItemList(BaseModel):
+    total: int = Field(description="Items matching the filters (all pages)")
+    items: list[Item]
 
 
 class Health(BaseModel):
@@ -136,6 +141,32 @@ async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_fi
     return hits
 
 
+async def read_upload(upload: UploadFile | str, cfg: ServeCfg) -> bytes | None:
+    """The bytes of one uploaded photo after the header check; None for an empty file input (browsers send
+    one when no file was chosen; it may arrive as an empty string)."""
+    if isinstance(upload, str):
+        if upload:
+            raise HTTPException(400, "image must be an uploaded file, not a text field")
+        return None
+    data = await upload.read()
+    if not data and not upload.filename:
+        return None
+    try:  # off the event loop: even a header read may decode
+        await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
+    except UploadRejected as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return data
+
+
+def weigh(values: list[Any], weights: list[float] | None, what: str) -> list[tuple[float, Any]]:
+    """(weight, value) pairs; ``weights`` gives one per value, in order (default 1 each)."""
+    if weights is None:
+        return [(1.0, v) for v in values]
+    if len(weights) != len(values):
+        raise HTTPException(400, f"{what}_weights has {len(weights)} value(s) for {len(values)} {what}(s)")
+    return [(float(w), v) for w, v in zip(weights, values) if w != 0]
+
+
 def lookup(cur: Loaded, item_id: str) -> dict[str, Any]:
     row = cur.row_of.get(item_id)
     if row is None:
@@ -151,34 +182,50 @@ def search_router(state: ServerState) -> APIRouter:
 
     @router.post("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
     async def search(
-        image: Annotated[UploadFile | None, File(description="Query photo")] = None,
-        text: Annotated[str | None, Form(description="Query text")] = None,
+        image: Annotated[list[UploadFile | str] | None, File(description="Query photo; repeat the field for several "
+                                                       "photos")] = None,
+        text: Annotated[list[str] | None, Form(description="Query text; repeatable")] = None,
         k: Annotated[int, Form(ge=1, description="Number of hits")] = 10,
         image_weight: Annotated[float | None, Form(ge=0.0, le=1.0, description="Weight of the photo in "
-                                                   "photo + text queries (default 0.5)")] = None,
+                                                   "one-photo + one-text queries (default 0.5)")] = None,
         filters: Annotated[str | None, Form(description='JSON object of metadata filters, e.g. '
                                             '{"category": "food"}')] = None,
+        not_image: Annotated[list[UploadFile | str] | None, File(description="A photo the results should not look "
+                                                           "like; repeatable")] = None,
+        not_text: Annotated[list[str] | None, Form(description="A text the results should not match; "
+                                                   "repeatable")] = None,
+        image_weights: Annotated[list[float] | None, Form(description="One weight per `image`, in order "
+                                                          "(default 1; negative: not)")] = None,
+        text_weights: Annotated[list[float] | None, Form(description="One weight per `text`, in order "
+                                                         "(default 1; negative: not)")] = None,
     ) -> dict[str, Any]:
-        """Search by photo, text, or both (multipart form)."""
-        text = check_query_args(cfg, text, k)
+        """Search by photos and texts (multipart form): one of each, or any number, weighted, with "not"
+        terms (the query algebra of README "Query algebra")."""
         where = parse_filters(filters)
-        data = None
-        if image is not None:
-            data = await image.read()
-            if not data and not image.filename:  # an empty file input, as browsers send it
-                data = None
-            else:
-                try:  # off the event loop: even a header read may decode (and the gate bounds it)
-                    await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
-                except UploadRejected as exc:
-                    raise HTTPException(exc.status, str(exc)) from None
-        if data is None and text is None:
+        for t in (text or []) + (not_text or []):
+            check_query_args(cfg, t, k)
+        check_query_args(cfg, None, k)
+        images = [d for d in [await read_upload(f, cfg) for f in image or []] if d is not None]
+        nots = [d for d in [await read_upload(f, cfg) for f in not_image or []] if d is not None]
+        texts = [t for t in text or [] if t.strip()]
+        neg_texts = [t for t in not_text or [] if t.strip()]
+        plain = len(images) <= 1 and len(texts) <= 1 and not nots and not neg_texts and not image_weights \
+            and not text_weights  # the plain query (learned fusion included)
+        if plain and not images and not texts:
             raise HTTPException(400, "a query needs an image, a text, or both")
+        if plain:
+            kwargs: dict[str, Any] = {"image": images[0] if images else None, "text": texts[0] if texts else None}
+        else:
+            weighted = weigh(images, image_weights, "image") + [(-1.0, d) for d in nots]
+            weighted_texts = weigh(texts, text_weights, "text")
+            kwargs = {"image": [w for w in weighted if w[0] > 0], "not_image": [(abs(w), d) for w, d in weighted if w < 0],
+                      "text": [w for w in weighted_texts if w[0] > 0],
+                      "not_text": [(abs(w), t) for w, t in weighted_texts if w < 0] + [(1.0, t) for t in neg_texts]}
         cur, hold = state.acquire()
         t0 = time.perf_counter()
         try:
-            hits = await run_search(state, hold.wrap(cur.engine.search), where, image=data, text=text, k=k,
-                                    image_weight=image_weight)
+            hits = await run_search(state, hold.wrap(cur.engine.search), where, k=k, image_weight=image_weight,
+                                    **kwargs)
         finally:
             hold.drop()
         return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
@@ -231,6 +278,30 @@ def search_router(state: ServerState) -> APIRouter:
 def items_router(state: ServerState) -> APIRouter:
     """GET /items/{id}/thumbnail, GET /items/{id}."""
     router = APIRouter()
+
+    @router.get("/items", response_model=ItemList, tags=["items"], responses={400: ERRORS[400]})
+    def list_items(
+        filters: Annotated[str | None, Query(description='JSON object of metadata filters, e.g. '
+                                             '{"category": "food"}')] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """The indexed items (as `mmsearch list`), all or those matching the filters, in index order."""
+        where = parse_filters(filters)
+        cur, hold = state.acquire()  # the store stays open while it is read
+        try:
+            rows = list(cur.row_of.values())
+            if where is not None:
+                keep = set(cur.engine.select(where).tolist())
+                rows = [r for r in rows if r["fid"] in keep]
+        except (MMSearchError, ValueError) as exc:
+            raise HTTPException(400, str(exc).splitlines()[0]) from None
+        finally:
+            hold.drop()
+        page = rows[offset:offset + limit]
+        return {"total": len(rows), "items": [{"id": r["id"], "title": r.get("title", ""), "text": r.get("text", ""),
+                                               "metadata": r.get("metadata", {}),
+                                               "thumbnail_url": item_urls(r["id"], cur.version)[1]} for r in page]}
 
     @router.get("/items/{item_id:path}/thumbnail", tags=["items"],
                 responses={200: {"content": {"image/webp": {}}, "description": "WebP thumbnail"},

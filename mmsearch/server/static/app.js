@@ -99,10 +99,87 @@ function wirePhoto() {
 }
 
 // -------------------------------------------------------------------------------------- search
+// ---------------------------------------------------------------------- more terms (query algebra)
+let termCount = 0;
+
+function addTerm(kind) {
+  termCount += 1;
+  const li = document.createElement("li");
+  li.className = "term";
+  li.dataset.kind = kind;
+  const id = `term-${termCount}`;
+  const label = document.createElement("label");
+  label.className = "kind";
+  label.htmlFor = id;
+  label.textContent = kind === "text" ? "Text" : "Photo";
+  const input = document.createElement("input");
+  input.id = id;
+  if (kind === "text") {
+    input.type = "text";
+    input.placeholder = "e.g. leather";
+    input.maxLength = 1000;
+    input.autocomplete = "off";
+  } else {
+    input.type = "file";
+    input.accept = "image/*";
+  }
+  const thumb = document.createElement("img");
+  thumb.alt = "";
+  thumb.hidden = true;
+  if (kind === "photo") {
+    input.addEventListener("change", () => {
+      if (thumb.src) URL.revokeObjectURL(thumb.src);
+      const file = input.files[0];
+      thumb.hidden = !file;
+      if (file) thumb.src = URL.createObjectURL(file);
+    });
+  }
+  const notLabel = document.createElement("label");
+  const not = document.createElement("input");
+  not.type = "checkbox";
+  not.className = "not";
+  not.addEventListener("change", () => li.classList.toggle("negative", not.checked));
+  notLabel.append(not, " not");
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "×";
+  remove.setAttribute("aria-label", `Remove ${kind} term`);
+  remove.addEventListener("click", () => { li.remove(); $("#q").focus(); });
+  li.append(label, input, thumb, notLabel, remove);
+  $("#terms").append(li);
+  input.focus();
+  return li;
+}
+
+function extraTerms() {
+  const terms = [];
+  for (const li of document.querySelectorAll("#terms .term")) {
+    const input = li.querySelector("input[id]");
+    const negative = li.querySelector(".not").checked;
+    if (li.dataset.kind === "text") {
+      const value = input.value.trim();
+      if (value) terms.push({ kind: "text", value, negative });
+    } else if (input.files[0]) {
+      terms.push({ kind: "photo", value: input.files[0], negative });
+    }
+  }
+  return terms;
+}
+
+function resetForm() {
+  $("#q").value = "";
+  setPhoto(null);
+  $("#terms").replaceChildren();
+  $("#weight").value = "0.5";
+  $("#weight-out").value = "0.50";
+}
+
 async function search() {
   const text = $("#q").value.trim();
-  if (!text && !state.file) {
-    setStatus("Type a text, choose a photo, or both.", true);
+  const extra = extraTerms();
+  if (!text && !state.file && !extra.some((t) => !t.negative)) {
+    setStatus(extra.length ? "Add a text or photo to look for, not only \"not\" terms." :
+      "Type a text, choose a photo, or both.", true);
     $("#q").focus();
     return;
   }
@@ -110,14 +187,23 @@ async function search() {
   if (text) form.append("text", text);
   if (state.file) form.append("image", state.file, state.file.name || "photo");
   form.append("k", $("#k").value);
-  if (text && state.file) form.append("image_weight", $("#weight").value);
+  if (text && state.file && !extra.length) form.append("image_weight", $("#weight").value);
+  for (const t of extra) {
+    const field = (t.negative ? "not_" : "") + (t.kind === "text" ? "text" : "image");
+    if (t.kind === "text") form.append(field, t.value); else form.append(field, t.value, t.value.name || "photo");
+  }
   const filters = currentFilters();
   if (filters) form.append("filters", filters);
-  const what = [state.file ? "your photo" : "", text ? `"${text}"` : ""].filter(Boolean).join(" + ");
-  await run("/search", form, `for ${what}`);
+  let label = [state.file ? "your photo" : "", text ? `"${text}"` : ""].filter(Boolean).join(" + ");
+  for (const t of extra) {
+    const what = t.kind === "text" ? `"${t.value}"` : `photo ${t.value.name}`;
+    label += label || t.negative ? ` ${t.negative ? "−" : "+"} ${what}` : what;
+  }
+  await run("/search", form, `for ${label.trim()}`);
 }
 
 async function moreLike(hit) {
+  resetForm();  // the results are no longer for what the form said
   const form = new FormData();
   form.append("k", $("#k").value);
   const filters = currentFilters();
@@ -156,13 +242,13 @@ async function render(hits) {
     button.type = "button";
     button.className = "hit";
     button.dataset.id = hit.id;
-    button.title = "More like this";
     const img = document.createElement("img");
     img.alt = hit.title || hit.id;
     img.src = await thumbnailSrc(hit.thumbnail_url).catch(() => "");
     const title = document.createElement("span");
     title.className = "title";
-    title.textContent = hit.title || hit.id;
+    title.textContent = hit.title || hit.id.split("/").pop();  // untitled: the file name, not the whole path
+    button.title = `${hit.title ? hit.title + "\n" : ""}${hit.id}\nClick: more like this`;
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = `score ${hit.score.toFixed(3)}`;
@@ -189,5 +275,31 @@ document.addEventListener("DOMContentLoaded", () => {
     loadInfo();
   });
   wirePhoto();
+  $("#add-text").addEventListener("click", () => addTerm("text"));
+  $("#add-photo").addEventListener("click", () => addTerm("photo"));
+  $("#reset").addEventListener("click", () => { resetForm(); setStatus(""); $("#q").focus(); });
+  document.addEventListener("keydown", keyboard);
   loadInfo();
 });
+
+function keyboard(e) {
+  const typing = e.target.matches("input, select, textarea");
+  if (e.key === "/" && !typing) {
+    e.preventDefault();
+    $("#q").focus();
+  } else if (e.key === "Escape") {
+    resetForm();
+    setStatus("");
+    $("#q").focus();
+  } else if (e.altKey && (e.key === "t" || e.key === "p")) {
+    e.preventDefault();
+    addTerm(e.key === "t" ? "text" : "photo");
+  } else if (e.target.matches(".hit") && ["ArrowRight", "ArrowLeft", "ArrowDown", "ArrowUp"].includes(e.key)) {
+    const hits = [...document.querySelectorAll("#results .hit")];
+    const i = hits.indexOf(e.target);
+    const perRow = Math.max(1, Math.round($("#results").clientWidth / e.target.closest("li").offsetWidth));
+    const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: perRow, ArrowUp: -perRow }[e.key];
+    const next = hits[Math.min(hits.length - 1, Math.max(0, i + step))];
+    if (next) { e.preventDefault(); next.focus(); }
+  }
+}

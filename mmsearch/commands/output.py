@@ -1,0 +1,91 @@
+"""How the CLI prints hits: a table (default), ``--json``, ``--paths`` (one absolute path per line, for
+``xargs`` / ``feh`` / ``cp``) or ``--preview`` (thumbnails in terminals with an image protocol)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+PREVIEW_HINT = "pip install 'mmsearch[preview]'"
+
+
+def hit_dict(h: Any) -> dict[str, Any]:
+    """The fields of one hit in every JSON output (single queries, --batch lines, similar)."""
+    return {"rank": h.rank, "id": h.id, "path": h.path, "score": round(float(h.score), 6), "title": h.title,
+            "metadata": h.metadata}
+
+
+def check_modes(as_json: bool, paths: bool, preview: bool) -> str:
+    """The one output mode asked for: "json", "paths", "preview" or "table"."""
+    modes = [name for name, on in (("json", as_json), ("paths", paths), ("preview", preview)) if on]
+    if len(modes) > 1:
+        from ..errors import QueryError
+
+        raise QueryError(f"choose one output: --{' or --'.join(modes)}")
+    return modes[0] if modes else "table"
+
+
+def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty: str = "No results.") -> None:
+    if mode == "json":
+        print(json.dumps([hit_dict(h) for h in hits], ensure_ascii=False))
+        return
+    if mode == "paths":
+        sys.stdout.write("".join(f"{h.path}\n" for h in hits))
+        return
+    if not hits:
+        out.print(empty)
+        return
+    if mode == "preview":
+        image_cls, why = preview_renderer()
+        if image_cls is not None:
+            out.print(preview_table(hits, image_cls))
+            return
+        err.print(f"[yellow]No preview:[/] {why}; showing the table.", highlight=False)
+    out.print(hits_table(hits))
+
+
+def hits_table(hits: Sequence[Any]) -> Table:
+    table = Table(title=f"{len(hits)} results", title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id")
+    table.add_column("title")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.id, h.title)
+    return table
+
+
+def preview_renderer() -> tuple[Any, str]:
+    """(the textual-image renderable for this terminal, "") or (None, why there is no preview).
+
+    Only real image protocols count (kitty's graphics protocol, sixel: xterm, WezTerm, foot, iTerm2 3.5+);
+    block-character art is not a preview worth the space, so other terminals get the table.
+    """
+    if not sys.stdout.isatty():
+        return None, "standard output is not a terminal"
+    try:
+        from textual_image.renderable import sixel, tgp
+    except ImportError:
+        return None, f"the textual-image package is not installed ({PREVIEW_HINT})"
+    if sixel.query_terminal_support():
+        return sixel.Image, ""
+    if tgp.query_terminal_support():
+        return tgp.Image, ""
+    return None, "this terminal supports neither the kitty graphics protocol nor sixel"
+
+
+def preview_table(hits: Sequence[Any], image_cls: Any) -> Table:
+    table = Table(title=f"{len(hits)} results", title_justify="left", show_lines=True)
+    for col in ("", "rank", "score", "id / title"):
+        table.add_column(col)
+    for h in hits:
+        try:
+            thumb: Any = image_cls(h.path, width=16, height=8)
+        except Exception as exc:  # an unreadable file still gets its row
+            thumb = f"({type(exc).__name__})"
+        table.add_row(thumb, str(h.rank), f"{h.score:.3f}", f"{h.id}\n{h.title}")
+    return table

@@ -1,0 +1,137 @@
+"""CLI commands over what an index holds: ``similar``, ``list``, ``export``, ``dedupe``.
+
+Registered on the Typer app by cli.py (``register``), so cli.py stays a thin list of commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import MMSearchError
+
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+WhereOpt = Annotated[Optional[list[str]], typer.Option(
+    "--where", metavar="FIELD OP VALUE", help="Metadata filter, repeatable: category=shoes, 'price<50', "
+    "brand!=acme, 'color in red,blue'.")]
+
+
+def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out: Console, err: Console) -> None:
+    """Add the commands to ``app``; ``fail`` turns a domain error into one red line and its exit code."""
+
+    def open_engine(index: Path, device: str = "cpu", where: Optional[list[str]] = None):
+        from ..index.filters import parse_where
+        from ..search.engine import SearchEngine
+
+        conditions = parse_where(where) if where else None
+        return SearchEngine.open(index, device=device), conditions
+
+    @app.command("similar")
+    def similar_cmd(
+        item_id: Annotated[str, typer.Argument(metavar="ID", help="Id of an indexed item (see `mmsearch list`).")],
+        index: IndexOpt = Path("index"),
+        k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 10,
+        text: Annotated[Optional[str], typer.Option("--text", help="A text that steers the results.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of hits.")] = False,
+        paths: Annotated[bool, typer.Option("--paths", help="Print one absolute image path per line.")] = False,
+        preview: Annotated[bool, typer.Option("--preview", help="Show thumbnails where the terminal can.")] = False,
+        where: WhereOpt = None,
+        device: DeviceOpt = "auto",
+    ) -> None:
+        """More like this: items whose images resemble item ID's (ID itself is left out)."""
+        from .output import check_modes, print_hits
+
+        try:
+            mode = check_modes(as_json, paths, preview)
+            engine, conditions = open_engine(index, device, where)
+            hits = engine.search_similar(item_id, text=text, k=k, where=conditions)
+        except MMSearchError as exc:
+            raise fail(exc)
+        print_hits(hits, mode, out, err)
+
+    @app.command("list")
+    def list_cmd(
+        index: IndexOpt = Path("index"),
+        where: WhereOpt = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of items (id, path, title, text, "
+                                              "metadata).")] = False,
+        paths: Annotated[bool, typer.Option("--paths", help="Print one absolute image path per line.")] = False,
+    ) -> None:
+        """List the indexed items with their metadata (all, or those matching --where)."""
+        from ..search.tools import list_items
+
+        try:
+            engine, conditions = open_engine(index, where=where)
+            items = list_items(engine, conditions)
+        except MMSearchError as exc:
+            raise fail(exc)
+        if as_json:
+            print(json.dumps(items, ensure_ascii=False))
+        elif paths:
+            print("".join(f"{it['path']}\n" for it in items), end="")
+        else:
+            table = Table(title=f"{len(items)} items", title_justify="left")
+            for col in ("id", "title", "metadata"):
+                table.add_column(col, overflow="fold")
+            for it in items:
+                meta = ", ".join(f"{k}={_short(v)}" for k, v in it["metadata"].items())
+                table.add_row(it["id"], it["title"], meta)
+            out.print(table)
+
+    @app.command("export")
+    def export_cmd(
+        out_path: Annotated[Path, typer.Option("--out", "-o", help="A .parquet file (needs pyarrow), or a folder for "
+                                               "embeddings.npy + text_embeddings.npy + items.jsonl.")],
+        index: IndexOpt = Path("index"),
+        where: WhereOpt = None,
+    ) -> None:
+        """Export ids, paths, metadata and embeddings, for pandas or another engine."""
+        from ..search.tools import export_index
+
+        try:
+            engine, conditions = open_engine(index, where=where)
+            n = len(engine) if conditions is None else len(engine.select(conditions))
+            written = export_index(engine, out_path, conditions)
+        except MMSearchError as exc:
+            raise fail(exc)
+        out.print(f"[bold green]Exported {n} items[/] to {written}", highlight=False)
+
+    @app.command("dedupe")
+    def dedupe_cmd(
+        index: IndexOpt = Path("index"),
+        threshold: Annotated[float, typer.Option("--threshold", "-t", min=-1.0, max=1.0, help="Cosine similarity "
+                                                 "of two images from which they count as duplicates.")] = 0.92,
+        where: WhereOpt = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of groups ({ids, paths, scores}).")] = False,
+    ) -> None:
+        """Groups of near-duplicate images, each member's similarity to the group's first item."""
+        from ..search.tools import find_duplicates
+
+        try:
+            engine, conditions = open_engine(index, where=where)
+            groups = find_duplicates(engine, threshold, conditions)
+        except MMSearchError as exc:
+            raise fail(exc)
+        if as_json:
+            print(json.dumps(groups, ensure_ascii=False))
+            return
+        if not groups:
+            out.print(f"No near-duplicates at similarity >= {threshold}.")
+            return
+        n = sum(len(g["ids"]) for g in groups)
+        out.print(f"{len(groups)} group(s) of near-duplicates ({n} items) at similarity >= {threshold}:")
+        for g in groups:
+            out.print(f"  {g['ids'][0]}", highlight=False)
+            for iid, score in zip(g["ids"][1:], g["scores"][1:]):
+                out.print(f"    {score:.3f}  {iid}", highlight=False)
+
+
+def _short(v: Any, width: int = 40) -> str:
+    s = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    return s if len(s) <= width else s[: width - 1] + "…"

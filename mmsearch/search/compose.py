@@ -1,0 +1,68 @@
+"""Answer a query-algebra query (algebra.py) with a loaded :class:`SearchEngine`.
+
+One photo and/or one text, all positive, goes to the engine's plain path (learned fusion included);
+anything else is encoded term by term, fused (algebra.fuse), and scored term by term over the
+candidates of the fused vector.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import QueryError
+from ..index.filters import WhereSpec
+from .algebra import Term, check_terms, combine_terms, fuse, plain_form
+from .ranking import top_k
+
+# the engine imports this module (engine.search delegates algebra queries here): no import back
+SearchEngine = Any
+SearchHit = Any
+
+
+def search_terms(engine: "SearchEngine", terms: Sequence[Term], k: int = 10, image_weight: float | None = None,
+                 where: WhereSpec = None, exclude: Sequence[str] = ()) -> list["SearchHit"]:
+    """Up to ``k`` hits for the weighted terms, best first; ``exclude``: item ids to leave out."""
+    check_terms(terms)
+    if k < 1:
+        raise QueryError(f"k must be at least 1, got {k}")
+    plain = plain_form(terms) if not exclude else None
+    if plain is not None:
+        image, text, w = plain
+        return engine.search_batch([{"image": image, "text": text}], k=k,
+                                   image_weight=image_weight if w is None else w, where=where)[0]
+    images = [t for t in terms if t.kind == "image"]
+    texts = [t for t in terms if t.kind == "text"]
+    img = engine.encode_image_channels([t.value for t in images]) if images else None
+    txt = engine.encode_texts([t.value for t in texts]) if texts else None
+    shared = np.concatenate([a for a in ((img or {}).get("image"), txt) if a is not None])  # (n_terms, D)
+    weights = [t.weight for t in images] + [t.weight for t in texts]
+    q, norm = fuse(shared, weights)
+    return rank_fused(engine, q, norm, img, txt, weights, k, where, exclude)
+
+
+def rank_fused(engine: "SearchEngine", q: np.ndarray, norm: float, img: dict[str, np.ndarray] | None,
+               txt: np.ndarray | None, weights: list[float], k: int, where: WhereSpec,
+               exclude: Sequence[str] = ()) -> list["SearchHit"]:
+    """Candidates of the fused vector ``q`` (D,), each scored term by term (see algebra.py)."""
+    allowed = engine.select(where) if where is not None else None
+    drop = np.array(sorted(engine.store.fids_of(list(exclude)).values()), np.int64) if exclude else None
+    n = k + (len(drop) if drop is not None else 0)
+    cand = engine.candidates(None, None, q[None], "image", 1, n, allowed)[0]
+    if txt is not None:  # texts also find items by their own text
+        extra = engine._candidates("text", q[None], max(engine.ranking.candidates, 4 * n), allowed)[0]
+        cand = np.union1d(cand, extra[extra >= 0])
+    if drop is not None:
+        cand = cand[~np.isin(cand, drop)]
+    img_channel = "visual" if img is not None and "visual" in img and "visual" in engine.channels else "image"
+    parts = []
+    for j in range(len(next(iter(img.values()))) if img else 0):
+        one = {name: vecs[j:j + 1] for name, vecs in img.items()}  # type: ignore[union-attr]
+        parts.append(engine.score(one, None, None, img_channel, 0, cand, 1.0))
+    for j in range(len(txt) if txt is not None else 0):
+        parts.append(engine.score(None, txt[j:j + 1], None, img_channel, 0, cand, 0.0))
+    scores = combine_terms(np.stack(parts), weights, norm) if len(cand) else np.zeros(0, np.float32)
+    ids, best = top_k(scores, cand, k)
+    rows = engine.store.rows(ids)
+    return [engine._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
