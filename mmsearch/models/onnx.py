@@ -235,8 +235,10 @@ def tokenize_numpy(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.nda
     if tok is not None and hasattr(tok, "encode_batch"):
         enc = tok.encode_batch([str(t) for t in texts])
         return (np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64))
-    batch = tokenizer(texts)
-    return batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    batch = tokenizer(texts)  # torch tensors, or int64 arrays from a (wrapped) HFTokenizerNumpy
+    ids, mask = (batch[k].numpy() if hasattr(batch[k], "numpy") else np.asarray(batch[k], np.int64)
+                 for k in ("input_ids", "attention_mask"))
+    return ids, mask
 
 
 def normalize_u8(u8: np.ndarray, mean, std) -> np.ndarray:
