@@ -52,6 +52,14 @@ def tiny_index(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_index):
+    """A SearchEngine on the tiny index, one per test module (a module may change its settings)."""
+    from mmsearch import SearchEngine
+
+    return SearchEngine.open(tiny_index, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def default_index(tmp_path_factory) -> Path:
     """The sample catalog indexed with the default pretrained model (about 15 s on 2 cores)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmsearch import SearchEngine
 from mmsearch.errors import QueryError
 from mmsearch.search.algebra import (Term, check_terms, combine_terms, fuse, plain_form, split_expression,
                                      split_weight, terms_from_args, terms_of)
@@ -53,11 +52,6 @@ def test_plain_form_keeps_the_learned_fusion_case():
     assert plain_form([Term("text", "red"), Term("text", "blue", -1)]) is None
     with pytest.raises(QueryError, match="at least one"):
         check_terms([Term("text", "blue", -1.0)])
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_index):
-    return SearchEngine.open(tiny_index, device="cpu")
 
 
 def brute_force(engine, q: np.ndarray) -> list[str]:

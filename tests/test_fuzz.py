@@ -171,11 +171,6 @@ def test_any_catalog_indexes_or_fails_cleanly(images, meta):
 
 
 # ------------------------------------------------------------------- queries and filters (API)
-@pytest.fixture(scope="module")
-def engine(tiny_index):
-    return SearchEngine.open(tiny_index, device="cpu")
-
-
 where_specs = st.one_of(
     st.none(), st.text(max_size=30), st.lists(st.text(max_size=20), max_size=3),
     st.dictionaries(st.sampled_from(["category", "tags", "title", "price", "x"]), json_values, max_size=3),

@@ -12,15 +12,9 @@ pytest.importorskip("multipart", reason="python-multipart is not installed")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mmsearch import SearchEngine  # noqa: E402
 from mmsearch.server import ServeCfg, create_app  # noqa: E402
 
 CATALOG = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "catalog"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_index):
-    return SearchEngine.open(tiny_index, device="cpu")
 
 
 @pytest.fixture(scope="module")

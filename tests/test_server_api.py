@@ -28,11 +28,6 @@ QUERIES = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "queries
 SHOE = (QUERIES / "shoe.jpg").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_index):
-    return SearchEngine.open(tiny_index, device="cpu")
-
-
 def make_client(engine, **cfg) -> TestClient:
     cfg.setdefault("reload_interval_s", 0)
     return TestClient(create_app(engine, ServeCfg(**cfg)))

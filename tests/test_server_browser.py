@@ -58,11 +58,6 @@ def running(app):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_index):
-    return SearchEngine.open(tiny_index, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def server(engine):
     with running(create_app(engine, ServeCfg(reload_interval_s=0))) as base:
         yield base
