@@ -33,3 +33,44 @@ def test_extraction_order_tests_first_then_round_robin():
     assert bl.extraction_order(c, ["test", "train"], {"train": 1}) == [3, 0, 5]
     c.split[0] = "test"  # test images of several domains also alternate
     assert bl.extraction_order(c, ["test"]) == [0, 3]
+
+
+def test_per_head_wise_alpha_mixes_each_tower_on_its_own():
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x + self.mlp(x)
+
+    class Tower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = Head()
+
+    class Model(nn.Module):
+        embed_dim = 4
+
+        def __init__(self):
+            super().__init__()
+            self.image_tower, self.text_tower = Tower(), Tower()
+
+    torch.manual_seed(0)
+    m = Model()
+    h = bl.Heads(m, None, None)
+    tuned = {k: v + 1.0 for k, v in h.start.items()}
+    feats = torch.randn(3, 4)
+    sp = h.space(feats, (0.0, 1.0), tuned)  # image head: the start; text head: fully tuned
+    state = m.state_dict()
+    for k in h.start:
+        want = h.start[k] if k.startswith("image_tower") else tuned[k]
+        assert torch.equal(state[k], want), k
+    assert torch.allclose(sp.img, torch.nn.functional.normalize(feats + nn.functional.linear(
+        feats, h.start["image_tower.head.mlp.weight"], h.start["image_tower.head.mlp.bias"]), dim=1), atol=1e-6)
+    h.space(feats, 0.5, tuned)  # one alpha: both towers halfway
+    for k in h.start:
+        assert torch.allclose(m.state_dict()[k], h.start[k] + 0.5), k
