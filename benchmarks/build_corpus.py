@@ -394,7 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tones", type=int, default=2, help="skin tones kept per base emoji (of 5)")
     ap.add_argument("--max-photos", type=int, default=150, help="image -> image test queries")
-    ap.add_argument("--fashion-per-class", type=int, default=300, help="Fashion-MNIST train-file images per class")
+    ap.add_argument("--fashion-per-class", type=int, default=450, help="Fashion-MNIST train-file images per class")
     ap.add_argument("--fashion-test-per-class", type=int, default=100, help="Fashion-MNIST test-file images per class")
     ap.add_argument("--openclipart-per-base", type=int, default=2, help="clips kept per cleaned clip name")
     args = ap.parse_args(argv)

@@ -147,3 +147,27 @@ def test_lean_tokenizer_matches_the_torch_one_called_directly_or_wrapped():
     for got in (direct, wrapped, (lean(texts)["input_ids"], lean(texts)["attention_mask"])):
         assert got[0].tolist() == ref["input_ids"].tolist()
         assert got[1].tolist() == ref["attention_mask"].tolist()
+
+
+def test_photo_and_text_towers_at_once_or_in_turn_give_the_same_hits(engine, sample_catalog, monkeypatch):
+    """$MMSEARCH_QUERY_CONCURRENT only changes when the two towers run, never the answer."""
+    from mmsearch.search import runtime
+
+    photo = next(p for p in sorted(sample_catalog.rglob("*")) if p.suffix.lower() in (".jpg", ".png", ".webp"))
+    answers, calls = [], []
+    real = runtime.both
+
+    def spy(first, second, concurrent=True):
+        calls.append(concurrent)
+        return real(first, second, concurrent)
+
+    monkeypatch.setattr(runtime, "both", spy)
+    for setting in ("1", "0"):
+        monkeypatch.setenv("MMSEARCH_QUERY_CONCURRENT", setting)
+        assert runtime.concurrent_towers() is (setting == "1")
+        answers.append([(h.id, round(h.score, 6)) for h in engine.search(image=photo, text="red shoes", k=5)])
+    assert calls == [True, False]
+    assert answers[0] == answers[1] and len(answers[0]) == 5
+    monkeypatch.setenv("MMSEARCH_QUERY_CONCURRENT", "auto")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert runtime.concurrent_towers() is False  # 2 CPUs: one tower after the other

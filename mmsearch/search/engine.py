@@ -434,7 +434,7 @@ class SearchEngine:
             img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
                 lambda: self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None,
                 lambda: self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None,
-                concurrent=has_img and has_txt)[::-1]
+                concurrent=has_img and has_txt and _runtime.concurrent_towers())[::-1]
             for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where)):
                 results[i] = hits
         return results  # type: ignore[return-value]

@@ -97,6 +97,22 @@ def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str,
         return None
 
 
+def concurrent_towers() -> bool:
+    """Whether a photo + text query runs its two towers at once (``$MMSEARCH_QUERY_CONCURRENT``: ``1``,
+    ``0`` or ``auto``). ``auto``: only with at least 4 usable CPUs. On 2 cores the two batch-1 towers
+    slow each other down by more than the smaller one costs alone (``benchmarks/results/query_towers.md``),
+    so one after the other answers sooner there."""
+    import os
+
+    v = os.environ.get("MMSEARCH_QUERY_CONCURRENT", "auto").strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus >= 4
+
+
 def both(first: Callable[[], T], second: Callable[[], U], concurrent: bool = True) -> tuple[T, U]:
     """Run ``first`` in a helper thread while ``second`` runs here (a photo + text query's two encoders:
     both runtimes release the GIL, and batch-1 graphs do not fill two cores each)."""
