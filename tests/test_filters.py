@@ -164,3 +164,33 @@ def test_cli_where(filtered_index):
     assert set(ids) == want
     res = CliRunner().invoke(app, ["query", "--index", str(out), "shoe", "--where", "price<"])
     assert res.exit_code == 2 and "no value" in res.output
+
+
+def test_a_repeated_filter_reuses_its_faiss_selector(filtered_index, sample_catalog, monkeypatch):
+    """The IDSelector (a hash set of every matching id) is built once per filter and channel, not per
+    query; the hits stay those of a fresh selector."""
+    from mmsearch.index import ann
+
+    out, _ = filtered_index
+    import dataclasses
+
+    engine = SearchEngine.open(out, device="cpu")
+    engine.filter_strategy = "selector"
+    engine.exact_filter_max = 0
+    engine.ranking = dataclasses.replace(engine.ranking, candidates=4)  # fewer candidates than matches: FAISS
+    built = []
+    real = ann.id_selector
+    monkeypatch.setattr(ann, "id_selector", lambda ids: built.append(len(ids)) or real(ids))
+    where = {"price": ("<", 60)}
+    first = [(h.id, h.score) for h in engine.search(text="red shoe", k=2, where=where)]
+    n_channels = len(built)
+    assert n_channels >= 1
+    for _ in range(3):
+        assert [(h.id, h.score) for h in engine.search(text="red shoe", k=2, where=where)] == first
+    assert len(built) == n_channels  # nothing rebuilt for the same filter
+    engine.search(text="red shoe", k=2, where={"price": ("<", 30)})
+    assert len(built) > n_channels  # another filter: its own selectors
+    fresh = SearchEngine.open(out, device="cpu")
+    fresh.filter_strategy, fresh.exact_filter_max = "selector", 0
+    fresh.ranking = engine.ranking
+    assert [(h.id, h.score) for h in fresh.search(text="red shoe", k=2, where=where)] == first

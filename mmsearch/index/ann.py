@@ -455,20 +455,28 @@ def read(path: str, spec: IndexSpec | None, mmap: bool | None = None) -> faiss.I
 
 
 # -------------------------------------------------------------------------------------- filtered search
+def id_selector(allowed: np.ndarray) -> faiss.IDSelector:
+    """A FAISS IDSelector of the sorted int64 ids ``allowed``. Building it hashes every id (a few ms at
+    300k ids), so callers that repeat a filter keep it (search/filtercache.py); FAISS only reads it."""
+    return faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
+
+
 def filtered_search(index: faiss.Index, queries: np.ndarray, n: int, allowed: np.ndarray,
-                    params: dict[str, int], strategy: str = "selector") -> np.ndarray:
+                    params: dict[str, int], strategy: str = "selector",
+                    selector: faiss.IDSelector | None = None) -> np.ndarray:
     """(B, n) ids of the best items among ``allowed`` (sorted int64 ids); -1 where fewer were found.
 
-    ``selector`` passes a FAISS IDSelector so only allowed ids are scored; ``overfetch`` asks for
-    n / selectivity results and filters them, doubling until n are found or the index is exhausted.
-    Approximate indexes may still find fewer than n: the caller falls back to an exact scan of ``allowed``.
+    ``selector`` passes a FAISS IDSelector so only allowed ids are scored (``selector=``: one already
+    built by :func:`id_selector` for these ids); ``overfetch`` asks for n / selectivity results and
+    filters them, doubling until n are found or the index is exhausted. Approximate indexes may still
+    find fewer than n: the caller falls back to an exact scan of ``allowed``.
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n = max(1, min(n, len(allowed)))
     total = max(1, index.ntotal)
     params = boosted_params(index, params, len(allowed) / total)  # selective filters search wider
     if strategy == "selector":
-        sp = search_params(index, params, faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64)))
+        sp = search_params(index, params, selector if selector is not None else id_selector(allowed))
         if sp is not None:
             return index.search(q, n, params=sp)[1]
     fetch = min(total, int(n * total / max(1, len(allowed)) * 1.5) + 16)

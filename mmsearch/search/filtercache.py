@@ -16,24 +16,26 @@ import numpy as np
 
 from ..index.filters import parse_where
 
-SIZE = 32  # filters remembered; each costs 8 bytes per matching item per channel
+SIZE = 32  # filters remembered; each costs 8 bytes per matching item per channel (and a FAISS selector
+# per channel searched with one: a hash set of those ids)
 
 
 class FilterCache:
     def __init__(self, size: int = SIZE):
         self.size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 
-    def _get(self, key: tuple, name: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+    def _get(self, key: tuple, name: str, make: Callable[[], Any]) -> Any:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 if name in entry:
                     return entry[name]
-        value = np.asarray(make())
-        value.flags.writeable = False
+        value = make()
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
         with self._lock:
             entry = self._entries.setdefault(key, {})
             entry[name] = value
@@ -55,6 +57,13 @@ class FilterCache:
         if key is None:
             return select(where)
         return self._get(key, "", lambda: select(where))
+
+    def attached(self, ids: np.ndarray, name: str, make: Callable[[], Any]) -> Any:
+        """``make()``, remembered with the filter entry that handed out ``ids`` (by identity; e.g. the
+        FAISS selector of a channel's matching ids), or made afresh for ids that came from elsewhere."""
+        with self._lock:
+            key = next((k for k, e in self._entries.items() if any(v is ids for v in e.values())), None)
+        return make() if key is None else self._get(key, name, make)
 
     def in_channel(self, channel: str, allowed: np.ndarray, channel_ids: np.ndarray) -> np.ndarray:
         """The ``allowed`` ids present in a channel (its ``ids``); remembered with the filter when
