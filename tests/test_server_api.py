@@ -6,8 +6,7 @@ import asyncio
 import hmac
 import io
 import json
-import struct
-import zlib
+import sys
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -24,6 +23,9 @@ from mmsearch.server import ServeCfg, create_app  # noqa: E402
 from mmsearch.server.state import filter_fields, filter_kwarg  # noqa: E402
 from mmsearch.server.limits import Busy, ModelGate  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_memory_guard import png_header_only  # noqa: E402  (a PNG whose header claims a huge size)
+
 QUERIES = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "queries"
 SHOE = (QUERIES / "shoe.jpg").read_bytes()
 
@@ -37,14 +39,6 @@ def make_client(engine, **cfg) -> TestClient:
 def client(engine):
     with make_client(engine) as c:
         yield c
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels, with almost no data: what a bomb looks like."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def png_bytes(im: Image.Image) -> bytes:
