@@ -325,17 +325,22 @@ class Heads:
                 _TEXT_CACHE[t] = f
         return torch.stack([_TEXT_CACHE[t] for t in texts])
 
-    @torch.no_grad()
-    def space(self, feats: torch.Tensor, alpha: float | tuple[float, float] = 1.0, tuned: dict | None = None) -> Space:
-        """alpha: WiSE-FT weight of the tuned heads, one for both or (image head, text head)."""
-        m = self.model
+    def load(self, alpha: float | tuple[float, float] = 1.0, tuned: dict | None = None) -> None:
+        """Put the WiSE-FT mix of the start and ``tuned`` heads into the model (the start when None);
+        alpha: the weight of the tuned heads, one for both or (image head, text head)."""
         state = self.start
         if tuned is not None:
             a_img, a_txt = alpha if isinstance(alpha, tuple) else (alpha, alpha)
             state = {**interpolate(self.start, {k: v for k, v in tuned.items() if k.startswith("image_tower")}, a_img),
                      **interpolate(self.start, {k: v for k, v in tuned.items() if not k.startswith("image_tower")},
                                    a_txt)}
-        m.load_state_dict(state, strict=False)
+        self.model.load_state_dict(state, strict=False)
+
+    @torch.no_grad()
+    def space(self, feats: torch.Tensor, alpha: float | tuple[float, float] = 1.0, tuned: dict | None = None) -> Space:
+        """Embeddings of ``feats`` (NaN rows stay NaN) with the heads of :meth:`load`."""
+        m = self.model
+        self.load(alpha, tuned)
         ok = ~torch.isnan(feats).any(1)
         img = torch.full((len(feats), m.embed_dim), float("nan"))
         img[ok] = l2n(m.image_tower.head(feats[ok]))
@@ -436,6 +441,14 @@ def train_heads(h: Heads, c: Corpus, feats: torch.Tensor, pool: np.ndarray, reci
 
 
 # ------------------------------------------------------------------------------------------------ run
+def parse_alpha(text: str) -> float | tuple[float, float]:
+    """A WiSE-FT alpha: ``"0.5"`` (both heads) or ``"0.3/0.6"`` (image head / text head)."""
+    if "/" in text:
+        a_img, a_txt = (float(x) for x in text.split("/"))
+        return (a_img, a_txt)
+    return float(text)
+
+
 def domains_of(c: Corpus) -> list[str]:
     return sorted({c.domain[i] for i in c.where("test")})
 
@@ -505,8 +518,7 @@ def cmd_run(args) -> None:
         record(name, lambda d, sp=sp: sp)
     # trained recipes, leave one domain out, on the chosen prior
     prior = bridge_heads[args.prior]
-    # "0.5" (both heads) or "0.3/0.6" (image head / text head)
-    alphas = [tuple(float(x) for x in a.split("/")) if "/" in a else float(a) for a in args.alphas.split(",")]
+    alphas = [parse_alpha(a) for a in args.alphas.split(",")]
     costs = {}
     in_domain: dict[str, dict[str, dict]] = defaultdict(dict)
     for rname in [r for r in args.recipes.split(",") if r]:
@@ -692,8 +704,8 @@ def cmd_ship(args) -> None:
                      and not torch.isnan(c.feats["pad"][i]).any()], dtype=np.int64)  # items with cached features
     t0 = time.time()
     tuned = train_heads(h, c, c.feats["pad"], pool, RECIPES[args.recipe])
-    alpha = tuple(float(x) for x in args.alpha.split("/")) if "/" in args.alpha else float(args.alpha)
-    h.space(c.feats["pad"][:1], alpha, tuned)  # leaves the WiSE-FT mix (per head) loaded in the model
+    alpha = parse_alpha(args.alpha)
+    h.load(alpha, tuned)
     model.cfg = dataclasses.replace(cfg, name="default", weights="")
     save_checkpoint(model, tok, args.out, extra={"wise_ft_alpha": alpha, "recipe": dataclasses.asdict(
         RECIPES[args.recipe]), "train_splits": splits, "train_items": int(len(pool)),

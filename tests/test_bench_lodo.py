@@ -74,3 +74,8 @@ def test_per_head_wise_alpha_mixes_each_tower_on_its_own():
     h.space(feats, 0.5, tuned)  # one alpha: both towers halfway
     for k in h.start:
         assert torch.allclose(m.state_dict()[k], h.start[k] + 0.5), k
+
+
+def test_alpha_is_one_weight_or_image_slash_text():
+    assert bl.parse_alpha("0.5") == 0.5
+    assert bl.parse_alpha("0.25/0.5") == (0.25, 0.5)

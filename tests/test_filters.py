@@ -169,11 +169,11 @@ def test_cli_where(filtered_index):
 def test_a_repeated_filter_reuses_its_faiss_selector(filtered_index, sample_catalog, monkeypatch):
     """The IDSelector (a hash set of every matching id) is built once per filter and channel, not per
     query; the hits stay those of a fresh selector."""
+    import dataclasses
+
     from mmsearch.index import ann
 
     out, _ = filtered_index
-    import dataclasses
-
     engine = SearchEngine.open(out, device="cpu")
     engine.filter_strategy = "selector"
     engine.exact_filter_max = 0

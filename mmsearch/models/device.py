@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from ..cpus import available_cpus  # also imported from here by encode.pipeline and benchmarks
 from ..errors import MMSearchError
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the affinity mask, which containers and ``taskset`` narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def default_num_workers(device: torch.device) -> int:

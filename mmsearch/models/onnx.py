@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cpus import available_cpus
 from ..errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,7 @@ class OrtTowers:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.inter_op_num_threads = 1
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        opts.intra_op_num_threads = int(threads or cpus)
+        opts.intra_op_num_threads = int(threads or available_cpus())
         opts.log_severity_level = 3
         # no busy-waiting between ops: on a shared CPU (and while a photo + text query runs both towers at
         # once) spinning threads only take cores from the threads with work to do

@@ -271,7 +271,8 @@ class SearchEngine:
             selector = None
             if strategy == "selector":  # built once per filter and channel, not per query
                 ids = allowed
-                selector = self._filters.attached(ids, f"selector:{channel}", lambda: ann.id_selector(ids))
+                selector = self._filters.attached(ids, f"channel:{channel}", f"selector:{channel}",
+                                                  lambda: ann.id_selector(ids))
             return ann.filtered_search(ch.index, queries, n, allowed, ch.spec.params, strategy, selector)
         _, ids = ch.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(n, ch.index.ntotal))
         return ids

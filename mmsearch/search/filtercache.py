@@ -58,18 +58,14 @@ class FilterCache:
             return select(where)
         return self._get(key, "", lambda: select(where))
 
-    def attached(self, ids: np.ndarray, name: str, make: Callable[[], Any]) -> Any:
-        """``make()``, remembered with the filter entry that handed out ``ids`` (by identity; e.g. the
-        FAISS selector of a channel's matching ids), or made afresh for ids that came from elsewhere."""
+    def attached(self, ids: np.ndarray, source: str, name: str, make: Callable[[], Any]) -> Any:
+        """``make()``, remembered as ``name`` in the filter entry whose ``source`` value is ``ids`` (by
+        identity: the cache keeps it alive), or made afresh for ids that came from elsewhere."""
         with self._lock:
-            key = next((k for k, e in self._entries.items() if any(v is ids for v in e.values())), None)
+            key = next((k for k, e in self._entries.items() if e.get(source) is ids), None)
         return make() if key is None else self._get(key, name, make)
 
     def in_channel(self, channel: str, allowed: np.ndarray, channel_ids: np.ndarray) -> np.ndarray:
         """The ``allowed`` ids present in a channel (its ``ids``); remembered with the filter when
-        ``allowed`` came from :meth:`allowed` (recognised by identity: the cache keeps it alive)."""
-        with self._lock:
-            key = next((k for k, e in self._entries.items() if e.get("") is allowed), None)
-        if key is None:
-            return allowed[np.isin(allowed, channel_ids)]
-        return self._get(key, f"channel:{channel}", lambda: allowed[np.isin(allowed, channel_ids)])
+        ``allowed`` came from :meth:`allowed`."""
+        return self.attached(allowed, "", f"channel:{channel}", lambda: allowed[np.isin(allowed, channel_ids)])

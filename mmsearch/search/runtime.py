@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, TypeVar
 
+from ..cpus import available_cpus
 from ..errors import ModelError
 from ..models import onnx
 
@@ -109,8 +110,7 @@ def concurrent_towers() -> bool:
         return True
     if v in ("0", "false", "no", "off"):
         return False
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cpus >= 2
+    return available_cpus() >= 2
 
 
 def both(first: Callable[[], T], second: Callable[[], U], concurrent: bool = True) -> tuple[T, U]:
