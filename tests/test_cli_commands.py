@@ -122,10 +122,21 @@ def test_dedupe_finds_planted_duplicates(small_catalog, tmp_path):
     assert sorted(sorted(g["ids"]) for g in groups) == [["boot_resaved.png", "clothing/hiking_boot.webp"],
                                                         ["clothing/running_shoe.webp", "copy_of_shoe.webp"]]
     assert all(g["scores"][0] == 1.0 and g["scores"][1] >= 0.999 for g in groups), groups
+    by_first = {g["ids"][0]: g for g in groups}
+    # a byte-identical copy is marked exact; the same pixels in another file format are a near-duplicate
+    assert by_first["clothing/running_shoe.webp"]["kinds"] == ["exact", "exact"]
+    assert by_first["clothing/running_shoe.webp"]["kind"] == "exact"
+    assert by_first["boot_resaved.png"]["kinds"] == ["exact", "near"] and by_first["boot_resaved.png"]["kind"] == "near"
     table = run("dedupe", "-i", out, "--threshold", "0.999")
     assert "2 group(s)" in table.stdout and "copy_of_shoe.webp" in table.stdout
+    assert "1 group(s) of exact copies" in table.stdout
     api = find_duplicates(SearchEngine.open(out, device="cpu"), threshold=0.999)
     assert api == groups  # the CLI prints what the API returns
+    exact = json.loads(run("dedupe", "-i", out, "--threshold", "0.999", "--kind", "exact", "--json").stdout)
+    assert [g["ids"] for g in exact] == [["clothing/running_shoe.webp", "copy_of_shoe.webp"]]
+    near = json.loads(run("dedupe", "-i", out, "--threshold", "0.999", "--kind", "near", "--json").stdout)
+    assert [g["ids"] for g in near] == [["boot_resaved.png", "clothing/hiking_boot.webp"]]
+    assert run("dedupe", "-i", out, "--kind", "nearly").exit_code != 0
 
 
 def test_filter_on_an_unknown_field_is_an_error(tiny_index):

@@ -107,29 +107,34 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
         index: IndexOpt = Path("index"),
         threshold: Annotated[float, typer.Option("--threshold", "-t", min=-1.0, max=1.0, help="Cosine similarity "
                                                  "of two images from which they count as duplicates.")] = 0.92,
+        kind: Annotated[str, typer.Option("--kind", help="all, exact (byte-identical copies only) or near "
+                                          "(groups with at least one near-duplicate).")] = "all",
         where: WhereOpt = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of groups ({ids, paths, scores}).")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of groups ({ids, paths, scores, "
+                                              "kinds, kind}).")] = False,
     ) -> None:
-        """Groups of near-duplicate images, each member's similarity to the group's first item."""
+        """Groups of copies: exact (same file content, marked =) and near-duplicates (similarity shown)."""
         from ..search.tools import find_duplicates
 
         try:
             engine, conditions = open_engine(index, where=where)
-            groups = find_duplicates(engine, threshold, conditions)
+            groups = find_duplicates(engine, threshold, conditions, kind=kind)
         except MMSearchError as exc:
             raise fail(exc)
         if as_json:
             print(json.dumps(groups, ensure_ascii=False))
             return
         if not groups:
-            out.print(f"No near-duplicates at similarity >= {threshold}.")
+            out.print(f"No duplicates ({kind}) at similarity >= {threshold}.")
             return
         n = sum(len(g["ids"]) for g in groups)
-        out.print(f"{len(groups)} group(s) of near-duplicates ({n} items) at similarity >= {threshold}:")
+        n_exact = sum(g["kind"] == "exact" for g in groups)
+        out.print(f"{len(groups)} group(s) of duplicates ({n} items; {n_exact} group(s) of exact copies, "
+                  f"{len(groups) - n_exact} with near-duplicates at similarity >= {threshold}):")
         for g in groups:
             out.print(f"  {g['ids'][0]}", highlight=False)
-            for iid, score in zip(g["ids"][1:], g["scores"][1:]):
-                out.print(f"    {score:.3f}  {iid}", highlight=False)
+            for iid, score, k in zip(g["ids"][1:], g["scores"][1:], g["kinds"][1:]):
+                out.print(f"    {'=    ' if k == 'exact' else f'{score:.3f}'}  {iid}", highlight=False)
 
 
 def _short(v: Any, width: int = 40) -> str:

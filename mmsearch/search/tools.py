@@ -1,4 +1,4 @@
-"""What an index holds, for tools: list items, export them with their embeddings, find near-duplicates.
+"""What an index holds, for tools: list items, export them with their embeddings, find copies (exact and near).
 
 Export formats (``export_index``):
     ``PATH.parquet``   one row per item: id, path, title, text, metadata (a JSON string), embedding
@@ -108,25 +108,20 @@ def load_export(path: str | Path) -> tuple[list[dict[str, Any]], np.ndarray, np.
     return items, np.load(path / "embeddings.npy"), np.load(path / "text_embeddings.npy")
 
 
-def find_duplicates(engine: "SearchEngine", threshold: float = 0.92, where: WhereSpec = None,
-                    chunk: int = 4096) -> list[dict[str, Any]]:
-    """Groups of items whose images are near-duplicates: cosine similarity >= ``threshold`` (exact search
-    over the stored shared-space image vectors; pairs link into groups). Each group lists ``ids`` and
-    ``paths``, its first item (lowest id) first, and ``scores``: each member's similarity to that first
-    item (1.0 for itself). Groups come largest first, then by first id.
+def group_duplicates(hashes: list[str | None], x: np.ndarray, threshold: float,
+                     neighbours: int = 32) -> list[list[tuple[int, str]]]:
+    """Connected groups of rows that are copies: the same content hash (``exact``) or unit vectors with
+    cosine similarity >= ``threshold`` (``near``). Pure; rows are positions into ``hashes`` / ``x``.
+
+    Linear in group size: rows with one hash are collapsed to one representative before the vector
+    search, and each representative links to at most ``neighbours`` nearest others at or above the
+    threshold (a k-NN graph, not every pair: 10k near-identical images make 10k x ``neighbours`` links,
+    not 10^8). Components of that graph are the groups. Returns, per group of 2+ rows, ``(row, kind)``
+    pairs in row order, ``kind`` "exact" when the row has the content hash of the group's first row,
+    else "near" (the first row itself is "exact").
     """
-    if not -1.0 <= threshold <= 1.0:
-        raise MMSearchError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
-    rows = _rows(engine, where)
-    fids = np.array([r["fid"] for r in rows], np.int64)
-    present, x = _vectors(engine, "image", fids)
-    fids, x = fids[present], np.ascontiguousarray(x[present])
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # stored as float16: re-normalise
-    if len(fids) < 2:
-        return []
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    parent = list(range(len(fids)))
+    n = len(hashes)
+    parent = list(range(n))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -134,25 +129,80 @@ def find_duplicates(engine: "SearchEngine", threshold: float = 0.92, where: Wher
             i = parent[i]
         return i
 
-    for start in range(0, len(fids), chunk):  # bounded memory: (chunk, n) similarities at a time
-        lims, _, nbrs = index.range_search(x[start:start + chunk], float(threshold) - 1e-6)
-        for q in range(len(lims) - 1):
-            for j in nbrs[lims[q]:lims[q + 1]]:
-                a, b = root(start + q), root(int(j))
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
+    def link(a: int, b: int) -> None:
+        a, b = root(a), root(b)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    first_of: dict[str, int] = {}
+    reps = []
+    for i, h in enumerate(hashes):
+        if h is not None and h in first_of:
+            link(first_of[h], i)
+        else:
+            if h is not None:
+                first_of[h] = i
+            reps.append(i)
+    if len(reps) > 1:
+        rx = np.ascontiguousarray(x[reps], dtype=np.float32)
+        index = faiss.IndexFlatIP(rx.shape[1])
+        index.add(rx)
+        k = min(len(reps), neighbours + 1)  # + 1: a row finds itself
+        for start in range(0, len(reps), 4096):  # bounded memory: (4096, k) results at a time
+            sims, nbrs = index.search(rx[start:start + 4096], k)
+            for q, (srow, nrow) in enumerate(zip(sims, nbrs)):
+                for s, j in zip(srow, nrow):
+                    if j >= 0 and s >= threshold - 1e-6:
+                        link(reps[start + q], reps[int(j)])
     groups: dict[int, list[int]] = {}
-    for i in range(len(fids)):
+    for i in range(n):
         groups.setdefault(root(i), []).append(i)
-    by_fid = {r["fid"]: r for r in rows}
     out = []
     for members in groups.values():
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda i: by_fid[int(fids[i])]["id"])
-        first = x[members[0]]
-        out.append({"ids": [by_fid[int(fids[i])]["id"] for i in members],
-                    "paths": [by_fid[int(fids[i])]["path"] for i in members],
-                    "scores": [round(float(np.clip(x[i] @ first, -1.0, 1.0)), 6) for i in members]})
+        if len(members) > 1:
+            h0 = hashes[members[0]]
+            out.append([(i, "exact" if i == members[0] or (h0 is not None and hashes[i] == h0) else "near")
+                        for i in members])
+    return out
+
+
+KINDS = ("all", "exact", "near")
+
+
+def find_duplicates(engine: "SearchEngine", threshold: float = 0.92, where: WhereSpec = None,
+                    kind: str = "all") -> list[dict[str, Any]]:
+    """Groups of copies among the indexed images: exact copies (the same content hash) and near-duplicates
+    (shared-space image vectors with cosine similarity >= ``threshold``), linked into groups (see
+    :func:`group_duplicates`). Each group lists ``ids`` and ``paths``, its first item (lowest id) first,
+    ``scores`` (each member's similarity to that first item, 1.0 for itself), ``kinds`` (per member:
+    "exact" for a byte-identical copy of the first item, else "near") and ``kind``: "exact" when every
+    member is an exact copy of the first, else "near". ``kind="exact"`` / ``"near"`` keeps only the groups
+    of that kind. Groups come largest first, then by first id.
+    """
+    if not -1.0 <= threshold <= 1.0:
+        raise MMSearchError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    if kind not in KINDS:
+        raise MMSearchError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    rows = sorted(engine.store.all_rows().values(), key=lambda r: r["id"])  # a group's first: its lowest id
+    if where is not None:
+        keep = set(engine.select(where).tolist())
+        rows = [r for r in rows if r["fid"] in keep]
+    fids = np.array([r["fid"] for r in rows], np.int64)
+    present, x = _vectors(engine, "image", fids)
+    rows = [r for r, p in zip(rows, present) if p]
+    x = np.ascontiguousarray(x[present])
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # stored as float16: re-normalise
+    if len(rows) < 2:
+        return []
+    out = []
+    for members in group_duplicates([r["image_sha256"] for r in rows], x, threshold):
+        first = x[members[0][0]]
+        kinds = [k for _, k in members]
+        group = {"ids": [rows[i]["id"] for i, _ in members], "paths": [rows[i]["path"] for i, _ in members],
+                 "scores": [1.0 if k == "exact" else round(float(np.clip(x[i] @ first, -1.0, 1.0)), 6)
+                            for i, k in members],
+                 "kinds": kinds, "kind": "exact" if all(k == "exact" for k in kinds) else "near"}
+        if kind in ("all", group["kind"]):
+            out.append(group)
     out.sort(key=lambda g: (-len(g["ids"]), g["ids"][0]))
     return out
