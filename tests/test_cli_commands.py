@@ -144,3 +144,37 @@ def test_filter_on_an_unknown_field_is_an_error(tiny_index):
     assert res.exit_code == 2 and "no item has the field 'colour'" in res.output
     assert "known fields: category, tags, title" in res.output
     assert run("list", "-i", tiny_index, "--where", "colour=red").exit_code == 2
+
+
+def test_similar_to_several_items_is_the_algebra_query_of_their_photos(engine):
+    """"More like these" ranks as a query of the liked photos (minus the disliked ones) does, the given
+    items left out: the stored embeddings are the photos' own."""
+    from mmsearch.errors import ItemNotFoundError, QueryError
+
+    like, dislike = ["food/lemon.webp", "food/banana.webp"], ["vehicle/taxi.webp"]
+    path = {r["id"]: r["path"] for r in engine.items}
+    for not_ids in ([], dislike):
+        got = engine.search_similar(like, not_ids=not_ids, k=5)
+        ref = engine.search(image=[path[i] for i in like], not_image=[path[i] for i in not_ids] or None, k=8)
+        ref = [h for h in ref if h.id not in like + not_ids][:5]
+        assert [h.id for h in got] == [h.id for h in ref]
+        assert np.allclose([h.score for h in got], [h.score for h in ref], atol=2e-3)  # stored as float16
+        assert [h.rank for h in got] == [1, 2, 3, 4, 5]
+    # one id plus --not goes the same way; the single-id path is unchanged
+    assert "vehicle/taxi.webp" not in [h.id for h in engine.search_similar("food/lemon.webp", not_ids=dislike, k=60)]
+    with pytest.raises(ItemNotFoundError, match="nope.jpg"):
+        engine.search_similar(["food/lemon.webp", "nope.jpg"])
+    with pytest.raises(QueryError, match="both liked and disliked"):
+        engine.search_similar(like, not_ids=["food/lemon.webp"])
+    with pytest.raises(QueryError, match="at least one item"):
+        engine.search_similar([])
+
+
+def test_similar_cli_takes_several_ids_and_not(tiny_index):
+    res = run("similar", "food/lemon.webp", "food/banana.webp", "--not", "vehicle/taxi.webp", "-i", tiny_index,
+              "-k", "57", "--json")
+    assert res.exit_code == 0, res.output
+    ids = [h["id"] for h in json.loads(res.stdout)]
+    assert len(ids) == 57 and not {"food/lemon.webp", "food/banana.webp", "vehicle/taxi.webp"} & set(ids)
+    bad = run("similar", "food/lemon.webp", "--not", "food/lemon.webp", "-i", tiny_index)
+    assert bad.exit_code != 0 and "both liked and disliked" in bad.output

@@ -34,7 +34,10 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
 
     @app.command("similar")
     def similar_cmd(
-        item_id: Annotated[str, typer.Argument(metavar="ID", help="Id of an indexed item (see `mmsearch list`).")],
+        item_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Id(s) of indexed items (see "
+                                                      "`mmsearch list`): results resemble all of them.")],
+        not_ids: Annotated[Optional[list[str]], typer.Option("--not", metavar="ID", help="An item the results "
+                                                             "should not resemble; repeatable.")] = None,
         index: IndexOpt = Path("index"),
         k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 10,
         text: Annotated[Optional[str], typer.Option("--text", help="A text that steers the results.")] = None,
@@ -44,13 +47,14 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
         where: WhereOpt = None,
         device: DeviceOpt = "auto",
     ) -> None:
-        """More like this: items whose images resemble item ID's (ID itself is left out)."""
+        """More like this (or these): items whose images resemble every ID and none of --not (given ids left out)."""
         from .output import check_modes, print_hits
 
         try:
             mode = check_modes(as_json, paths, preview)
             engine, conditions = open_engine(index, device, where)
-            hits = engine.search_similar(item_id, text=text, k=k, where=conditions)
+            hits = engine.search_similar(item_ids[0] if len(item_ids) == 1 else item_ids, text=text, k=k,
+                                         where=conditions, not_ids=not_ids or ())
         except MMSearchError as exc:
             raise fail(exc)
         print_hits(hits, mode, out, err)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import QueryError
+from ..errors import ItemNotFoundError, QueryError
 from ..index.filters import WhereSpec
 from .algebra import Term, check_terms, combine_terms, fuse, plain_form
 from .ranking import top_k
@@ -66,3 +66,42 @@ def rank_fused(engine: "SearchEngine", q: np.ndarray, norm: float, img: dict[str
     ids, best = top_k(scores, cand, k)
     rows = engine.store.rows(ids)
     return [engine._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
+
+
+def similar_to_items(engine: "SearchEngine", like: Sequence[str], not_like: Sequence[str] = (), text: str | None = None,
+                     k: int = 10, where: WhereSpec = None) -> list["SearchHit"]:
+    """"More like these": items resembling every item of ``like`` and unlike those of ``not_like``.
+
+    Each given item is a term of the query algebra with its *stored* embeddings (weight 1 for a liked item,
+    -1 for a disliked one, and 1 for ``text``), so a basket of liked items ranks by the sum of its
+    members' scores (README "Query algebra"). The given items are left out of the hits.
+    """
+    like, not_like = list(dict.fromkeys(like)), list(dict.fromkeys(not_like))
+    if not like:
+        raise QueryError("give at least one item to find similar items to")
+    both = sorted(set(like) & set(not_like))
+    if both:
+        raise QueryError(f"item {both[0]!r} is both liked and disliked")
+    ids = like + not_like
+    fids = engine.store.fids_of(ids)
+    missing = [i for i in ids if i not in fids]
+    if missing:
+        raise ItemNotFoundError(f"no item {missing[0]!r} in this index"
+                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    rows = np.array([fids[i] for i in ids], np.int64)
+    img: dict[str, np.ndarray] = {}
+    for name in ("image", "visual"):
+        ch = engine.channels.get(name)
+        if ch is None:
+            continue
+        present, vecs = ch.rows(rows)  # (n, dim) stored unit vectors, in the order of ``rows``
+        if not present.all():
+            if name == "image":
+                raise ItemNotFoundError(f"item {ids[int(np.argmin(present))]!r} has no stored image embedding")
+            continue  # a visual channel is used only when every given item has it
+        img[name] = vecs
+    txt = engine.encode_texts([text]) if text and text.strip() else None
+    weights = [1.0] * len(like) + [-1.0] * len(not_like) + ([1.0] if txt is not None else [])
+    shared = np.concatenate([img["image"]] + ([txt] if txt is not None else []))  # (n_terms, D)
+    q, norm = fuse(shared, weights)
+    return rank_fused(engine, q, norm, img, txt, weights, k, where, exclude=ids)

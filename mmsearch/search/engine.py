@@ -363,10 +363,23 @@ class SearchEngine:
             tpart = text_part(txt_img, txt_txt, has_text, self.ranking.item_text_weight)
         return combine(ipart, tpart, w)
 
-    def search_similar(self, item_id: str, text: str | None = None, k: int = 10, image_weight: float | None = None,
-                       where: WhereSpec = None) -> list[SearchHit]:
+    def search_similar(self, item_id: str | Sequence[str], text: str | None = None, k: int = 10,
+                       image_weight: float | None = None, where: WhereSpec = None, *,
+                       not_ids: Sequence[str] = ()) -> list[SearchHit]:
         """"More like this": items whose images resemble item ``item_id``'s stored embedding (the item
-        itself is left out); ``text`` steers the results as in a photo + text query."""
+        itself is left out); ``text`` steers the results as in a photo + text query.
+
+        "More like these": with a list of ids and/or ``not_ids`` (items the results should not look like),
+        the liked and disliked items are terms of one algebra query (compose.similar_to_items); every
+        given item is left out of the hits.
+        """
+        if not isinstance(item_id, str) or not_ids:
+            from .compose import similar_to_items
+
+            if k < 1:
+                raise QueryError(f"k must be at least 1, got {k}")
+            return similar_to_items(self, [item_id] if isinstance(item_id, str) else list(item_id), list(not_ids),
+                                    text=text, k=k, where=where)
         fid = self.store.fids_of([item_id]).get(item_id)
         if fid is None:
             raise ItemNotFoundError(f"no item {item_id!r} in this index")
