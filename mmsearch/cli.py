@@ -179,6 +179,13 @@ def query_cmd(
     where: WhereOpt = None,
     no_server: Annotated[bool, typer.Option("--no-server", help="Search in this process even when a "
                                             "`mmsearch serve` of this index is running.")] = False,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Leave out hits scoring below this.")] = None,
+    sort_by: Annotated[Optional[str], typer.Option("--sort-by", metavar="FIELD", help="Order the best --window "
+                                                   "hits by score, id, title or a metadata field.")] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="With --sort-by: largest / latest first.")] = False,
+    offset: Annotated[Optional[int], typer.Option("--offset", help="Skip this many hits of the ordered window "
+                                                  "(stable pages: --offset 0, 10, 20 ...).")] = None,
+    window: Annotated[int, typer.Option("--window", help="Hits that --sort-by and --offset page through.")] = 200,
 ) -> None:
     """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
     photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:
@@ -186,15 +193,19 @@ def query_cmd(
     from .commands.output import check_modes, print_hits
     from .commands.queryargs import describe, query_terms
     from .index.filters import parse_where
+    from .search.paging import Paging, arrange
 
     try:
         mode = check_modes(as_json, paths, preview)
         conditions = parse_where(where) if where else None  # malformed filters fail before any loading
+        paging = Paging(offset, min_score, sort_by, desc, window)
         if batch is not None:
             if args or image or text or not_:
                 raise QueryError("--batch takes its queries from the file; give no image or text as well")
             if mode in ("paths", "preview"):
                 raise QueryError(f"--batch prints JSON lines; --{mode} is for single queries")
+            if paging.windowed or min_score is not None:
+                raise QueryError("--batch takes no --sort-by, --offset or --min-score")
             from .commands.batch import read_batch, run_batch
 
             queries = read_batch(batch)
@@ -215,7 +226,7 @@ def query_cmd(
         served = None
         if plain is not None and not no_server:
             qimage, qtext, w = plain
-            served = ask_server(index, qimage, qtext, k, image_weight if w is None else w, where)
+            served = ask_server(index, qimage, qtext, paging.fetch(k), image_weight if w is None else w, where)
         if served is not None:
             hits = served
         else:
@@ -223,7 +234,8 @@ def query_cmd(
             from .search.engine import SearchEngine  # torch and the model: only when searching here
 
             engine = SearchEngine.open(index, device=device)
-            hits = search_terms(engine, terms, k=k, image_weight=image_weight, where=conditions)
+            hits = search_terms(engine, terms, k=paging.fetch(k), image_weight=image_weight, where=conditions)
+        hits = arrange(hits, k, paging)
     except MMSearchError as exc:
         raise fail(exc)
     print_hits(hits, mode, out, err, "No results: no item matches the --where filter." if where else "No results.")

@@ -19,6 +19,7 @@ from ..errors import ImageDecodeError, IndexIncompatibleError, ItemNotFoundError
 from ..models.registry import list_models
 from ..index.filters import WhereSpec, parse_where
 from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
+from .paging import Paging, arrange
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
 from . import runtime as _runtime
@@ -406,7 +407,9 @@ class SearchEngine:
 
     def search(self, image: Any = None, text: Any = None, k: int = 10,
                image_weight: float | None = None, where: WhereSpec = None, *,
-               not_image: Any = None, not_text: Any = None) -> list[SearchHit]:
+               not_image: Any = None, not_text: Any = None, min_score: float | None = None,
+               sort_by: str | None = None, descending: bool = False, offset: int | None = None,
+               window: int = 200) -> list[SearchHit]:
         """Search by photo, text, or both; or by any number of weighted photos and texts (algebra.py).
 
         Args:
@@ -419,17 +422,28 @@ class SearchEngine:
             image_weight: weight of the photo in a photo + text query (default 0.5); see ranking.py.
             where: metadata filter: ``{"category": "shoes", "price": ("<", 50)}``, ``["price<50"]`` or
                 ``"brand!=acme"`` (see filters.py); every hit satisfies it.
+            min_score: leave out hits scoring below this (scores: README "How ranking works").
+            sort_by, descending: order the best ``window`` hits by ``score``, ``id``, ``title`` or a
+                metadata field instead of by score (paging.py).
+            offset: skip this many hits of the ordered window (stable pages: ``offset=0, 10, 20 ...``).
 
         Returns:
             Up to ``k`` :class:`SearchHit`, best first.
         """
+        paging = Paging(offset, min_score, sort_by, descending, window)
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        n = paging.fetch(k)
         if isinstance(image, (list, tuple)) or isinstance(text, (list, tuple)) or not_image or not_text:
             from .algebra import terms_of
             from .compose import search_terms
 
-            return search_terms(self, terms_of(image, text, not_image, not_text), k=k, image_weight=image_weight,
+            hits = search_terms(self, terms_of(image, text, not_image, not_text), k=n, image_weight=image_weight,
                                 where=where)
-        return self.search_batch([{"image": image, "text": text}], k=k, image_weight=image_weight, where=where)[0]
+        else:
+            hits = self.search_batch([{"image": image, "text": text}], k=n, image_weight=image_weight,
+                                     where=where)[0]
+        return arrange(hits, k, paging)
 
     def search_batch(self, queries: Iterable[dict[str, Any]], k: int = 10,
                      image_weight: float | None = None, where: WhereSpec = None) -> list[list[SearchHit]]:
