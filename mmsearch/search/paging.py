@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, TypeVar
 
 from ..errors import QueryError
 
@@ -27,6 +27,9 @@ class Hit(Protocol):
     score: float
     title: str
     metadata: dict[str, Any]
+
+
+H = TypeVar("H", bound=Hit)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class _Reversed:
         return isinstance(other, _Reversed) and self.s == other.s
 
 
-def arrange(hits: Sequence[Hit], k: int, paging: Paging) -> list[Hit]:
+def arrange(hits: Sequence[H], k: int, paging: Paging) -> list[H]:
     """The page of ``hits`` (best first by score) that ``paging`` asks for, ranks renumbered from the
     page's place in the ordered window (page 2 of 10 starts at rank 11)."""
     kept = [h for h in hits if paging.min_score is None or h.score >= paging.min_score]
