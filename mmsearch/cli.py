@@ -186,6 +186,8 @@ def query_cmd(
     offset: Annotated[Optional[int], typer.Option("--offset", help="Skip this many hits of the ordered window "
                                                   "(stable pages: --offset 0, 10, 20 ...).")] = None,
     window: Annotated[int, typer.Option("--window", help="Hits that --sort-by and --offset page through.")] = 200,
+    search_mode: Annotated[Optional[str], typer.Option("--mode", help="hybrid (keyword + semantic), semantic or "
+                                                       "keyword [default: hybrid when items have titles]")] = None,
 ) -> None:
     """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
     photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:
@@ -224,7 +226,7 @@ def query_cmd(
 
         plain = plain_form(terms)  # one photo and/or one text, nothing negative: what serve's CLI route takes
         served = None
-        if plain is not None and not no_server:
+        if plain is not None and not no_server and search_mode is None:
             qimage, qtext, w = plain
             served = ask_server(index, qimage, qtext, paging.fetch(k), image_weight if w is None else w, where)
         if served is not None:
@@ -234,7 +236,8 @@ def query_cmd(
             from .search.engine import SearchEngine  # torch and the model: only when searching here
 
             engine = SearchEngine.open(index, device=device)
-            hits = search_terms(engine, terms, k=paging.fetch(k), image_weight=image_weight, where=conditions)
+            hits = search_terms(engine, terms, k=paging.fetch(k), image_weight=image_weight, where=conditions,
+                                mode=search_mode)
         hits = arrange(hits, k, paging)
     except MMSearchError as exc:
         raise fail(exc)

@@ -131,6 +131,8 @@ class RankingCfg:
     filter_strategy: ``auto``, ``selector`` (FAISS IDSelector) or ``overfetch`` (see ann.filtered_search);
         ``auto`` over-fetches when at least ``overfetch_from`` of the items match, else uses the selector:
         the faster of the two at 1% / 10% / 50% selectivity in benchmarks/results/index.md.
+    keyword_weight: hybrid search's bonus for a query's best keyword (BM25) match, scaled down for the others
+        (search/hybrid.py); keyword_candidates: how many keyword matches join the candidates.
     """
 
     image_weight: float = 0.5
@@ -139,6 +141,8 @@ class RankingCfg:
     exact_filter_max: int = 4096
     filter_strategy: str = "auto"
     overfetch_from: float = 0.3
+    keyword_weight: float = 0.2
+    keyword_candidates: int = 100
 
 
 @dataclass

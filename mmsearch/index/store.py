@@ -10,7 +10,9 @@ without a schema to declare. A snapshot's store is written once and then only re
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -35,7 +37,31 @@ CREATE INDEX IF NOT EXISTS attrs_key_value ON attrs(key, value);
 CREATE INDEX IF NOT EXISTS attrs_key_num ON attrs(key, num);
 CREATE INDEX IF NOT EXISTS attrs_item ON attrs(item);
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
 """
+# ``words``: full-text (FTS5, BM25) index of what a person may type to find an item by name: title, text,
+# file and folder names, string metadata. rowid = fid. Stores of indexes written before it lack the table;
+# readers then build it in memory on the first keyword query.
+_WORD = re.compile(r"\w+")
+_PATH_SPLIT = re.compile(r"[\\/_.\-\s]+")
+
+
+def keyword_text(row: dict[str, Any]) -> str:
+    """The words an item is found by in keyword search (see ``words`` above)."""
+    parts = [row.get("title") or "", row.get("text") or ""]
+    path = str(row.get("id") or row.get("path") or "")
+    parts.append(" ".join(p for p in _PATH_SPLIT.split(path.rsplit(".", 1)[0]) if p))  # folders + file stem
+    parts += [str(v) for _, v in flatten(row.get("metadata") or {}) if isinstance(v, str)]
+    return "\n".join(p for p in parts if p)
+
+
+def match_query(text: str) -> str | None:
+    """A user's text as an FTS5 query: any of its space-separated terms, a term's words as one phrase
+    ("XR-2000" must match "xr 2000" in that order; "white" alone). Every phrase is quoted, so no FTS syntax
+    gets through; BM25 ranks items matching more and rarer terms first. None when the text has no word."""
+    phrases = [" ".join(w.lower() for w in _WORD.findall(chunk)) for chunk in text.split()]
+    phrases = list(dict.fromkeys(p for p in phrases if p))[:64]
+    return " OR ".join(f'"{p}"' for p in phrases) or None
 
 
 def flatten(metadata: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -68,6 +94,8 @@ class ItemStore:
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
         self.path = path
+        self._words: sqlite3.Connection | None = None  # where the ``words`` table is (see keyword_search)
+        self._words_lock = threading.Lock()
 
     @classmethod
     def create(cls, path: Path, copy_from: Path | None = None) -> "ItemStore":
@@ -85,7 +113,20 @@ class ItemStore:
         conn.execute("PRAGMA journal_mode = OFF")
         conn.execute("PRAGMA synchronous = OFF")
         conn.executescript(SCHEMA)
-        return cls(conn, path)
+        store = cls(conn, path)
+        if copy_from is not None:  # a store written before the keyword index: fill it once
+            n_words = conn.execute("SELECT COUNT(*) FROM words").fetchone()[0]
+            if n_words != store.count():
+                conn.execute("DELETE FROM words")
+                store._fill_words(conn)
+        return store
+
+    def _fill_words(self, conn: sqlite3.Connection) -> None:
+        rows = self.conn.execute("SELECT fid, id, path, title, text, metadata FROM items")
+        conn.executemany("INSERT INTO words(rowid, body) VALUES (?, ?)",
+                         ((fid, keyword_text({"id": iid, "path": path, "title": title, "text": text,
+                                              "metadata": json.loads(meta)}))
+                          for fid, iid, path, title, text, meta in rows))
 
     @classmethod
     def open(cls, path: Path) -> "ItemStore":
@@ -94,6 +135,8 @@ class ItemStore:
 
     def close(self) -> None:
         self.conn.close()
+        if self._words is not None and self._words is not self.conn:
+            self._words.close()
 
     def commit(self) -> None:
         self.conn.commit()
@@ -119,6 +162,8 @@ class ItemStore:
                  json.dumps(meta, ensure_ascii=False, sort_keys=True), r.get("image_sha256"), r.get("text_sha256")))
             self.conn.executemany("INSERT INTO attrs(item, key, value, num) VALUES (?, ?, ?, ?)",
                                   _attr_rows(r["fid"], r.get("title") or "", meta))
+            self.conn.execute("DELETE FROM words WHERE rowid = ?", (r["fid"],))
+            self.conn.execute("INSERT INTO words(rowid, body) VALUES (?, ?)", (r["fid"], keyword_text(r)))
 
     def delete(self, fids: Sequence[int]) -> None:
         for s in range(0, len(fids), 500):
@@ -126,6 +171,7 @@ class ItemStore:
             ph = ",".join("?" * len(part))
             self.conn.execute(f"DELETE FROM attrs WHERE item IN ({ph})", part)
             self.conn.execute(f"DELETE FROM items WHERE fid IN ({ph})", part)
+            self.conn.execute(f"DELETE FROM words WHERE rowid IN ({ph})", part)
 
     # ----------------------------------------------------------------------------------- reading
     def count(self) -> int:
@@ -178,3 +224,34 @@ class ItemStore:
         sql, params = where_sql(conditions)
         cur = self.conn.execute(f"SELECT fid FROM items WHERE {sql} ORDER BY fid", params)
         return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    # ----------------------------------------------------------------------------------- keywords
+    def has_text(self) -> bool:
+        """Whether any item has a title or text (keyword search then joins a text query by default)."""
+        return self.conn.execute("SELECT 1 FROM items WHERE title != '' OR text != '' LIMIT 1").fetchone() is not None
+
+    def _words_conn(self) -> sqlite3.Connection:
+        with self._words_lock:
+            if self._words is None:
+                has = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'words'").fetchone()
+                if has is not None:
+                    self._words = self.conn
+                else:  # an index written before the keyword index: build it in memory, once per store
+                    mem = sqlite3.connect(":memory:", check_same_thread=False)
+                    mem.execute("CREATE VIRTUAL TABLE words USING fts5(body, tokenize = 'unicode61 "
+                                "remove_diacritics 2')")
+                    self._fill_words(mem)
+                    self._words = mem
+            return self._words
+
+    def keyword_search(self, text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(fids, BM25 scores, higher is better) of the ``n`` items whose words best match ``text``."""
+        query = match_query(text)
+        if query is None or n < 1:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        conn = self._words_conn()
+        with self._words_lock:  # one in-memory connection may serve several threads
+            rows = conn.execute("SELECT rowid, bm25(words) FROM words WHERE words MATCH ? ORDER BY bm25(words), "
+                                "rowid LIMIT ?", (query, int(n))).fetchall()
+        return (np.array([r[0] for r in rows], np.int64),
+                np.array([-r[1] for r in rows], np.float32))  # FTS5's bm25() is negated: lower is better

@@ -22,8 +22,9 @@ SearchHit = Any
 
 
 def search_terms(engine: "SearchEngine", terms: Sequence[Term], k: int = 10, image_weight: float | None = None,
-                 where: WhereSpec = None, exclude: Sequence[str] = ()) -> list["SearchHit"]:
-    """Up to ``k`` hits for the weighted terms, best first; ``exclude``: item ids to leave out."""
+                 where: WhereSpec = None, exclude: Sequence[str] = (), mode: str | None = None) -> list["SearchHit"]:
+    """Up to ``k`` hits for the weighted terms, best first; ``exclude``: item ids to leave out. ``mode``
+    (hybrid.py) applies to a plain query; a weighted or negative one is semantic."""
     check_terms(terms)
     if k < 1:
         raise QueryError(f"k must be at least 1, got {k}")
@@ -31,7 +32,10 @@ def search_terms(engine: "SearchEngine", terms: Sequence[Term], k: int = 10, ima
     if plain is not None:
         image, text, w = plain
         return engine.search_batch([{"image": image, "text": text}], k=k,
-                                   image_weight=image_weight if w is None else w, where=where)[0]
+                                   image_weight=image_weight if w is None else w, where=where, mode=mode)[0]
+    if mode in ("keyword", "hybrid"):
+        raise QueryError(f"--mode {mode} takes one text (and at most one photo); weighted and --not queries are "
+                         "semantic")
     images = [t for t in terms if t.kind == "image"]
     texts = [t for t in terms if t.kind == "text"]
     img = engine.encode_image_channels([t.value for t in images]) if images else None

@@ -22,6 +22,7 @@ from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
 from .paging import Paging, arrange
 from .ranking import combine, text_part, top_k
 from ..index.store import ItemStore
+from . import hybrid as _hybrid
 from . import runtime as _runtime
 from .filtercache import FilterCache
 from ..models.crop import resize_crop_pil
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from ..models.dual_encoder import DualEncoder
 
 log = logging.getLogger(__name__)
+
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -286,7 +288,8 @@ class SearchEngine:
         return present, sims
 
     def search_vectors(self, image: dict[str, np.ndarray] | None, text: np.ndarray | None, k: int = 10,
-                       image_weight: float | None = None, where: WhereSpec = None) -> list[list[SearchHit]]:
+                       image_weight: float | None = None, where: WhereSpec = None,
+                       boost: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[list[SearchHit]]:
         """Rank the index for already-encoded queries (B rows in each given array); see ranking.py.
 
         With ``where``, every hit satisfies the filter and k hits come back whenever k items match:
@@ -313,7 +316,12 @@ class SearchEngine:
         allowed = self._filters.allowed(self.snapshot, where, self.select) if where is not None else None
         with _runtime.faiss_threads(batch):  # batch-1 searches on one thread (no barrier on a busy CPU)
             cands = self.candidates(image, text, fused, img_channel, batch, k, allowed)
-        results = [top_k(self.score(image, text, fused, img_channel, b, cand, w), cand, k)
+        extra: list[Any] = [0.0] * batch
+        if boost is not None:  # hybrid: keyword matches join the candidates and add their bonus (hybrid.py)
+            cands = [np.union1d(c, f if allowed is None else f[np.isin(f, allowed)]) for c, (f, _) in zip(cands, boost)]
+            tw = 1.0 - w if image is not None else 1.0  # the bonus belongs to the text part
+            extra = [tw * _hybrid.bonus_of(c, *bo) for c, bo in zip(cands, boost)]
+        results = [top_k(self.score(image, text, fused, img_channel, b, cand, w) + extra[b], cand, k)
                    for b, cand in enumerate(cands)]
         rows = self.store.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
         return [[self._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
@@ -409,7 +417,7 @@ class SearchEngine:
                image_weight: float | None = None, where: WhereSpec = None, *,
                not_image: Any = None, not_text: Any = None, min_score: float | None = None,
                sort_by: str | None = None, descending: bool = False, offset: int | None = None,
-               window: int = 200) -> list[SearchHit]:
+               window: int = 200, mode: str | None = None) -> list[SearchHit]:
         """Search by photo, text, or both; or by any number of weighted photos and texts (algebra.py).
 
         Args:
@@ -426,6 +434,7 @@ class SearchEngine:
             sort_by, descending: order the best ``window`` hits by ``score``, ``id``, ``title`` or a
                 metadata field instead of by score (paging.py).
             offset: skip this many hits of the ordered window (stable pages: ``offset=0, 10, 20 ...``).
+            mode: ``auto`` (default), ``hybrid``, ``semantic`` or ``keyword`` (hybrid.py).
 
         Returns:
             Up to ``k`` :class:`SearchHit`, best first.
@@ -439,15 +448,16 @@ class SearchEngine:
             from .compose import search_terms
 
             hits = search_terms(self, terms_of(image, text, not_image, not_text), k=n, image_weight=image_weight,
-                                where=where)
+                                where=where, mode=mode)
         else:
             hits = self.search_batch([{"image": image, "text": text}], k=n, image_weight=image_weight,
-                                     where=where)[0]
+                                     where=where, mode=mode)[0]
         return arrange(hits, k, paging)
 
-    def search_batch(self, queries: Iterable[dict[str, Any]], k: int = 10,
-                     image_weight: float | None = None, where: WhereSpec = None) -> list[list[SearchHit]]:
-        """Many queries at once (``{"image": ..., "text": ...}`` each); results in the same order."""
+    def search_batch(self, queries: Iterable[dict[str, Any]], k: int = 10, image_weight: float | None = None,
+                     where: WhereSpec = None, mode: str | None = None) -> list[list[SearchHit]]:
+        """Many queries at once (``{"image": ..., "text": ...}`` each); results in the same order.
+        ``mode``: auto (default), hybrid, semantic or keyword (hybrid.py)."""
         queries = list(queries)
         for i, q in enumerate(queries):
             if q.get("image") is None and not (q.get("text") or "").strip():
@@ -463,10 +473,19 @@ class SearchEngine:
         for i, q in enumerate(queries):
             groups.setdefault((q.get("image") is not None, bool((q.get("text") or "").strip())), []).append(i)
         for (has_img, has_txt), idx in groups.items():
+            how = _hybrid.resolve_mode(mode, has_txt, has_txt and self.store.has_text())
+            texts = [queries[i].get("text") for i in idx]
+            if how == "keyword":
+                for i, t in zip(idx, texts):
+                    results[i] = _hybrid.keyword_hits(self, t, k, where)
+                continue
+            boost = _hybrid.boosts(self, texts, self.ranking.keyword_weight, self.ranking.keyword_candidates) \
+                if how == "hybrid" else None
             img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
                 lambda: self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None,
                 lambda: self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None,
                 concurrent=has_img and has_txt and _runtime.concurrent_towers())[::-1]
-            for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where)):
+            for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where,
+                                                        boost=boost)):
                 results[i] = hits
         return results  # type: ignore[return-value]

@@ -1,0 +1,90 @@
+"""Keyword + semantic search: the item store's full-text index (FTS5, BM25) next to the embeddings.
+
+Modes (``--mode``, ``mode=``):
+    ``semantic``  embeddings only (ranking.py);
+    ``keyword``   BM25 over the items' words only (title, text, file and folder names, string metadata;
+                  index/store.py ``keyword_text``): no model is loaded;
+    ``hybrid``    the semantic score plus a keyword bonus: the items a text's words match best join the
+                  candidates, and each gets ``keyword_weight * bm25 / max(bm25)`` (the query's best
+                  keyword match gets the whole weight, ``RankingCfg.keyword_weight``) on top of its exact
+                  semantic score; with a photo the bonus belongs to the text part (times ``1 - w``);
+    ``auto``      (default) hybrid for a query with text on an index whose items have titles or texts,
+                  else semantic: an untitled photo library ranks exactly as before.
+
+benchmarks/bench_hybrid.py chose the additive bonus and its weight over reciprocal-rank fusion (also
+here, :func:`rrf`, for that comparison). Pure functions, except :func:`keyword_hits` (reads the store).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import QueryError
+from ..index.filters import WhereSpec
+
+MODES = ("auto", "hybrid", "semantic", "keyword")
+
+
+def resolve_mode(mode: str | None, has_text: bool, index_has_text: bool) -> str:
+    """The mode a query runs in: ``semantic``, ``keyword`` or ``hybrid`` (see the module doc)."""
+    mode = mode or "auto"
+    if mode not in MODES:
+        raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "keyword" and not has_text:
+        raise QueryError("keyword search needs a query text")
+    if mode == "auto":
+        return "hybrid" if has_text and index_has_text else "semantic"
+    return mode if has_text else "semantic"
+
+
+def keyword_bonus(bm25: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * bm25 / max(bm25)`` for one query's keyword matches (BM25 > 0, best first)."""
+    if not len(bm25):
+        return np.zeros(0, np.float32)
+    top = float(np.max(bm25))
+    return (weight * bm25 / top).astype(np.float32) if top > 0 else np.full(len(bm25), weight, np.float32)
+
+
+def rrf(rankings: Sequence[np.ndarray], k: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+    """Reciprocal-rank fusion of id lists (each best first): (ids, sum_r 1 / (k + rank)), best first."""
+    score: dict[int, float] = {}
+    for ids in rankings:
+        for r, i in enumerate(ids.tolist(), 1):
+            score[i] = score.get(i, 0.0) + 1.0 / (k + r)
+    ids = np.array(sorted(score, key=lambda i: (-score[i], i)), np.int64)
+    return ids, np.array([score[i] for i in ids.tolist()], np.float32)
+
+
+def keyword_hits(engine: Any, text: str, k: int, where: WhereSpec = None) -> list[Any]:
+    """Keyword mode: the ``k`` best BM25 matches of ``text`` (score = BM25), every hit satisfying ``where``."""
+    if where is None:
+        fids, bm25 = engine.store.keyword_search(text, k)
+    else:
+        allowed = engine.select(where)
+        fids, bm25 = engine.store.keyword_search(text, len(engine))  # every match, then the filter
+        keep = np.isin(fids, allowed)
+        fids, bm25 = fids[keep][:k], bm25[keep][:k]
+    rows = engine.store.rows(fids)
+    return [engine._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(fids, bm25), 1)]
+
+
+def boosts(engine: Any, texts: Sequence[str], weight: float, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query text, (fids, bonus) of its ``n`` best keyword matches (hybrid mode)."""
+    out = []
+    for t in texts:
+        fids, bm25 = engine.store.keyword_search(t, n)
+        out.append((fids, keyword_bonus(bm25, weight)))
+    return out
+
+
+def bonus_of(cand: np.ndarray, fids: np.ndarray, bonus: np.ndarray) -> np.ndarray:
+    """Per candidate (sorted fids), its keyword bonus; 0 for candidates the keyword search did not return."""
+    out = np.zeros(len(cand), np.float32)
+    if not len(cand):
+        return out
+    pos = np.searchsorted(cand, fids)
+    ok = (pos < len(cand)) & (cand[np.minimum(pos, len(cand) - 1)] == fids)
+    out[pos[ok]] = bonus[ok]
+    return out

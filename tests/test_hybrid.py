@@ -1,0 +1,127 @@
+"""Keyword + semantic search: the store's FTS5 index, the modes, the keyword bonus (search/hybrid.py)."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from mmsearch import SearchEngine, build_index
+from mmsearch.errors import QueryError
+from mmsearch.index.store import ItemStore, keyword_text, match_query
+from mmsearch.search.hybrid import bonus_of, keyword_bonus, resolve_mode, rrf
+
+
+def test_pure_parts():
+    assert resolve_mode(None, True, True) == "hybrid" and resolve_mode("auto", True, False) == "semantic"
+    assert resolve_mode("hybrid", False, True) == "semantic"  # a photo-only query has no words to match
+    with pytest.raises(QueryError, match="needs a query text"):
+        resolve_mode("keyword", False, True)
+    with pytest.raises(QueryError, match="mode must be one of"):
+        resolve_mode("fuzzy", True, True)
+    assert np.allclose(keyword_bonus(np.array([4.0, 2.0, 1.0]), 0.2), [0.2, 0.1, 0.05])
+    ids, s = rrf([np.array([3, 1, 2]), np.array([1, 5])], k=60)
+    assert ids.tolist() == [1, 3, 5, 2] and s[0] == pytest.approx(1 / 62 + 1 / 61)
+    cand = np.array([2, 5, 9])
+    assert bonus_of(cand, np.array([9, 4, 2]), np.array([0.3, 0.2, 0.1], np.float32)).tolist() == \
+        pytest.approx([0.1, 0.0, 0.3])
+    # user text never reaches FTS5 as syntax
+    assert match_query('XR-2000 "white" NEAR(a b) x* OR') == '"xr 2000" OR "white" OR "near a" OR "b" OR "x" OR "or"'
+    assert match_query("!!! ???") is None
+    words = keyword_text({"id": "furniture/BILLY_bookcase-v2.jpg", "title": "Billy", "text": "oak",
+                          "metadata": {"brand": "IKEA", "price": 40, "tags": ["tall"]}})
+    assert all(w in words for w in ("Billy", "oak", "furniture", "BILLY", "bookcase", "v2", "IKEA", "tall"))
+    assert "40" not in words and "jpg" not in words
+
+
+@pytest.fixture(scope="module")
+def sku_index(tmp_path_factory):
+    """Six sample images whose titles carry product codes no embedding knows."""
+    from conftest import SAMPLE_CATALOG
+
+    rows = [json.loads(line) for line in (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()][:6]
+    cat = tmp_path_factory.mktemp("sku") / "catalog"
+    for n, r in enumerate(rows):
+        (cat / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+        (cat / r["image"]).write_bytes((SAMPLE_CATALOG / r["image"]).read_bytes())
+        r["title"] = f"{r['title']} model QX-{7100 + n}"
+    (cat / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = cat.parent / "index"
+    build_index(cat, out=out, model="tiny", device="cpu", num_workers=0, progress=False)
+    return out, rows
+
+
+def test_keyword_and_hybrid_find_an_item_by_its_code(sku_index):
+    out, rows = sku_index
+    engine = SearchEngine.open(out, device="cpu")
+    for n, r in enumerate(rows):
+        code = f"QX-{7100 + n}"
+        kw = engine.search(text=code, k=3, mode="keyword")
+        assert kw[0].id == r["image"] and kw[0].score > 0
+        assert engine.search(text=code, k=1)[0].id == r["image"]  # auto = hybrid on a titled index
+        hy = engine.search(text=code, k=6, mode="hybrid")
+        sem = {h.id: h.score for h in engine.search(text=code, k=6, mode="semantic")}
+        # hybrid = exact semantic score + the bonus: the best keyword match gets the whole keyword weight
+        assert hy[0].score == pytest.approx(sem[hy[0].id] + engine.ranking.keyword_weight, abs=1e-5)
+    assert engine.search(text="zzzunknownword", k=3, mode="keyword") == []
+    # filters hold in keyword mode too
+    cat = rows[0]["metadata"]["category"] if "metadata" in rows[0] else rows[0]["category"]
+    hits = engine.search(text="model", k=6, mode="keyword", where={"category": cat})
+    assert hits and all(h.metadata["category"] == cat for h in hits)
+    with pytest.raises(QueryError, match="takes one text"):
+        engine.search(text=["QX-7100", "QX-7101"], mode="keyword")
+
+
+def test_keyword_index_follows_updates_and_old_stores(sku_index, tmp_path):
+    out, rows = sku_index
+    engine = SearchEngine.open(out, device="cpu")
+    engine.remove([rows[0]["image"]])
+    assert engine.search(text="QX-7100", k=3, mode="keyword") == []  # gone with its item
+    assert engine.search(text="QX-7101", k=1, mode="keyword")[0].id == rows[1]["image"]
+    # a store written before the keyword index (no ``words`` table): built in memory on first use
+    src = engine.store.path
+    old = tmp_path / "items.sqlite"
+    conn = sqlite3.connect(old)
+    sqlite3.connect(f"file:{src}?mode=ro", uri=True).backup(conn)
+    conn.execute("DROP TABLE words")
+    conn.commit()
+    conn.close()
+    store = ItemStore.open(old)
+    fids, bm = store.keyword_search("QX-7102", 5)
+    assert len(fids) == 1 and store.rows(fids)[int(fids[0])]["id"] == rows[2]["image"]
+    store.close()
+    # and a new snapshot copied from such a store fills its keyword index
+    writable = ItemStore.create(tmp_path / "copy.sqlite", copy_from=old)
+    assert writable.conn.execute("SELECT COUNT(*) FROM words").fetchone()[0] == writable.count()
+    writable.close()
+
+
+def test_untitled_index_ranks_as_before(tiny_index, tmp_path):
+    """auto mode is semantic on an index without titles: the same hits and scores as mode='semantic'."""
+    from conftest import SAMPLE_CATALOG
+
+    cat = tmp_path / "photos"
+    for p in sorted(SAMPLE_CATALOG.glob("food/*.webp"))[:6]:
+        (cat / p.name).parent.mkdir(parents=True, exist_ok=True)
+        (cat / p.name).write_bytes(p.read_bytes())
+    build_index(cat, out=tmp_path / "ix", model="tiny", device="cpu", num_workers=0, progress=False)
+    engine = SearchEngine.open(tmp_path / "ix", device="cpu")
+    assert not engine.store.has_text()
+    a = engine.search(text="lemon", k=6)
+    b = engine.search(text="lemon", k=6, mode="semantic")
+    assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]
+    # file names are words too: asked for, keyword mode finds lemon.webp by its name
+    assert engine.search(text="lemon", k=1, mode="keyword")[0].id == "lemon.webp"
+
+
+def test_cli_mode(sku_index):
+    from typer.testing import CliRunner
+
+    from mmsearch.cli import app
+
+    out, rows = sku_index
+    res = CliRunner().invoke(app, ["query", "QX-7103", "-i", str(out), "--mode", "keyword", "--json", "-k", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["id"] == rows[3]["image"]
+    bad = CliRunner().invoke(app, ["query", "QX-7103", "-i", str(out), "--mode", "fuzzy"])
+    assert bad.exit_code != 0 and "mode must be one of" in bad.output
