@@ -2,11 +2,12 @@
 
 Data (real photos, ``../shared/photos``): ``--per-set`` photos from each of clothing-cc0 (CC0) and
 caltech101-ccby (CC BY 4.0), sampled with a fixed seed, copied flat under neutral names (p0001.jpg ...,
-so file and folder names carry no label). The *titled* catalog gives each photo a shop-style title:
-its label plus a product code no embedding knows ("t-shirt KX-4821"). Queries:
+so file and folder names carry no label). The *titled* catalog gives each photo a shop-style title: a
+product code no embedding knows, after the label for every other item ("t-shirt KX-4821", "QB-1093"), as
+shops whose titles are bare model numbers have. Queries:
 
 - ``code``: the product code alone ("KX-4821"): one target, the item;
-- ``code+type``: code and label ("t-shirt KX-4821"): one target;
+- ``code+type``: label and code ("t-shirt KX-4821"): one target;
 - ``type``: "a photo of a {label}": every item with that label is a target;
 - ``untitled type``: the same type queries on the untitled catalog (what a photo library is).
 
@@ -57,8 +58,13 @@ def write_catalog(rows: list[dict], folder: Path, titled: bool) -> None:
         r["id"] = f"p{n:04d}.jpg"
         shutil.copy(r["src"], folder / r["id"])
     if titled:
-        (folder / "catalog.jsonl").write_text("".join(json.dumps({"image": r["id"], "title": f"{r['label']} {r['code']}"})
-                                                      + "\n" for r in rows))
+        (folder / "catalog.jsonl").write_text("".join(json.dumps({"image": r["id"], "title": title(n, r)}) + "\n"
+                                                      for n, r in enumerate(rows)))
+
+
+def title(n: int, r: dict) -> str:
+    """Every other item is titled by its product code alone, as many shops' items are."""
+    return f"{r['label']} {r['code']}" if n % 2 == 0 else r["code"]
 
 
 def score(ranked: list[str], targets: set[str]) -> dict:
