@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import MMSearchError, QueryError
@@ -39,7 +40,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
 
 
 def fail(exc: MMSearchError) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)  # a message may hold [brackets]
     return typer.Exit(exc.exit_code)
 
 
@@ -116,7 +117,7 @@ def print_build_report(report) -> None:
                   + (f" ({again} unchanged since an earlier run failed on them: not decoded again)" if again else "")
                   + ":")
         for s in report.skipped[:20]:
-            out.print(f"  {s['id']}: {s['reason']}", highlight=False)
+            out.print(f"  {s['id']}: {s['reason']}", highlight=False, markup=False)  # "mmsearch[formats]"
         if len(report.skipped) > 20:
             out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
 

@@ -18,12 +18,15 @@ from typing import Any, Iterable, Iterator
 
 
 from ..errors import CatalogError
+from .formats import EXTRA_EXTENSIONS
+from .photometa import with_photo_metadata
 from .storable import display_name, problem
 from .tar_shards import is_tar, scan_tar
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# HEIC/HEIF, AVIF and camera RAW files are scanned too; they read with the formats extra (catalog/formats.py)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}) | EXTRA_EXTENSIONS
 METADATA_FILES = ("catalog.jsonl", "catalog.csv")
 
 
@@ -192,6 +195,8 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
             skip(rel, str(row["_error"]))
             continue
         it = make_item(root, rel, row)
+        if rel not in tar_rows:  # EXIF capture date, camera, GPS; the catalog row's fields win
+            it.metadata = with_photo_metadata(it.path, it.metadata)
         why = problem(it.id, it.path, it.title, it.text, it.metadata)
         if why is not None:
             skip(rel, why)
