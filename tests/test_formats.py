@@ -231,3 +231,15 @@ def test_cli_summary_names_the_extra(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "b.heic: HEIC/HEIF image: reading it needs the optional formats extra (pip install " \
            "'mmsearch[formats]')" in result.stdout
+
+
+def test_photo_metadata_rereads_a_changed_file(tmp_path):
+    import os
+
+    path = tmp_path / "p.jpg"
+    red_left().save(path, exif=photo_exif(when="2019:06:01 12:30:00"))
+    assert photo_metadata(path)["taken_at"] == "2019-06-01T12:30:00"
+    red_left().save(path, exif=photo_exif(when="2021:02:03 04:05:06"))
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a coarse clock must not hide the change
+    assert photo_metadata(path)["taken_at"] == "2021-02-03T04:05:06"

@@ -17,6 +17,7 @@ indexed as usual.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,19 +32,37 @@ log = logging.getLogger(__name__)
 PHOTO_FIELDS = ("taken_at", "camera", "has_gps")
 RAW_HEAD = 256 * 1024  # RAW files keep IFD0 and the EXIF block near the start (TIFF structure)
 
+CACHE_SIZE = 100_000  # entries of (path, size, mtime) -> fields; a few hundred bytes each
+_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
+
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _MAKE, _MODEL = 0x010F, 0x0110
 _DATETIME_ORIGINAL, _DATETIME_DIGITIZED = 0x9003, 0x9004
 
 
 def photo_metadata(path: str | Path) -> dict[str, Any]:
-    """``{"taken_at", "camera", "has_gps"}`` (those known) from the EXIF of the image file at ``path``."""
+    """``{"taken_at", "camera", "has_gps"}`` (those known) from the EXIF of the image file at ``path``.
+
+    Remembered per (path, size, mtime) in this process, so a process that scans the same folder again
+    (a watcher, a server that updates before answering) reads only the files that changed.
+    """
     try:
-        exif = _read_exif(path)
-        return from_exif(exif) if exif is not None and len(exif) else {}
-    except Exception as exc:  # EXIF is a bonus: a broken block never costs the image
-        log.debug("no EXIF metadata from %s: %s", path, exc)
+        st = os.stat(path)
+    except OSError:
         return {}
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    found = _CACHE.get(key)
+    if found is None:
+        try:
+            exif = _read_exif(path)
+            found = from_exif(exif) if exif is not None and len(exif) else {}
+        except Exception as exc:  # EXIF is a bonus: a broken block never costs the image
+            log.debug("no EXIF metadata from %s: %s", path, exc)
+            found = {}
+        if len(_CACHE) >= CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[key] = found
+    return dict(found)
 
 
 def with_photo_metadata(path: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:
