@@ -243,3 +243,14 @@ def test_photo_metadata_rereads_a_changed_file(tmp_path):
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a coarse clock must not hide the change
     assert photo_metadata(path)["taken_at"] == "2021-02-03T04:05:06"
+
+
+def test_sniff_knows_containers_and_raw_headers(tmp_path):
+    assert formats.sniff(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic") == "HEIF"
+    assert formats.sniff(b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf") == "AVIF"  # AVIF by a compatible brand
+    assert formats.sniff(b"II*\0\x10\0\0\0CR\x02\0" + b"\0" * 20) == "RAW"  # Canon CR2
+    make_dng(tmp_path / "x.dng")
+    assert formats.sniff((tmp_path / "x.dng").read_bytes()[:4096]) == "RAW"  # DNGVersion in IFD0
+    plain = io.BytesIO()
+    red_left().save(plain, format="TIFF")
+    assert formats.sniff(plain.getvalue()[:4096]) is None and formats.sniff(b"\xff\xd8\xff") is None
