@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import MMSearchError, QueryError
@@ -39,7 +40,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
 
 
 def fail(exc: MMSearchError) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)  # a message may hold [brackets]
     return typer.Exit(exc.exit_code)
 
 
@@ -81,6 +82,11 @@ def index_cmd(
     wait: WaitOpt = 0.0,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Under torchrun: images per work shard "
                                             "(the unit that a re-run resumes from).")] = 10_000,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Files and folders "
+                       "never to index, relative to CATALOG ('private/**', '*.tmp.jpg'); repeatable. Remembered "
+                       "in the index: later updates honour it; indexed items it matches are removed.")] = None,
+    reset_exclude: Annotated[bool, typer.Option("--reset-exclude", help="Forget the --exclude patterns the index "
+                                                "remembers (only this run's apply).")] = False,
 ) -> None:
     """Index CATALOG, or update an existing index: only new and changed files are encoded.
 
@@ -94,11 +100,12 @@ def index_cmd(
     try:
         if DistEnv.from_env().is_distributed:
             return index_distributed(catalog, out_dir, model or index_model(out_dir), batch_size, workers, device,
-                                     index_cfg(index_type, max_memory), rebuild, wait, shard_size)
+                                     index_cfg(index_type, max_memory), rebuild, wait, shard_size,
+                                     exclude=exclude, reset_exclude=reset_exclude)
         report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
                              num_workers=workers, progress=sys.stderr.isatty(),
                              encode=EncodeCfg(compile=compile_model), index=index_cfg(index_type, max_memory),
-                             rebuild=rebuild, lock_timeout=wait)
+                             rebuild=rebuild, lock_timeout=wait, exclude=exclude, reset_exclude=reset_exclude)
     except MMSearchError as exc:
         raise fail(exc)
     print_build_report(report)
@@ -110,26 +117,32 @@ def print_build_report(report) -> None:
               f"{report.updated} updated, {report.metadata_updated} metadata-only, {report.removed} removed, "
               f"{report.unchanged} unchanged; {report.encoded} images encoded"
               + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
+    if getattr(report, "exclude", None):
+        out.print(f"Excluding {', '.join(report.exclude)} (remembered in the index)"
+                  + (f"; {report.excluded} indexed item(s) they match were removed" if report.excluded else ""),
+                  highlight=False, markup=False)
     if report.skipped:
         again = getattr(report, "not_retried", 0)
         out.print(f"[yellow]Skipped {len(report.skipped)} file(s)[/]"
                   + (f" ({again} unchanged since an earlier run failed on them: not decoded again)" if again else "")
                   + ":")
         for s in report.skipped[:20]:
-            out.print(f"  {s['id']}: {s['reason']}", highlight=False)
+            out.print(f"  {s['id']}: {s['reason']}", highlight=False, markup=False)  # "mmsearch[formats]"
         if len(report.skipped) > 20:
             out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
 
 
 def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
-                      cfg, rebuild: bool, wait: float, shard_size: int) -> None:
+                      cfg, rebuild: bool, wait: float, shard_size: int, exclude: Optional[list[str]] = None,
+                      reset_exclude: bool = False) -> None:
     """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
     from .dist.runner import build_index_distributed
 
     try:
         result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
                                          num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
-                                         rebuild=rebuild, lock_timeout=wait, shard_size=shard_size)
+                                         rebuild=rebuild, lock_timeout=wait, shard_size=shard_size,
+                                         exclude=exclude, reset_exclude=reset_exclude)
     except MMSearchError as exc:
         raise fail(exc)
     if result is None:

@@ -8,6 +8,11 @@ Checks, in order, all before a single pixel is decoded:
   4. the long side must be at most :data:`MAX_ASPECT` times the short side: the preprocess scales the
      short side up to ~256 px, so a 201-byte 40000 x 1 PNG would otherwise become gigabytes.
 
+HEIC/HEIF, AVIF and camera RAW come with the ``formats`` extra (catalog/formats.py): HEIF and AVIF are
+Pillow plugins like the rest; a RAW file (by its name, or a DNG / CR2 header) goes to rawpy, whose header
+passes checks 3 and 4 before LibRaw decodes it, so its image comes back already decoded. A file of one
+of these formats without its package is rejected with a line naming the extra.
+
 Rejections raise :class:`ImageRejected` (an ImageDecodeError) whose ``kind`` says which check failed,
 so the server can answer 415 or 400 and the index can report the file as skipped with the reason.
 """
@@ -23,8 +28,10 @@ from typing import IO, Any
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
+from .formats import is_raw_name, missing_extra, open_raw, read_head, register_plugins, sniff
 
-FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # MPO: multi-picture JPEGs from phones
+# MPO: multi-picture JPEGs from phones; HEIF and AVIF: when their plugins are there (catalog/formats.py)
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 MAX_ASPECT = 20
 
 
@@ -59,19 +66,28 @@ def check_size(size: tuple[int, int], max_pixels: int | None = None) -> None:
 def open_image(fp: str | Path | IO[bytes], max_pixels: int | None = None) -> Image.Image:
     """Open ``fp`` lazily (header read, nothing decoded) after every check of this module.
 
-    The caller decodes (``im.load()``) and closes the image.
+    The caller decodes (``im.load()``) and closes the image. A camera RAW file comes back decoded.
     """
     if isinstance(fp, (str, Path)):
         check_regular_file(fp)
+    register_plugins()  # HEIF / AVIF plugins of the formats extra, when installed
     Image.init()  # registers every plugin once, so ``formats`` below can name them
+    is_path = isinstance(fp, (str, Path))  # a path is known as RAW by its name, uploaded bytes by their header
+    if (is_path and is_raw_name(fp)) or (not is_path and _sniff(fp) == "RAW"):  # type: ignore[arg-type]
+        return _open_raw(fp, max_pixels)
+    readable = [f for f in FORMATS if f in Image.OPEN]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(fp, formats=[f for f in FORMATS if f in Image.OPEN])
+            im = Image.open(fp, formats=readable)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("bomb", f"image too large (decompression-bomb guard): {exc}") from None
     except UnidentifiedImageError:
-        raise ImageRejected("format", f"not a recognised image format (read: {', '.join(FORMATS)})") from None
+        kind = _sniff(fp)
+        if kind == "RAW":  # a DNG or CR2 under another name
+            return _open_raw(fp, max_pixels)
+        why = missing_extra(kind) if kind else None  # a HEIC without pillow-heif: say which extra reads it
+        raise ImageRejected("format", why or f"not a recognised image format (read: {', '.join(readable)})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("corrupt", f"corrupt or truncated image: {exc}") from None
     try:
@@ -80,6 +96,25 @@ def open_image(fp: str | Path | IO[bytes], max_pixels: int | None = None) -> Ima
         im.close()
         raise
     return im
+
+
+def _sniff(fp: str | Path | IO[bytes]) -> str | None:
+    try:
+        return sniff(read_head(fp, 4096))
+    except OSError:
+        return None
+
+
+def _open_raw(fp: str | Path | IO[bytes], max_pixels: int | None) -> Image.Image:
+    why = missing_extra("RAW")
+    if why is not None:
+        raise ImageRejected("format", why)
+    try:
+        return open_raw(fp, lambda size: check_size(size, max_pixels))
+    except ImageRejected:
+        raise
+    except ImageDecodeError as exc:
+        raise ImageRejected("corrupt", str(exc)) from None
 
 
 def to_uint8_grey(arr: Any) -> Image.Image:

@@ -18,6 +18,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
 from .tar_shards import read_member
+from .formats import is_raw_name
 from .gate import check_regular_file, open_image, to_uint8_grey
 
 if TYPE_CHECKING:  # torch only where tensors are made: load_image serves processes without it
@@ -116,6 +117,8 @@ def read_device_jpeg(path: str | Path) -> RawJpeg | None:
     """The file's bytes if it is a JPEG that a device decoder renders exactly like :func:`load_image`:
     baseline, RGB or greyscale, upright (no EXIF rotation), not oversized. Anything else -> None, and the
     caller decodes it with PIL (which also produces the reason when a file is bad)."""
+    if is_raw_name(path):  # decoded by rawpy, never a plain JPEG
+        return None
     try:
         check_regular_file(path)
         with warnings.catch_warnings():

@@ -18,12 +18,16 @@ from typing import Any, Iterable, Iterator
 
 
 from ..errors import CatalogError
+from .exclude import Excluder
+from .formats import EXTRA_EXTENSIONS
+from .photometa import with_photo_metadata
 from .storable import display_name, problem
 from .tar_shards import is_tar, scan_tar
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# HEIC/HEIF, AVIF and camera RAW files are scanned too; they read with the formats extra (catalog/formats.py)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}) | EXTRA_EXTENSIONS
 METADATA_FILES = ("catalog.jsonl", "catalog.csv")
 
 
@@ -134,10 +138,11 @@ def make_item(root: Path, rel: str, row: dict | None) -> CatalogItem:
 
 
 def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
-                 skipped: list[dict[str, str]] | None = None) -> list[CatalogItem]:
+                 skipped: list[dict[str, str]] | None = None, exclude_globs: Iterable[str] = ()) -> list[CatalogItem]:
     """Every image file below ``folder`` (recursively, sorted by id), with its text and metadata.
 
-    Hidden files and folders are ignored, and so is anything under ``exclude`` (the index folder).
+    Hidden files and folders are ignored, and so is anything under ``exclude`` (the index folder) or
+    matching one of ``exclude_globs`` (``--exclude`` patterns, see catalog/exclude.py).
     ``*.tar`` files are WebDataset-style shards whose images are items too (see mmsearch/tarshards.py).
     A file, tar shard or member, or metadata row that cannot be read or stored is left out and reported
     as ``{"id", "reason"}`` in ``skipped`` (logged when it is None): one bad item never stops a run.
@@ -159,12 +164,16 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
         raise CatalogError(f"catalog {root} is not a folder")
     root = root.resolve()
     excluded = {Path(e).resolve() for e in exclude}
+    unwanted = Excluder(exclude_globs)
     rows = read_catalog_metadata(root)
     ids: list[str] = []
     tar_rows: dict[str, dict] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)
+        if unwanted:  # --exclude patterns: a matching folder is not entered, a matching file not listed
+            dirnames[:] = [d for d in dirnames if not unwanted((here / d).relative_to(root).as_posix(), is_dir=True)]
+            filenames = [n for n in filenames if not unwanted((here / n).relative_to(root).as_posix())]
         for name in filenames:
             if not name.startswith(".") and is_image_file(name):
                 ids.append((here / name).relative_to(root).as_posix())
@@ -178,6 +187,8 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
                     skip(rel_tar, str(exc).replace(str(here / name), rel_tar))
                     continue
                 for rel, _, row in shard:
+                    if unwanted(rel):
+                        continue
                     ids.append(rel)
                     tar_rows[rel] = row
     if not ids:
@@ -192,6 +203,8 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
             skip(rel, str(row["_error"]))
             continue
         it = make_item(root, rel, row)
+        if rel not in tar_rows:  # EXIF capture date, camera, GPS; the catalog row's fields win
+            it.metadata = with_photo_metadata(it.path, it.metadata)
         why = problem(it.id, it.path, it.title, it.text, it.metadata)
         if why is not None:
             skip(rel, why)

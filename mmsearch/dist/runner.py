@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from ..encode.chunks import read_shard, shard_paths, write_shard
 from ..errors import MMSearchError
 from ..fsutil import crash_point
 from ..index.ann import IndexCfg
-from ..index.build import ENCODE_DIR, commit_update, encode_plan, finish_report, open_update
+from ..index.build import ENCODE_DIR, commit_update, encode_plan, exclude_patterns, finish_report, open_update
 from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
 from ..index.plan import BuildReport, Embeddings, hash_items, plan_update
 from ..index.snapshot import State, writer_lock
@@ -236,11 +236,14 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", mode
                             device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                             progress: bool = True, index: IndexCfg | None = None, rebuild: bool = False,
                             lock_timeout: float = 0.0, shard_size: int = DEFAULT_SHARD_SIZE,
-                            env: DistEnv | None = None, timeout_s: float = 24 * 3600.0) -> DistributedBuild | None:
+                            env: DistEnv | None = None, timeout_s: float = 24 * 3600.0,
+                            exclude: Sequence[str] | None = None, reset_exclude: bool = False
+                            ) -> DistributedBuild | None:
     """:func:`mmsearch.build_index` across the ranks of a torchrun job; call it on every rank.
 
     Returns the result on rank 0 and None on the other ranks. ``timeout_s`` bounds how long a rank
-    waits for a *slow* peer; a peer that dies is noticed at once.
+    waits for a *slow* peer; a peer that dies is noticed at once. ``exclude`` / ``reset_exclude``: as in
+    :func:`mmsearch.build_index` (every rank reads the remembered patterns the same way).
 
     Example (``build.py``, run as ``torchrun --nproc-per-node 4 build.py``)::
 
@@ -256,23 +259,25 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", mode
         raise MMSearchError(f"shard size must be at least 1, got {shard_size}")
     # The index job exchanges only small Python objects, so it always coordinates over gloo (also on
     # GPUs: no NCCL collective can hang on a dead peer, and each rank's model still runs on its GPU).
+    patterns = exclude_patterns(out, exclude, reset_exclude)  # before any collective: a bad one fails every rank
     with process_group(env, dev, timeout_s=timeout_s, backend="gloo"):
         if env.is_main:
             return _leader(catalog, out, model, str(dev), batch_size, num_workers, progress, index, rebuild,
-                           lock_timeout, shard_size, env)
-        _follower(catalog, out, model, dev, batch_size, num_workers, env)
+                           lock_timeout, shard_size, env, patterns)
+        _follower(catalog, out, model, dev, batch_size, num_workers, env, patterns)
         return None
 
 
 def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, progress, index, rebuild,
-            lock_timeout, shard_size, env: DistEnv) -> DistributedBuild:
+            lock_timeout, shard_size, env: DistEnv, patterns: list[str]) -> DistributedBuild:
     sent = adding = False
     info: dict[str, Any] = {}
     work: Plan | None = None
     gathered_at = 0.0
     try:
         scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
-        items = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
+        items = scan_catalog(catalog, exclude=[out], skipped=scan_skipped,  # raises before anything is written
+                             exclude_globs=patterns)
         t0 = time.perf_counter()
         with writer_lock(out, lock_timeout):
             ctx = open_update(out, model, device, rebuild)
@@ -296,7 +301,8 @@ def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, pro
                                keep=ctx.state.manifest.get("api_items", []) if ctx.state is not None else [])
             shutil.rmtree(out / ENCODE_DIR, ignore_errors=True)  # left by a killed single-process build
             snap, report = commit_update(out, catalog, len(items), ctx, plan, emb, index, batch_size, t0,
-                                         distributed=recorded, adder=adder, skipped=scan_skipped)
+                                         distributed=recorded, adder=adder, skipped=scan_skipped,
+                                         exclude=patterns)
         report = finish_report(report, out, snap)
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
@@ -397,7 +403,7 @@ def _lost_parts_error(task: AddTask, env: DistEnv, out: Path, exc: Exception) ->
     return err
 
 
-def _follower(catalog, out: Path, model_ref, dev, batch_size, num_workers, env: DistEnv) -> None:
+def _follower(catalog, out: Path, model_ref, dev, batch_size, num_workers, env: DistEnv, patterns: list[str]) -> None:
     from ..models.factory import create_model
 
     plan = Plan(**broadcast_object(None, env, "sharing the plan"))
@@ -405,7 +411,7 @@ def _follower(catalog, out: Path, model_ref, dev, batch_size, num_workers, env: 
         raise DistributedError(f"rank {env.rank}: stopped because rank 0 failed: {plan.error}")
     status = RankStatus(rank=env.rank)
     try:
-        items = scan_catalog(catalog, exclude=[out], skipped=[])  # rank 0 reports what the scan left out
+        items = scan_catalog(catalog, exclude=[out], skipped=[], exclude_globs=patterns)  # rank 0 reports skips
         model, preprocess, tokenizer = create_model(model_ref, device=str(dev))
         status = run_shards(plan, items, _previous_rows(plan.snapshot), model, preprocess, tokenizer, env,
                             batch_size, num_workers, progress=False)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..catalog.exclude import Excluder
+from ..catalog.exclude import normalise as normalise_excludes
 from ..catalog.scan import CatalogItem, scan_catalog
 from ..catalog.storable import display_name, problem
 from ..encode.pipeline import EncodeCfg, encode_image_files, encode_texts
@@ -92,15 +94,19 @@ def encode_plan(plan: UpdatePlan, model, preprocess, tokenizer, batch_size: int 
 def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateContext, plan: UpdatePlan,
                   emb: Embeddings, index: IndexCfg | None, batch_size: int, t0: float,
                   distributed: dict[str, Any] | None = None, adder=None,
-                  skipped: list[dict[str, str]] | None = None) -> tuple[Path, BuildReport]:
+                  skipped: list[dict[str, str]] | None = None,
+                  exclude: list[str] | None = None) -> tuple[Path, BuildReport]:
     """Resolve the plan against its embeddings and write the new snapshot (caller holds the lock).
 
     ``distributed``: recorded as the manifest's ``build.distributed``; ``adder``: see
-    :func:`mmsearch.index.writer.commit`; ``skipped``: what the catalog scan left out, reported first.
+    :func:`mmsearch.index.writer.commit`; ``skipped``: what the catalog scan left out, reported first;
+    ``exclude``: the --exclude patterns the scan used, recorded in the manifest (None: keep the live ones).
     -> (the live snapshot, the report)
     """
     state = ctx.state
+    exclude = live_excludes(state) if exclude is None else list(exclude)
     report, changes, removed, next_fid = resolve(plan, emb)
+    report.exclude = exclude
     report.skipped = list(skipped or []) + report.skipped
     if state is None and report.skipped and report.encoded == 0:
         reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
@@ -109,11 +115,14 @@ def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateConte
     report.seconds = time.perf_counter() - t0
     nothing = (state is not None and not changes and not removed
                and state.manifest.get("index_cfg") == cfg.to_dict()
-               and state.manifest.get("skipped") == report.skipped)  # skipped files are remembered (with hashes)
+               and state.manifest.get("skipped") == report.skipped  # skipped files are remembered (with hashes)
+               and live_excludes(state) == exclude)
     if nothing:
         return state.snapshot, report  # type: ignore[union-attr]
     manifest = base_manifest(ctx.model, ctx.ref, str(Path(catalog).resolve()), state)
     manifest["skipped"] = report.skipped
+    if exclude:
+        manifest["exclude"] = exclude
     manifest["api_items"] = api_items_after(state, plan)
     manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
                          "images_per_s": round(report.images_per_s, 2) or None,
@@ -126,6 +135,21 @@ def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateConte
     snap = commit(out, state, manifest, changes, removed, cfg, channel_dims(ctx.model), checkpoint=ctx.checkpoint,
                   next_fid=next_fid, adder=adder)
     return snap, report
+
+
+def live_excludes(state: State | None) -> list[str]:
+    """The --exclude patterns the live snapshot's manifest remembers."""
+    return list(state.manifest.get("exclude", [])) if state is not None else []
+
+
+def exclude_patterns(out: Path, given: Iterable[str] | None, reset: bool = False) -> list[str]:
+    """The patterns an update of ``out`` scans with: those its manifest remembers (unless ``reset``) and
+    then ``given`` (checked: a bad pattern raises CatalogError before anything is read)."""
+    remembered: list[str] = []
+    if not reset:
+        with contextlib.suppress(MMSearchError):
+            remembered = list(read_manifest(out).get("exclude", []))
+    return normalise_excludes([*remembered, *(given or [])])
 
 
 def api_items_after(state: State | None, plan: UpdatePlan) -> list[str]:
@@ -183,7 +207,8 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
                 device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                 progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None,
                 rebuild: bool = False, lock_timeout: float = 0.0,
-                items: Iterable[dict[str, Any]] | None = None) -> BuildReport:
+                items: Iterable[dict[str, Any]] | None = None, exclude: Sequence[str] | None = None,
+                reset_exclude: bool = False) -> BuildReport:
     """Index every image of ``catalog`` into ``out``, or bring an existing index there up to date.
 
     On an existing index (same model) only new and changed files (by content hash) are encoded, files
@@ -206,6 +231,11 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
         lock_timeout: seconds to wait for another writer of ``out`` before failing.
         items: instead of a folder, the items themselves: ``{"id", "image": path, "title", "text",
             "metadata"}`` dicts (the whole set, as a catalog would be: ids not given are removed).
+        exclude: glob patterns of files and folders never to index, relative to the catalog root
+            (``["private/**", "*.tmp.jpg"]``; see mmsearch/catalog/exclude.py). They are remembered in the
+            manifest and added to the remembered ones, so a later update without them honours them too;
+            indexed items they match are removed (the report's ``excluded``).
+        reset_exclude: forget the remembered patterns first (only ``exclude`` applies).
 
     Files that could not be read are recorded in the manifest with their content hash and are not
     decoded again until they change. Items added with :func:`upsert_items` stay through a sync (the
@@ -228,13 +258,15 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
     if model is None:  # keep the index's own model, as the index type is kept
         model = index_model(out)
     scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
+    patterns = exclude_patterns(out, exclude, reset_exclude)
+    unwanted = Excluder(patterns)
     if items is not None:
-        wanted = items_from_dicts(items)
+        wanted = [it for it in items_from_dicts(items) if not unwanted(it.id)]
         if not wanted:
             raise CatalogError("no items given")
         catalog = Path(os.path.commonpath([str(Path(it.path).parent) for it in wanted]))  # thumbnails served below
-    else:
-        wanted = scan_catalog(catalog, exclude=[out], skipped=scan_skipped)  # raises before anything is written
+    else:  # raises before anything is written
+        wanted = scan_catalog(catalog, exclude=[out], skipped=scan_skipped, exclude_globs=patterns)
     t0 = time.perf_counter()
     with writer_lock(out, lock_timeout):
         ctx = open_update(out, model, device, rebuild)
@@ -249,7 +281,9 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
         finally:
             shutil.rmtree(work, ignore_errors=True)
         snap, report = commit_update(out, catalog, len(wanted), ctx, plan, emb, index, batch_size, t0,
-                                     skipped=scan_skipped)
+                                     skipped=scan_skipped, exclude=patterns)
+        keep = set(live.get("api_items", []))
+        report.excluded = sum(1 for iid in ctx.previous if iid not in keep and unwanted(iid))
     return finish_report(report, out, snap)
 
 

@@ -46,6 +46,8 @@ class BuildReport:
     unchanged: int = 0
     encoded: int = 0  # images actually run through the image tower
     not_retried: int = 0  # skipped files unchanged since an earlier run failed on them: not decoded again
+    exclude: list[str] = field(default_factory=list)  # --exclude patterns in force (remembered in the manifest)
+    excluded: int = 0  # indexed items this update removed because a pattern now excludes them
 
     @property
     def images_per_s(self) -> float:
