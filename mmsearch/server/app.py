@@ -1,7 +1,8 @@
 """The HTTP API and the search page: a FastAPI app over one loaded :class:`SearchEngine`.
 
-Every request reads the engine once (``state.current``) and uses that object to the end, so a reload,
-which builds a new engine beside the old one and swaps the reference, never mixes two snapshots.
+Every request takes the engine once (``with state.use()``, which holds its lease) and uses that object to
+the end, so a reload, which builds a new engine beside the old one and swaps the reference, never mixes two
+snapshots nor closes a store a request still reads.
 The routes live in routes.py (search, items, service routers), the loaded state in state.py.
 """
 

@@ -41,9 +41,9 @@ def cli_router(state: ServerState) -> APIRouter:
                 probe_upload(image, state.cfg.max_image_pixels)
             except UploadRejected as exc:
                 raise HTTPException(exc.status, str(exc)) from None
-        cur = state.current
-        hits = await run_search(state, cur.engine.search, None, image=image, text=text, k=q.k,
-                                image_weight=q.image_weight, where=q.where or None)
-        return {"hits": [h.to_dict() for h in hits], "snapshot": cur.version}
+        with state.use() as use:  # the lease: a reload cannot close the store under this search
+            hits = await run_search(state, use, use.engine.search, None, image=image, text=text, k=q.k,
+                                    image_weight=q.image_weight, where=q.where or None)
+        return {"hits": [h.to_dict() for h in hits], "snapshot": use.version}
 
     return router

@@ -17,8 +17,7 @@ from ..errors import ItemNotFoundError, MMSearchError
 from ..search.engine import SearchHit
 from .config import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
-from .lease import Hold
-from .state import Loaded, ServerState, filter_kwarg
+from .state import ServerState, Use, filter_kwarg
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +121,11 @@ def without_paths(message: str) -> str:
     return _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
 
 
-async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_filters: Any = None,
+async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | None, takes_filters: Any = None,
                      **kwargs: Any) -> list[SearchHit]:
-    """Run ``fn(**kwargs)`` through the model gate; ``filters`` go to whichever parameter
-    ``takes_filters`` (default ``fn``) names them with, or are refused when it has none."""
+    """Run ``fn(**kwargs)`` through the model gate as a job of ``use`` (it holds the engine's lease while it
+    runs); ``filters`` go to whichever parameter ``takes_filters`` (default ``fn``) names them with, or are
+    refused when it has none."""
     if filters:
         name = filter_kwarg(takes_filters or fn)
         if name is None:
@@ -133,7 +133,7 @@ async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_fi
         kwargs[name] = filters
     t0 = time.perf_counter()
     try:
-        hits = await state.gate.run(fn, **kwargs)
+        hits = await state.gate.run(use.job(fn), **kwargs)
     except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
         raise HTTPException(400, without_paths(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__) \
             from None
@@ -167,7 +167,7 @@ def weigh(values: list[Any], weights: list[float] | None, what: str) -> list[tup
     return [(float(w), v) for w, v in zip(weights, values) if w != 0]
 
 
-def lookup(cur: Loaded, item_id: str) -> dict[str, Any]:
+def lookup(cur: Use, item_id: str) -> dict[str, Any]:
     row = cur.row_of.get(item_id)
     if row is None:
         raise HTTPException(404, "no such item")
@@ -221,15 +221,11 @@ def search_router(state: ServerState) -> APIRouter:
             kwargs = {"image": [w for w in weighted if w[0] > 0], "not_image": [(abs(w), d) for w, d in weighted if w < 0],
                       "text": [w for w in weighted_texts if w[0] > 0],
                       "not_text": [(abs(w), t) for w, t in weighted_texts if w < 0] + [(1.0, t) for t in neg_texts]}
-        cur, hold = state.acquire()
         t0 = time.perf_counter()
-        try:
-            hits = await run_search(state, hold.wrap(cur.engine.search), where, k=k, image_weight=image_weight,
-                                    **kwargs)
-        finally:
-            hold.drop()
-        return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
-                "snapshot": cur.version}
+        with state.use() as use:
+            hits = await run_search(state, use, use.engine.search, where, k=k, image_weight=image_weight, **kwargs)
+        return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                "snapshot": use.version}
 
     @router.post("/search/by-item/{item_id:path}", response_model=SearchResponse,
                  responses={**ERRORS, 404: {"description": "No such item"}}, tags=["search"])
@@ -243,16 +239,13 @@ def search_router(state: ServerState) -> APIRouter:
         """"More like this": items whose images resemble this item's (the item itself is left out)."""
         text = check_query_args(cfg, text, k)
         where = parse_filters(filters)
-        cur, hold = state.acquire()
-        try:
-            return await by_item_search(cur, hold, item_id, text, k, image_weight, where)
-        finally:
-            hold.drop()
+        with state.use() as use:
+            return await by_item_search(use, item_id, text, k, image_weight, where)
 
-    async def by_item_search(cur: Loaded, hold: Hold, item_id: str, text: str | None, k: int,
+    async def by_item_search(use: Use, item_id: str, text: str | None, k: int,
                              image_weight: float | None, where: dict | None) -> dict[str, Any]:
-        row = lookup(cur, item_id)
-        engine = cur.engine
+        row = lookup(use, item_id)
+        engine = use.engine
 
         def by_item(**kw: Any) -> list[SearchHit]:
             try:
@@ -261,16 +254,16 @@ def search_router(state: ServerState) -> APIRouter:
                 raise HTTPException(404, str(exc)) from None
 
         t0 = time.perf_counter()
-        hits = await run_search(state, hold.wrap(by_item), where, engine.search_similar, k=k, text=text,
+        hits = await run_search(state, use, by_item, where, engine.search_similar, k=k, text=text,
                                 image_weight=image_weight)
-        return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
-                "snapshot": cur.version}
+        return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                "snapshot": use.version}
 
     @router.get("/filters", response_model=Filters, tags=["search"])
     def filters_() -> dict[str, Any]:
         """Metadata fields the page offers as filter menus."""
-        cur = state.current
-        return {"supported": filter_kwarg(cur.engine.search) is not None, "fields": cur.fields}
+        with state.use() as use:
+            return {"supported": filter_kwarg(use.engine.search) is not None, "fields": use.fields}
 
     return router
 
@@ -288,16 +281,14 @@ def items_router(state: ServerState) -> APIRouter:
     ) -> dict[str, Any]:
         """The indexed items (as `mmsearch list`), all or those matching the filters, in index order."""
         where = parse_filters(filters)
-        cur, hold = state.acquire()  # the store stays open while it is read
-        try:
+        with state.use() as cur:  # the store stays open while it is read
             rows = list(cur.row_of.values())
             if where is not None:
-                keep = set(cur.engine.select(where).tolist())
+                try:
+                    keep = set(cur.engine.select(where).tolist())
+                except (MMSearchError, ValueError) as exc:
+                    raise HTTPException(400, str(exc).splitlines()[0]) from None
                 rows = [r for r in rows if r["fid"] in keep]
-        except (MMSearchError, ValueError) as exc:
-            raise HTTPException(400, str(exc).splitlines()[0]) from None
-        finally:
-            hold.drop()
         page = rows[offset:offset + limit]
         return {"total": len(rows), "items": [{"id": r["id"], "title": r.get("title", ""), "text": r.get("text", ""),
                                                "metadata": r.get("metadata", {}),
@@ -308,9 +299,9 @@ def items_router(state: ServerState) -> APIRouter:
                          304: {"description": "Not modified (If-None-Match)"}, 404: {"description": "No such item"}})
     def thumbnail(item_id: str, request: Request) -> Response:
         """A small WebP of the item's image (longest side ``thumbnail_size``), cached; ETag aware."""
-        cur = state.current
-        row = lookup(cur, item_id)
-        path = catalog_file(cur.root, row["path"])
+        with state.use() as cur:
+            row = lookup(cur, item_id)
+            path = catalog_file(cur.root, row["path"])
         if path is None:
             raise HTTPException(404, "no such item")
         try:
@@ -328,8 +319,8 @@ def items_router(state: ServerState) -> APIRouter:
                 responses={404: {"description": "No such item"}})
     def item(item_id: str) -> dict[str, Any]:
         """An item's title, text and metadata."""
-        cur = state.current
-        row = lookup(cur, item_id)
+        with state.use() as cur:
+            row = lookup(cur, item_id)
         return {"id": row["id"], "title": row.get("title", ""), "text": row.get("text", ""),
                 "metadata": row.get("metadata", {}), "thumbnail_url": item_urls(row["id"], cur.version)[1]}
 
@@ -343,18 +334,18 @@ def service_router(state: ServerState) -> APIRouter:
 
     @router.get("/health", response_model=Health, tags=["service"])
     def health() -> dict[str, Any]:
-        cur = state.current
-        return {"status": "ok", "items": len(cur.engine), "snapshot": cur.version}
+        with state.use() as use:
+            return {"status": "ok", "items": len(use.engine), "snapshot": use.version}
 
     @router.get("/stats", tags=["service"])
     def stats() -> dict[str, Any]:
         """Item count, model, index type and query latency percentiles (sliding window)."""
-        cur = state.current
-        m = cur.engine.manifest
+        with state.use() as use:
+            m, count, version = use.engine.manifest, len(use.engine), use.version
         return {
-            "items": len(cur.engine),
+            "items": count,
             "model": m["model"],
-            "index": {"snapshot": cur.version, "dim": m["dim"], "metric": m["metric"], "created": m["created"],
+            "index": {"snapshot": version, "dim": m["dim"], "metric": m["metric"], "created": m["created"],
                       "channels": {n: {"type": c["index"], "factory": c.get("spec", {}).get("factory"),
                                        "count": c["count"]} for n, c in m["channels"].items()}},
             "latency": state.latency.summary(),
@@ -373,9 +364,9 @@ def service_router(state: ServerState) -> APIRouter:
             changed = await asyncio.to_thread(state.reload)
         except MMSearchError as exc:
             log.error("POST /reload: the index cannot be loaded (still serving the old one): %s", exc)
-            raise HTTPException(409, f"{without_paths(str(exc))}; still serving snapshot "
-                                     f"{state.current.version}") from None
-        cur = state.current
-        return {"reloaded": changed, "snapshot": cur.version, "items": len(cur.engine)}
+            with state.use() as use:
+                raise HTTPException(409, f"{without_paths(str(exc))}; still serving snapshot {use.version}") from None
+        with state.use() as use:
+            return {"reloaded": changed, "snapshot": use.version, "items": len(use.engine)}
 
     return router
