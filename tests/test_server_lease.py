@@ -148,3 +148,34 @@ def test_use_refuses_the_engine_after_its_block(engine):
     with pytest.raises(RuntimeError, match="lease"):
         use.engine  # noqa: B018
     state.gate.close()
+
+
+# ------------------------------------------------------------------- item 6: /cli/query probes off the loop
+def test_cli_query_reads_the_photo_header_off_the_event_loop(engine, monkeypatch):
+    """A photo whose header takes long to read (1.8 M empty APP1 markers: 4.1 s) froze /health."""
+    from mmsearch.server import cli_route
+
+    events: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+    real = cli_route.probe_upload
+
+    def slow_probe(data: bytes, max_pixels: int):
+        events.append("probe started")
+        entered.set()
+        release.wait(20)  # the loop is free meanwhile only if this runs in a thread
+        events.append("probe ended")
+        return real(data, max_pixels)
+
+    monkeypatch.setattr(cli_route, "probe_upload", slow_probe)
+    with TestClient(create_app(engine, ServeCfg(reload_interval_s=0)), raise_server_exceptions=False) as c:
+        answer: list = []
+        t = threading.Thread(target=lambda: answer.append(
+            c.post("/cli/query", json={"image_b64": base64.b64encode(SHOE).decode(), "k": 3})))
+        t.start()
+        assert entered.wait(20)
+        assert c.get("/health").status_code == 200
+        events.append("health answered")
+        release.set()
+        t.join(30)
+    assert events == ["probe started", "health answered", "probe ended"]
+    assert answer[0].status_code == 200 and len(answer[0].json()["hits"]) == 3

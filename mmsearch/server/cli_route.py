@@ -6,6 +6,7 @@ Takes exactly what the CLI has (a photo's bytes, a text, ``--where`` strings) an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -26,21 +27,28 @@ class CliQuery(BaseModel):
     where: list[str] | None = None
 
 
+def read_photo(image_b64: str, max_pixels: int) -> bytes:
+    """The photo's bytes after the header check (even a header read may decode: run it in a thread)."""
+    try:
+        image = base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(400, "image_b64 is not base64") from None
+    try:
+        probe_upload(image, max_pixels)
+    except UploadRejected as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return image
+
+
 def cli_router(state: ServerState) -> APIRouter:
     router = APIRouter()
 
     @router.post("/cli/query", include_in_schema=False)
     async def cli_query(q: CliQuery) -> dict[str, Any]:
         text = check_query_args(state.cfg, q.text, q.k)
-        try:
-            image = base64.b64decode(q.image_b64, validate=True) if q.image_b64 is not None else None
-        except (binascii.Error, ValueError):
-            raise HTTPException(400, "image_b64 is not base64") from None
-        if image is not None:
-            try:
-                probe_upload(image, state.cfg.max_image_pixels)
-            except UploadRejected as exc:
-                raise HTTPException(exc.status, str(exc)) from None
+        image = None
+        if q.image_b64 is not None:  # decoding and the header read: off the event loop, like /search
+            image = await asyncio.to_thread(read_photo, q.image_b64, state.cfg.max_image_pixels)
         with state.use() as use:  # the lease: a reload cannot close the store under this search
             hits = await run_search(state, use, use.engine.search, None, image=image, text=text, k=q.k,
                                     image_weight=q.image_weight, where=q.where or None)
