@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
 from .files import UploadRejected, probe_upload
+from .limits import RequestBudget
 from .routes import check_query_args, run_search
 from .state import ServerState
 
@@ -27,16 +28,17 @@ class CliQuery(BaseModel):
     where: list[str] | None = None
 
 
-def read_photo(image_b64: str, max_pixels: int) -> bytes:
+def read_photo(image_b64: str, max_pixels: int, budget: RequestBudget) -> bytes:
     """The photo's bytes after the header check (even a header read may decode: run it in a thread)."""
     try:
         image = base64.b64decode(image_b64, validate=True)
     except (binascii.Error, ValueError):
         raise HTTPException(400, "image_b64 is not base64") from None
     try:
-        probe_upload(image, max_pixels)
+        _, size = probe_upload(image, max_pixels)
     except UploadRejected as exc:
         raise HTTPException(exc.status, str(exc)) from None
+    budget.photo(size)
     return image
 
 
@@ -46,9 +48,11 @@ def cli_router(state: ServerState) -> APIRouter:
     @router.post("/cli/query", include_in_schema=False)
     async def cli_query(q: CliQuery) -> dict[str, Any]:
         text = check_query_args(state.cfg, q.text, q.k)
+        budget = RequestBudget(state.cfg.max_terms, state.cfg.max_request_pixels)
+        budget.terms((q.image_b64 is not None) + (text is not None))
         image = None
         if q.image_b64 is not None:  # decoding and the header read: off the event loop, like /search
-            image = await asyncio.to_thread(read_photo, q.image_b64, state.cfg.max_image_pixels)
+            image = await asyncio.to_thread(read_photo, q.image_b64, state.cfg.max_image_pixels, budget)
         with state.use() as use:  # the lease: a reload cannot close the store under this search
             hits = await run_search(state, use, use.engine.search, None, image=image, text=text, k=q.k,
                                     image_weight=q.image_weight, where=q.where or None)

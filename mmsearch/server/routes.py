@@ -17,6 +17,7 @@ from ..errors import ItemNotFoundError, MMSearchError
 from ..search.engine import SearchHit
 from .config import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
+from .limits import RequestBudget
 from .state import ServerState, Use, filter_kwarg
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class Reloaded(BaseModel):
 
 ERRORS = {400: {"description": "Malformed query (one-line `detail`)"},
           401: {"description": "Missing or wrong API key"},
-          413: {"description": "Request body over the upload limit"},
+          413: {"description": "Request body over the upload limit, or more query terms (`max_terms`) or photo "
+                                "pixels (`max_request_pixels`) than one request may have"},
           415: {"description": "Upload is not an image"},
           503: {"description": "Model queue full; retry after `Retry-After` seconds"}}
 
@@ -141,9 +143,14 @@ async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | None
     return hits
 
 
-async def read_upload(upload: UploadFile | str, cfg: ServeCfg) -> bytes | None:
-    """The bytes of one uploaded photo after the header check; None for an empty file input (browsers send
-    one when no file was chosen; it may arrive as an empty string)."""
+def given(upload: UploadFile | str) -> bool:
+    """Whether a file field holds a photo (browsers send an empty one when no file was chosen)."""
+    return bool(upload) if isinstance(upload, str) else bool(upload.filename or upload.size)
+
+
+async def read_upload(upload: UploadFile | str, cfg: ServeCfg, budget: RequestBudget) -> bytes | None:
+    """The bytes of one uploaded photo after the header check (its pixels counted against the request's
+    ``budget``); None for an empty file input (it may arrive as an empty string)."""
     if isinstance(upload, str):
         if upload:
             raise HTTPException(400, "image must be an uploaded file, not a text field")
@@ -152,9 +159,10 @@ async def read_upload(upload: UploadFile | str, cfg: ServeCfg) -> bytes | None:
     if not data and not upload.filename:
         return None
     try:  # off the event loop: even a header read may decode
-        await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
+        _, size = await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
     except UploadRejected as exc:
         raise HTTPException(exc.status, str(exc)) from None
+    budget.photo(size)
     return data
 
 
@@ -205,8 +213,11 @@ def search_router(state: ServerState) -> APIRouter:
         for t in (text or []) + (not_text or []):
             check_query_args(cfg, t, k)
         check_query_args(cfg, None, k)
-        images = [d for d in [await read_upload(f, cfg) for f in image or []] if d is not None]
-        nots = [d for d in [await read_upload(f, cfg) for f in not_image or []] if d is not None]
+        budget = RequestBudget(cfg.max_terms, cfg.max_request_pixels)
+        photos = [f for f in (image or []) + (not_image or []) if given(f)]
+        budget.terms(len(photos) + sum(bool(t.strip()) for t in (text or []) + (not_text or [])))
+        images = [d for d in [await read_upload(f, cfg, budget) for f in image or []] if d is not None]
+        nots = [d for d in [await read_upload(f, cfg, budget) for f in not_image or []] if d is not None]
         texts = [t for t in text or [] if t.strip()]
         neg_texts = [t for t in not_text or [] if t.strip()]
         plain = len(images) <= 1 and len(texts) <= 1 and not nots and not neg_texts and not image_weights \
@@ -239,6 +250,7 @@ def search_router(state: ServerState) -> APIRouter:
         """"More like this": items whose images resemble this item's (the item itself is left out)."""
         text = check_query_args(cfg, text, k)
         where = parse_filters(filters)
+        RequestBudget(cfg.max_terms, cfg.max_request_pixels).terms(1 + (text is not None))  # the item is a term
         with state.use() as use:
             return await by_item_search(use, item_id, text, k, image_weight, where)
 
