@@ -74,6 +74,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             state.gate.close()
+            state.thumbs.close()
 
     app = FastAPI(title="mmsearch", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Multimodal image search: query an index by text, photo, or photo + text.",

@@ -25,6 +25,8 @@ class ServeCfg:
         ``Retry-After: retry_after_s``, so a burst cannot pile up uploads in memory.
     read_timeout_s: a request's headers and body must arrive within this many seconds of the connection
         opening (or of the previous response on a keep-alive connection); slower ones are closed.
+    thumbnail_workers: thumbnails decoded at once (each holds at most one decoded image: a 64 MP BMP is
+        192 MB); concurrent requests for one file share its decode, and the rest wait without a thread.
     reload_interval_s: how often to look for a rebuilt index (reading the CURRENT file); 0 disables it,
         leaving ``POST /reload``.
     """
@@ -46,11 +48,13 @@ class ServeCfg:
     read_timeout_s: float = 30.0
     thumbnail_size: int = 256
     thumbnail_cache_bytes: int = 64 * 1024 * 1024
+    thumbnail_workers: int = 2
     latency_window: int = 2048
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_image_pixels", "max_text_chars", "max_k", "model_workers",
-                     "max_pending", "thumbnail_size", "max_terms", "max_request_pixels"):
+                     "max_pending", "thumbnail_size", "max_terms", "max_request_pixels",
+                     "thumbnail_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:

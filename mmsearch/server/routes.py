@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -306,22 +307,26 @@ def items_router(state: ServerState) -> APIRouter:
                                                "metadata": r.get("metadata", {}),
                                                "thumbnail_url": item_urls(r["id"], cur.version)[1]} for r in page]}
 
+    def locate(root: Path, item_path: str) -> tuple[Path, str]:
+        path = catalog_file(root, item_path)
+        if path is None:
+            raise HTTPException(404, "no such item")
+        return path, state.thumbs.etag(path)
+
     @router.get("/items/{item_id:path}/thumbnail", tags=["items"],
                 responses={200: {"content": {"image/webp": {}}, "description": "WebP thumbnail"},
                          304: {"description": "Not modified (If-None-Match)"}, 404: {"description": "No such item"}})
-    def thumbnail(item_id: str, request: Request) -> Response:
+    async def thumbnail(item_id: str, request: Request) -> Response:
         """A small WebP of the item's image (longest side ``thumbnail_size``), cached; ETag aware."""
         with state.use() as cur:
             row = lookup(cur, item_id)
-            path = catalog_file(cur.root, row["path"])
-        if path is None:
-            raise HTTPException(404, "no such item")
+            root = cur.root
         try:
-            tag = state.thumbs.etag(path)
+            path, tag = await asyncio.to_thread(locate, root, row["path"])  # file system reads: off the loop
             headers = {"ETag": f'"{tag}"', "Cache-Control": "private, max-age=86400"}
             if request.headers.get("if-none-match", "").strip() == f'"{tag}"':
                 return Response(status_code=304, headers=headers)
-            data, tag = state.thumbs.get(path)
+            data = await state.thumbs.fetch(path, tag)  # bounded decodes, one per file however many ask
         except (MMSearchError, OSError) as exc:
             log.warning("thumbnail of %s failed: %s", item_id, exc)
             raise HTTPException(404, "the item's image can no longer be read") from None
@@ -363,7 +368,7 @@ def service_router(state: ServerState) -> APIRouter:
             "latency": state.latency.summary(),
             "queue": {"pending": state.gate.pending, "limit": cfg.max_pending, "workers": cfg.model_workers,
                       "rejected": state.gate.rejected},
-            "thumbnails": {"hits": state.thumbs.hits, "misses": state.thumbs.misses},
+            "thumbnails": {"hits": state.thumbs.hits, "misses": state.thumbs.misses, "shared": state.thumbs.shared},
             "uptime_s": round(time.time() - state.started, 1),
             "mmsearch_version": __version__,
         }

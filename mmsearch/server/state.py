@@ -96,7 +96,7 @@ class ServerState:
         self.cfg = cfg
         self._current = Loaded.of(engine)
         self.gate = ModelGate(cfg.model_workers, cfg.max_pending)
-        self.thumbs = ThumbnailCache(cfg.thumbnail_size, cfg.thumbnail_cache_bytes)
+        self.thumbs = ThumbnailCache(cfg.thumbnail_size, cfg.thumbnail_cache_bytes, cfg.thumbnail_workers)
         self.latency = LatencyStats(cfg.latency_window)
         self.started = time.time()
         self._reload_lock = threading.Lock()
