@@ -61,9 +61,17 @@ class Health(BaseModel):
     snapshot: str
 
 
+class NumericRange(BaseModel):
+    min: float
+    max: float
+
+
 class Filters(BaseModel):
     supported: bool = Field(description="Whether this build's SearchEngine applies filters")
     fields: dict[str, list[Any]] = Field(description="Metadata fields with few distinct values, and those values")
+    numeric: dict[str, NumericRange] = Field(
+        default_factory=dict, description="Metadata fields whose values are all numbers, with their smallest and "
+        'largest value: filter them by range, e.g. [["price", ">=", 10], ["price", "<", 50]]')
 
 
 class Reloaded(BaseModel):
@@ -92,7 +100,9 @@ def hit_json(h: SearchHit, version: str) -> dict[str, Any]:
             "metadata": h.metadata, "thumbnail_url": thumb_url, "item_url": item_url}
 
 
-def parse_filters(raw: str | None) -> dict[str, Any] | None:
+def parse_filters(raw: str | None) -> dict[str, Any] | list[Any] | None:
+    """The ``filters`` field: a JSON object of field: value (or [op, value]), or a JSON list of
+    [field, op, value] triples (several conditions on one field: a range)."""
     if raw is None or not raw.strip():
         return None
     if len(raw) > MAX_FILTER_CHARS:
@@ -103,8 +113,9 @@ def parse_filters(raw: str | None) -> dict[str, Any] | None:
         raise HTTPException(400, f'filters must be a JSON object, e.g. {{"category": "food"}} ({exc.msg})') from None
     except RecursionError:  # [[[[...]]]] 50,000 deep
         raise HTTPException(400, "filters are nested too deeply; give a flat JSON object of field: value") from None
-    if not isinstance(value, dict):
-        raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}')
+    if not isinstance(value, (dict, list)):
+        raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}, or a list of '
+                                 '[field, op, value], e.g. [["price", ">=", 10], ["price", "<", 50]]')
     return value or None
 
 
@@ -124,7 +135,7 @@ def without_paths(message: str) -> str:
     return _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
 
 
-async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | None, takes_filters: Any = None,
+async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | list | None, takes_filters: Any = None,
                      **kwargs: Any) -> list[SearchHit]:
     """Run ``fn(**kwargs)`` through the model gate as a job of ``use`` (it holds the engine's lease while it
     runs); ``filters`` go to whichever parameter ``takes_filters`` (default ``fn``) names them with, or are
@@ -256,7 +267,7 @@ def search_router(state: ServerState) -> APIRouter:
             return await by_item_search(use, item_id, text, k, image_weight, where)
 
     async def by_item_search(use: Use, item_id: str, text: str | None, k: int,
-                             image_weight: float | None, where: dict | None) -> dict[str, Any]:
+                             image_weight: float | None, where: dict | list | None) -> dict[str, Any]:
         row = lookup(use, item_id)
         engine = use.engine
 
@@ -274,9 +285,10 @@ def search_router(state: ServerState) -> APIRouter:
 
     @router.get("/filters", response_model=Filters, tags=["search"])
     def filters_() -> dict[str, Any]:
-        """Metadata fields the page offers as filter menus."""
+        """Metadata fields the page offers as filter menus (``fields``) and as ranges (``numeric``)."""
         with state.use() as use:
-            return {"supported": filter_kwarg(use.engine.search) is not None, "fields": use.fields}
+            return {"supported": filter_kwarg(use.engine.search) is not None, "fields": use.fields,
+                    "numeric": use.numeric}
 
     return router
 

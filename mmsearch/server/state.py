@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import inspect
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Loaded:
     row_of: dict[str, dict[str, Any]]  # item id -> its row (fid, id, path, title, text, metadata)
     root: Path  # resolved catalog folder; only files below it are served
     fields: dict[str, list[Any]]
+    numeric: dict[str, dict[str, float]]  # numeric metadata fields -> {"min", "max"}: range filters
     version: str  # snapshot name, used to bust thumbnail caches after a rebuild
     lease: Lease  # in-flight searches; the engine's store closes after the last one, once retired
 
@@ -46,6 +48,7 @@ class Loaded:
         items = engine.items
         return cls(_engine=engine, row_of={row["id"]: row for row in items},
                    root=Path(engine.manifest["catalog"]).resolve(), fields=filter_fields(items),
+                   numeric=numeric_fields(items),
                    version=Path(engine.snapshot).name, lease=Lease(engine.store.close))
 
 
@@ -65,6 +68,24 @@ def filter_fields(items: list[dict]) -> dict[str, list[Any]]:
     return {k: sorted(v, key=str) for k, v in sorted(values.items()) if 1 < len(v) <= MAX_FILTER_VALUES}
 
 
+def numeric_fields(items: list[dict]) -> dict[str, dict[str, float]]:
+    """Metadata fields whose every value is a finite number (not a bool), spanning a range: the page offers
+    them as min / max inputs, however many distinct values they have."""
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    dropped: set[str] = set()
+    for row in items:
+        for key, val in (row.get("metadata") or {}).items():
+            if key in dropped:
+                continue
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+                dropped.add(key)
+                continue
+            lo[key] = min(lo.get(key, val), val)
+            hi[key] = max(hi.get(key, val), val)
+    return {k: {"min": lo[k], "max": hi[k]} for k in sorted(lo) if k not in dropped and lo[k] < hi[k]}
+
+
 def filter_kwarg(fn: Any) -> str | None:
     """Name of the filters parameter of ``fn`` (``filters`` or ``where``), None if it takes none."""
     params = inspect.signature(fn).parameters
@@ -78,6 +99,7 @@ class Use:
         self._loaded = loaded
         self._hold = hold
         self.version, self.row_of, self.root, self.fields = loaded.version, loaded.row_of, loaded.root, loaded.fields
+        self.numeric = loaded.numeric
 
     @property
     def engine(self) -> SearchEngine:
