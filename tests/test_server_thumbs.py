@@ -138,3 +138,30 @@ def test_a_large_decode_hands_memory_back(tmp_path, monkeypatch):
     files.make_thumbnail(tmp_path / "big.png", 64)
     assert calls == [1]
     files.release_free_memory()  # the real one: harmless wherever it runs
+
+
+def test_a_request_that_goes_away_does_not_cancel_a_shared_decode(tmp_path, monkeypatch):
+    import asyncio
+
+    paths = []
+    for n in range(2):
+        paths.append(tmp_path / f"{n}.png")
+        Image.new("RGB", (10, 10)).save(paths[-1])
+    gate = threading.Event()
+    stats = slow_counting_thumbnails(monkeypatch, gate)
+    cache = ThumbnailCache(64, workers=1)
+
+    async def scenario() -> bytes:
+        busy = asyncio.ensure_future(cache.fetch(paths[0], cache.etag(paths[0])))  # holds the only worker
+        tag = cache.etag(paths[1])
+        gone, stays = (asyncio.ensure_future(cache.fetch(paths[1], tag)) for _ in range(2))  # queued, shared
+        await asyncio.sleep(0.05)
+        gone.cancel()  # its client disconnected
+        await asyncio.sleep(0.05)
+        gate.set()
+        await busy
+        return await stays
+
+    assert asyncio.run(scenario()) == b"thumb of 1.png"
+    assert cache.get(paths[1])[0] == b"thumb of 1.png" and stats["calls"] == ["0.png", "1.png"]
+    cache.close()

@@ -114,7 +114,7 @@ class ThumbnailCache:
                 done.set_result(data)
                 return done
             future = self._inflight.get(tag)
-            if future is not None:
+            if future is not None and not future.cancelled():  # (cancelled only by close())
                 self.shared += 1
                 return future
             self.misses += 1
@@ -140,8 +140,10 @@ class ThumbnailCache:
         return data
 
     async def fetch(self, path: Path, tag: str) -> bytes:
-        """The WebP bytes (awaited without holding a thread); raises what the decode raised."""
-        return await asyncio.wrap_future(self.submit(path, tag))
+        """The WebP bytes (awaited without holding a thread); raises what the decode raised.
+
+        Shielded: a request that goes away must not cancel a decode other requests are waiting on."""
+        return await asyncio.shield(asyncio.wrap_future(self.submit(path, tag)))
 
     def get(self, path: Path) -> tuple[bytes, str]:
         """(WebP bytes, ETag) for the image at ``path``, blocking; raises ImageDecodeError if it cannot be read."""
