@@ -53,7 +53,11 @@ function renderFilters(fields, numeric) {
     const caption = document.createElement("span");
     caption.textContent = name;
     group.append(caption);
-    for (const [bound, op] of [["min", ">="], ["max", "<="]]) {
+    for (const [bound, op, word] of [["min", ">=", "from"], ["max", "<=", "to"]]) {
+      const hint = document.createElement("span");
+      hint.className = "muted";
+      hint.setAttribute("aria-hidden", "true");
+      hint.textContent = word;
       const input = document.createElement("input");
       input.type = "number";
       input.step = "any";
@@ -63,7 +67,7 @@ function renderFilters(fields, numeric) {
       input.dataset.op = op;
       input.placeholder = String(range[bound]);
       input.setAttribute("aria-label", `${name} ${bound}`);
-      group.append(input);
+      group.append(hint, input);
     }
     box.append(group);
   }
