@@ -60,5 +60,6 @@ def test_a_range_is_two_triples_on_one_field(priced):
 def test_numeric_fields_need_numbers_only_and_a_span():
     items = [{"metadata": {"a": 1, "b": 1, "c": 1, "d": True, "e": float("nan")}},
              {"metadata": {"a": 2.5, "b": "x", "c": 1, "d": False, "e": 1}},
+             {"metadata": {"f": 10 ** 400}}, {"metadata": {"f": 1}},  # beyond float range (stored as text)
              {"metadata": {}}]
     assert numeric_fields(items) == {"a": {"min": 1, "max": 2.5}}

@@ -41,7 +41,7 @@ class Loaded:
     fields: dict[str, list[Any]]
     numeric: dict[str, dict[str, float]]  # numeric metadata fields -> {"min", "max"}: range filters
     version: str  # snapshot name, used to bust thumbnail caches after a rebuild
-    lease: Lease  # in-flight searches; the engine's store closes after the last one, once retired
+    lease: Lease  # in-flight requests; the engine's store closes after the last one, once retired
 
     @classmethod
     def of(cls, engine: SearchEngine) -> "Loaded":
@@ -68,6 +68,15 @@ def filter_fields(items: list[dict]) -> dict[str, list[Any]]:
     return {k: sorted(v, key=str) for k, v in sorted(values.items()) if 1 < len(v) <= MAX_FILTER_VALUES}
 
 
+def is_number(val: Any) -> bool:
+    """A finite number as the item store keeps it (ints beyond 64 bits are stored as text; bools are not)."""
+    if isinstance(val, bool):
+        return False
+    if isinstance(val, int):
+        return -2**63 <= val < 2**63
+    return isinstance(val, float) and math.isfinite(val)
+
+
 def numeric_fields(items: list[dict]) -> dict[str, dict[str, float]]:
     """Metadata fields whose every value is a finite number (not a bool), spanning a range: the page offers
     them as min / max inputs, however many distinct values they have."""
@@ -78,7 +87,7 @@ def numeric_fields(items: list[dict]) -> dict[str, dict[str, float]]:
         for key, val in (row.get("metadata") or {}).items():
             if key in dropped:
                 continue
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+            if not is_number(val):
                 dropped.add(key)
                 continue
             lo[key] = min(lo.get(key, val), val)
