@@ -89,7 +89,8 @@ def test_empty_file_field_counts_as_no_image(client):
     ({"text": "shoe", "k": "many"}, "k:"),
     ({"text": "shoe", "image_weight": "1.5"}, "image_weight"),
     ({"text": "shoe", "filters": "{not json"}, "filters must be a JSON object"),
-    ({"text": "shoe", "filters": "[1, 2]"}, "filters must be a JSON object"),
+    ({"text": "shoe", "filters": "[1, 2]"}, "cannot read filter 1"),  # a list: of [field, op, value] triples
+    ({"text": "shoe", "filters": '"food"'}, "filters must be a JSON object"),
 ])
 def test_bad_query_fields_get_one_line_errors(client, data, fragment):
     r = client.post("/search", data=data)
@@ -120,7 +121,7 @@ def test_filters_reach_an_engine_that_takes_them(engine):
     filtering.__class__ = FilteringEngine
     with make_client(filtering) as c:
         assert c.get("/filters").json() == {"supported": True, "fields": {"category": [
-            "clothing", "electronics", "food", "other", "vehicle"]}}
+            "clothing", "electronics", "food", "other", "vehicle"]}, "numeric": {}}
         r = c.post("/search", data={"text": "shoe", "k": "3", "filters": '{"category": "food"}'})
         assert r.status_code == 200, r.text
         assert len(r.json()["hits"]) == 3 and {h["metadata"]["category"] for h in r.json()["hits"]} == {"food"}

@@ -295,3 +295,52 @@ def test_docs_render_offline_and_the_favicon_loads(server, browser):
         assert page.request.get(server + "/favicon.ico").status == 200
     finally:
         page.close()
+
+
+def test_numeric_range_escape_and_photo_choice(browser, small_catalog, tmp_path):
+    """Issue 20 item 12: a numeric field is a min / max range (not a menu of its values sorted as text);
+    Esc clears the query and its results; choosing a photo starts a search."""
+    import json
+
+    from mmsearch import build_index
+
+    rows = [json.loads(line) for line in (small_catalog / "catalog.jsonl").read_text().splitlines()]
+    prices = [5, 9, 10, 100, 20, 3, 7, 1000, 40, 55, 60, 2]
+    for row, price in zip(rows, prices):
+        row["price"] = price
+    (small_catalog / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_index(small_catalog, out=tmp_path / "idx", model="tiny", device="cpu", num_workers=0, progress=False)
+    titles = {r["title"] for r in rows if 9 <= r["price"] <= 60}
+    with running(create_app(SearchEngine.open(tmp_path / "idx", device="cpu"), ServeCfg(reload_interval_s=0))) as base:
+        page = open_page(browser, base)
+        status, hits = page.locator("#status"), page.locator("#results .hit")
+        try:
+            sync_api.expect(page.locator("#index-info")).to_contain_text("12 items")
+            sync_api.expect(page.get_by_label("price min")).to_be_visible()
+            assert page.locator("#filter-price").count() == 0  # no menu for it
+            assert page.get_by_label("price max").get_attribute("placeholder") == "1000"
+            page.get_by_label("price min").fill("9")
+            page.get_by_label("price max").fill("60")
+            page.get_by_label("Search text").fill("shoe")
+            page.keyboard.press("Enter")
+            sync_api.expect(status).to_contain_text(f"{len(titles)} results")
+            assert {h.locator(".title").inner_text() for h in hits.all()} == titles
+            wait_for_thumbnails(page)
+            shot(page, "page_numeric_range")
+
+            # Esc: the query and the results go
+            page.keyboard.press("Escape")
+            sync_api.expect(page.get_by_label("Search text")).to_have_value("")
+            sync_api.expect(hits).to_have_count(0)
+            sync_api.expect(status).to_have_text("")
+
+            # choosing a photo is enough to search
+            page.get_by_label("price min").fill("")
+            page.get_by_label("price max").fill("")
+            page.get_by_label("Query photo").set_input_files(str(SHOE))
+            sync_api.expect(status).to_contain_text("results for your photo (")
+            sync_api.expect(hits).to_have_count(12)
+            assert not page.errors, page.errors
+            assert not page.outside, f"the page fetched from elsewhere: {page.outside}"
+        finally:
+            page.close()

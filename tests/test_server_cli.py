@@ -71,4 +71,5 @@ def test_cli_starts_uvicorn_with_the_settings(tiny_index, tmp_path, monkeypatch)
     state = seen["app"].state.mm
     assert state.cfg.max_pending == 5  # the flag wins over the file
     assert state.cfg.max_text_chars == 50 and state.cfg.api_key == "from-env"
-    assert len(state.current.engine) == 60
+    with state.use() as use:
+        assert len(use.engine) == 60

@@ -32,6 +32,24 @@ log = logging.getLogger(__name__)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not grey pixels
 
 
+def _reduced(im: Image.Image, size: int) -> Image.Image:
+    """``im`` shrunk by the largest integer factor that keeps its long side at least ``size`` (box filter),
+    in its own mode where Pillow can average it (a palette or bilevel image is converted first)."""
+    factor = max(im.size) // size
+    if factor < 2:
+        return im
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    try:
+        small = im.reduce(factor)
+    except ValueError:  # a mode reduce() cannot average (16-bit, ...): converted at full size later
+        return im
+    small.info["decoded_size"] = im.size  # what the decode held (conversions copy info along)
+    return small
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB. Transparency is composited on white (product shots), 16-bit is scaled."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -51,10 +69,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV ...
 
 
-def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None = None) -> Image.Image:
+def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None = None,
+               reduce: bool = False) -> Image.Image:
     """Open an image from a path, bytes or a PIL image and return it as RGB, upright (EXIF applied).
 
-    ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the image is much larger.
+    ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the image is much larger. With
+    ``reduce`` as well, any other format is shrunk by an integer factor (long side kept at least
+    ``draft_size``) right after decoding, before a mode conversion or an EXIF rotation copies it: one
+    full-size buffer at most, then only small ones (thumbnails).
     Raises :class:`ImageDecodeError` with a human-readable reason for anything that is not a readable image.
     """
     if isinstance(source, Image.Image):
@@ -90,6 +112,8 @@ def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None 
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
+                if reduce and draft_size:
+                    im = _reduced(im, draft_size)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageDecodeError(f"image too large (decompression-bomb guard): {exc}") from None
         except UnidentifiedImageError:

@@ -1,7 +1,8 @@
 """The HTTP API and the search page: a FastAPI app over one loaded :class:`SearchEngine`.
 
-Every request reads the engine once (``state.current``) and uses that object to the end, so a reload,
-which builds a new engine beside the old one and swaps the reference, never mixes two snapshots.
+Every request takes the engine once (``with state.use()``, which holds its lease) and uses that object to
+the end, so a reload, which builds a new engine beside the old one and swaps the reference, never mixes two
+snapshots nor closes a store a request still reads.
 The routes live in routes.py (search, items, service routers), the loaded state in state.py.
 """
 
@@ -73,6 +74,7 @@ def create_app(engine: SearchEngine, cfg: ServeCfg | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             state.gate.close()
+            state.thumbs.close()
 
     app = FastAPI(title="mmsearch", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Multimodal image search: query an index by text, photo, or photo + text.",

@@ -16,11 +16,17 @@ class ServeCfg:
     max_upload_bytes: request bodies above this are answered 413 before they are read.
     max_image_pixels: uploaded images with more pixels (width x height, read from the header before any
         decoding) are rejected as decompression bombs.
+    max_terms: query terms one request may have (texts and photos, "not" terms included; a "more like
+        this" item counts as one); more get 413 naming this limit.
+    max_request_pixels: pixels (width x height from the headers) of all the photos of one request together;
+        more get 413 naming this limit. With ``max_terms`` it bounds the decode and model work of a request.
     model_workers: model jobs (encode + rank) that run at once; on a CPU one job already uses every core.
     max_pending: model jobs admitted at once (running + waiting); beyond that a request gets 503 with
         ``Retry-After: retry_after_s``, so a burst cannot pile up uploads in memory.
     read_timeout_s: a request's headers and body must arrive within this many seconds of the connection
         opening (or of the previous response on a keep-alive connection); slower ones are closed.
+    thumbnail_workers: thumbnails decoded at once (each holds at most one decoded image: a 64 MP BMP is
+        192 MB); concurrent requests for one file share its decode, and the rest wait without a thread.
     reload_interval_s: how often to look for a rebuilt index (reading the CURRENT file); 0 disables it,
         leaving ``POST /reload``.
     """
@@ -32,6 +38,8 @@ class ServeCfg:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_text_chars: int = 1000
+    max_terms: int = 16
+    max_request_pixels: int = 80_000_000
     max_k: int = 100
     model_workers: int = 1
     max_pending: int = 32
@@ -40,11 +48,13 @@ class ServeCfg:
     read_timeout_s: float = 30.0
     thumbnail_size: int = 256
     thumbnail_cache_bytes: int = 64 * 1024 * 1024
+    thumbnail_workers: int = 2
     latency_window: int = 2048
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_image_pixels", "max_text_chars", "max_k", "model_workers",
-                     "max_pending", "thumbnail_size"):
+                     "max_pending", "thumbnail_size", "max_terms", "max_request_pixels",
+                     "thumbnail_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:

@@ -1,9 +1,9 @@
 """In-flight accounting of one loaded engine, so a reload never closes what a request still reads.
 
-Each search holds its engine's :class:`Lease` from the moment it reads ``state.current`` until its model
-job ends (or is dropped unstarted). A reload swaps in a new engine with its own store and channels and
-retires the old lease; the old store is closed by whichever comes last, the retirement or the last
-release.
+Each request holds its engine's :class:`Lease` from the moment it takes the engine (``ServerState.use``)
+until the request is done and every model job it started has ended. A reload swaps in a new engine with
+its own store and channels and retires the old lease; the old store is closed by whichever comes last,
+the retirement or the last release.
 """
 
 from __future__ import annotations
@@ -46,37 +46,49 @@ class Lease:
 
 
 class Hold:
-    """One acquired unit of a lease, handed to at most one job; released exactly once.
+    """One request's share of a lease: the request counts until :meth:`drop`, and each job started from
+    :meth:`wrap` counts until it ends; the lease is released once, when the last of them is done.
 
-    ``wrap(fn)`` gives the callable to run in a worker thread: it releases when it ends. ``drop()`` (always
-    called by the request when it is done) releases the hold if that job never started, and stops it from
-    starting later (a cancelled request whose job was still queued).
+    So a request may read the engine for as long as it holds (``held``), a job it handed to a worker thread
+    keeps the store open even when the client goes away mid-search, and a job still queued when the request
+    is dropped never starts (a cancelled request).
     """
 
     def __init__(self, lease: Lease):
         self._lease = lease
         self._lock = threading.Lock()
-        self._state = "new"
+        self._dropped = False
+        self._jobs = 0
+
+    @property
+    def held(self) -> bool:
+        """True until the request drops its hold (jobs it started may still run after that)."""
+        return not self._dropped
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def job(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
-                if self._state != "new":
+                if self._dropped:
                     raise RuntimeError("the request was dropped before its job started")
-                self._state = "running"
+                self._jobs += 1
             try:
                 return fn(*args, **kwargs)
             finally:
-                with self._lock:
-                    self._state = "done"
-                self._lease.release()
+                self._end(job=True)
         return job
 
     def drop(self) -> None:
+        """The request is done (idempotent); the lease is released now, or when its last job ends."""
+        self._end(job=False)
+
+    def _end(self, job: bool) -> None:
         with self._lock:
-            release = self._state == "new"
-            if release:
-                self._state = "dropped"
+            if job:
+                self._jobs -= 1
+            elif self._dropped:
+                return
+            self._dropped = self._dropped or not job
+            release = self._dropped and self._jobs == 0
         if release:
             self._lease.release()

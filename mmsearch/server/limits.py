@@ -12,6 +12,28 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
+from fastapi import HTTPException
+
+
+class RequestBudget:
+    """What one request may ask for: ``max_terms`` query terms, ``max_request_pixels`` photo pixels in all
+    (counted from the headers before anything is decoded). Over either: 413 naming the limit."""
+
+    def __init__(self, max_terms: int, max_pixels: int):
+        self.max_terms = int(max_terms)
+        self.max_pixels = int(max_pixels)
+        self.pixels = 0
+
+    def terms(self, n: int) -> None:
+        if n > self.max_terms:
+            raise HTTPException(413, f"too many query terms ({n}; the limit is max_terms = {self.max_terms}, "
+                                     f"texts and photos together)")
+
+    def photo(self, size: tuple[int, int]) -> None:
+        self.pixels += int(size[0]) * int(size[1])
+        if self.pixels > self.max_pixels:
+            raise HTTPException(413, f"the photos of this request have more than {self.max_pixels:,} pixels in all "
+                                     f"(the limit is max_request_pixels)")
 
 
 class Busy(Exception):

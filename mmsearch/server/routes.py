@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -17,8 +18,8 @@ from ..errors import ItemNotFoundError, MMSearchError
 from ..search.engine import SearchHit
 from .config import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
-from .lease import Hold
-from .state import Loaded, ServerState, filter_kwarg
+from .limits import RequestBudget
+from .state import ServerState, Use, filter_kwarg
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,17 @@ class Health(BaseModel):
     snapshot: str
 
 
+class NumericRange(BaseModel):
+    min: float
+    max: float
+
+
 class Filters(BaseModel):
     supported: bool = Field(description="Whether this build's SearchEngine applies filters")
     fields: dict[str, list[Any]] = Field(description="Metadata fields with few distinct values, and those values")
+    numeric: dict[str, NumericRange] = Field(
+        default_factory=dict, description="Metadata fields whose values are all numbers, with their smallest and "
+        'largest value: filter them by range, e.g. [["price", ">=", 10], ["price", "<", 50]]')
 
 
 class Reloaded(BaseModel):
@@ -73,7 +82,8 @@ class Reloaded(BaseModel):
 
 ERRORS = {400: {"description": "Malformed query (one-line `detail`)"},
           401: {"description": "Missing or wrong API key"},
-          413: {"description": "Request body over the upload limit"},
+          413: {"description": "Request body over the upload limit, or more query terms (`max_terms`) or photo "
+                                "pixels (`max_request_pixels`) than one request may have"},
           415: {"description": "Upload is not an image"},
           503: {"description": "Model queue full; retry after `Retry-After` seconds"}}
 
@@ -90,7 +100,9 @@ def hit_json(h: SearchHit, version: str) -> dict[str, Any]:
             "metadata": h.metadata, "thumbnail_url": thumb_url, "item_url": item_url}
 
 
-def parse_filters(raw: str | None) -> dict[str, Any] | None:
+def parse_filters(raw: str | None) -> dict[str, Any] | list[Any] | None:
+    """The ``filters`` field: a JSON object of field: value (or [op, value]), or a JSON list of
+    [field, op, value] triples (several conditions on one field: a range)."""
     if raw is None or not raw.strip():
         return None
     if len(raw) > MAX_FILTER_CHARS:
@@ -101,8 +113,9 @@ def parse_filters(raw: str | None) -> dict[str, Any] | None:
         raise HTTPException(400, f'filters must be a JSON object, e.g. {{"category": "food"}} ({exc.msg})') from None
     except RecursionError:  # [[[[...]]]] 50,000 deep
         raise HTTPException(400, "filters are nested too deeply; give a flat JSON object of field: value") from None
-    if not isinstance(value, dict):
-        raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}')
+    if not isinstance(value, (dict, list)):
+        raise HTTPException(400, 'filters must be a JSON object, e.g. {"category": "food"}, or a list of '
+                                 '[field, op, value], e.g. [["price", ">=", 10], ["price", "<", 50]]')
     return value or None
 
 
@@ -122,10 +135,11 @@ def without_paths(message: str) -> str:
     return _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
 
 
-async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_filters: Any = None,
+async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | list | None, takes_filters: Any = None,
                      **kwargs: Any) -> list[SearchHit]:
-    """Run ``fn(**kwargs)`` through the model gate; ``filters`` go to whichever parameter
-    ``takes_filters`` (default ``fn``) names them with, or are refused when it has none."""
+    """Run ``fn(**kwargs)`` through the model gate as a job of ``use`` (it holds the engine's lease while it
+    runs); ``filters`` go to whichever parameter ``takes_filters`` (default ``fn``) names them with, or are
+    refused when it has none."""
     if filters:
         name = filter_kwarg(takes_filters or fn)
         if name is None:
@@ -133,7 +147,7 @@ async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_fi
         kwargs[name] = filters
     t0 = time.perf_counter()
     try:
-        hits = await state.gate.run(fn, **kwargs)
+        hits = await state.gate.run(use.job(fn), **kwargs)
     except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
         raise HTTPException(400, without_paths(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__) \
             from None
@@ -141,9 +155,14 @@ async def run_search(state: ServerState, fn: Any, filters: dict | None, takes_fi
     return hits
 
 
-async def read_upload(upload: UploadFile | str, cfg: ServeCfg) -> bytes | None:
-    """The bytes of one uploaded photo after the header check; None for an empty file input (browsers send
-    one when no file was chosen; it may arrive as an empty string)."""
+def given(upload: UploadFile | str) -> bool:
+    """Whether a file field holds a photo (browsers send an empty one when no file was chosen)."""
+    return bool(upload) if isinstance(upload, str) else bool(upload.filename or upload.size)
+
+
+async def read_upload(upload: UploadFile | str, cfg: ServeCfg, budget: RequestBudget) -> bytes | None:
+    """The bytes of one uploaded photo after the header check (its pixels counted against the request's
+    ``budget``); None for an empty file input (it may arrive as an empty string)."""
     if isinstance(upload, str):
         if upload:
             raise HTTPException(400, "image must be an uploaded file, not a text field")
@@ -152,9 +171,10 @@ async def read_upload(upload: UploadFile | str, cfg: ServeCfg) -> bytes | None:
     if not data and not upload.filename:
         return None
     try:  # off the event loop: even a header read may decode
-        await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
+        _, size = await asyncio.to_thread(probe_upload, data, cfg.max_image_pixels)
     except UploadRejected as exc:
         raise HTTPException(exc.status, str(exc)) from None
+    budget.photo(size)
     return data
 
 
@@ -167,7 +187,7 @@ def weigh(values: list[Any], weights: list[float] | None, what: str) -> list[tup
     return [(float(w), v) for w, v in zip(weights, values) if w != 0]
 
 
-def lookup(cur: Loaded, item_id: str) -> dict[str, Any]:
+def lookup(cur: Use, item_id: str) -> dict[str, Any]:
     row = cur.row_of.get(item_id)
     if row is None:
         raise HTTPException(404, "no such item")
@@ -205,8 +225,11 @@ def search_router(state: ServerState) -> APIRouter:
         for t in (text or []) + (not_text or []):
             check_query_args(cfg, t, k)
         check_query_args(cfg, None, k)
-        images = [d for d in [await read_upload(f, cfg) for f in image or []] if d is not None]
-        nots = [d for d in [await read_upload(f, cfg) for f in not_image or []] if d is not None]
+        budget = RequestBudget(cfg.max_terms, cfg.max_request_pixels)
+        photos = [f for f in (image or []) + (not_image or []) if given(f)]
+        budget.terms(len(photos) + sum(bool(t.strip()) for t in (text or []) + (not_text or [])))
+        images = [d for d in [await read_upload(f, cfg, budget) for f in image or []] if d is not None]
+        nots = [d for d in [await read_upload(f, cfg, budget) for f in not_image or []] if d is not None]
         texts = [t for t in text or [] if t.strip()]
         neg_texts = [t for t in not_text or [] if t.strip()]
         plain = len(images) <= 1 and len(texts) <= 1 and not nots and not neg_texts and not image_weights \
@@ -221,15 +244,11 @@ def search_router(state: ServerState) -> APIRouter:
             kwargs = {"image": [w for w in weighted if w[0] > 0], "not_image": [(abs(w), d) for w, d in weighted if w < 0],
                       "text": [w for w in weighted_texts if w[0] > 0],
                       "not_text": [(abs(w), t) for w, t in weighted_texts if w < 0] + [(1.0, t) for t in neg_texts]}
-        cur, hold = state.acquire()
         t0 = time.perf_counter()
-        try:
-            hits = await run_search(state, hold.wrap(cur.engine.search), where, k=k, image_weight=image_weight,
-                                    **kwargs)
-        finally:
-            hold.drop()
-        return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
-                "snapshot": cur.version}
+        with state.use() as use:
+            hits = await run_search(state, use, use.engine.search, where, k=k, image_weight=image_weight, **kwargs)
+        return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                "snapshot": use.version}
 
     @router.post("/search/by-item/{item_id:path}", response_model=SearchResponse,
                  responses={**ERRORS, 404: {"description": "No such item"}}, tags=["search"])
@@ -243,16 +262,14 @@ def search_router(state: ServerState) -> APIRouter:
         """"More like this": items whose images resemble this item's (the item itself is left out)."""
         text = check_query_args(cfg, text, k)
         where = parse_filters(filters)
-        cur, hold = state.acquire()
-        try:
-            return await by_item_search(cur, hold, item_id, text, k, image_weight, where)
-        finally:
-            hold.drop()
+        RequestBudget(cfg.max_terms, cfg.max_request_pixels).terms(1 + (text is not None))  # the item is a term
+        with state.use() as use:
+            return await by_item_search(use, item_id, text, k, image_weight, where)
 
-    async def by_item_search(cur: Loaded, hold: Hold, item_id: str, text: str | None, k: int,
-                             image_weight: float | None, where: dict | None) -> dict[str, Any]:
-        row = lookup(cur, item_id)
-        engine = cur.engine
+    async def by_item_search(use: Use, item_id: str, text: str | None, k: int,
+                             image_weight: float | None, where: dict | list | None) -> dict[str, Any]:
+        row = lookup(use, item_id)
+        engine = use.engine
 
         def by_item(**kw: Any) -> list[SearchHit]:
             try:
@@ -261,16 +278,17 @@ def search_router(state: ServerState) -> APIRouter:
                 raise HTTPException(404, str(exc)) from None
 
         t0 = time.perf_counter()
-        hits = await run_search(state, hold.wrap(by_item), where, engine.search_similar, k=k, text=text,
+        hits = await run_search(state, use, by_item, where, engine.search_similar, k=k, text=text,
                                 image_weight=image_weight)
-        return {"hits": [hit_json(h, cur.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
-                "snapshot": cur.version}
+        return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                "snapshot": use.version}
 
     @router.get("/filters", response_model=Filters, tags=["search"])
     def filters_() -> dict[str, Any]:
-        """Metadata fields the page offers as filter menus."""
-        cur = state.current
-        return {"supported": filter_kwarg(cur.engine.search) is not None, "fields": cur.fields}
+        """Metadata fields the page offers as filter menus (``fields``) and as ranges (``numeric``)."""
+        with state.use() as use:
+            return {"supported": filter_kwarg(use.engine.search) is not None, "fields": use.fields,
+                    "numeric": use.numeric}
 
     return router
 
@@ -288,37 +306,39 @@ def items_router(state: ServerState) -> APIRouter:
     ) -> dict[str, Any]:
         """The indexed items (as `mmsearch list`), all or those matching the filters, in index order."""
         where = parse_filters(filters)
-        cur, hold = state.acquire()  # the store stays open while it is read
-        try:
+        with state.use() as cur:  # the store stays open while it is read
             rows = list(cur.row_of.values())
             if where is not None:
-                keep = set(cur.engine.select(where).tolist())
+                try:
+                    keep = set(cur.engine.select(where).tolist())
+                except (MMSearchError, ValueError) as exc:
+                    raise HTTPException(400, str(exc).splitlines()[0]) from None
                 rows = [r for r in rows if r["fid"] in keep]
-        except (MMSearchError, ValueError) as exc:
-            raise HTTPException(400, str(exc).splitlines()[0]) from None
-        finally:
-            hold.drop()
         page = rows[offset:offset + limit]
         return {"total": len(rows), "items": [{"id": r["id"], "title": r.get("title", ""), "text": r.get("text", ""),
                                                "metadata": r.get("metadata", {}),
                                                "thumbnail_url": item_urls(r["id"], cur.version)[1]} for r in page]}
 
+    def locate(root: Path, item_path: str) -> tuple[Path, str]:
+        path = catalog_file(root, item_path)
+        if path is None:
+            raise HTTPException(404, "no such item")
+        return path, state.thumbs.etag(path)
+
     @router.get("/items/{item_id:path}/thumbnail", tags=["items"],
                 responses={200: {"content": {"image/webp": {}}, "description": "WebP thumbnail"},
                          304: {"description": "Not modified (If-None-Match)"}, 404: {"description": "No such item"}})
-    def thumbnail(item_id: str, request: Request) -> Response:
+    async def thumbnail(item_id: str, request: Request) -> Response:
         """A small WebP of the item's image (longest side ``thumbnail_size``), cached; ETag aware."""
-        cur = state.current
-        row = lookup(cur, item_id)
-        path = catalog_file(cur.root, row["path"])
-        if path is None:
-            raise HTTPException(404, "no such item")
+        with state.use() as cur:
+            row = lookup(cur, item_id)
+            root = cur.root
         try:
-            tag = state.thumbs.etag(path)
+            path, tag = await asyncio.to_thread(locate, root, row["path"])  # file system reads: off the loop
             headers = {"ETag": f'"{tag}"', "Cache-Control": "private, max-age=86400"}
             if request.headers.get("if-none-match", "").strip() == f'"{tag}"':
                 return Response(status_code=304, headers=headers)
-            data, tag = state.thumbs.get(path)
+            data = await state.thumbs.fetch(path, tag)  # bounded decodes, one per file however many ask
         except (MMSearchError, OSError) as exc:
             log.warning("thumbnail of %s failed: %s", item_id, exc)
             raise HTTPException(404, "the item's image can no longer be read") from None
@@ -328,8 +348,8 @@ def items_router(state: ServerState) -> APIRouter:
                 responses={404: {"description": "No such item"}})
     def item(item_id: str) -> dict[str, Any]:
         """An item's title, text and metadata."""
-        cur = state.current
-        row = lookup(cur, item_id)
+        with state.use() as cur:
+            row = lookup(cur, item_id)
         return {"id": row["id"], "title": row.get("title", ""), "text": row.get("text", ""),
                 "metadata": row.get("metadata", {}), "thumbnail_url": item_urls(row["id"], cur.version)[1]}
 
@@ -343,24 +363,24 @@ def service_router(state: ServerState) -> APIRouter:
 
     @router.get("/health", response_model=Health, tags=["service"])
     def health() -> dict[str, Any]:
-        cur = state.current
-        return {"status": "ok", "items": len(cur.engine), "snapshot": cur.version}
+        with state.use() as use:
+            return {"status": "ok", "items": len(use.engine), "snapshot": use.version}
 
     @router.get("/stats", tags=["service"])
     def stats() -> dict[str, Any]:
         """Item count, model, index type and query latency percentiles (sliding window)."""
-        cur = state.current
-        m = cur.engine.manifest
+        with state.use() as use:
+            m, count, version = use.engine.manifest, len(use.engine), use.version
         return {
-            "items": len(cur.engine),
+            "items": count,
             "model": m["model"],
-            "index": {"snapshot": cur.version, "dim": m["dim"], "metric": m["metric"], "created": m["created"],
+            "index": {"snapshot": version, "dim": m["dim"], "metric": m["metric"], "created": m["created"],
                       "channels": {n: {"type": c["index"], "factory": c.get("spec", {}).get("factory"),
                                        "count": c["count"]} for n, c in m["channels"].items()}},
             "latency": state.latency.summary(),
             "queue": {"pending": state.gate.pending, "limit": cfg.max_pending, "workers": cfg.model_workers,
                       "rejected": state.gate.rejected},
-            "thumbnails": {"hits": state.thumbs.hits, "misses": state.thumbs.misses},
+            "thumbnails": {"hits": state.thumbs.hits, "misses": state.thumbs.misses, "shared": state.thumbs.shared},
             "uptime_s": round(time.time() - state.started, 1),
             "mmsearch_version": __version__,
         }
@@ -373,9 +393,9 @@ def service_router(state: ServerState) -> APIRouter:
             changed = await asyncio.to_thread(state.reload)
         except MMSearchError as exc:
             log.error("POST /reload: the index cannot be loaded (still serving the old one): %s", exc)
-            raise HTTPException(409, f"{without_paths(str(exc))}; still serving snapshot "
-                                     f"{state.current.version}") from None
-        cur = state.current
-        return {"reloaded": changed, "snapshot": cur.version, "items": len(cur.engine)}
+            with state.use() as use:
+                raise HTTPException(409, f"{without_paths(str(exc))}; still serving snapshot {use.version}") from None
+        with state.use() as use:
+            return {"reloaded": changed, "snapshot": use.version, "items": len(use.engine)}
 
     return router

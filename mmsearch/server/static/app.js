@@ -35,16 +35,44 @@ async function loadInfo() {
     const stats = await (await api("/stats")).json();
     $("#index-info").textContent = `${stats.items} items · model ${stats.model.name}`;
     const filters = await (await api("/filters")).json();
-    renderFilters(filters.supported ? filters.fields : {});
+    renderFilters(filters.supported ? filters.fields : {}, filters.supported ? filters.numeric || {} : {});
   } catch (err) {
     setStatus(err.message, true);
   }
 }
 
-function renderFilters(fields) {
+function renderFilters(fields, numeric) {
   const box = $("#filter-fields");
   box.replaceChildren();
+  // a numeric field: a min / max range (its values, sorted as text, would make a poor menu)
+  for (const [name, range] of Object.entries(numeric)) {
+    const group = document.createElement("span");
+    group.className = "range";
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", `${name} range`);
+    const caption = document.createElement("span");
+    caption.textContent = name;
+    group.append(caption);
+    for (const [bound, op, word] of [["min", ">=", "from"], ["max", "<=", "to"]]) {
+      const hint = document.createElement("span");
+      hint.className = "muted";
+      hint.setAttribute("aria-hidden", "true");
+      hint.textContent = word;
+      const input = document.createElement("input");
+      input.type = "number";
+      input.step = "any";
+      input.id = `filter-${name}-${bound}`;
+      input.className = "range-input";
+      input.dataset.field = name;
+      input.dataset.op = op;
+      input.placeholder = String(range[bound]);
+      input.setAttribute("aria-label", `${name} ${bound}`);
+      group.append(hint, input);
+    }
+    box.append(group);
+  }
   for (const [name, values] of Object.entries(fields)) {
+    if (name in numeric) continue;
     const id = `filter-${name}`;
     const label = document.createElement("label");
     label.htmlFor = id;
@@ -56,15 +84,21 @@ function renderFilters(fields) {
     for (const v of values) select.append(new Option(String(v), JSON.stringify(v)));
     box.append(label, select);
   }
-  $("#filters").hidden = Object.keys(fields).length === 0;
+  $("#filters").hidden = Object.keys(fields).length === 0 && Object.keys(numeric).length === 0;
 }
 
 function currentFilters() {
-  const out = {};
+  // [field, op, value] triples: several conditions may name one field (a range)
+  const out = [];
   for (const sel of document.querySelectorAll("#filter-fields select")) {
-    if (sel.value) out[sel.dataset.field] = JSON.parse(sel.value);
+    if (sel.value) out.push([sel.dataset.field, "=", JSON.parse(sel.value)]);
   }
-  return Object.keys(out).length ? JSON.stringify(out) : null;
+  for (const input of document.querySelectorAll("#filter-fields .range-input")) {
+    if (input.value !== "" && Number.isFinite(Number(input.value))) {
+      out.push([input.dataset.field, input.dataset.op, Number(input.value)]);
+    }
+  }
+  return out.length ? JSON.stringify(out) : null;
 }
 
 // --------------------------------------------------------------------------------------- photo
@@ -83,7 +117,10 @@ function setPhoto(file) {
 }
 
 function wirePhoto() {
-  $("#photo").addEventListener("change", (e) => setPhoto(e.target.files[0] || null));
+  $("#photo").addEventListener("change", (e) => {  // choosing a photo searches, as dropping one does
+    setPhoto(e.target.files[0] || null);
+    if (state.file) search();
+  });
   $("#clear-photo").addEventListener("click", () => { setPhoto(null); $("#photo").focus(); });
   const drop = $("#drop");
   for (const type of ["dragenter", "dragover"]) {
@@ -164,6 +201,14 @@ function extraTerms() {
     }
   }
   return terms;
+}
+
+function clearAll() {  // Esc and Reset: the query and its results go together
+  resetForm();
+  for (const src of state.blobs.splice(0)) URL.revokeObjectURL(src);
+  $("#results").replaceChildren();
+  setStatus("");
+  $("#q").focus();
 }
 
 function resetForm() {
@@ -277,7 +322,7 @@ document.addEventListener("DOMContentLoaded", () => {
   wirePhoto();
   $("#add-text").addEventListener("click", () => addTerm("text"));
   $("#add-photo").addEventListener("click", () => addTerm("photo"));
-  $("#reset").addEventListener("click", () => { resetForm(); setStatus(""); $("#q").focus(); });
+  $("#reset").addEventListener("click", clearAll);
   document.addEventListener("keydown", keyboard);
   loadInfo();
 });
@@ -288,9 +333,7 @@ function keyboard(e) {
     e.preventDefault();
     $("#q").focus();
   } else if (e.key === "Escape") {
-    resetForm();
-    setStatus("");
-    $("#q").focus();
+    clearAll();
   } else if (e.altKey && (e.key === "t" || e.key === "p")) {
     e.preventDefault();
     addTerm(e.key === "t" ? "text" : "photo");
