@@ -476,3 +476,27 @@ def test_post_reload_and_watcher_pick_up_a_rebuilt_index(tmp_path, small_catalog
                 break
             asyncio.run(asyncio.sleep(0.05))
         assert now["snapshot"] != before["snapshot"] and now["items"] == 9
+
+
+def test_search_modes_paging_and_similar_to_several(client, engine):
+    """HTTP: --mode, --min-score, --sort-by/--offset pages and "more like these" answer as the engine does."""
+    r = client.post("/search", data={"text": "taxi", "k": 5, "mode": "keyword"})
+    assert r.status_code == 200 and r.json()["hits"][0]["id"] == "vehicle/taxi.webp"
+    assert client.post("/search", data={"text": "taxi", "mode": "fuzzy"}).status_code == 400
+    window = [h.id for h in engine.search(text="fruit", k=30, sort_by="title", descending=True, offset=0, window=30)]
+    pages = [client.post("/search", data={"text": "fruit", "k": 10, "sort_by": "title", "descending": "true",
+                                          "offset": o, "window": 30}).json()["hits"] for o in (0, 10, 20)]
+    assert [h["id"] for p in pages for h in p] == window
+    assert [h["rank"] for p in pages for h in p] == list(range(1, 31))
+    top = client.post("/search", data={"text": "fruit", "k": 10}).json()["hits"]
+    cut = client.post("/search", data={"text": "fruit", "k": 10, "min_score": top[2]["score"]}).json()["hits"]
+    assert [h["id"] for h in cut] == [h["id"] for h in top if h["score"] >= top[2]["score"]]
+    r = client.post("/search/similar", data={"id": ["food/lemon.webp", "food/banana.webp"],
+                                             "not_id": ["vehicle/taxi.webp"], "k": 5})
+    assert r.status_code == 200, r.text
+    assert [h["id"] for h in r.json()["hits"]] == \
+        [h.id for h in engine.search_similar(["food/lemon.webp", "food/banana.webp"], not_ids=["vehicle/taxi.webp"], k=5)]
+    missing = client.post("/search/similar", data={"id": ["food/lemon.webp", "nope.webp"]})
+    assert missing.status_code == 404 and "nope.webp" in missing.json()["detail"]
+    both = client.post("/search/similar", data={"id": ["food/lemon.webp"], "not_id": ["food/lemon.webp"]})
+    assert both.status_code == 400 and "both liked and disliked" in both.json()["detail"]

@@ -218,6 +218,15 @@ def search_router(state: ServerState) -> APIRouter:
                                                           "(default 1; negative: not)")] = None,
         text_weights: Annotated[list[float] | None, Form(description="One weight per `text`, in order "
                                                          "(default 1; negative: not)")] = None,
+        mode: Annotated[str | None, Form(description="hybrid (keyword + semantic), semantic or keyword; default: "
+                                         "hybrid when the items have titles")] = None,
+        min_score: Annotated[float | None, Form(description="Leave out hits scoring below this")] = None,
+        sort_by: Annotated[str | None, Form(description="Order the best `window` hits by score, id, title or a "
+                                            "metadata field")] = None,
+        descending: Annotated[bool, Form(description="With sort_by: largest / latest first")] = False,
+        offset: Annotated[int | None, Form(ge=0, description="Skip this many hits of the ordered window "
+                                           "(stable pages)")] = None,
+        window: Annotated[int, Form(ge=1, le=1000, description="Hits that sort_by and offset page through")] = 200,
     ) -> dict[str, Any]:
         """Search by photos and texts (multipart form): one of each, or any number, weighted, with "not"
         terms (the query algebra of README "Query algebra")."""
@@ -246,7 +255,9 @@ def search_router(state: ServerState) -> APIRouter:
                       "not_text": [(abs(w), t) for w, t in weighted_texts if w < 0] + [(1.0, t) for t in neg_texts]}
         t0 = time.perf_counter()
         with state.use() as use:
-            hits = await run_search(state, use, use.engine.search, where, k=k, image_weight=image_weight, **kwargs)
+            hits = await run_search(state, use, use.engine.search, where, k=k, image_weight=image_weight, mode=mode,
+                                    min_score=min_score, sort_by=sort_by, descending=descending, offset=offset,
+                                    window=window, **kwargs)
         return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": use.version}
 
@@ -280,6 +291,35 @@ def search_router(state: ServerState) -> APIRouter:
         t0 = time.perf_counter()
         hits = await run_search(state, use, by_item, where, engine.search_similar, k=k, text=text,
                                 image_weight=image_weight)
+        return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                "snapshot": use.version}
+
+    @router.post("/search/similar", response_model=SearchResponse,
+                 responses={**ERRORS, 404: {"description": "No such item"}}, tags=["search"])
+    async def search_similar(
+        ids: Annotated[list[str], Form(alias="id", description="An item the results should resemble; repeatable")],
+        not_id: Annotated[list[str] | None, Form(description="An item the results should not resemble; "
+                                                 "repeatable")] = None,
+        text: Annotated[str | None, Form(description="Optional text to steer the results")] = None,
+        k: Annotated[int, Form(ge=1)] = 10,
+        filters: Annotated[str | None, Form(description="JSON object of metadata filters")] = None,
+    ) -> dict[str, Any]:
+        """"More like these": items resembling every `id` and none of `not_id` (a basket, a board, a history);
+        the given items are left out."""
+        text = check_query_args(cfg, text, k)
+        where = parse_filters(filters)
+        RequestBudget(cfg.max_terms, cfg.max_request_pixels).terms(len(ids) + len(not_id or []) + (text is not None))
+        t0 = time.perf_counter()
+        with state.use() as use:
+            engine = use.engine
+
+            def similar(**kw: Any) -> list[SearchHit]:
+                try:
+                    return engine.search_similar(ids, not_ids=not_id or [], **kw)
+                except ItemNotFoundError as exc:
+                    raise HTTPException(404, without_paths(str(exc))) from None
+
+            hits = await run_search(state, use, similar, where, engine.search_similar, k=k, text=text)
         return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": use.version}
 
