@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
+from .discovery import identity
 from .files import UploadRejected, probe_upload
 from .routes import check_query_args, run_search
 from .state import ServerState
@@ -44,6 +45,7 @@ def cli_router(state: ServerState) -> APIRouter:
         cur = state.current
         hits = await run_search(state, cur.engine.search, None, image=image, text=text, k=q.k,
                                 image_weight=q.image_weight, where=q.where or None)
-        return {"hits": [h.to_dict() for h in hits], "snapshot": cur.version}
+        return {"hits": [h.to_dict() for h in hits], "snapshot": cur.version,
+                "identity": identity(cur.engine.path)}  # the CLI checks it names the index it was asked for
 
     return router
