@@ -8,6 +8,7 @@ sidecar ``<stem>.txt``. A bad image never stops a run: it is skipped with a reas
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -197,7 +198,13 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
     rows = read_catalog_metadata(root)
     ids: list[str] = []
     tar_rows: dict[str, dict] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
+        rel = os.path.relpath(exc.filename, root) if exc.filename else "?"
+        why = ("its path is longer than the system allows (PATH_MAX); move it higher up"
+               if exc.errno == errno.ENAMETOOLONG else f"cannot read this folder ({exc.strerror or exc})")
+        skip(rel if len(rel) <= 300 else f"{rel[:140]}...{rel[-140:]}", f"{why}; nothing below it is indexed")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)
         for name in filenames:

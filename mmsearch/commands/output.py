@@ -29,12 +29,33 @@ def check_modes(as_json: bool, paths: bool, preview: bool) -> str:
     return modes[0] if modes else "table"
 
 
-def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty: str = "No results.") -> None:
+def check_print0(print0: bool, paths: bool, as_json: bool = False, preview: bool = False) -> bool:
+    """``--print0`` is ``--paths`` with NUL terminators; it goes with no other output mode."""
+    if print0 and (as_json or preview):
+        from ..errors import QueryError
+
+        raise QueryError("--print0 prints paths; it cannot be combined with --json or --preview")
+    return paths or print0
+
+
+def print_paths(paths: Sequence[str], err: Console, print0: bool = False) -> None:
+    """One path per line, or NUL-terminated with ``print0`` (``xargs -0``): a name may hold a newline."""
+    if print0:
+        sys.stdout.write("".join(f"{p}\0" for p in paths))
+        return
+    if any("\n" in p or "\r" in p for p in paths):
+        err.print("[yellow]Warning:[/] a path holds a line break and spans two lines here; use --print0 "
+                  "(with xargs -0) to keep it whole", highlight=False)
+    sys.stdout.write("".join(f"{p}\n" for p in paths))
+
+
+def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty: str = "No results.",
+               print0: bool = False) -> None:
     if mode == "json":
         print(json.dumps([hit_dict(h) for h in hits], ensure_ascii=False))
         return
     if mode == "paths":
-        sys.stdout.write("".join(f"{h.path}\n" for h in hits))
+        print_paths([h.path for h in hits], err, print0)
         return
     if not hits:
         out.print(empty)
