@@ -112,7 +112,7 @@ def test_sigterm_removes_the_discovery_file(tiny_index, tmp_path):
                              "--device", "cpu", "--reload-interval", "0"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:
-        for _ in range(1200):  # the file appears once the model is loaded and the port bound
+        for _ in range(2400):  # the file appears once the model is loaded and the port bound (2 min at most)
             if (index / discovery.FILE).exists() or proc.poll() is not None:
                 break
             time.sleep(0.05)
