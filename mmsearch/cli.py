@@ -165,6 +165,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON list of hits
                                        "metadata).")]
 PathsOpt = Annotated[bool, typer.Option("--paths", help="Print one absolute image path per line (for xargs, "
                                         "feh, cp).")]
+Print0Opt = Annotated[bool, typer.Option("--print0", help="Like --paths, each path ended by a NUL byte instead "
+                                         "of a newline (for xargs -0: a file name may hold a newline).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Show thumbnails (kitty, sixel terminals; else "
                                           "the table).")]
 
@@ -185,6 +187,7 @@ def query_cmd(
     image_weight: ImageWeightOpt = None,
     as_json: JsonOpt = False,
     paths: PathsOpt = False,
+    print0: Print0Opt = False,
     preview: PreviewOpt = False,
     batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of queries, one per line; prints "
                                                   "one JSON object per query.")] = None,
@@ -205,13 +208,13 @@ def query_cmd(
     """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
     photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:
     no model load)."""
-    from .commands.output import check_modes, print_hits
+    from .commands.output import check_modes, check_print0, print_hits
     from .commands.queryargs import describe, query_terms
     from .index.filters import parse_where
     from .search.paging import Paging, arrange
 
     try:
-        mode = check_modes(as_json, paths, preview)
+        mode = check_modes(as_json, check_print0(print0, paths, as_json, preview), preview)
         conditions = parse_where(where) if where else None  # malformed filters fail before any loading
         paging = Paging(offset, min_score, sort_by, desc, window)
         if batch is not None:
@@ -254,7 +257,8 @@ def query_cmd(
         hits = arrange(hits, k, paging)
     except MMSearchError as exc:
         raise fail(exc)
-    print_hits(hits, mode, out, err, "No results: no item matches the --where filter." if where else "No results.")
+    print_hits(hits, mode, out, err, "No results: no item matches the --where filter." if where else "No results.",
+               print0=print0)
 
 
 def ask_server(index: Path, image, text, k, image_weight, where) -> list | None:

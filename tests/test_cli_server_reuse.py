@@ -87,9 +87,51 @@ def test_serve_advertises_itself_while_running(tiny_index, monkeypatch):
     import uvicorn
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(
-        info=json.loads((tiny_index / discovery.FILE).read_text())))
-    res = runner.invoke(app, ["serve", "--index", str(tiny_index), "--port", "9013", "--device", "cpu"])
+
+    def fake_run(self, sockets=None):
+        self.started = True
+        seen.update(info=json.loads((tiny_index / discovery.FILE).read_text()), port=sockets[0].getsockname()[1])
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    res = runner.invoke(app, ["serve", "--index", str(tiny_index), "--port", "0", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert seen["info"]["url"] == "http://127.0.0.1:9013"
+    assert seen["info"]["url"] == f"http://127.0.0.1:{seen['port']}"  # --port 0: the port it got
     assert not (tiny_index / discovery.FILE).exists()
+
+
+def test_sigterm_removes_the_discovery_file(tiny_index, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    index = tmp_path / "index"
+    shutil.copytree(tiny_index, index)
+    proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "serve", "--index", str(index), "--port", "0",
+                             "--device", "cpu", "--reload-interval", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        for _ in range(2400):  # the file appears once the model is loaded and the port bound (2 min at most)
+            if (index / discovery.FILE).exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (index / discovery.FILE).exists(), proc.stderr.read().decode() if proc.poll() is not None else ""
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (index / discovery.FILE).exists()
+
+
+def test_busy_port_is_one_line_and_exit_1(tiny_index):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        res = runner.invoke(app, ["serve", "--index", str(tiny_index), "--port", str(port), "--device", "cpu"])
+    assert res.exit_code == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in res.output
+    assert "Traceback" not in res.output and res.output.strip().count("\n") <= 1

@@ -57,10 +57,28 @@ def test_cli_bad_config_file_is_an_error(tmp_path):
 
 
 def test_cli_starts_uvicorn_with_the_settings(tiny_index, tmp_path, monkeypatch):
+    import contextlib
+    import socket
+
     import uvicorn
 
+    from mmsearch.server import run
+
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+
+    @contextlib.contextmanager
+    def any_port(host, port):  # the asked-for port is recorded; the test listens on a free one
+        seen.update(host=host, port=port)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            yield sock
+
+    def fake_run(self, sockets=None):
+        self.started = True
+        seen.update(app=self.config.app)
+
+    monkeypatch.setattr(run, "listening_socket", any_port)
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     cfg = tmp_path / "serve.json"
     cfg.write_text(json.dumps({"port": 9001, "max_pending": 7, "max_text_chars": 50}))
     monkeypatch.setenv("MMSEARCH_API_KEY", "from-env")

@@ -8,10 +8,12 @@ sidecar ``<stem>.txt``. A bad image never stops a run: it is skipped with a reas
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -104,17 +106,51 @@ def _read_csv(path: Path) -> list[dict]:
 
 def read_catalog_metadata(root: Path) -> dict[str, dict]:
     """Rows of ``catalog.jsonl`` (preferred) or ``catalog.csv``, keyed by normalised relative path."""
-    for name, reader in (("catalog.jsonl", _read_jsonl), ("catalog.csv", _read_csv)):
-        path = root / name
-        if path.is_file():
-            rows = {}
-            for r in reader(path):
-                if isinstance(r.get("image"), str) and r["image"]:
-                    rows[Path(r["image"]).as_posix()] = r
-                else:
-                    log.warning("%s: a row without an image path is ignored", path)
-            return rows
-    return {}
+    name = metadata_file(root)
+    if name is None:
+        return {}
+    path = root / name
+    rows = {}
+    for r in (_read_jsonl if name.endswith(".jsonl") else _read_csv)(path):
+        if isinstance(r.get("image"), str) and r["image"]:
+            rows[Path(r["image"]).as_posix()] = r
+        else:
+            log.warning("%s: a row without an image path is ignored", path)
+    return rows
+
+
+def metadata_file(root: Path) -> str | None:
+    return next((n for n in ("catalog.jsonl", "catalog.csv") if (root / n).is_file()), None)
+
+
+def match_rows(rows: dict[str, dict], ids: Iterable[str]) -> tuple[dict[str, dict], list[str]]:
+    """({file id: its row}, keys of the rows that match no file).
+
+    A row matches the file of the same path; else the file whose path is the same in Unicode NFC (names
+    copied from macOS are decomposed, NFD); else the file whose path differs only in case, when that pairs
+    one row with one file (``A.jpg`` and ``a.jpg`` side by side are never guessed at)."""
+    ids = list(ids)
+    known = set(ids)
+    matched = {k: row for k, row in rows.items() if k in known}
+    pending = [k for k in rows if k not in known]
+    for norm in (lambda p: unicodedata.normalize("NFC", p),
+                 lambda p: unicodedata.normalize("NFC", p).casefold()):
+        files: dict[str, list[str]] = {}
+        for i in ids:
+            if i not in matched:
+                files.setdefault(norm(i), []).append(i)
+        keys: dict[str, list[str]] = {}
+        for k in pending:
+            keys.setdefault(norm(k), []).append(k)
+        still = []
+        for k in pending:
+            cands = files.get(norm(k), [])
+            if len(cands) == 1 and len(keys[norm(k)]) == 1:
+                matched[cands[0]] = rows[k]
+            else:
+                still.append(k)
+        pending = still
+    return matched, pending
 
 
 def _sidecar_title(image_path: Path) -> str:
@@ -168,7 +204,13 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
     rows = read_catalog_metadata(root)
     ids: list[str] = []
     tar_rows: dict[str, dict] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
+        rel = os.path.relpath(exc.filename, root) if exc.filename else "?"
+        why = ("its path is longer than the system allows (PATH_MAX); move it higher up"
+               if exc.errno == errno.ENAMETOOLONG else f"cannot read this folder ({exc.strerror or exc})")
+        skip(rel if len(rel) <= 300 else f"{rel[:140]}...{rel[-140:]}", f"{why}; nothing below it is indexed")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)
         if unwanted:  # --exclude patterns: a matching folder is not entered, a matching file not listed
@@ -196,6 +238,10 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
         raise CatalogError(f"catalog folder {root} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                            f"and no tar shards holding any{why}")
     ids.sort()
+    rows, unmatched = match_rows(rows, ids)
+    for key in unmatched:  # said, not dropped: the item would silently lose its title and metadata
+        skip(key, f"the {metadata_file(root)} row for this image matches no image file in the catalog (check the "
+                  f"path, its case and its folder); its title and metadata are not used")
     items = []
     for rel in ids:
         row = rows.get(rel, tar_rows.get(rel))

@@ -29,12 +29,33 @@ def check_modes(as_json: bool, paths: bool, preview: bool) -> str:
     return modes[0] if modes else "table"
 
 
-def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty: str = "No results.") -> None:
+def check_print0(print0: bool, paths: bool, as_json: bool = False, preview: bool = False) -> bool:
+    """``--print0`` is ``--paths`` with NUL terminators; it goes with no other output mode."""
+    if print0 and (as_json or preview):
+        from ..errors import QueryError
+
+        raise QueryError("--print0 prints paths; it cannot be combined with --json or --preview")
+    return paths or print0
+
+
+def print_paths(paths: Sequence[str], err: Console, print0: bool = False) -> None:
+    """One path per line, or NUL-terminated with ``print0`` (``xargs -0``): a name may hold a newline."""
+    if print0:
+        sys.stdout.write("".join(f"{p}\0" for p in paths))
+        return
+    if any("\n" in p or "\r" in p for p in paths):
+        err.print("[yellow]Warning:[/] a path holds a line break and spans two lines here; use --print0 "
+                  "(with xargs -0) to keep it whole", highlight=False)
+    sys.stdout.write("".join(f"{p}\n" for p in paths))
+
+
+def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty: str = "No results.",
+               print0: bool = False) -> None:
     if mode == "json":
         print(json.dumps([hit_dict(h) for h in hits], ensure_ascii=False))
         return
     if mode == "paths":
-        sys.stdout.write("".join(f"{h.path}\n" for h in hits))
+        print_paths([h.path for h in hits], err, print0)
         return
     if not hits:
         out.print(empty)
@@ -45,17 +66,28 @@ def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty
             out.print(preview_table(hits, image_cls))
             return
         err.print(f"[yellow]No preview:[/] {why}; showing the table.", highlight=False)
-    out.print(hits_table(hits))
+    out.print(hits_table(hits, out.width))
 
 
-def hits_table(hits: Sequence[Any]) -> Table:
+MIN_TITLE = 12  # narrower than this, the title column is left out rather than squeezed
+
+
+def hits_table(hits: Sequence[Any], width: int | None = None) -> Table:
+    """rank, score, id, title; the id is never cut (it is what `similar` and `remove` take): it keeps its
+    full width, the title wraps, and on a terminal too narrow for both the title is left out."""
+    longest = max((len(str(h.id)) for h in hits), default=2)
+    # rank (4) + score (5) + the id, plus the borders and padding of three columns (10)
+    id_fits = width is None or 4 + 5 + longest + 10 <= width
+    with_title = width is None or 4 + 5 + longest + 10 + 3 + MIN_TITLE <= width
     table = Table(title=f"{len(hits)} results", title_justify="left")
-    table.add_column("rank", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("id")
-    table.add_column("title")
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    # fold (every character shown, over two lines) only when even the id alone is wider than the terminal
+    table.add_column("id", min_width=longest if id_fits else None, no_wrap=id_fits, overflow="fold")
+    if with_title:
+        table.add_column("title", overflow="fold")
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.id, h.title)
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.id, *([h.title] if with_title else []))
     return table
 
 

@@ -43,21 +43,22 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
         text: Annotated[Optional[str], typer.Option("--text", help="A text that steers the results.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of hits.")] = False,
         paths: Annotated[bool, typer.Option("--paths", help="Print one absolute image path per line.")] = False,
+        print0: Annotated[bool, typer.Option("--print0", help="Like --paths, NUL-terminated (for xargs -0).")] = False,
         preview: Annotated[bool, typer.Option("--preview", help="Show thumbnails where the terminal can.")] = False,
         where: WhereOpt = None,
         device: DeviceOpt = "auto",
     ) -> None:
         """More like this (or these): items whose images resemble every ID and none of --not (given ids left out)."""
-        from .output import check_modes, print_hits
+        from .output import check_modes, check_print0, print_hits
 
         try:
-            mode = check_modes(as_json, paths, preview)
+            mode = check_modes(as_json, check_print0(print0, paths, as_json, preview), preview)
             engine, conditions = open_engine(index, device, where)
             hits = engine.search_similar(item_ids[0] if len(item_ids) == 1 else item_ids, text=text, k=k,
                                          where=conditions, not_ids=not_ids or ())
         except MMSearchError as exc:
             raise fail(exc)
-        print_hits(hits, mode, out, err)
+        print_hits(hits, mode, out, err, print0=print0)
 
     @app.command("list")
     def list_cmd(
@@ -66,11 +67,14 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
         as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of items (id, path, title, text, "
                                               "metadata).")] = False,
         paths: Annotated[bool, typer.Option("--paths", help="Print one absolute image path per line.")] = False,
+        print0: Annotated[bool, typer.Option("--print0", help="Like --paths, NUL-terminated (for xargs -0).")] = False,
     ) -> None:
         """List the indexed items with their metadata (all, or those matching --where)."""
         from ..search.tools import list_items
+        from .output import check_print0, print_paths
 
         try:
+            paths = check_print0(print0, paths, as_json)
             engine, conditions = open_engine(index, where=where)
             items = list_items(engine, conditions)
         except MMSearchError as exc:
@@ -78,7 +82,7 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
         if as_json:
             print(json.dumps(items, ensure_ascii=False))
         elif paths:
-            print("".join(f"{it['path']}\n" for it in items), end="")
+            print_paths([it["path"] for it in items], err, print0)
         else:
             table = Table(title=f"{len(items)} items", title_justify="left")
             for col in ("id", "title", "metadata"):

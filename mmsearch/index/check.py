@@ -23,14 +23,32 @@ class IndexCheck:
         return not self.damaged
 
 
+SQLITE_TRANSIENT = ("-journal", "-wal", "-shm")  # SQLite's own side files, not part of the snapshot
+
+
 def damaged_files(snap: Path, manifest: dict) -> list[tuple[str, str]]:
+    """Files that fail their checksum, and files the manifest's list does not vouch for: the list is
+    checked against the files present and the files the manifest uses, so editing it cannot hide one."""
+    listed = manifest["files"]
     out = []
-    for name, digest in sorted(manifest["files"].items()):
+    for name, digest in sorted(listed.items()):
         path = snap / name
         if not path.is_file():
             out.append((name, "missing"))
         elif sha256_file(path) != digest:
             out.append((name, "checksum mismatch (damaged or changed after the build)"))
+    present = sorted(p.name for p in snap.iterdir() if p.is_file()) if snap.is_dir() else []
+    for name in present:
+        if name != "manifest.json" and name not in listed and not name.endswith(SQLITE_TRANSIENT):
+            out.append((name, "not in the manifest's checksums (added after the build, or the manifest was edited)"))
+    used = {"items.sqlite"} | {str(ch[key]) for ch in manifest["channels"].values() if isinstance(ch, dict)
+                               for key in ("faiss", "embeddings", "ids", "ivfdata") if ch.get(key)}
+    ref = str(manifest["model"].get("ref", ""))
+    if ref and "/" not in ref and (snap / ref).is_file():
+        used.add(ref)  # a fine-tuned checkpoint copied into the snapshot
+    for name in sorted(n for n in used - set(listed) - set(present) if "/" not in n):
+        out.append((name, "used by the index but neither present nor in the manifest's checksums "
+                          "(was the manifest edited?)"))
     return out
 
 

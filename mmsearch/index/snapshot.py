@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 
 from .._version import __version__
-from ..errors import IndexIncompatibleError, IndexNotFoundError, MMSearchError
+from ..errors import IndexIncompatibleError, IndexNotFoundError, MMSearchError, disk_errors
 from ..fsutil import atomic_write, crash_point, fsync_dir, fsync_file, sha256_file
 from .ann import IndexSpec
 from .store import ItemStore
@@ -60,7 +60,8 @@ def writer_lock(out: Path, timeout: float = 0.0) -> Iterator[None]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MMSearchError(f"cannot create index folder {out}: {exc.strerror or exc}") from None
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    with disk_errors(f"index {out}", "the index is unchanged"):
+        fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + max(0.0, timeout)
         while True:

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from .._version import __version__
+from ..errors import disk_errors
 from ..fsutil import crash_point
 from . import ann, ondisk
 from .ann import IndexCfg, IndexSpec
@@ -109,14 +110,16 @@ def commit(out: Path, state: State | None, manifest: dict[str, Any], changes: li
     :func:`_channel_index`). A failure removes the half-written snapshot folder.
     """
     snaps = out / "snapshots"
-    snaps.mkdir(parents=True, exist_ok=True)
     tmp = snaps / f".tmp-{snapshot_name()}"
-    tmp.mkdir()
-    try:
-        return _write_snapshot(out, tmp, state, manifest, changes, removed, cfg, dims, checkpoint, next_fid, adder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_errors(f"index {out}", "the index is unchanged"):
+        snaps.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        try:
+            return _write_snapshot(out, tmp, state, manifest, changes, removed, cfg, dims, checkpoint, next_fid,
+                                   adder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _write_snapshot(out: Path, tmp: Path, state: State | None, manifest: dict[str, Any], changes: list[Change],

@@ -78,7 +78,63 @@ def export_dir(fingerprint: str) -> Path:
 
 
 def exported(fingerprint: str, towers: tuple[str, ...] = ("image", "text")) -> bool:
-    return all((export_dir(fingerprint) / f"{t}.onnx").is_file() for t in towers)
+    return all(intact(export_dir(fingerprint), t) for t in towers)
+
+
+class CacheUnwritable(ModelError):
+    """The ONNX cache cannot be written now (read-only, full, missing): torch serves, the export is retried
+    next time (no ``.failed`` marker, unlike a tower the exporter cannot trace)."""
+
+
+def io_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, its cause or context), if any: a disk, not the model, failed."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def intact(folder: Path, tower: str) -> bool:
+    """``<tower>.onnx`` exists and has the size recorded at export (``<tower>.onnx.size``; files exported
+    before that was recorded count as intact: loading them checks the rest). A truncated or foreign file is
+    removed, so the next open exports it again."""
+    path = folder / f"{tower}.onnx"
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    try:
+        recorded = int((folder / f"{tower}.onnx.size").read_text())
+    except (OSError, ValueError):
+        return True
+    if recorded == size:
+        return True
+    warn_once(f"{path} is {size} bytes, {recorded} when exported (truncated?); exporting it again")
+    discard(folder, tower)
+    return False
+
+
+def discard(folder: Path, tower: str) -> None:
+    """Remove a damaged exported tower (a read-only cache keeps it: torch serves, as before)."""
+    for name in (f"{tower}.onnx", f"{tower}.onnx.size"):
+        try:
+            (folder / name).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A cache problem is logged once per process (a server reloading every few seconds, a long build)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -89,7 +145,10 @@ def export(model: Any, towers: tuple[str, ...] = ("image", "text"), tokenizer: A
     import torch
 
     folder = export_dir(model.fingerprint())
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(folder, exc) from None
     model = model.float().eval()
     visual = bool(model.cfg.visual_channel)
 
@@ -121,10 +180,13 @@ def export(model: Any, towers: tuple[str, ...] = ("image", "text"), tokenizer: A
     }
     import warnings
 
-    _write_lean(folder, model, tokenizer)
+    try:
+        _write_lean(folder, model, tokenizer)
+    except OSError as exc:
+        raise _unwritable(folder, exc) from None
     for name in towers:
         path = folder / f"{name}.onnx"
-        if path.is_file():
+        if intact(folder, name):
             continue
         module, args, inputs, outputs, axes = jobs[name]
         tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -135,12 +197,25 @@ def export(model: Any, towers: tuple[str, ...] = ("image", "text"), tokenizer: A
                                   output_names=outputs, dynamic_axes={k: v for k, v in axes.items()
                                                                       if k in inputs + outputs},
                                   opset_version=OPSET, do_constant_folding=True)
-            os.replace(tmp, path)
+            size = tmp.stat().st_size
+            size_tmp = folder / f".{name}.size.{os.getpid()}.{threading.get_ident()}.tmp"
+            size_tmp.write_text(str(size))
+            os.replace(size_tmp, folder / f"{name}.onnx.size")  # the size first: a reader never sees the
+            os.replace(tmp, path)  # new graph with no size, at worst an old graph with the new size (re-export)
         except Exception as exc:  # an architecture the exporter cannot trace: torch keeps serving this tower
-            tmp.unlink(missing_ok=True)
+            for leftover in folder.glob(f".{name}.*{os.getpid()}.{threading.get_ident()}.tmp"):
+                leftover.unlink(missing_ok=True)
+            err = io_error(exc)
+            if err is not None:
+                raise _unwritable(folder, err) from None
             raise ModelError(f"cannot export the {name} tower to ONNX: {exc}") from exc
         log.info("exported the %s tower to %s", name, path)
     return folder
+
+
+def _unwritable(folder: Path, exc: OSError) -> CacheUnwritable:
+    return CacheUnwritable(f"cannot write the ONNX cache {folder} ({exc.strerror or exc}); using torch for "
+                           f"now (set MMSEARCH_ONNX_CACHE to a writable folder)")
 
 
 def _write_lean(folder: Path, model: Any, tokenizer: Any) -> None:
@@ -196,6 +271,41 @@ class OrtTowers:
                                                 "attention_mask": np.asarray(attention_mask, np.int64)})[0]
 
 
+def load_towers(folder: Path, towers: tuple[str, ...], threads: int | None = None,
+                export_again: Any = None) -> OrtTowers | None:
+    """Sessions for ``towers`` in ``folder``; a tower whose file does not load is removed and, when
+    ``export_again(tower)`` is given, exported once more. None when no tower loads (torch serves)."""
+    try:
+        return OrtTowers(folder, towers, threads)
+    except Exception:
+        pass
+    good = []
+    for tower in towers:
+        for attempt in (0, 1):
+            try:
+                OrtTowers(folder, (tower,), 1)
+                good.append(tower)
+                break
+            except Exception as exc:  # a damaged graph (right size, wrong bytes) or an older exporter's file
+                discard(folder, tower)
+                if attempt or export_again is None:
+                    warn_once(f"cannot load the exported {tower} tower ({exc}); it runs in torch")
+                    break
+                warn_once(f"cannot load {folder / (tower + '.onnx')} ({exc}); exporting it again")
+                try:
+                    export_again(tower)
+                except ModelError as err:
+                    warn_once(f"the {tower} tower runs in torch: {err}")
+                    break
+    if not good:
+        return None
+    try:
+        return OrtTowers(folder, tuple(good), threads)
+    except Exception as exc:
+        warn_once(f"cannot open the ONNX towers in {folder} ({exc}); using torch")
+        return None
+
+
 _FORWARDS: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, forward): one export check per model
 
 
@@ -213,11 +323,13 @@ def image_forward(model: Any, runtime: str | None = None) -> Any:
         return cached[1]
     try:
         folder = export_dir(model.fingerprint())
-        if not (folder / "image.onnx").is_file():
+        if not intact(folder, "image"):
             export(model, ("image",))
-        towers = OrtTowers(folder, ("image",))
+        towers = load_towers(folder, ("image",), export_again=lambda t: export(model, (t,)))
     except Exception as exc:  # ModelError from the exporter, or a runtime that cannot load the graph
-        log.warning("image tower stays on torch: %s", exc)
+        warn_once(f"image tower stays on torch: {exc}")
+        return None
+    if towers is None:
         return None
 
     def forward(images: "torch.Tensor") -> dict[str, "torch.Tensor"]:

@@ -20,6 +20,7 @@ Everything here is pure (no model, no index) and unit-tested in tests/test_algeb
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -32,13 +33,26 @@ _WEIGHT = re.compile(r"^(?P<w>[+-]?(?:\d+(?:\.\d*)?|\.\d+)):(?P<rest>.+)$", re.S
 _JOIN = re.compile(r"\s+([+-])\s+")
 
 
+MAX_WEIGHT = 100.0  # weights are relative: past 100:1 a term drowns the others anyway, and far beyond
+MIN_WEIGHT = 0.001  # the weighted sum overflows (1e308) or underflows to nothing (1e-300): a garbage ranking
+
+
 @dataclass(frozen=True)
 class Term:
-    """One part of a query: ``kind`` "image" (a path, bytes or PIL image) or "text", and its weight."""
+    """One part of a query: ``kind`` "image" (a path, bytes or PIL image) or "text", and its weight
+    (0, or between :data:`MIN_WEIGHT` and :data:`MAX_WEIGHT` in size; negative means "not")."""
 
     kind: str
     value: Any
     weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise QueryError(f"term weight {w!r} is not a finite number")
+        if w != 0 and not MIN_WEIGHT <= abs(w) <= MAX_WEIGHT:
+            raise QueryError(f"term weight {w:g} is out of range: give 0, or a weight between {MIN_WEIGHT:g} and "
+                             f"{MAX_WEIGHT:g} in size (weights are relative: 2:a.jpg counts twice as much)")
 
     @property
     def negative(self) -> bool:
@@ -96,13 +110,20 @@ def terms_of(image: Any = None, text: Any = None, not_image: Any = None, not_tex
         if values is None:
             continue
         for v in values if isinstance(values, (list, tuple)) and not _is_weighted(values) else [values]:
-            weight, value = (float(v[0]), v[1]) if _is_weighted(v) else (1.0, v)
+            weight, value = (_as_float(v[0]), v[1]) if _is_weighted(v) else (1.0, v)
             if kind == "text" and not (isinstance(value, str) and value.strip()):
                 if value is None or isinstance(value, str):
                     continue  # empty text counts as no text, as in a plain query
                 raise QueryError(f"a query text must be a string, got {type(value).__name__}")
             terms.append(Term(kind, value, sign * abs(weight) if sign < 0 else weight))
     return terms
+
+
+def _as_float(w: int | float) -> float:
+    try:
+        return float(w)
+    except OverflowError:  # an int past float range (10**400)
+        raise QueryError(f"term weight {w} is out of range: at most {MAX_WEIGHT:g} in size") from None
 
 
 def _is_weighted(v: Any) -> bool:

@@ -2,14 +2,18 @@
 and the photo and text of one query encoded concurrently.
 
 A tower the exporter cannot trace (e.g. the LSTM text tower of the ``tiny`` model) stays on torch: a
-marker file in the export folder records the failure, so it is not retried on every open.
+marker file in the export folder records the failure, so it is not retried on every open. A cache that
+cannot be written (read-only, full) leaves no marker: torch serves this time and the next open retries.
+A truncated or unloadable exported file is removed and exported again (models/onnx.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from ..cpus import available_cpus
@@ -43,10 +47,9 @@ def lean(fingerprint: str, runtime: str | None, device: str, load: Callable[[], 
     if parts is None:
         return None
     cfg, tokenizer = parts
-    try:
-        towers = onnx.OrtTowers(onnx.export_dir(fingerprint), threads=query_threads())
-    except Exception as exc:  # a corrupt file: the torch path re-exports or serves
-        log.warning("cannot open the exported towers (%s); loading the torch model", exc)
+    # a damaged file is removed here; the torch path (ort_towers) then exports it again
+    towers = onnx.load_towers(onnx.export_dir(fingerprint), ("image", "text"), threads=query_threads())
+    if towers is None or set(towers.sessions) != {"image", "text"}:
         return None
     model = onnx.LazyModel(cfg, load)
     return model, _LazyPreprocess(model), tokenizer, towers
@@ -73,29 +76,49 @@ def ort_towers(model: Any, fingerprint: str, runtime: str | None, device: str,
     if onnx.resolve_runtime(runtime, device) != "onnx":
         return None
     folder = onnx.export_dir(fingerprint)
-    towers = []
-    for tower in ("image", "text"):
-        failed = folder / f"{tower}.failed"
-        if failed.is_file():
-            continue
-        if not (folder / f"{tower}.onnx").is_file():
-            if model is None:
-                continue
-            try:
-                onnx.export(model, (tower,), tokenizer)
-            except ModelError as exc:
-                log.warning("%s; this tower runs in torch", exc)
-                folder.mkdir(parents=True, exist_ok=True)
-                failed.write_text(str(exc)[:2000])
-                continue
-        towers.append(tower)
+
+    def export(tower: str) -> bool:
+        if model is None:
+            return False
+        try:
+            onnx.export(model, (tower,), tokenizer)
+            return True
+        except onnx.CacheUnwritable as exc:  # retried by the next open
+            onnx.warn_once(str(exc))
+        except ModelError as exc:  # the exporter cannot trace it: the same next time
+            onnx.warn_once(f"{exc}; this tower runs in torch")
+            with contextlib.suppress(OSError):
+                (folder / f"{tower}.failed").write_text(json.dumps({"v": MARKER_VERSION, "error": str(exc)[:2000]}))
+        return False
+
+    towers = [t for t in ("image", "text") if not gave_up(folder, t) and (onnx.intact(folder, t) or export(t))]
     if not towers:
         return None
+
+    def export_again(tower: str) -> None:
+        if not export(tower):
+            raise ModelError(f"the {tower} tower could not be exported again")
+
+    return onnx.load_towers(folder, tuple(towers), threads=query_threads(), export_again=export_again)
+
+
+MARKER_VERSION = 2  # markers of older versions were written for full disks too: those are retried once
+
+
+def gave_up(folder: Path, tower: str) -> bool:
+    """Whether a ``<tower>.failed`` marker says the exporter cannot trace this tower."""
+    marker = folder / f"{tower}.failed"
     try:
-        return onnx.OrtTowers(folder, tuple(towers), threads=query_threads())
-    except Exception as exc:  # a corrupt or foreign file: torch answers instead
-        log.warning("cannot open the ONNX towers in %s (%s); using torch", folder, exc)
-        return None
+        info = json.loads(marker.read_text())
+        if isinstance(info, dict) and info.get("v") == MARKER_VERSION:
+            return True
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        pass
+    with contextlib.suppress(OSError):
+        marker.unlink()
+    return False
 
 
 def concurrent_towers() -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from ..errors import MMSearchError
+from ..errors import MMSearchError, disk_errors
 from ..index.filters import WhereSpec
 
 if TYPE_CHECKING:
@@ -56,6 +56,11 @@ def _vectors(engine: "SearchEngine", channel: str, fids: np.ndarray) -> tuple[np
 def export_index(engine: "SearchEngine", out: str | Path, where: WhereSpec = None) -> Path:
     """Write the items (or those matching ``where``) and their embeddings to ``out`` (see module doc)."""
     out = Path(out)
+    with disk_errors(f"the export {out}", "remove what was written and run the export again"):
+        return _write_export(engine, out, where)
+
+
+def _write_export(engine: "SearchEngine", out: Path, where: WhereSpec) -> Path:
     rows = _rows(engine, where)
     fids = np.array([r["fid"] for r in rows], np.int64)
     _, emb = _vectors(engine, "image", fids)

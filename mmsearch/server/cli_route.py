@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
+from .discovery import identity
 from .files import UploadRejected, probe_upload
 from .limits import RequestBudget
 from .routes import check_query_args, run_search
@@ -56,6 +57,7 @@ def cli_router(state: ServerState) -> APIRouter:
         with state.use() as use:  # the lease: a reload cannot close the store under this search
             hits = await run_search(state, use, use.engine.search, None, image=image, text=text, k=q.k,
                                     image_weight=q.image_weight, where=q.where or None)
-        return {"hits": [h.to_dict() for h in hits], "snapshot": use.version}
+            ident = identity(use.engine.path)  # the CLI checks it names the index it was asked for
+        return {"hits": [h.to_dict() for h in hits], "snapshot": use.version, "identity": ident}
 
     return router

@@ -19,6 +19,7 @@ from ..search.engine import SearchHit
 from .config import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
 from .limits import RequestBudget
+from .paths import ITEM_PATH  # noqa: F401  (registers the {item_id:itempath} convertor)
 from .state import ServerState, Use, filter_kwarg
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def search_router(state: ServerState) -> APIRouter:
         return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": use.version}
 
-    @router.post("/search/by-item/{item_id:path}", response_model=SearchResponse,
+    @router.post("/search/by-item/{item_id:itempath}", response_model=SearchResponse,
                  responses={**ERRORS, 404: {"description": "No such item"}}, tags=["search"])
     async def search_by_item(
         item_id: str,
@@ -365,7 +366,7 @@ def items_router(state: ServerState) -> APIRouter:
             raise HTTPException(404, "no such item")
         return path, state.thumbs.etag(path)
 
-    @router.get("/items/{item_id:path}/thumbnail", tags=["items"],
+    @router.get("/items/{item_id:itempath}/thumbnail", tags=["items"],
                 responses={200: {"content": {"image/webp": {}}, "description": "WebP thumbnail"},
                          304: {"description": "Not modified (If-None-Match)"}, 404: {"description": "No such item"}})
     async def thumbnail(item_id: str, request: Request) -> Response:
@@ -384,7 +385,7 @@ def items_router(state: ServerState) -> APIRouter:
             raise HTTPException(404, "the item's image can no longer be read") from None
         return Response(data, media_type="image/webp", headers=headers)
 
-    @router.get("/items/{item_id:path}", response_model=Item, tags=["items"],
+    @router.get("/items/{item_id:itempath}", response_model=Item, tags=["items"],
                 responses={404: {"description": "No such item"}})
     def item(item_id: str) -> dict[str, Any]:
         """An item's title, text and metadata."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import logging
+import signal
+import socket
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import ServeError
 from .config import ServeCfg
@@ -59,14 +64,69 @@ def serve(index: str | Path = "index", cfg: ServeCfg | None = None, device: str 
 
     cfg = cfg or ServeCfg()
     check_bind(cfg)  # before the (slow) model load, so a refused address fails at once
-    engine = SearchEngine.open(index, device=device)
-    app = guarded_app(create_app(engine, cfg), cfg)
-    log.info("serving %d items from %s on http://%s:%d", len(engine), engine.snapshot, cfg.host, cfg.port)
-    from .discovery import advertise
+    with listening_socket(cfg.host, cfg.port) as sock:  # a busy port, too
+        port = sock.getsockname()[1]
+        engine = SearchEngine.open(index, device=device)
+        app = guarded_app(create_app(engine, cfg), cfg)
+        log.info("serving %d items from %s on http://%s:%d", len(engine), engine.snapshot, cfg.host, port)
+        from .discovery import advertise
 
-    with advertise(index, cfg.host, cfg.port):  # `mmsearch query` on this index asks this server
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, server_header=False,
-                    **uvicorn_options(cfg))
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, server_header=False,
+                                               **uvicorn_options(cfg)))
+        # `mmsearch query` on this index asks this server; the file goes on SIGINT and SIGTERM alike
+        with terminate_as_exit(), advertise(index, cfg.host, port):
+            server.run(sockets=[sock])
+        if not server.started:
+            raise ServeError(f"the server on {cfg.host}:{port} did not start (see the log above)")
+
+
+@contextlib.contextmanager
+def listening_socket(host: str, port: int) -> Iterator[socket.socket]:
+    """A socket bound to ``host:port`` (uvicorn listens on it), or one line saying why not."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServeError(f"cannot listen on {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is already in use (another server?); stop it or pick "
+                             f"another with --port") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    with sock:
+        yield sock
+
+
+class Terminated(SystemExit):
+    """SIGTERM, turned into an exception so that ``finally`` blocks (the discovery file) run."""
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (exit 0) in the block instead of killing the process outright.
+
+    uvicorn handles SIGTERM itself while serving (a graceful shutdown), then restores this handler and
+    raises the signal again, which lands here: the exception unwinds through ``advertise``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(0)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Terminated:
+        log.info("stopped by SIGTERM")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def guarded_app(app: Any, cfg: ServeCfg) -> Any:
