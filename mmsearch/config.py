@@ -141,7 +141,7 @@ class RankingCfg:
     exact_filter_max: int = 4096
     filter_strategy: str = "auto"
     overfetch_from: float = 0.3
-    keyword_weight: float = 0.2
+    keyword_weight: float = 0.5
     keyword_candidates: int = 100
 
 
