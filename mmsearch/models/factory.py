@@ -67,21 +67,39 @@ def bridge_prompts(templates: tuple[str, ...] | list[str], synonyms: bool = Fals
     return out
 
 
+CLASS_EMB_SCHEME = "imagenet-text-v2"  # bump when the way class embeddings are computed changes
+
+
+def class_embedding_key(per_class: list[list[str]], backbone: str) -> str:
+    """What the class-name embeddings are a function of: the prompts of every class, the text backbone
+    (a packaged, pinned MiniLM) and how they are combined. The shipped file and the cache are named by it."""
+    if all(len(ps) == 1 for ps in per_class):
+        key_text = "\n".join(ps[0] for ps in per_class)
+    else:
+        key_text = "\n".join("\t".join(ps) for ps in per_class)
+    return hashlib.sha256(f"{CLASS_EMB_SCHEME}\n{backbone}\n{key_text}".encode()).hexdigest()[:16]
+
+
 def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, template: str,
                                    templates: tuple[str, ...] = (), synonyms: bool = False) -> torch.Tensor:
     """(1000, D) unit text embeddings of "a photo of a {class name}." for the ImageNet-1k classes; with
     ``templates`` / ``synonyms``, the normalised mean over a prompt ensemble per class.
 
-    Computed once per (prompts, text tower) and cached under ``$MMSEARCH_CACHE`` (default
-    ``~/.cache/mmsearch``); the cache is only an accelerator and is rebuilt when missing or damaged.
+    A deterministic function of the prompts and the text backbone, so the package ships them for its
+    built-in configs (``mmsearch/models/weights/imagenet_text_<key>.npy``, float16, written by
+    ``python -m mmsearch.models.shipped --write``); other prompts are computed once (a progress bar on a
+    terminal: minutes on a CPU) and cached under ``$MMSEARCH_CACHE`` (default ``~/.cache/mmsearch``). The
+    cache is only an accelerator and is rebuilt when missing or damaged.
     """
+    from . import shipped
+    from ..progress import bar
+
     per_class = bridge_prompts(tuple(templates) or (template,), synonyms)
+    key = class_embedding_key(per_class, text_tower.cfg.backbone)
+    packaged = shipped.class_embeddings(key, len(per_class))
+    if packaged is not None:
+        return torch.from_numpy(packaged.astype("float32"))
     prompts = [p for ps in per_class for p in ps]
-    if not templates and not synonyms:  # the single-template cache key of earlier versions
-        key_text = "\n".join(prompts)
-    else:
-        key_text = "\n".join("\t".join(ps) for ps in per_class)
-    key = hashlib.sha256((key_text + text_tower.cfg.backbone + __version__).encode()).hexdigest()[:16]
     path = cache_dir() / f"imagenet_text_{key}.pt"
     if path.exists():
         try:
@@ -90,11 +108,18 @@ def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, 
                 return emb
         except Exception as exc:  # a damaged cache file is rebuilt, never fatal
             log.warning("ignoring unreadable cache %s: %s", path, exc)
+    log.info("computing the class-name embeddings of %d prompts (once; cached in %s)", len(prompts), path)
+    progress = bar(len(prompts), "class-name embeddings (first use, once)", unit="prompt")
+    parts = []
     with torch.inference_mode():
-        emb = torch.cat([l2n(text_tower(tokenizer(prompts[i:i + 128]))) for i in range(0, len(prompts), 128)])
+        for i in range(0, len(prompts), 128):
+            parts.append(l2n(text_tower(tokenizer(prompts[i:i + 128]))))
+            progress.update(len(prompts[i:i + 128]))
+        emb = torch.cat(parts)
         if len(prompts) != len(per_class):  # ensemble: mean of each class's unit prompt embeddings, renormalised
             owner = torch.tensor([c for c, ps in enumerate(per_class) for _ in ps])
             emb = l2n(torch.zeros(len(per_class), emb.shape[1]).index_add_(0, owner, emb))
+    progress.close()
     emb = emb.clone()  # a plain tensor (not an inference tensor) for the buffer
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,13 +264,16 @@ def create_model(name_or_path: str | Path = "default", device: str | torch.devic
         ...     model.encode_text(tokenizer(["red shoes"])).shape
         torch.Size([1, 64])
     """
+    from ..progress import slow_step
+
     dev = resolve_device(device)
     name = str(name_or_path)
-    if name in list_models():
-        model, tokenizer = build_named_model(name)
-    elif Path(name).is_file():
-        model, tokenizer, _ = load_checkpoint(name)
-    else:
-        raise ModelError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
-    model.to(dev).eval()
+    with slow_step(f"loading the model {Path(name).name}"):
+        if name in list_models():
+            model, tokenizer = build_named_model(name)
+        elif Path(name).is_file():
+            model, tokenizer, _ = load_checkpoint(name)
+        else:
+            raise ModelError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
+        model.to(dev).eval()
     return model, image_preprocess(model.cfg.image), tokenizer
