@@ -87,12 +87,14 @@ def index_cmd(
     Under torchrun (`torchrun --nproc-per-node N -m mmsearch index ...`) the ranks share the encoding
     and rank 0 writes the one index.
     """
-    from .dist.env import DistEnv
-    from .encode.pipeline import EncodeCfg
+    import os
+
+    from .encode.config import EncodeCfg
     from .index.build import build_index, index_model
 
     try:
-        if DistEnv.from_env().is_distributed:
+        # torch (dist.env) only under torchrun: a plain update that finds nothing to do never imports it
+        if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and _dist_env().is_distributed:
             return index_distributed(catalog, out_dir, model or index_model(out_dir), batch_size, workers, device,
                                      index_cfg(index_type, max_memory), rebuild, wait, shard_size)
         report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
@@ -102,6 +104,12 @@ def index_cmd(
     except MMSearchError as exc:
         raise fail(exc)
     print_build_report(report)
+
+
+def _dist_env():
+    from .dist.env import DistEnv
+
+    return DistEnv.from_env()
 
 
 def print_build_report(report) -> None:

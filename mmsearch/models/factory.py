@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from importlib import resources
@@ -20,6 +19,7 @@ from ..errors import ModelError
 from ..fsutil import atomic_write
 from .dual_encoder import DualEncoder
 from .preprocess import PilPreprocess
+from .classnames import bridge_prompts, class_embedding_key  # noqa: F401  (re-exported)
 from .registry import list_models
 from .tokenizer import HFTokenizer, WordTokenizer
 
@@ -52,32 +52,6 @@ def image_preprocess(cfg: ImageTowerCfg) -> Preprocess:
 def cache_dir() -> Path:
     root = os.environ.get("MMSEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mmsearch")
     return Path(root)
-
-
-def bridge_prompts(templates: tuple[str, ...] | list[str], synonyms: bool = False) -> list[list[str]]:
-    """Per ImageNet-1k class, the prompts whose mean embedding stands for it: every template filled with the
-    class's first name (or, with ``synonyms``, with each of its comma-separated WordNet synonyms)."""
-    import timm.data
-
-    out = []
-    for desc in timm.data.ImageNetInfo().label_descriptions():
-        names = [n.strip() for n in desc.split(",") if n.strip()]
-        names = list(dict.fromkeys(names if synonyms else names[:1]))
-        out.append(list(dict.fromkeys(t.format(n) for t in templates for n in names)))
-    return out
-
-
-CLASS_EMB_SCHEME = "imagenet-text-v2"  # bump when the way class embeddings are computed changes
-
-
-def class_embedding_key(per_class: list[list[str]], backbone: str) -> str:
-    """What the class-name embeddings are a function of: the prompts of every class, the text backbone
-    (a packaged, pinned MiniLM) and how they are combined. The shipped file and the cache are named by it."""
-    if all(len(ps) == 1 for ps in per_class):
-        key_text = "\n".join(ps[0] for ps in per_class)
-    else:
-        key_text = "\n".join("\t".join(ps) for ps in per_class)
-    return hashlib.sha256(f"{CLASS_EMB_SCHEME}\n{backbone}\n{key_text}".encode()).hexdigest()[:16]
 
 
 def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, template: str,

@@ -1,7 +1,7 @@
 """Artifacts the package ships so that a first run computes nothing it could have been given.
 
 - ``weights/imagenet_text_<key>.npy``: the ImageNet class-name embeddings of every built-in config with a
-  bridge head, float16 (1000, D), named by :func:`mmsearch.models.factory.class_embedding_key` (a hash of
+  bridge head, float16 (1000, D), named by :func:`mmsearch.models.classnames.class_embedding_key` (a hash of
   the prompts and the text backbone). Without it a fresh cache spends minutes computing them.
 
 They are a deterministic function of the configs (templates, synonyms), the packaged backbones and the
@@ -68,7 +68,7 @@ def bridge_models() -> list[str]:
 
 def class_embedding_keys() -> dict[str, str]:
     """config name -> the key of the class-name embeddings it needs (imports timm for the class names)."""
-    from .factory import bridge_prompts, class_embedding_key
+    from .classnames import bridge_prompts, class_embedding_key
 
     keys = {}
     for name in bridge_models():
@@ -84,8 +84,8 @@ def compute_class_embeddings(name: str, classes: list[int] | None = None) -> np.
     ``classes`` only when given: the test recomputes a few). float32 (n, D)."""
     import torch
 
+    from .classnames import bridge_prompts
     from .encoders import TextTower, l2n, minilm_path
-    from .factory import bridge_prompts
     from .tokenizer import HFTokenizer
 
     cfg = builtin_config(name)
