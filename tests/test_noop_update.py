@@ -96,7 +96,10 @@ def test_changed_file_is_encoded_again(small_catalog, tmp_path, cache):
     assert (report.encoded, report.updated) == (1, 1)
 
 
-def test_a_wrong_fingerprint_record_is_corrected_not_trusted(small_catalog, tmp_path, cache):
+def test_a_wrong_fingerprint_record_is_corrected_not_trusted(small_catalog, tmp_path, cache, monkeypatch):
+    from mmsearch.models import known
+
+    monkeypatch.setattr(known, "shipped_records_path", lambda: tmp_path / "no-shipped-records.json")
     out = tmp_path / "index"
     build_index(small_catalog, out=out, **TINY)
     records = json.loads((cache / "fingerprints.json").read_text())
@@ -115,3 +118,17 @@ def test_statcache_is_only_a_cache(small_catalog, tmp_path, cache):
     assert build_index(small_catalog, out=out, **TINY).unchanged == 12
     assert json.loads((out / ".filestat.json").read_text())["version"] == 1
     assert build_mod.ENCODE_DIR  # the build's other side files are unaffected
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
+    import mmsearch.cli as cli
+
+    def no_torch():
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(cli, "app", no_torch)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.strip() == ("Error: this needs PyTorch (torch is not installed): "
+                                               "pip install 'mmsearch[torch]'")

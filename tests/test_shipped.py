@@ -70,3 +70,44 @@ def test_other_prompts_are_not_answered_by_the_shipped_file(tmp_path, monkeypatc
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+# ------------------------------------------------------------------------------------ ONNX graphs
+def test_every_builtin_model_has_a_current_fingerprint_record_and_graphs():
+    problems = shipped.stale_models()
+    assert not problems, "shipped models are stale; run `" + shipped.REGENERATE + "`:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", ["default", "bridge"])
+def test_shipped_graphs_compute_what_the_checkpoint_computes(name, sample_catalog):
+    torch = pytest.importorskip("torch")
+    from mmsearch.models import graphs, known
+    from mmsearch.models.factory import create_model
+    from mmsearch.models.onnx import normalize_u8, tokenize_numpy
+    from mmsearch.encode.lean import _decode
+
+    model, _, tokenizer = create_model(name, device="cpu")
+    fp = model.fingerprint()
+    assert known.lookup(name).fingerprint == fp, f"stale fingerprint record: run `{shipped.REGENERATE}`"
+    entry = graphs.entry_for(fp)
+    assert entry is not None, f"no shipped graphs for {name} ({fp}): run `{shipped.REGENERATE}`"
+    towers = graphs.ShippedTowers(entry, threads=1)
+    icfg = model.cfg.image
+    paths = [sample_catalog / p for p in ("clothing/running_shoe.webp", "vehicle/taxi.webp", "food/lemon.webp")]
+    u8 = np.stack([_decode(str(p), icfg) for p in paths])
+    x = normalize_u8(u8, icfg.mean, icfg.std)
+    got = towers.image_channels(x)
+    with torch.inference_mode():
+        want = model.encode_image_channels(torch.from_numpy(x))
+    for ch in want:  # float16 weights, float32 arithmetic
+        cos = (got[ch] * want[ch].numpy()).sum(1)
+        assert cos.min() > 0.9999, (name, ch, cos)
+    texts = ["red shoes", "a yellow taxi in the city", "lemon"]
+    tok = graphs.tokenizer_for(entry)
+    ids, mask = tokenize_numpy(tok, texts)
+    ref_ids = tokenizer(texts)["input_ids"].numpy()
+    assert (ids == ref_ids).all()  # the shipped tokenizer files are MiniLM's
+    with torch.inference_mode():
+        want_t = model.encode_text(tokenizer(texts)).numpy()
+    cos = (towers.text(ids, mask) * want_t).sum(1)
+    assert cos.min() > 0.9999, cos

@@ -75,9 +75,18 @@ def encode_update(plan: UpdatePlan, ctx: UpdateContext, batch_size: int | None, 
                   progress: bool, cfg: EncodeCfg | None = None, chunks: Path | None = None) -> Embeddings:
     """:func:`encode_plan` for a lazy context: nothing to encode loads nothing; otherwise the model is
     loaded (:class:`StaleRecord` when its recorded fingerprint was wrong: plan again)."""
-    if not plan.images and not plan.texts({}):
+    need = tuple(t for t, todo in (("image", plan.images), ("text", plan.texts({}))) if todo)
+    if not need:
         return Embeddings()
     model = ctx.model
+    if isinstance(model, ModelHandle) and not model.is_loaded and (cfg is None or not cfg.compile):
+        from ..encode import lean  # the model's ONNX graphs, no torch: opens only the towers the plan needs
+
+        towers = lean.open_towers(model.fingerprint(), model.device, need)
+        if towers is not None:
+            log.info("encoding with the %s ONNX graphs (%s) of model %s", towers.source, "+".join(need),
+                     model.fingerprint())
+            return encode_plan_lean(plan, towers, model.cfg, batch_size or 32, num_workers, progress)
     if isinstance(model, ModelHandle):
         model, ctx.preprocess, ctx.tokenizer = model.load()
     return encode_plan(plan, model, ctx.preprocess, ctx.tokenizer, batch_size, num_workers, progress, cfg=cfg,
@@ -104,6 +113,25 @@ def encode_plan(plan: UpdatePlan, model, preprocess, tokenizer, batch_size: int 
     if texts:
         vecs = encode_texts(model, tokenizer, [t for _, t in texts],
                             progress=progress if text_progress is None else text_progress)
+        emb.texts.update((iid, v) for (iid, _), v in zip(texts, vecs))
+    return emb
+
+
+def encode_plan_lean(plan: UpdatePlan, towers: Any, cfg: Any, batch_size: int, num_workers: int | None,
+                     progress: bool) -> Embeddings:
+    """:func:`encode_plan` with onnxruntime graphs (``encode/lean.py``) instead of the torch model."""
+    from ..encode import lean
+
+    todo = plan.images
+    emb = Embeddings()
+    if todo:
+        out = lean.encode_images(towers, cfg.image, [it.path for it in todo], batch_size, num_workers, progress)
+        for r, pos in enumerate(out.ok):
+            emb.images[todo[pos].id] = {name: vecs[r] for name, vecs in out.channels.items()}
+        emb.failed.update((todo[pos].id, reason) for pos, reason in out.failed)
+    texts = plan.texts(emb.failed)
+    if texts:
+        vecs = lean.encode_texts(towers, [t for _, t in texts])
         emb.texts.update((iid, v) for (iid, _), v in zip(texts, vecs))
     return emb
 

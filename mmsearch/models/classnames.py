@@ -4,6 +4,14 @@ are stored under (models/shipped.py ships them; models/factory.py computes other
 from __future__ import annotations
 
 import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .registry import weights_dir
+
+log = logging.getLogger(__name__)
 
 
 def bridge_prompts(templates: tuple[str, ...] | list[str], synonyms: bool = False) -> list[list[str]]:
@@ -30,3 +38,21 @@ def class_embedding_key(per_class: list[list[str]], backbone: str) -> str:
     else:
         key_text = "\n".join("\t".join(ps) for ps in per_class)
     return hashlib.sha256(f"{CLASS_EMB_SCHEME}\n{backbone}\n{key_text}".encode()).hexdigest()[:16]
+
+
+def class_embeddings_path(key: str) -> Path:
+    return weights_dir() / f"imagenet_text_{key}.npy"
+
+
+def class_embeddings(key: str, n_classes: int) -> np.ndarray | None:
+    """The shipped (n_classes, D) float16 class-name embeddings named ``key``, or None (not shipped, or
+    not readable: the caller computes them)."""
+    path = class_embeddings_path(key)
+    if not path.is_file():
+        return None
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the shipped class-name embeddings %s: %s", path, exc)
+        return None
+    return emb if emb.ndim == 2 and emb.shape[0] == n_classes else None

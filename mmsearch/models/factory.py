@@ -65,12 +65,12 @@ def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, 
     terminal: minutes on a CPU) and cached under ``$MMSEARCH_CACHE`` (default ``~/.cache/mmsearch``). The
     cache is only an accelerator and is rebuilt when missing or damaged.
     """
-    from . import shipped
     from ..progress import bar
+    from .classnames import class_embeddings
 
     per_class = bridge_prompts(tuple(templates) or (template,), synonyms)
     key = class_embedding_key(per_class, text_tower.cfg.backbone)
-    packaged = shipped.class_embeddings(key, len(per_class))
+    packaged = class_embeddings(key, len(per_class))
     if packaged is not None:
         return torch.from_numpy(packaged.astype("float32"))
     prompts = [p for ps in per_class for p in ps]

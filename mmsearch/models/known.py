@@ -79,7 +79,7 @@ def source_key(model_ref: str | Path) -> str | None:
     return h.hexdigest()[:32]
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_records(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
@@ -93,7 +93,7 @@ def lookup(model_ref: str | Path) -> Known | None:
     if key is None:
         return None
     for path in (shipped_records_path(), cache_home() / "fingerprints.json"):
-        entry = _read(path).get(key)
+        entry = read_records(path).get(key)
         if entry is not None:
             try:
                 return Known.from_json(entry)
@@ -116,7 +116,7 @@ def remember(model_ref: str | Path, known: Known, path: Path | None = None) -> N
     if key is None:
         return
     path = path or cache_home() / "fingerprints.json"
-    data = _read(path)
+    data = read_records(path)
     if data.get(key) == known.to_json():
         return
     data[key] = known.to_json()

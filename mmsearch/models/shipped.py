@@ -4,6 +4,11 @@
   bridge head, float16 (1000, D), named by :func:`mmsearch.models.classnames.class_embedding_key` (a hash of
   the prompts and the text backbone). Without it a fresh cache spends minutes computing them.
 
+- ``weights/fingerprints.json``: each built-in model's fingerprint, config and widths, by the hash of its
+  sources (``models/known.py``): an update that finds nothing to do never loads the model to learn them.
+- ``weights/onnx/`` + ``weights/tokenizers/``: the built-in models as ONNX graphs (``models/graphs.py``),
+  what indexing and searching run without torch.
+
 They are a deterministic function of the configs (templates, synonyms), the packaged backbones and the
 checkpoints in ``weights/``. After changing any of these, regenerate them with ONE command::
 
@@ -25,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelCfg
-from .registry import list_models
+from .classnames import class_embeddings, class_embeddings_path  # noqa: F401  (re-exported)
+from .registry import list_models, weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,7 @@ BRIDGE_HEADS = ("imagenet_bridge", "bridge_residual")
 
 def shipped_dir() -> Path:
     """``mmsearch/models/weights/`` inside the package (also where built-in checkpoints live)."""
-    return Path(str(resources.files("mmsearch.models") / "weights"))
+    return weights_dir()
 
 
 def builtin_config(name: str) -> ModelCfg:
@@ -43,24 +49,6 @@ def builtin_config(name: str) -> ModelCfg:
 
 
 # ------------------------------------------------------------------------------- class-name embeddings
-def class_embeddings_path(key: str) -> Path:
-    return shipped_dir() / f"imagenet_text_{key}.npy"
-
-
-def class_embeddings(key: str, n_classes: int) -> np.ndarray | None:
-    """The shipped (n_classes, D) float16 class-name embeddings named ``key``, or None (not shipped, or
-    not readable: the caller computes them)."""
-    path = class_embeddings_path(key)
-    if not path.is_file():
-        return None
-    try:
-        emb = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring the shipped class-name embeddings %s: %s", path, exc)
-        return None
-    return emb if emb.ndim == 2 and emb.shape[0] == n_classes else None
-
-
 def bridge_models() -> list[str]:
     """Built-in configs whose image head needs the class-name embeddings."""
     return [n for n in list_models() if builtin_config(n).image.head in BRIDGE_HEADS]
@@ -127,9 +115,72 @@ def write_class_embeddings() -> list[Path]:
     return written
 
 
+# ------------------------------------------------------------------------ fingerprints and graphs
+def exportable(name: str) -> bool:
+    """Built-ins whose towers have ONNX graphs (the tiny model's LSTM text tower does not export)."""
+    cfg = builtin_config(name)
+    return cfg.text.backbone == "minilm" and cfg.image.backbone == "efficientnet_lite0"
+
+
+def write_models() -> None:
+    """(Re)write fingerprints.json, the graphs and the tokenizer files of every built-in model."""
+    import json
+    import shutil
+
+    from ..fsutil import atomic_write
+    from . import graphs, known
+    from .encoders import minilm_path
+    from .factory import create_model
+
+    records: dict[str, dict] = {}
+    entries: dict[str, dict] = {}
+    for name in list_models():
+        model, _, _ = create_model(name, device="cpu")
+        records[str(known.source_key(name))] = known.describe(model).to_json()
+        if exportable(name):
+            print(f"{name}: exporting its ONNX graphs", file=sys.stderr)
+            entries[name] = graphs.export_model(model, name)
+    atomic_write(known.shipped_records_path(), json.dumps(records, indent=1, sort_keys=True) + "\n", durable=False)
+    folder = graphs.graphs_dir()
+    atomic_write(folder / "models.json", json.dumps(entries, indent=1, sort_keys=True) + "\n", durable=False)
+    used = {f"{g}.onnx" for e in entries.values() for g in e["graphs"].values()}
+    for old in folder.glob("*.onnx"):
+        if old.name not in used:
+            old.unlink()
+            print(f"removed the stale graph {old.name}", file=sys.stderr)
+    tok = shipped_dir() / "tokenizers" / "minilm"
+    tok.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(minilm_path()) / "tokenizer.json", tok / "tokenizer.json")
+
+
+def stale_models() -> list[str]:
+    """Built-in models whose shipped fingerprint record or graphs do not match their config and weights."""
+    from . import graphs, known
+
+    out = []
+    entries = graphs.read_models()
+    records = known.read_records(known.shipped_records_path())
+    for name in list_models():
+        raw = records.get(known.source_key(name) or "")
+        rec = known.Known.from_json(raw) if raw else None
+        if rec is None:
+            out.append(f"{name}: no shipped fingerprint record for its config and weights")
+            continue
+        if not exportable(name):
+            continue
+        entry = entries.get(name)
+        if entry is None or entry.get("fingerprint") != rec.fingerprint:
+            out.append(f"{name}: its shipped ONNX graphs are not those of fingerprint {rec.fingerprint}")
+        elif graphs.entry_for(rec.fingerprint) is None:
+            out.append(f"{name}: a graph file of its shipped ONNX graphs is missing")
+    if not (shipped_dir() / "tokenizers" / "minilm" / "tokenizer.json").is_file():
+        out.append("the MiniLM tokenizer files are not shipped")
+    return out
+
+
 def stale() -> list[str]:
     """What ``--write`` would change, one line each (empty: everything shipped is current)."""
-    out = []
+    out = stale_models()
     keys = class_embedding_keys()
     for name, key in keys.items():
         if not class_embeddings_path(key).is_file():
@@ -147,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.write:
         write_class_embeddings()
+        write_models()
     problems = stale()
     for line in problems:
         print(line)

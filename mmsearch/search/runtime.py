@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from ..cpus import available_cpus
 from ..errors import ModelError
-from ..models import onnx
+from ..models import graphs, onnx
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,18 @@ def lean(fingerprint: str, runtime: str | None, device: str, load: Callable[[], 
     if onnx.resolve_runtime(runtime, device) != "onnx":
         return None
     parts = onnx.lean_parts(fingerprint)
-    if parts is None:
+    entry = graphs.entry_for(fingerprint) if parts is None else None  # a built-in model: its shipped graphs
+    if parts is None and entry is None:
         return None
-    cfg, tokenizer = parts
     try:
-        towers = onnx.OrtTowers(onnx.export_dir(fingerprint), threads=query_threads())
+        if entry is not None:
+            from ..config import ModelCfg, from_dict
+
+            cfg, tokenizer = from_dict(ModelCfg, entry["cfg"]), graphs.tokenizer_for(entry)
+            towers: Any = graphs.ShippedTowers(entry, threads=query_threads())
+        else:
+            cfg, tokenizer = parts
+            towers = onnx.OrtTowers(onnx.export_dir(fingerprint), threads=query_threads())
     except Exception as exc:  # a corrupt file: the torch path re-exports or serves
         log.warning("cannot open the exported towers (%s); loading the torch model", exc)
         return None
