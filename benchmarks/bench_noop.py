@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "mmsearch" / "sample" / "catalog"
+
+TOUCHED = "index (no-op, every file touched: all re-hashed)"
 
 PROBE = r"""
 import atexit, sys, time
@@ -75,10 +78,17 @@ print(json.dumps({"phases": marks, "work": work, "torch": "torch" in sys.modules
 """
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, dict]:
+CPU: dict[str, list[float]] = {}  # command -> CPU seconds (user + sys) of its process, per run
+
+
+def run(cmd: list[str], env: dict, name: str = "") -> tuple[float, dict]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if name:
+        CPU.setdefault(name, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
     probe = {}
@@ -118,7 +128,7 @@ def main() -> None:
     imports: dict[str, dict] = {}
     for _ in range(args.rounds):
         for name, cmd in variants.items():
-            wall, probe = run(cmd, env)
+            wall, probe = run(cmd, env, name)
             times[name].append(wall)
             if probe:
                 imports[name] = {k: v for k, v in probe.items() if k != "seconds"}
@@ -128,8 +138,8 @@ def main() -> None:
         for p in catalog.rglob("*"):
             if p.is_file():
                 os.utime(p, ns=(now, now))
-        touched.append(run(mm + ["index", str(catalog), "-i", str(index)], env)[0])
-    times["index (no-op, every file touched: all re-hashed)"] = touched
+        touched.append(run(mm + ["index", str(catalog), "-i", str(index)], env, TOUCHED)[0])
+    times[TOUCHED] = touched
     res = subprocess.run([py, "-c", PHASES, str(catalog), str(index)], capture_output=True, text=True, env=env)
     results["phases_noop"] = json.loads(res.stdout.strip().splitlines()[-1])
     shutil.copy(args.catalog / "vehicle" / "taxi.webp", catalog / "vehicle" / "taxi2.webp")
@@ -138,18 +148,20 @@ def main() -> None:
     results["median_wall_s"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
     results["max_wall_s"] = {k: round(max(v), 3) for k, v in times.items()}
     results["imports"] = imports
+    results["median_cpu_s"] = {k: round(statistics.median(v), 3) for k, v in CPU.items()}
     shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# No-op update and read-only commands ({results['date']})", "",
              f"`python benchmarks/bench_noop.py --rounds {args.rounds}`: {results['files']} files "
              f"({args.catalog.name}), default model, {results['cpus']} CPUs, load {results['load_before']:.1f} "
-             f"before the run; fresh processes, interleaved; wall seconds.", "",
-             "| command | median | max | torch imported |", "|---|---|---|---|"]
+             f"before the run (machine shared with training jobs); fresh processes, interleaved; seconds.",
+             "CPU = user + sys seconds of the process (what the command costs when the machine is not shared).",
+             "", "| command | wall median | wall max | CPU median | torch imported |", "|---|---|---|---|---|"]
     for k in times:
         imp = imports.get(k, {}).get("torch")
         lines.append(f"| {k} | {results['median_wall_s'][k]:.3f} | {results['max_wall_s'][k]:.3f} | "
-                     f"{'-' if imp is None else ('yes' if imp else 'no')} |")
+                     f"{results['median_cpu_s'][k]:.3f} | {'-' if imp is None else ('yes' if imp else 'no')} |")
     ph = results["phases_noop"]
     lines += ["", "No-op update, per phase in one process (s): "
               + ", ".join(f"{k} {v:.3f}" for k, v in ph["phases"].items())

@@ -19,9 +19,9 @@ from mmsearch import build_index
 import mmsearch.encode.lean as lean
 opened = []
 real = lean.open_towers
-def spy(fp, device, towers):
+def spy(fp, device, towers, runtime=None):
     opened.append(towers)
-    return real(fp, device, towers)
+    return real(fp, device, towers, runtime)
 lean.open_towers = spy
 r = build_index(sys.argv[1], out=sys.argv[2], progress=False)
 print("REPORT", r.added, r.encoded, "OPENED", opened, "TORCH", "torch" in sys.modules)

@@ -50,15 +50,15 @@ def gpu_visible() -> bool:
     return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidia0")
 
 
-def open_towers(fingerprint: str, device: str, towers: tuple[str, ...]) -> LeanTowers | None:
+def open_towers(fingerprint: str, device: str, towers: tuple[str, ...], runtime: str | None = None) -> LeanTowers | None:
     """onnxruntime sessions for ``towers`` of the model ``fingerprint``, or None when torch must encode
-    (a GPU device, ``$MMSEARCH_RUNTIME=torch``, no graphs for this model, onnxruntime missing)."""
+    (a GPU device, ``runtime`` / ``$MMSEARCH_RUNTIME`` = torch, no graphs for this model, no onnxruntime)."""
     if not towers:
         return None
     if str(device).startswith("cuda") or (str(device) == "auto" and importlib.util.find_spec("torch") is not None
                                           and gpu_visible()):
         return None
-    if onnx.resolve_runtime(None, "cpu") != "onnx":
+    if onnx.resolve_runtime(runtime, "cpu") != "onnx":
         return None
     try:
         entry = graphs.entry_for(fingerprint)

@@ -79,10 +79,11 @@ def encode_update(plan: UpdatePlan, ctx: UpdateContext, batch_size: int | None, 
     if not need:
         return Embeddings()
     model = ctx.model
-    if isinstance(model, ModelHandle) and not model.is_loaded and (cfg is None or not cfg.compile):
+    plain = cfg is None or (cfg.pipeline == "fast" and not cfg.compile and cfg.decode in ("auto", "pil"))
+    if isinstance(model, ModelHandle) and not model.is_loaded and plain:
         from ..encode import lean  # the model's ONNX graphs, no torch: opens only the towers the plan needs
 
-        towers = lean.open_towers(model.fingerprint(), model.device, need)
+        towers = lean.open_towers(model.fingerprint(), model.device, need, cfg.runtime if cfg else None)
         if towers is not None:
             log.info("encoding with the %s ONNX graphs (%s) of model %s", towers.source, "+".join(need),
                      model.fingerprint())
