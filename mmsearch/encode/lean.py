@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LeanImages:
-    """What ``encode.pipeline.encode_image_files`` returns: rows of ``channels`` are the ``ok`` positions."""
+    """What ``encode.pipeline.encode_image_files`` returns: rows of ``channels`` (float16, as the index
+    stores them: half the memory of float32 for a large catalog) are the ``ok`` positions."""
 
     ok: list[int]
     channels: dict[str, np.ndarray]
@@ -120,8 +121,8 @@ def encode_images(lean: LeanTowers, icfg: Any, paths: list[str], batch_size: int
             if good:
                 u8 = np.stack([x for _, x in good])  # (B, 3, S, S)
                 out = lean.towers.image_channels(onnx.normalize_u8(u8, icfg.mean, icfg.std))
-                for name, v in out.items():
-                    chunks.setdefault(name, []).append(np.asarray(v, np.float32))
+                for name, v in out.items():  # float16, as the index stores them (and the torch path's shards)
+                    chunks.setdefault(name, []).append(np.asarray(v, np.float16))
                 ok += [pos for pos, _ in good]
             if progress_bar is not None:
                 progress_bar.update(len(decoded))
