@@ -29,3 +29,19 @@ def test_readme_examples_print_what_the_readme_shows():
     problems = readme_examples.check()
     assert not problems, ("README examples drifted; if the new output is right, run "
                           "`python benchmarks/readme_examples.py --update`:\n\n" + "\n\n".join(problems))
+
+
+@pytest.mark.slow
+def test_the_python_api_block_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python API block, executed in a folder where mmsearch/sample is the repository's."""
+    import os
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```python\n", text.index("## Python API")) + len("```python\n")
+    code = text[start:text.index("```", start)]
+    (tmp_path / "mmsearch").mkdir()
+    os.symlink(Path(__file__).resolve().parents[1] / "mmsearch" / "sample", tmp_path / "mmsearch" / "sample")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), scope)
+    assert scope["report"].indexed == 60 and scope["hits"]
