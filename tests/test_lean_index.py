@@ -69,3 +69,16 @@ def test_lean_index_equals_the_torch_index(small_catalog, tmp_path):
         vb = np.load(b["_snapshot"] + "/" + b["channels"][ch]["embeddings"]).astype(np.float32)
         cos = (va * vb).sum(1)
         assert cos.min() > 1 - tol, (ch, cos.min())
+
+
+def test_api_add_uses_the_shipped_graphs_too(small_catalog, sample_catalog, tmp_path):
+    """engine.add / upsert_items on an index of a built-in model: no torch either."""
+    out = tmp_path / "index"
+    build(small_catalog, out)
+    code = ("import sys; from mmsearch import upsert_items\n"
+            "r = upsert_items(sys.argv[1], [{'id': 'new', 'image': sys.argv[2], 'title': 'a taxi'}])\n"
+            "print('ADDED', r.added, r.encoded, 'TORCH', 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code, str(out), str(sample_catalog / "vehicle/taxi.webp")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ADDED 1 1 TORCH False" in res.stdout, res.stdout

@@ -392,10 +392,22 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
             why = problem(it.id, it.path, it.title, it.text, it.metadata)
             if why is not None:
                 raise MMSearchError(f"item {display_name(it.id)!r}: {why}; nothing was changed")
-        model, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
+        handle, ref, _ = _handle_for(state, None, device)
         plan = plan_update(wanted, previous, hash_items(wanted, known=hashes), next_free_fid(previous, state),
                            complete=False)
-        emb = encode_plan(plan, model, preprocess, tokenizer, batch_size, 0, progress)
+        if handle.fingerprint() != state.manifest["model"]["fingerprint"]:  # never mix two models' embeddings
+            raise IndexIncompatibleError(f"index {out} was built with another version of model {ref!r}; rebuild "
+                                         f"it (mmsearch index CATALOG -i {out} --rebuild) before adding items")
+        ctx = UpdateContext(state=state, model=handle, preprocess=None, tokenizer=None, ref=ref, checkpoint=None,
+                            previous=previous, next_fid=plan.next_fid)
+        try:  # the shipped ONNX graphs when the model has them (no torch), else the torch model
+            emb = encode_update(plan, ctx, batch_size, 0, progress)
+        except StaleRecord:  # the recorded fingerprint was wrong: the model is loaded now, encode with it
+            if handle.fingerprint() != state.manifest["model"]["fingerprint"]:
+                raise IndexIncompatibleError(f"index {out} was built with another version of model {ref!r}; "
+                                             f"rebuild it before adding items") from None
+            emb = encode_plan(plan, *handle.loaded, batch_size, 0, progress)
+        model = handle
         report, changes, _, next_fid = resolve(plan, emb)
         if report.skipped:
             bad = report.skipped[0]
