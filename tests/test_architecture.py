@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "mmsearch"
 # sibling of the same layer: __main__ -> cli -> commands -> server/train -> dist/evaluate -> search -> index ->
 # encode -> catalog/models -> fsutil/config/errors.
 LAYERS = [
-    {"_version", "errors", "config", "fsutil", "ranges", "cpus"},
+    {"_version", "errors", "config", "fsutil", "ranges", "cpus", "progress"},
     {"models", "catalog"},
     {"encode"},
     {"index"},

@@ -30,7 +30,7 @@ def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out:
         from ..search.engine import SearchEngine
 
         conditions = parse_where(where) if where else None
-        return SearchEngine.open(index, device=device), conditions
+        return SearchEngine.open(index, device=device, lazy_model=True), conditions  # loaded if a query needs it
 
     @app.command("similar")
     def similar_cmd(

@@ -24,11 +24,13 @@ from ..catalog.exclude import Excluder
 from ..catalog.exclude import normalise as normalise_excludes
 from ..catalog.scan import CatalogItem, scan_catalog
 from ..catalog.storable import display_name, problem
-from ..encode.pipeline import EncodeCfg, encode_image_files, encode_texts
+from ..encode.config import EncodeCfg
 from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
-from ..models.factory import create_model, list_models
+from ..models.registry import list_models
 from .ann import IndexCfg
+from .modelref import ModelHandle, StaleRecord
 from .plan import BuildReport, Embeddings, UpdatePlan, hash_items, next_free_fid, plan_update, resolve
+from .statcache import StatCache
 from .snapshot import State, load_state, read_manifest, writer_lock
 from .store import ItemStore
 from .writer import base_manifest, cfg_for, channel_dims, commit
@@ -43,7 +45,7 @@ class UpdateContext:
     """What an update starts from, read under the writer lock."""
 
     state: State | None  # the live snapshot (None: build from scratch)
-    model: Any  # DualEncoder
+    model: Any  # DualEncoder, or a ModelHandle that loads it only when something must be encoded
     preprocess: Any
     tokenizer: Any
     ref: str  # the model as the manifest names it
@@ -52,10 +54,14 @@ class UpdateContext:
     next_fid: int
 
 
-def open_update(out: Path, model_ref: str | Path, device: str, rebuild: bool) -> UpdateContext:
-    """The live snapshot of ``out`` (unless ``rebuild``, or it was built with another model) and the model."""
+def open_update(out: Path, model_ref: str | Path, device: str, rebuild: bool, lazy: bool = False) -> UpdateContext:
+    """The live snapshot of ``out`` (unless ``rebuild``, or it was built with another model) and the model.
+
+    ``lazy``: ``model`` is a :class:`ModelHandle` (fingerprint and widths from records, nothing loaded);
+    the caller loads it if the plan has something to encode."""
     state = None if rebuild else _try_state(out)
-    model, preprocess, tokenizer, ref, ckpt = _model_for(None, model_ref, device)
+    handle, ref, ckpt = _handle_for(state, model_ref, device)
+    model, preprocess, tokenizer = (handle, None, None) if lazy else handle.load(replan=False)
     if state is not None and state.manifest["model"]["fingerprint"] != model.fingerprint():
         log.info("index %s was built with another model; re-encoding everything", out)
         state = None
@@ -65,6 +71,29 @@ def open_update(out: Path, model_ref: str | Path, device: str, rebuild: bool) ->
         store.close()
     return UpdateContext(state=state, model=model, preprocess=preprocess, tokenizer=tokenizer, ref=ref,
                          checkpoint=ckpt, previous=previous, next_fid=next_free_fid(previous, state))
+
+
+def encode_update(plan: UpdatePlan, ctx: UpdateContext, batch_size: int | None, num_workers: int | None,
+                  progress: bool, cfg: EncodeCfg | None = None, chunks: Path | None = None) -> Embeddings:
+    """:func:`encode_plan` for a lazy context: nothing to encode loads nothing; otherwise the model is
+    loaded (:class:`StaleRecord` when its recorded fingerprint was wrong: plan again)."""
+    need = tuple(t for t, todo in (("image", plan.images), ("text", plan.texts({}))) if todo)
+    if not need:
+        return Embeddings()
+    model = ctx.model
+    plain = cfg is None or (cfg.pipeline == "fast" and not cfg.compile and cfg.decode in ("auto", "pil"))
+    if isinstance(model, ModelHandle) and not model.is_loaded and plain:
+        from ..encode import lean  # the model's ONNX graphs, no torch: opens only the towers the plan needs
+
+        towers = lean.open_towers(model.fingerprint(), model.device, need, cfg.runtime if cfg else None)
+        if towers is not None:
+            log.info("encoding with the %s ONNX graphs (%s) of model %s", towers.source, "+".join(need),
+                     model.fingerprint())
+            return encode_plan_lean(plan, towers, model.cfg, batch_size or 32, num_workers, progress)
+    if isinstance(model, ModelHandle):
+        model, ctx.preprocess, ctx.tokenizer = model.load()
+    return encode_plan(plan, model, ctx.preprocess, ctx.tokenizer, batch_size, num_workers, progress, cfg=cfg,
+                       chunks=chunks)
 
 
 def encode_plan(plan: UpdatePlan, model, preprocess, tokenizer, batch_size: int | None, num_workers: int | None,
@@ -89,6 +118,38 @@ def encode_plan(plan: UpdatePlan, model, preprocess, tokenizer, batch_size: int 
                             progress=progress if text_progress is None else text_progress)
         emb.texts.update((iid, v) for (iid, _), v in zip(texts, vecs))
     return emb
+
+
+def encode_plan_lean(plan: UpdatePlan, towers: Any, cfg: Any, batch_size: int, num_workers: int | None,
+                     progress: bool) -> Embeddings:
+    """:func:`encode_plan` with onnxruntime graphs (``encode/lean.py``) instead of the torch model."""
+    from ..encode import lean
+
+    todo = plan.images
+    emb = Embeddings()
+    if todo:
+        out = lean.encode_images(towers, cfg.image, [it.path for it in todo], batch_size, num_workers, progress)
+        for r, pos in enumerate(out.ok):
+            emb.images[todo[pos].id] = {name: vecs[r] for name, vecs in out.channels.items()}
+        emb.failed.update((todo[pos].id, reason) for pos, reason in out.failed)
+    texts = plan.texts(emb.failed)
+    if texts:
+        vecs = lean.encode_texts(towers, [t for _, t in texts])
+        emb.texts.update((iid, v) for (iid, _), v in zip(texts, vecs))
+    return emb
+
+
+def encode_image_files(*args: Any, **kw: Any) -> Any:
+    """encode.pipeline.encode_image_files, imported (with torch) only when there is something to encode."""
+    from ..encode import pipeline
+
+    return pipeline.encode_image_files(*args, **kw)
+
+
+def encode_texts(*args: Any, **kw: Any) -> Any:
+    from ..encode import pipeline
+
+    return pipeline.encode_texts(*args, **kw)
 
 
 def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateContext, plan: UpdatePlan,
@@ -126,7 +187,7 @@ def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateConte
     manifest["api_items"] = api_items_after(state, plan)
     manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
                          "images_per_s": round(report.images_per_s, 2) or None,
-                         "device": str(next(ctx.model.parameters()).device), "batch_size": batch_size,
+                         "device": _device_of(ctx.model), "batch_size": batch_size,
                          "added": report.added, "updated": report.updated,
                          "metadata_updated": report.metadata_updated, "removed": report.removed,
                          "unchanged": report.unchanged}
@@ -269,21 +330,28 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
         wanted = scan_catalog(catalog, exclude=[out], skipped=scan_skipped, exclude_globs=patterns)
     t0 = time.perf_counter()
     with writer_lock(out, lock_timeout):
-        ctx = open_update(out, model, device, rebuild)
-        live = ctx.state.manifest if ctx.state is not None else {}
-        plan = plan_update(wanted, ctx.previous, hash_items(wanted), ctx.next_fid, skipped=live.get("skipped"),
-                           keep=live.get("api_items", []))
-        work = out / ENCODE_DIR  # float16 embedding chunks of this build (mmsearch/encode/chunks.py)
-        shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
-        try:
-            emb = encode_plan(plan, ctx.model, ctx.preprocess, ctx.tokenizer, batch_size, num_workers, progress,
-                              cfg=encode, chunks=work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        stats = StatCache.open(out)
+        hashes = stats.hash_items(wanted)  # size + mtime unchanged since the last run: the recorded hash
+        for attempt in range(2):
+            ctx = open_update(out, model, device, rebuild, lazy=True)
+            live = ctx.state.manifest if ctx.state is not None else {}
+            plan = plan_update(wanted, ctx.previous, hashes, ctx.next_fid, skipped=live.get("skipped"),
+                               keep=live.get("api_items", []))
+            work = out / ENCODE_DIR  # float16 embedding chunks of this build (mmsearch/encode/chunks.py)
+            shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
+            try:
+                emb = encode_update(plan, ctx, batch_size, num_workers, progress, cfg=encode, chunks=work)
+                break
+            except StaleRecord:
+                if attempt:
+                    raise
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         snap, report = commit_update(out, catalog, len(wanted), ctx, plan, emb, index, batch_size, t0,
                                      skipped=scan_skipped, exclude=patterns)
         keep = set(live.get("api_items", []))
         report.excluded = sum(1 for iid in ctx.previous if iid not in keep and unwanted(iid))
+        stats.save(wanted, hashes)
     return finish_report(report, out, snap)
 
 
@@ -358,10 +426,22 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
             why = problem(it.id, it.path, it.title, it.text, it.metadata)
             if why is not None:
                 raise MMSearchError(f"item {display_name(it.id)!r}: {why}; nothing was changed")
-        model, preprocess, tokenizer, ref, _ = _model_for(state, None, device)
+        handle, ref, _ = _handle_for(state, None, device)
         plan = plan_update(wanted, previous, hash_items(wanted, known=hashes), next_free_fid(previous, state),
                            complete=False)
-        emb = encode_plan(plan, model, preprocess, tokenizer, batch_size, 0, progress)
+        if handle.fingerprint() != state.manifest["model"]["fingerprint"]:  # never mix two models' embeddings
+            raise IndexIncompatibleError(f"index {out} was built with another version of model {ref!r}; rebuild "
+                                         f"it (mmsearch index CATALOG -i {out} --rebuild) before adding items")
+        ctx = UpdateContext(state=state, model=handle, preprocess=None, tokenizer=None, ref=ref, checkpoint=None,
+                            previous=previous, next_fid=plan.next_fid)
+        try:  # the shipped ONNX graphs when the model has them (no torch), else the torch model
+            emb = encode_update(plan, ctx, batch_size, 0, progress)
+        except StaleRecord:  # the recorded fingerprint was wrong: the model is loaded now, encode with it
+            if handle.fingerprint() != state.manifest["model"]["fingerprint"]:
+                raise IndexIncompatibleError(f"index {out} was built with another version of model {ref!r}; "
+                                             f"rebuild it before adding items") from None
+            emb = encode_plan(plan, *handle.loaded, batch_size, 0, progress)
+        model = handle
         report, changes, _, next_fid = resolve(plan, emb)
         if report.skipped:
             bad = report.skipped[0]
@@ -388,15 +468,27 @@ def reindex(index: str | Path, cfg: IndexCfg, lock_timeout: float = 0.0) -> Path
         return commit(out, state, manifest, [], [], cfg, dims)
 
 
-def _model_for(state: State | None, model_ref: str | Path | None, device: str):
-    """(model, preprocess, tokenizer, manifest model ref, checkpoint to copy) for a new build or an update."""
+def _handle_for(state: State | None, model_ref: str | Path | None, device: str) -> tuple[ModelHandle, str, Path | None]:
+    """(model handle, manifest model ref, checkpoint to copy) for a new build or an update."""
     if model_ref is None:
         if state is None:
             raise MMSearchError("no model given and no existing index to take it from")
         ref = state.manifest["model"]["ref"]
         model_ref = str(state.snapshot / ref) if ref not in list_models() else ref
     is_checkpoint = str(model_ref) not in list_models()
-    model, preprocess, tokenizer = create_model(model_ref, device=device)
     ref = "model.pt" if is_checkpoint else str(model_ref)
     ckpt = Path(model_ref) if is_checkpoint and not (state and Path(model_ref).parent == state.snapshot) else None
+    return ModelHandle(model_ref, device), ref, ckpt
+
+
+def _model_for(state: State | None, model_ref: str | Path | None, device: str):
+    """(model, preprocess, tokenizer, manifest model ref, checkpoint to copy) for a new build or an update."""
+    handle, ref, ckpt = _handle_for(state, model_ref, device)
+    model, preprocess, tokenizer = handle.load(replan=False)
     return model, preprocess, tokenizer, ref, ckpt
+
+
+def _device_of(model: Any) -> str:
+    if isinstance(model, ModelHandle):
+        return model.device_name()
+    return str(next(model.parameters()).device)

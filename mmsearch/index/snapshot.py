@@ -5,6 +5,7 @@ On-disk layout (documented in index/README.md)::
     <out>/CURRENT                  name of the live snapshot (replaced atomically)
     <out>/.lock                    held (flock) by the one process writing this index
     <out>/.encoding/               float16 embedding chunks of the build in progress (mmsearch/encode/chunks.py)
+    <out>/.filestat.json           catalog files' size + mtime -> content hash of the last update (index/statcache.py)
     <out>/snapshots/<name>/        one complete, self-describing, immutable index
         manifest.json  items.sqlite  <channel>.faiss  <channel>.f16.npy  <channel>.ids.npy  [model.pt]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from importlib import resources
@@ -20,6 +19,7 @@ from ..errors import ModelError
 from ..fsutil import atomic_write
 from .dual_encoder import DualEncoder
 from .preprocess import PilPreprocess
+from .classnames import bridge_prompts, class_embedding_key  # noqa: F401  (re-exported)
 from .registry import list_models
 from .tokenizer import HFTokenizer, WordTokenizer
 
@@ -54,34 +54,26 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def bridge_prompts(templates: tuple[str, ...] | list[str], synonyms: bool = False) -> list[list[str]]:
-    """Per ImageNet-1k class, the prompts whose mean embedding stands for it: every template filled with the
-    class's first name (or, with ``synonyms``, with each of its comma-separated WordNet synonyms)."""
-    import timm.data
-
-    out = []
-    for desc in timm.data.ImageNetInfo().label_descriptions():
-        names = [n.strip() for n in desc.split(",") if n.strip()]
-        names = list(dict.fromkeys(names if synonyms else names[:1]))
-        out.append(list(dict.fromkeys(t.format(n) for t in templates for n in names)))
-    return out
-
-
 def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, template: str,
                                    templates: tuple[str, ...] = (), synonyms: bool = False) -> torch.Tensor:
     """(1000, D) unit text embeddings of "a photo of a {class name}." for the ImageNet-1k classes; with
     ``templates`` / ``synonyms``, the normalised mean over a prompt ensemble per class.
 
-    Computed once per (prompts, text tower) and cached under ``$MMSEARCH_CACHE`` (default
-    ``~/.cache/mmsearch``); the cache is only an accelerator and is rebuilt when missing or damaged.
+    A deterministic function of the prompts and the text backbone, so the package ships them for its
+    built-in configs (``mmsearch/models/weights/imagenet_text_<key>.npy``, float16, written by
+    ``python -m mmsearch.models.shipped --write``); other prompts are computed once (a progress bar on a
+    terminal: minutes on a CPU) and cached under ``$MMSEARCH_CACHE`` (default ``~/.cache/mmsearch``). The
+    cache is only an accelerator and is rebuilt when missing or damaged.
     """
+    from ..progress import bar
+    from .classnames import class_embeddings
+
     per_class = bridge_prompts(tuple(templates) or (template,), synonyms)
+    key = class_embedding_key(per_class, text_tower.cfg.backbone)
+    packaged = class_embeddings(key, len(per_class))
+    if packaged is not None:
+        return torch.from_numpy(packaged.astype("float32"))
     prompts = [p for ps in per_class for p in ps]
-    if not templates and not synonyms:  # the single-template cache key of earlier versions
-        key_text = "\n".join(prompts)
-    else:
-        key_text = "\n".join("\t".join(ps) for ps in per_class)
-    key = hashlib.sha256((key_text + text_tower.cfg.backbone + __version__).encode()).hexdigest()[:16]
     path = cache_dir() / f"imagenet_text_{key}.pt"
     if path.exists():
         try:
@@ -90,11 +82,18 @@ def imagenet_class_text_embeddings(text_tower: TextTower, tokenizer: Tokenizer, 
                 return emb
         except Exception as exc:  # a damaged cache file is rebuilt, never fatal
             log.warning("ignoring unreadable cache %s: %s", path, exc)
+    log.info("computing the class-name embeddings of %d prompts (once; cached in %s)", len(prompts), path)
+    progress = bar(len(prompts), "class-name embeddings (first use, once)", unit="prompt")
+    parts = []
     with torch.inference_mode():
-        emb = torch.cat([l2n(text_tower(tokenizer(prompts[i:i + 128]))) for i in range(0, len(prompts), 128)])
+        for i in range(0, len(prompts), 128):
+            parts.append(l2n(text_tower(tokenizer(prompts[i:i + 128]))))
+            progress.update(len(prompts[i:i + 128]))
+        emb = torch.cat(parts)
         if len(prompts) != len(per_class):  # ensemble: mean of each class's unit prompt embeddings, renormalised
             owner = torch.tensor([c for c, ps in enumerate(per_class) for _ in ps])
             emb = l2n(torch.zeros(len(per_class), emb.shape[1]).index_add_(0, owner, emb))
+    progress.close()
     emb = emb.clone()  # a plain tensor (not an inference tensor) for the buffer
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,13 +238,16 @@ def create_model(name_or_path: str | Path = "default", device: str | torch.devic
         ...     model.encode_text(tokenizer(["red shoes"])).shape
         torch.Size([1, 64])
     """
+    from ..progress import slow_step
+
     dev = resolve_device(device)
     name = str(name_or_path)
-    if name in list_models():
-        model, tokenizer = build_named_model(name)
-    elif Path(name).is_file():
-        model, tokenizer, _ = load_checkpoint(name)
-    else:
-        raise ModelError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
-    model.to(dev).eval()
+    with slow_step(f"loading the model {Path(name).name}"):
+        if name in list_models():
+            model, tokenizer = build_named_model(name)
+        elif Path(name).is_file():
+            model, tokenizer, _ = load_checkpoint(name)
+        else:
+            raise ModelError(f"unknown model {name!r}: use one of {', '.join(list_models())} or a checkpoint path")
+        model.to(dev).eval()
     return model, image_preprocess(model.cfg.image), tokenizer

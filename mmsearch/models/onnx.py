@@ -29,6 +29,7 @@ import numpy as np
 
 from ..cpus import available_cpus
 from ..errors import ModelError
+from ..progress import slow_step
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ def export(model: Any, towers: tuple[str, ...] = ("image", "text"), tokenizer: A
         module, args, inputs, outputs, axes = jobs[name]
         tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with slow_step(f"exporting the {name} tower to ONNX (once per model)"), torch.no_grad(), \
+                    warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module.eval(), args, str(tmp), dynamo=False, input_names=inputs,
                                   output_names=outputs, dynamic_axes={k: v for k, v in axes.items()

@@ -98,9 +98,10 @@ class SearchEngine:
     overfetch_from = _RankingSetting("overfetch_from")
 
     def __init__(self, path: str | Path, device: str = "auto", ranking: RankingCfg | None = None,
-                 verify: bool = True, runtime: str | None = None):
+                 verify: bool = True, runtime: str | None = None, lazy_model: bool = False):
         self.path = Path(path)
         self.device = device
+        self._lazy_model = lazy_model  # the model opens at the first encode (list, export: never)
         self.runtime = runtime  # query encoders: auto | onnx | torch (models/onnx.py)
         self._filters = FilterCache()  # ids matching recent --where filters, per snapshot
         self.ranking = ranking or RankingCfg()
@@ -110,10 +111,19 @@ class SearchEngine:
 
     @classmethod
     def open(cls, path: str | Path = "index", device: str = "auto", ranking: RankingCfg | None = None,
-             verify: bool = True, runtime: str | None = None) -> "SearchEngine":
+             verify: bool = True, runtime: str | None = None, lazy_model: bool = False) -> "SearchEngine":
         """Open the index at ``path`` (an index folder or one snapshot) with the model that built it;
-        ``runtime`` runs the query encoders in ``onnx`` (onnxruntime), ``torch`` or ``auto``."""
-        return cls(path, device=device, ranking=ranking, verify=verify, runtime=runtime)
+        ``runtime`` runs the query encoders in ``onnx`` (onnxruntime), ``torch`` or ``auto``;
+        ``lazy_model``: open the model only when a query is first encoded (tools that only read items)."""
+        return cls(path, device=device, ranking=ranking, verify=verify, runtime=runtime, lazy_model=lazy_model)
+
+    def __getattr__(self, name: str) -> Any:
+        deferred = self.__dict__.get("_deferred")
+        if name in ("model", "preprocess", "tokenizer", "_ort") and deferred is not None:
+            self.__dict__["_deferred"] = None
+            self._open_model(*deferred)
+            return self.__dict__[name]
+        raise AttributeError(name)
 
     # ------------------------------------------------------------------------------------- loading
     def _load(self) -> None:
@@ -127,16 +137,13 @@ class SearchEngine:
             raise IndexIncompatibleError(f"index {snap} was built with model {ref!r}, which this mmsearch "
                                          f"does not have (known: {', '.join(list_models())}); rebuild the index")
         key = (model_ref, manifest["model"]["fingerprint"])
-        if self.model is None or getattr(self, "_model_ref", None) != key:
-            # the exported towers alone when they exist (no torch model load); else the torch model
-            lean = _runtime.lean(key[1], self.runtime, self.device, lambda: self._torch_model(model_ref, manifest))
-            if lean is not None:
-                self.model, self.preprocess, self.tokenizer, self._ort = lean
+        if self.__dict__.get("model") is None or getattr(self, "_model_ref", None) != key:
+            if self._lazy_model:
+                for name in ("model", "preprocess", "tokenizer", "_ort"):
+                    self.__dict__.pop(name, None)
+                self._deferred = (model_ref, manifest, key)
             else:
-                model, self.preprocess, self.tokenizer = self._torch_model(model_ref, manifest, with_parts=True)
-                self.model = model
-                self._ort = _runtime.ort_towers(model, key[1], self.runtime, self.device, self.tokenizer)
-            self._model_ref = key
+                self._open_model(model_ref, manifest, key)
         channels: dict[str, Channel] = {}
         for name, meta in manifest["channels"].items():
             spec = IndexSpec.from_dict(meta["spec"])
@@ -148,6 +155,17 @@ class SearchEngine:
             ItemStore.open(snap / "items.sqlite"), channels, manifest, snap)
         if old_store is not None:
             old_store.close()
+
+    def _open_model(self, model_ref: str, manifest: dict[str, Any], key: tuple[str, str]) -> None:
+        # the exported towers alone when they exist (no torch model load); else the torch model
+        lean = _runtime.lean(key[1], self.runtime, self.device, lambda: self._torch_model(model_ref, manifest))
+        if lean is not None:
+            self.model, self.preprocess, self.tokenizer, self._ort = lean
+        else:
+            model, self.preprocess, self.tokenizer = self._torch_model(model_ref, manifest, with_parts=True)
+            self.model = model
+            self._ort = _runtime.ort_towers(model, key[1], self.runtime, self.device, self.tokenizer)
+        self._model_ref = key
 
     def _torch_model(self, model_ref: str, manifest: dict[str, Any], with_parts: bool = False) -> Any:
         """The torch model that built the index (checked by fingerprint); with its preprocess and tokenizer."""

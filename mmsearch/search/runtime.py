@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from ..cpus import available_cpus
 from ..errors import ModelError
-from ..models import onnx
+from ..models import graphs, onnx
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,24 @@ def lean(fingerprint: str, runtime: str | None, device: str, load: Callable[[], 
     if onnx.resolve_runtime(runtime, device) != "onnx":
         return None
     parts = onnx.lean_parts(fingerprint)
-    if parts is None:
+    entry = graphs.entry_for(fingerprint) if parts is None else None  # a built-in model: its shipped graphs
+    if parts is None and entry is None:
         return None
-    cfg, tokenizer = parts
-    # a damaged file is removed here; the torch path (ort_towers) then exports it again
-    towers = onnx.load_towers(onnx.export_dir(fingerprint), ("image", "text"), threads=query_threads())
-    if towers is None or set(towers.sessions) != {"image", "text"}:
-        return None
+    if entry is not None:
+        try:
+            from ..config import ModelCfg, from_dict
+
+            cfg, tokenizer = from_dict(ModelCfg, entry["cfg"]), graphs.tokenizer_for(entry)
+            towers: Any = graphs.ShippedTowers(entry, threads=query_threads())
+        except Exception as exc:  # a corrupt shipped file: the torch path serves
+            log.warning("cannot open the shipped towers (%s); loading the torch model", exc)
+            return None
+    else:
+        cfg, tokenizer = parts
+        # a damaged file is removed here; the torch path (ort_towers) then exports it again
+        towers = onnx.load_towers(onnx.export_dir(fingerprint), ("image", "text"), threads=query_threads())
+        if towers is None or set(towers.sessions) != {"image", "text"}:
+            return None
     model = onnx.LazyModel(cfg, load)
     return model, _LazyPreprocess(model), tokenizer, towers
 
