@@ -13,6 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .commands.options import (DescOpt, DeviceOpt, ImageWeightOpt, IndexOpt, IndexTypeOpt, JsonOpt, MaxMemoryOpt,
+                               MinScoreOpt, ModeOpt, OffsetOpt, PathsOpt, Print0Opt, PreviewOpt, SortByOpt, TopKOpt,
+                               WaitOpt, WhereOpt, WindowOpt)
 from .errors import MMSearchError, QueryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -44,15 +47,6 @@ def fail(exc: MMSearchError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-WaitOpt = Annotated[float, typer.Option("--wait", min=0.0, help="Seconds to wait for another writer of the index.")]
-IndexTypeOpt = Annotated[Optional[str], typer.Option(
-    "--index-type", help="auto, flat, hnsw, ivf, ivfpq, or a FAISS factory string (default: the index's, else auto).")]
-MaxMemoryOpt = Annotated[Optional[str], typer.Option(
-    "--max-memory", help="RAM budget for the ANN index, e.g. 512MB or 4GB (auto picks what fits).")]
-WhereOpt = Annotated[Optional[list[str]], typer.Option(
-    "--where", metavar="FIELD OP VALUE", help="Metadata filter, repeatable: category=shoes, 'price<50', brand!=acme, 'color in red,blue'.")]
 
 
 def index_cfg(index_type: Optional[str], max_memory: Optional[str]):
@@ -165,20 +159,6 @@ def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int,
                       f"resumed), inverted lists merged on disk")
 
 
-TopKOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")]
-ImageWeightOpt = Annotated[Optional[float], typer.Option(
-    "--image-weight", "-w", min=0.0, max=1.0, help="Weight of the photo in a one-photo + one-text query "
-    "[default: 0.5, the index's ranking setting].")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON list of hits (rank, id, path, score, title, "
-                                       "metadata).")]
-PathsOpt = Annotated[bool, typer.Option("--paths", help="Print one absolute image path per line (for xargs, "
-                                        "feh, cp).")]
-Print0Opt = Annotated[bool, typer.Option("--print0", help="Like --paths, each path ended by a NUL byte instead "
-                                         "of a newline (for xargs -0: a file name may hold a newline).")]
-PreviewOpt = Annotated[bool, typer.Option("--preview", help="Show thumbnails (kitty, sixel terminals; else "
-                                          "the table).")]
-
-
 @app.command("query")
 def query_cmd(
     args: Annotated[Optional[list[str]], typer.Argument(
@@ -203,15 +183,12 @@ def query_cmd(
     where: WhereOpt = None,
     no_server: Annotated[bool, typer.Option("--no-server", help="Search in this process even when a "
                                             "`mmsearch serve` of this index is running.")] = False,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Leave out hits scoring below this.")] = None,
-    sort_by: Annotated[Optional[str], typer.Option("--sort-by", metavar="FIELD", help="Order the best --window "
-                                                   "hits by score, id, title or a metadata field.")] = None,
-    desc: Annotated[bool, typer.Option("--desc", help="With --sort-by: largest / latest first.")] = False,
-    offset: Annotated[Optional[int], typer.Option("--offset", help="Skip this many hits of the ordered window "
-                                                  "(stable pages: --offset 0, 10, 20 ...).")] = None,
-    window: Annotated[int, typer.Option("--window", help="Hits that --sort-by and --offset page through.")] = 200,
-    search_mode: Annotated[Optional[str], typer.Option("--mode", help="hybrid (keyword + semantic), semantic or "
-                                                       "keyword [default: hybrid when items have titles]")] = None,
+    min_score: MinScoreOpt = None,
+    sort_by: SortByOpt = None,
+    desc: DescOpt = False,
+    offset: OffsetOpt = None,
+    window: WindowOpt = 200,
+    search_mode: ModeOpt = None,
 ) -> None:
     """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
     photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:

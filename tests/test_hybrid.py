@@ -9,7 +9,7 @@ import pytest
 from mmsearch import SearchEngine, build_index
 from mmsearch.errors import QueryError
 from mmsearch.index.store import ItemStore, keyword_text, match_query
-from mmsearch.search.hybrid import bonus_of, keyword_bonus, resolve_mode, rrf
+from mmsearch.search.hybrid import bonus_of, resolve_mode, rrf
 
 
 def test_pure_parts():
@@ -19,7 +19,6 @@ def test_pure_parts():
         resolve_mode("keyword", False, True)
     with pytest.raises(QueryError, match="mode must be one of"):
         resolve_mode("fuzzy", True, True)
-    assert np.allclose(keyword_bonus(np.array([4.0, 2.0, 1.0]), 0.2), [0.2, 0.1, 0.05])
     ids, s = rrf([np.array([3, 1, 2]), np.array([1, 5])], k=60)
     assert ids.tolist() == [1, 3, 5, 2] and s[0] == pytest.approx(1 / 62 + 1 / 61)
     cand = np.array([2, 5, 9])

@@ -14,12 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import MMSearchError
-
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-WhereOpt = Annotated[Optional[list[str]], typer.Option(
-    "--where", metavar="FIELD OP VALUE", help="Metadata filter, repeatable: category=shoes, 'price<50', "
-    "brand!=acme, 'color in red,blue'.")]
+from .options import DeviceOpt, IndexOpt, WhereOpt
 
 
 def register(app: typer.Typer, fail: Callable[[MMSearchError], typer.Exit], out: Console, err: Console) -> None:

@@ -37,7 +37,7 @@ CREATE INDEX IF NOT EXISTS attrs_key_value ON attrs(key, value);
 CREATE INDEX IF NOT EXISTS attrs_key_num ON attrs(key, num);
 CREATE INDEX IF NOT EXISTS attrs_item ON attrs(item);
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(body, tokenize = 'porter unicode61 remove_diacritics 2');
 """
 # ``words``: full-text (FTS5, BM25) index of what a person may type to find an item by name: title, text,
 # file and folder names, string metadata. rowid = fid. Stores of indexes written before it lack the table;
@@ -55,13 +55,17 @@ def keyword_text(row: dict[str, Any]) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def phrases(text: str) -> list[str]:
+    """A user's text as FTS5 phrases, each quoted: one per space-separated term, a term's words in order
+    ("XR-2000" -> ``"xr 2000"``, matching "xr 2000" adjacent; "white" -> ``"white"``). Quoting lets no FTS
+    syntax through; words are stemmed by the index's tokenizer (porter: "shoes" finds "shoe")."""
+    out = [" ".join(w.lower() for w in _WORD.findall(chunk)) for chunk in text.split()]
+    return [f'"{p}"' for p in dict.fromkeys(p for p in out if p)][:64]
+
+
 def match_query(text: str) -> str | None:
-    """A user's text as an FTS5 query: any of its space-separated terms, a term's words as one phrase
-    ("XR-2000" must match "xr 2000" in that order; "white" alone). Every phrase is quoted, so no FTS syntax
-    gets through; BM25 ranks items matching more and rarer terms first. None when the text has no word."""
-    phrases = [" ".join(w.lower() for w in _WORD.findall(chunk)) for chunk in text.split()]
-    phrases = list(dict.fromkeys(p for p in phrases if p))[:64]
-    return " OR ".join(f'"{p}"' for p in phrases) or None
+    """Any of the text's phrases (BM25 ranks items matching more and rarer ones first); None without words."""
+    return " OR ".join(phrases(text)) or None
 
 
 def flatten(metadata: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -247,8 +251,7 @@ class ItemStore:
                     self._words = self.conn
                 else:  # an index written before the keyword index: build it in memory, once per store
                     mem = sqlite3.connect(":memory:", check_same_thread=False)
-                    mem.execute("CREATE VIRTUAL TABLE words USING fts5(body, tokenize = 'unicode61 "
-                                "remove_diacritics 2')")
+                    mem.execute(SCHEMA.splitlines()[-1].replace(" IF NOT EXISTS", ""))
                     self._fill_words(mem)
                     self._words = mem
             return self._words
@@ -264,3 +267,28 @@ class ItemStore:
                                 "rowid LIMIT ?", (query, int(n))).fetchall()
         return (np.array([r[0] for r in rows], np.int64),
                 np.array([-r[1] for r in rows], np.float32))  # FTS5's bm25() is negated: lower is better
+
+    def keyword_coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
+        """Per item of ``fids``, the share of the text's phrases it matches, each phrase weighted by its
+        BM25 IDF (``log(1 + (N - n + 0.5) / (n + 0.5))``, n items matching it of N): 1.0 for an item matching
+        every phrase, and little for one that matches only a common word of a longer text."""
+        out = np.zeros(len(fids), np.float32)
+        terms = phrases(text)
+        if not terms or not len(fids):
+            return out
+        conn = self._words_conn()
+        total = float(self.count())
+        ids = [int(f) for f in fids]
+        pos = {f: i for i, f in enumerate(ids)}
+        weights = []
+        with self._words_lock:
+            for t in terms:
+                n = conn.execute("SELECT COUNT(*) FROM words WHERE words MATCH ?", (t,)).fetchone()[0]
+                idf = float(np.log1p((total - n + 0.5) / (n + 0.5)))
+                weights.append(idf)
+                for s in range(0, len(ids), 500):
+                    part = ids[s:s + 500]
+                    q = f"SELECT rowid FROM words WHERE words MATCH ? AND rowid IN ({','.join('?' * len(part))})"
+                    for (rowid,) in conn.execute(q, (t, *part)):
+                        out[pos[rowid]] += idf
+        return out / max(sum(weights), 1e-9)

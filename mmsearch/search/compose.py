@@ -87,7 +87,18 @@ def similar_to_items(engine: "SearchEngine", like: Sequence[str], not_like: Sequ
     if both:
         raise QueryError(f"item {both[0]!r} is both liked and disliked")
     ids = like + not_like
-    fids = engine.store.fids_of(ids)
+    img = stored_images(engine, ids)
+    txt = engine.encode_texts([text]) if text and text.strip() else None
+    weights = [1.0] * len(like) + [-1.0] * len(not_like) + ([1.0] if txt is not None else [])
+    shared = np.concatenate([img["image"]] + ([txt] if txt is not None else []))  # (n_terms, D)
+    q, norm = fuse(shared, weights)
+    return rank_fused(engine, q, norm, img, txt, weights, k, where, exclude=ids)
+
+
+def stored_images(engine: "SearchEngine", ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The stored image-side vectors of items ``ids``: channel ("image", and "visual" when every item has
+    one) -> (n, dim) unit rows in the order of ``ids``."""
+    fids = engine.store.fids_of(list(ids))
     missing = [i for i in ids if i not in fids]
     if missing:
         raise ItemNotFoundError(f"no item {missing[0]!r} in this index"
@@ -98,14 +109,23 @@ def similar_to_items(engine: "SearchEngine", like: Sequence[str], not_like: Sequ
         ch = engine.channels.get(name)
         if ch is None:
             continue
-        present, vecs = ch.rows(rows)  # (n, dim) stored unit vectors, in the order of ``rows``
+        present, vecs = ch.rows(rows)
         if not present.all():
             if name == "image":
                 raise ItemNotFoundError(f"item {ids[int(np.argmin(present))]!r} has no stored image embedding")
             continue  # a visual channel is used only when every given item has it
         img[name] = vecs
-    txt = engine.encode_texts([text]) if text and text.strip() else None
-    weights = [1.0] * len(like) + [-1.0] * len(not_like) + ([1.0] if txt is not None else [])
-    shared = np.concatenate([img["image"]] + ([txt] if txt is not None else []))  # (n_terms, D)
-    q, norm = fuse(shared, weights)
-    return rank_fused(engine, q, norm, img, txt, weights, k, where, exclude=ids)
+    return img
+
+
+def similar_to_item(engine: "SearchEngine", item_id: str, text: str | None, k: int, image_weight: float | None,
+                    where: WhereSpec) -> list["SearchHit"]:
+    """"More like this": items whose images resemble ``item_id``'s stored embedding (the item left out);
+    ``text`` steers them as in a photo + text query."""
+    txt = engine.encode_texts([text]) if text else None
+    hits = engine.search_vectors(stored_images(engine, [item_id]), txt, k=k + 1, image_weight=image_weight,
+                                 where=where)[0]
+    hits = [h for h in hits if h.id != item_id][:k]
+    for rank, h in enumerate(hits, 1):
+        h.rank = rank
+    return hits

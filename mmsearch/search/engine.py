@@ -15,7 +15,7 @@ from PIL import Image
 from ..config import RankingCfg
 from ..index import ann
 from ..index.ann import IndexSpec
-from ..errors import ImageDecodeError, IndexIncompatibleError, ItemNotFoundError, QueryError
+from ..errors import ImageDecodeError, IndexIncompatibleError, QueryError
 from ..models.registry import list_models
 from ..index.filters import WhereSpec, parse_where
 from ..index.snapshot import read_manifest, resolve_snapshot, verify_snapshot
@@ -400,31 +400,14 @@ class SearchEngine:
         the liked and disliked items are terms of one algebra query (compose.similar_to_items); every
         given item is left out of the hits.
         """
-        if not isinstance(item_id, str) or not_ids:
-            from .compose import similar_to_items
+        from .compose import similar_to_item, similar_to_items
 
-            if k < 1:
-                raise QueryError(f"k must be at least 1, got {k}")
-            return similar_to_items(self, [item_id] if isinstance(item_id, str) else list(item_id), list(not_ids),
-                                    text=text, k=k, where=where)
-        fid = self.store.fids_of([item_id]).get(item_id)
-        if fid is None:
-            raise ItemNotFoundError(f"no item {item_id!r} in this index")
-        image = {}
-        for name in ("image", "visual"):
-            ch = self.channels.get(name)
-            if ch is not None:
-                present, vecs = ch.rows(np.array([fid]))  # (1, dim) stored unit vector
-                if present[0]:
-                    image[name] = vecs
-        if "image" not in image:
-            raise ItemNotFoundError("this item has no stored image embedding")
-        txt = self.encode_texts([text]) if text else None
-        hits = self.search_vectors(image, txt, k=k + 1, image_weight=image_weight, where=where)[0]
-        hits = [h for h in hits if h.id != item_id][:k]
-        for rank, h in enumerate(hits, 1):
-            h.rank = rank
-        return hits
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        if isinstance(item_id, str) and not not_ids:
+            return similar_to_item(self, item_id, text, k, image_weight, where)
+        return similar_to_items(self, [item_id] if isinstance(item_id, str) else list(item_id), list(not_ids),
+                                text=text, k=k, where=where)
 
     @staticmethod
     def _hit(rank: int, row: dict[str, Any], score: float) -> SearchHit:
@@ -491,7 +474,7 @@ class SearchEngine:
         for i, q in enumerate(queries):
             groups.setdefault((q.get("image") is not None, bool((q.get("text") or "").strip())), []).append(i)
         for (has_img, has_txt), idx in groups.items():
-            how = _hybrid.resolve_mode(mode, has_txt, has_txt and self.store.has_text())
+            how = _hybrid.resolve_mode(mode, has_txt, has_txt and not has_img and self.store.has_text())
             texts = [queries[i].get("text") for i in idx]
             if how == "keyword":
                 for i, t in zip(idx, texts):

@@ -4,12 +4,14 @@ Modes (``--mode``, ``mode=``):
     ``semantic``  embeddings only (ranking.py);
     ``keyword``   BM25 over the items' words only (title, text, file and folder names, string metadata;
                   index/store.py ``keyword_text``): no model is loaded;
-    ``hybrid``    the semantic score plus a keyword bonus: the items a text's words match best join the
-                  candidates, and each gets ``keyword_weight * bm25 / max(bm25)`` (the query's best
-                  keyword match gets the whole weight, ``RankingCfg.keyword_weight``) on top of its exact
-                  semantic score; with a photo the bonus belongs to the text part (times ``1 - w``);
-    ``auto``      (default) hybrid for a query with text on an index whose items have titles or texts,
-                  else semantic: an untitled photo library ranks exactly as before.
+    ``hybrid``    the semantic score plus a keyword bonus: the items a text's words match best (BM25) join
+                  the candidates, and each gets ``keyword_weight`` times the IDF-weighted share of the
+                  text's phrases it matches (store.keyword_coverage: an item matching every phrase gets the
+                  whole weight, ``RankingCfg.keyword_weight``) on top of its exact semantic score; with a
+                  photo the bonus belongs to the text part (times ``1 - w``);
+    ``auto``      (default) hybrid for a text-only query on an index whose items have titles or texts,
+                  else semantic: an untitled photo library ranks exactly as before, and a photo + text
+                  query ("this jacket, in red") keeps its text a modifier, not a name to look up.
 
 benchmarks/bench_hybrid.py chose the additive bonus and its weight over reciprocal-rank fusion (also
 here, :func:`rrf`, for that comparison). Pure functions, except :func:`keyword_hits` (reads the store).
@@ -27,24 +29,17 @@ from ..index.filters import WhereSpec
 MODES = ("auto", "hybrid", "semantic", "keyword")
 
 
-def resolve_mode(mode: str | None, has_text: bool, index_has_text: bool) -> str:
-    """The mode a query runs in: ``semantic``, ``keyword`` or ``hybrid`` (see the module doc)."""
+def resolve_mode(mode: str | None, has_text: bool, auto_hybrid: bool) -> str:
+    """The mode a query runs in: ``semantic``, ``keyword`` or ``hybrid`` (see the module doc);
+    ``auto_hybrid``: whether ``auto`` means hybrid for this query."""
     mode = mode or "auto"
     if mode not in MODES:
         raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "keyword" and not has_text:
         raise QueryError("keyword search needs a query text")
     if mode == "auto":
-        return "hybrid" if has_text and index_has_text else "semantic"
+        return "hybrid" if has_text and auto_hybrid else "semantic"
     return mode if has_text else "semantic"
-
-
-def keyword_bonus(bm25: np.ndarray, weight: float) -> np.ndarray:
-    """``weight * bm25 / max(bm25)`` for one query's keyword matches (BM25 > 0, best first)."""
-    if not len(bm25):
-        return np.zeros(0, np.float32)
-    top = float(np.max(bm25))
-    return (weight * bm25 / top).astype(np.float32) if top > 0 else np.full(len(bm25), weight, np.float32)
 
 
 def rrf(rankings: Sequence[np.ndarray], k: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,11 +66,12 @@ def keyword_hits(engine: Any, text: str, k: int, where: WhereSpec = None) -> lis
 
 
 def boosts(engine: Any, texts: Sequence[str], weight: float, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query text, (fids, bonus) of its ``n`` best keyword matches (hybrid mode)."""
+    """Per query text, (fids, bonus) of its ``n`` best keyword matches (hybrid mode): ``weight`` times the
+    IDF-weighted share of the text's phrases each matches (store.keyword_coverage)."""
     out = []
     for t in texts:
-        fids, bm25 = engine.store.keyword_search(t, n)
-        out.append((fids, keyword_bonus(bm25, weight)))
+        fids, _ = engine.store.keyword_search(t, n)
+        out.append((fids, (weight * engine.store.keyword_coverage(t, fids)).astype(np.float32)))
     return out
 
 

@@ -156,6 +156,16 @@ async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | list
     return hits
 
 
+def options(mode: str | None, min_score: float | None, sort_by: str | None, descending: bool, offset: int | None,
+            window: int) -> dict[str, Any]:
+    """The search options a request set (those left at their defaults are not passed on)."""
+    given_ = {"mode": mode, "min_score": min_score, "sort_by": sort_by, "offset": offset}
+    out = {k: v for k, v in given_.items() if v is not None}
+    if sort_by is not None or offset is not None:
+        out.update(descending=descending, window=window)
+    return out
+
+
 def given(upload: UploadFile | str) -> bool:
     """Whether a file field holds a photo (browsers send an empty one when no file was chosen)."""
     return bool(upload) if isinstance(upload, str) else bool(upload.filename or upload.size)
@@ -256,9 +266,8 @@ def search_router(state: ServerState) -> APIRouter:
                       "not_text": [(abs(w), t) for w, t in weighted_texts if w < 0] + [(1.0, t) for t in neg_texts]}
         t0 = time.perf_counter()
         with state.use() as use:
-            hits = await run_search(state, use, use.engine.search, where, k=k, image_weight=image_weight, mode=mode,
-                                    min_score=min_score, sort_by=sort_by, descending=descending, offset=offset,
-                                    window=window, **kwargs)
+            hits = await run_search(state, use, use.engine.search, where, k=k, image_weight=image_weight,
+                                    **kwargs, **options(mode, min_score, sort_by, descending, offset, window))
         return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": use.version}
 
