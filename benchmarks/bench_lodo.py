@@ -720,7 +720,8 @@ def cmd_ship(args) -> None:
     h = Heads(model, tok, crop_model)
     h.text_feats(all_texts(c))
     splits = args.splits.split(",")
-    pool = np.array([i for i in range(len(c.ids)) if c.split[i] in splits
+    skip = set(args.exclude_domains.split(",")) - {""}
+    pool = np.array([i for i in range(len(c.ids)) if c.split[i] in splits and c.domain[i] not in skip
                      and not torch.isnan(c.feats["pad"][i]).any()], dtype=np.int64)  # items with cached features
     t0 = time.time()
     tuned = train_heads(h, c, c.feats["pad"], pool, RECIPES[args.recipe])
@@ -773,6 +774,7 @@ def main(argv=None) -> None:
     s.add_argument("--mix", type=float, default=0.0, help="output-space ensemble weight of the zero-shot start "
                                                           "(both towers; 0: the trained heads alone)")
     s.add_argument("--splits", default="train,val,test")
+    s.add_argument("--exclude-domains", default="photo-coco", help="evaluation-only domains (comma-separated)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)

@@ -166,7 +166,7 @@ def cmd_bridges(args) -> None:
     texts = eval_texts(c)
     res: dict = {"domains": doms, "counts": counts, "pad": {}, "geometry": {}}
     ranks = {}
-    for tpl in args.templates.split(","):
+    for tpl in ([] if args.geometry_of else args.templates.split(",")):
         for syn in (True, False):
             h = prior_heads(tpl, syn, 1.0, "pad", tok, pad_model)
             h.text_feats(texts)
@@ -177,8 +177,19 @@ def cmd_bridges(args) -> None:
                 ranks[name] = evaluate_all(lambda d, sp=sp: sp, c, doms)
                 res["pad"][name] = {"score": score(ranks[name], doms), "detail": detail(ranks[name], None)}
                 print(name, json.dumps(res["pad"][name]["score"]), file=sys.stderr, flush=True)
-    best = max(res["pad"], key=lambda n: rank_key(res["pad"][n]["score"]))
-    res["best_pad"] = best
+    if args.geometry_of:  # geometry only, at these prompts
+        old = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").is_file() else {}
+        res = {**old, **{k: v for k, v in res.items() if k != "pad"}, "geometry": {}}
+        res.setdefault("pad", {})
+        best = f"{args.geometry_of} T1"
+    else:
+        best = max(res["pad"], key=lambda n: rank_key(res["pad"][n]["score"]))
+        res["best_pad"] = best
+        res["command"] = " ".join(sys.argv)
+    if not args.geometry:
+        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+        print(f"best: {best}")
+        return
     # geometry: pad vs crop at the best prompts, on test rows with crop features
     tpl, rest = best.split(" T")[0], best.split(" T")[1]
     syn = tpl.endswith("+syn")
@@ -197,7 +208,7 @@ def cmd_bridges(args) -> None:
             r = evaluate_all(lambda d, sp=sp: sp, c, doms)
             res["geometry"][name] = {"score": score(r, doms), "detail": detail(r, None)}
             print("geometry", name, json.dumps(res["geometry"][name]["score"]), file=sys.stderr, flush=True)
-    res["command"] = " ".join(sys.argv)
+    res["geometry_command"] = " ".join(sys.argv)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     print(f"best: {best} ({rest})")
 
@@ -280,7 +291,8 @@ def report(bridges: dict | None, train: dict | None, top: int = 12) -> str:
           "drawn domains.\n"]
     if bridges:
         doms = bridges["domains"]
-        L_ += ["## Zero-shot prior (`bridge`), pad geometry\n", f"Command: `{bridges.get('command', '')}`\n",
+        L_ += ["## Zero-shot prior (`bridge`), pad geometry\n", f"Command: `{bridges.get('command', '')}`; geometry: "
+               f"`{bridges.get('geometry_command', '')}`\n",
                "| prompts | T | drawn mean | photo mean | photo text | photo caption | photo paraphrase | "
                "drawn / photo R@1 | clothing text | caltech text | coco caption |", "|---" * 11 + "|"]
         for name, e in bridges["pad"].items():
@@ -370,6 +382,9 @@ def main(argv=None) -> None:
     b = sub.choices["bridges"]
     b.add_argument("--templates", default="ens8,photo5,photo1")
     b.add_argument("--temperatures", default="1,1.5,2")
+    b.add_argument("--geometry", type=int, default=1, help="0: skip the pad vs crop comparison")
+    b.add_argument("--geometry-of", default="", help="only the geometry comparison, at these prompts (e.g. "
+                                                      "ens8+syn), merged into --out's JSON")
     t = sub.choices["train"]
     t.add_argument("--prior-templates", default="ens8", choices=sorted(TEMPLATES))
     t.add_argument("--prior-synonyms", type=int, default=1)
