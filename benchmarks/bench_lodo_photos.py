@@ -60,9 +60,14 @@ class Frozen(L.Space):
         self.table = table
 
 
+_VIS: list[torch.Tensor] = []  # the raw visual channel: one copy for every space of a run (it never trains)
+
+
 def freeze(space: L.Space, texts: list[str]) -> Frozen:
     emb = torch.cat([space.text_fn(texts[k:k + 2048]) for k in range(0, len(texts), 2048)])
-    return Frozen(space.img, dict(zip(texts, emb)), space.vis)
+    if not _VIS or _VIS[0].shape != space.vis.shape or not torch.equal(_VIS[0].nan_to_num(), space.vis.nan_to_num()):
+        _VIS[:] = [space.vis]
+    return Frozen(space.img, dict(zip(texts, emb)), _VIS[0])
 
 
 def mix(a: Frozen, b: Frozen, beta: float) -> Frozen:
@@ -229,6 +234,12 @@ def cmd_train(args) -> None:
     base = evaluate_all(lambda d: zs, c, doms, weights)
     models: dict[str, dict] = {"prior": base}
     models["prior centred"] = evaluate_all(lambda d: centred(zs, c, d), c, doms, weights)
+    if args.baseline_temperature and args.baseline_temperature != temp:  # compare with another bridge
+        bh = prior_heads(tpl, syn, args.baseline_temperature, "pad", tok, pad_model)
+        bh.text_feats(texts)
+        bzs = freeze(bh.space(ev), texts)
+        base = evaluate_all(lambda d: bzs, c, doms, weights)
+        models[f"bridge T{args.baseline_temperature:g}"] = base
     fold_doms = [d for d in doms if d not in EVAL_ONLY]
     alphas = [L.parse_alpha(a) for a in args.alphas.split(",")]
     betas = [float(b) for b in args.betas.split(",") if b]
@@ -237,11 +248,16 @@ def cmd_train(args) -> None:
         recipe = L.RECIPES[rname]
         t0 = time.time()
         tuned = {}
-        for d in fold_doms:
+        saved = Path(f"{args.states}-{rname}.pt") if args.states else None
+        if saved is not None and saved.is_file():  # the same folds, trained before: evaluate only
+            tuned = torch.load(saved, weights_only=True)
+        for d in [d for d in fold_doms if d not in tuned]:
             tuned[d] = L.train_heads(prior, c, c.feats["pad"], c.where("train", not_domain=d), recipe)
             print(f"{rname} without {d}: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-        if any(d in EVAL_ONLY for d in doms):
+        if any(d in EVAL_ONLY for d in doms) and "*" not in tuned:
             tuned["*"] = L.train_heads(prior, c, c.feats["pad"], c.where("train"), recipe)
+        if saved is not None:
+            torch.save(tuned, saved)
         costs[rname] = (time.time() - t0) / max(1, len(tuned))
         for a in alphas:
             aname = f"{a[0]:g}/{a[1]:g}" if isinstance(a, tuple) else f"{a:g}"
@@ -254,7 +270,8 @@ def cmd_train(args) -> None:
             print(f"{rname} a{aname}: {json.dumps(score(models[f'{rname} a{aname}'], doms))}", file=sys.stderr,
                   flush=True)
     prior_sc = score(base, doms)
-    res = {"domains": doms, "counts": counts, "prior": {"templates": tpl, "synonyms": syn, "temperature": temp},
+    res = {"domains": doms, "counts": counts, "prior": {"templates": tpl, "synonyms": syn, "temperature": temp,
+                                                        "baseline_temperature": args.baseline_temperature or temp},
            "train_seconds_per_fold": costs, "command": " ".join(sys.argv), "models": {}}
     for name, r in models.items():
         sc = score(r, doms)
@@ -346,7 +363,8 @@ def report(bridges: dict | None, train: dict | None, top: int = 12) -> str:
                       f"{_f(sc.get('drawn_R@1'))} / {_f(sc.get('photo_R@1'))} | "
                       f"{_f(sc.get('composed_R@1_w0.5'))} / {_f(sc.get('composed_R@10_w0.5'))} | {below or 'none'} | "
                       f"{'**yes**' if rule['passes'] else 'no'} |")
-        picked = ["prior"] + [n for n in order if models[n]["ship_rule"]["passes"]][:3]
+        picked = ["prior"] + [n for n in models if n.startswith("bridge T")]
+        picked += [n for n in order if models[n]["ship_rule"]["passes"] and n not in picked][:3]
         picked += [n for n in order if n not in picked][:max(0, 4 - len(picked))]
         L_ += ["", "Per domain, R@10 (difference to the prior [95% CI]):\n",
                "| domain | kind | " + " | ".join(picked) + " |", "|---" * (2 + len(picked)) + "|"]
@@ -389,7 +407,11 @@ def main(argv=None) -> None:
     t.add_argument("--prior-templates", default="ens8", choices=sorted(TEMPLATES))
     t.add_argument("--prior-synonyms", type=int, default=1)
     t.add_argument("--prior-temperature", type=float, default=1.0)
+    t.add_argument("--baseline-temperature", type=float, default=0.0,
+                   help="the bridge the ship rule compares with, when not the prior itself (0: the prior)")
     t.add_argument("--recipes", default="masked,masked_photoanchor")
+    t.add_argument("--states", default="", help="save the tuned heads per fold to PREFIX-<recipe>.pt, and "
+                                                 "reuse them when that file exists (evaluate other alphas)")
     t.add_argument("--alphas", default="0.25,0.5,0.75,1,0.25/0.5")
     t.add_argument("--betas", default="0.3,0.5,0.7")
     r = sub.add_parser("report")
