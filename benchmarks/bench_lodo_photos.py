@@ -321,15 +321,16 @@ def report(bridges: dict | None, train: dict | None, top: int = 12) -> str:
                       + " | ".join(_f(det.get(d, {}).get(k, {}).get("R@10")) for d, k in
                                    (("photo-clothing", "text"), ("photo-caltech", "text"), ("photo-coco", "caption")))
                       + " |")
-        L_ += ["", f"Chosen (mean of drawn mean and photo mean): **{bridges['best_pad']}**.\n",
+        chosen = bridges.get("chosen", bridges["best_pad"])
+        L_ += ["", f"Highest mean of drawn mean and photo mean: {bridges['best_pad']}. **Chosen: {chosen}**. "
+               f"{bridges.get('chosen_note', '')}\n",
                "Geometry at the chosen prompts (test rows with crop features: every photo, up to 100 per drawn "
                "domain):\n", "| geometry | T | drawn mean | photo mean |", "|---|---|---|---|"]
         for name, e in bridges["geometry"].items():
             g, t = name.split(" T")
             L_.append(f"| {g} | {t} | {_f(e['score']['drawn_mean'])} | {_f(e['score']['photo_mean'])} |")
         L_ += ["", "Per domain (text R@10; photo domains every kind), chosen prompts at T=1, 1.5, 2:\n"]
-        chosen = bridges["best_pad"].rsplit(" T", 1)[0]
-        names = [n for n in bridges["pad"] if n.rsplit(" T", 1)[0] == chosen]
+        names = [n for n in bridges["pad"] if n.rsplit(" T", 1)[0] == chosen.rsplit(" T", 1)[0]]
         L_ += ["| domain | kind | " + " | ".join(names) + " |", "|---" * (2 + len(names)) + "|"]
         for d in doms:
             for k in PHOTO_KINDS.get(d, ("text",)):
