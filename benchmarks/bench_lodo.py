@@ -770,7 +770,7 @@ def main(argv=None) -> None:
     s.add_argument("--recipe", default="masked")
     s.add_argument("--alpha", default="0.5", help="WiSE-FT weight of the tuned heads: 0.5, or image/text as 0.3/0.6")
     s.add_argument("--bridge", default=json.dumps({"bridge_templates": list(ENSEMBLE), "bridge_synonyms": True,
-                                                   "bridge_temperature": 2.0}))
+                                                   "bridge_temperature": 1.0}))
     s.add_argument("--mix", type=float, default=0.0, help="output-space ensemble weight of the zero-shot start "
                                                           "(both towers; 0: the trained heads alone)")
     s.add_argument("--splits", default="train,val,test")
