@@ -185,8 +185,8 @@ def cmd_extract(args) -> None:
         done = start + len(chunk)
         rate = done / (time.time() - t0)
         print(f"{args.geometry}: {done}/{len(order)} images, {rate:.1f}/s", flush=True)
-    # texts: every caption, title and modifier (MiniLM, cached)
-    texts = all_texts(c)
+    # texts of the extracted rows: every caption, title, query and modifier (MiniLM, cached)
+    texts = all_texts(c, order)
     text_features(model, tok, texts)
     print(f"texts: {len(texts)}", flush=True)
 
@@ -268,6 +268,15 @@ def evaluate(space: Space, c: Corpus, domain: str, weights=(0.5,)) -> dict:
     titles = sorted(by_title)
     q = space.text_fn(titles)
     out["text"] = ranks_of((q @ img.T).numpy(), [by_title[t] for t in titles])
+    # photo domains: more query kinds per row (captions, WordNet paraphrases), each scored apart
+    by_kind: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i in test:
+        for kind, texts in c.rows[i].get("queries", {}).items():
+            for t in dict.fromkeys(texts):
+                by_kind[kind][t].append(tpos[i])
+    for kind, targets in sorted(by_kind.items()):
+        texts = sorted(targets)
+        out[kind] = ranks_of((space.text_fn(texts) @ img.T).numpy(), [targets[t] for t in texts])
     trip = [(r, m, t) for r, m, t, _ in c.triplets if r in tpos and t in tpos]
     if trip:
         vis = space.vis[test]
@@ -305,8 +314,11 @@ def emoji_code(c: Corpus, i: int) -> str:
 _TEXT_CACHE: dict[str, torch.Tensor] = {}
 
 
-def all_texts(c: Corpus) -> list[str]:
-    return sorted({t for r in c.rows for t in row_texts(r)} | {m for _, m, _, _ in c.triplets})
+def all_texts(c: Corpus, rows=None) -> list[str]:
+    """Every text of ``rows`` (default: all): captions, titles, query texts, and the triplet modifiers."""
+    rows = [c.rows[i] for i in rows] if rows is not None else c.rows
+    return sorted({t for r in rows for t in row_texts(r)} | {m for _, m, _, _ in c.triplets}
+                  | {t for r in rows for texts in r.get("queries", {}).values() for t in texts})
 
 
 class Heads:
@@ -364,6 +376,7 @@ class Recipe:
     anchor: float = 0.0  # L2 penalty on the residuals = distance to the zero-shot embeddings
     captions: bool = True  # all caption variants (else the title only)
     fusion_w: float = 0.5
+    photo_anchor: float = 0.0  # the same L2 anchor on photo-domain rows only (issue 19)
 
 
 RECIPES = {
@@ -371,6 +384,8 @@ RECIPES = {
     "masked": Recipe("masked"),
     "masked_anchor": Recipe("masked_anchor", anchor=1.0),
     "masked_anchor0.1": Recipe("masked_anchor0.1", anchor=0.1),
+    "masked_photoanchor": Recipe("masked_photoanchor", photo_anchor=1.0),
+    "masked_photoanchor10": Recipe("masked_photoanchor10", photo_anchor=10.0),
 }
 
 
@@ -389,6 +404,7 @@ def train_heads(h: Heads, c: Corpus, feats: torch.Tensor, pool: np.ndarray, reci
     variants = [row_texts(c.rows[i]) if recipe.captions else [c.rows[i]["title"]] for i in pool]
     title_id = {t: k for k, t in enumerate(sorted({c.rows[i]["title"] for i in pool}))}
     tids = torch.tensor([title_id[c.rows[i]["title"]] for i in pool])
+    photo = torch.tensor([c.domain[i].startswith("photo-") for i in pool], dtype=torch.float32)
     inpool = set(pool.tolist())
     trip = [(r, mtext, t) for r, mtext, t, _ in c.triplets if r in inpool and t in inpool]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.05},
@@ -415,6 +431,10 @@ def train_heads(h: Heads, c: Corpus, feats: torch.Tensor, pool: np.ndarray, reci
             if recipe.anchor > 0:
                 loss = loss + recipe.anchor * ((m.image_tower.head.mlp(f) ** 2).sum(1).mean()
                                                + (m.text_tower.head.mlp(tf) ** 2).sum(1).mean())
+            if recipe.photo_anchor > 0 and photo[b].any():
+                w_photo = photo[b]
+                loss = loss + recipe.photo_anchor * (((m.image_tower.head.mlp(f) ** 2).sum(1) * w_photo).mean()
+                                                     + ((m.text_tower.head.mlp(tf) ** 2).sum(1) * w_photo).mean())
             if trip and recipe.composed > 0:
                 pick = torch.randint(len(trip), (min(len(trip), recipe.batch),), generator=g)
                 rr = [trip[int(k)][0] for k in pick]
@@ -700,14 +720,18 @@ def cmd_ship(args) -> None:
     h = Heads(model, tok, crop_model)
     h.text_feats(all_texts(c))
     splits = args.splits.split(",")
-    pool = np.array([i for i in range(len(c.ids)) if c.split[i] in splits
+    skip = set(args.exclude_domains.split(",")) - {""}
+    pool = np.array([i for i in range(len(c.ids)) if c.split[i] in splits and c.domain[i] not in skip
                      and not torch.isnan(c.feats["pad"][i]).any()], dtype=np.int64)  # items with cached features
     t0 = time.time()
     tuned = train_heads(h, c, c.feats["pad"], pool, RECIPES[args.recipe])
     alpha = parse_alpha(args.alpha)
     h.load(alpha, tuned)
-    model.cfg = dataclasses.replace(cfg, name="default", weights="")
-    save_checkpoint(model, tok, args.out, extra={"wise_ft_alpha": alpha, "recipe": dataclasses.asdict(
+    model.cfg = dataclasses.replace(cfg, name="default", weights="",
+                                    image=dataclasses.replace(cfg.image, zero_shot_mix=args.mix),
+                                    text=dataclasses.replace(cfg.text, zero_shot_mix=args.mix))
+    save_checkpoint(model, tok, args.out, extra={"wise_ft_alpha": alpha, "zero_shot_mix": args.mix,
+                                                 "recipe": dataclasses.asdict(
         RECIPES[args.recipe]), "train_splits": splits, "train_items": int(len(pool)),
         "train_seconds": round(time.time() - t0, 1), "corpus_domains": domains_of(c),
         "train_items_by_domain": {d: int(sum(c.domain[i] == d for i in pool)) for d in domains_of(c)}})
@@ -746,8 +770,11 @@ def main(argv=None) -> None:
     s.add_argument("--recipe", default="masked")
     s.add_argument("--alpha", default="0.5", help="WiSE-FT weight of the tuned heads: 0.5, or image/text as 0.3/0.6")
     s.add_argument("--bridge", default=json.dumps({"bridge_templates": list(ENSEMBLE), "bridge_synonyms": True,
-                                                   "bridge_temperature": 2.0}))
+                                                   "bridge_temperature": 1.0}))
+    s.add_argument("--mix", type=float, default=0.0, help="output-space ensemble weight of the zero-shot start "
+                                                          "(both towers; 0: the trained heads alone)")
     s.add_argument("--splits", default="train,val,test")
+    s.add_argument("--exclude-domains", default="photo-coco", help="evaluation-only domains (comma-separated)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)

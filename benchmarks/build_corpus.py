@@ -92,6 +92,7 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sample_catalog import as_photo, find_asset  # noqa: E402
 import corpus_domains as more  # noqa: E402
+import corpus_photos as photos  # noqa: E402
 
 GROUPS = {0: "smileys", 1: "people", 2: "component", 3: "animals", 4: "food", 5: "travel", 6: "activities",
           7: "objects", 8: "symbols", 9: "flags"}
@@ -109,7 +110,7 @@ FASHION_KIND = ("clothing", "clothing", "clothing", "clothing", "clothing", "foo
 NOTO_FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 NOTO_VERSION = 15.0  # fonts-noto-color-emoji 2.042 covers Emoji 15.0
 GENERALIZATION_SAMPLES = ((500, 0), (500, 1))  # bench_generalization.py's openclipart samples (n, seed)
-DOMAINS = ("fluent", "noto", "fashion", "openclipart") + more.NEW_DOMAINS
+DOMAINS = ("fluent", "noto", "fashion", "openclipart") + more.NEW_DOMAINS + photos.PHOTO_DOMAINS
 
 # source -> (registry, what to fetch, archive file pattern, folder under --fetch); see fetch(). The
 # folder names of the Debian packages are the ones bench_generalization.py --data expects.
@@ -120,6 +121,7 @@ PACKAGES = {
     "fashion": ("apt", "dataset-fashion-mnist", "dataset-fashion-mnist_*_all.deb", "fashion-mnist"),
     "openclipart": ("apt", "openclipart-png", "openclipart-png_*_all.deb", "openclipart"),
     **more.packages(),
+    "wordnet": ("apt", "wordnet-base", "wordnet-base_*_all.deb", "wordnet"),
 }
 
 
@@ -382,7 +384,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fetch", type=Path, help="download (once) and unpack the packages of --domains into this "
                                                "folder; archives already there are reused (offline rebuilds)")
     ap.add_argument("--domains", default="fluent", help=f"comma-separated, from {', '.join(DOMAINS)} "
-                                                        f"(fluent is always built)")
+                                                        f"(fluent is always built, unless every domain asked for "
+                                                        f"is a photo domain)")
+    ap.add_argument("--photos", type=Path, default=photos.DEFAULT_ROOT,
+                    help="folder holding the photo sets (default: ../shared/photos next to the repository)")
+    ap.add_argument("--wordnet", type=Path, help="unpacked wordnet-base (paraphrase queries of the photo domains; "
+                                                 "fetched with --fetch when a photo domain is built)")
     ap.add_argument("--fluent", type=Path, help="unpacked @lobehub/fluent-emoji-3d package")
     ap.add_argument("--emojibase", type=Path, help="unpacked emojibase-data package")
     ap.add_argument("--noto", type=Path, help="unpacked fonts-noto-color-emoji (the folder holding usr/)")
@@ -398,12 +405,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fashion-test-per-class", type=int, default=100, help="Fashion-MNIST test-file images per class")
     ap.add_argument("--openclipart-per-base", type=int, default=2, help="clips kept per cleaned clip name")
     args = ap.parse_args(argv)
-    wanted = {d.strip() for d in args.domains.split(",") if d.strip()} | {"fluent"}
+    asked = {d.strip() for d in args.domains.split(",") if d.strip()}
+    args.photo_only = bool(asked) and asked <= set(photos.PHOTO_DOMAINS)
+    wanted = asked | ({"fluent"} if not args.photo_only else set())
     unknown = wanted - set(DOMAINS)
     if unknown:
         ap.error(f"unknown domain(s) {sorted(unknown)}; choose from {', '.join(DOMAINS)}")
+    if wanted & set(photos.PHOTO_DOMAINS):
+        for d in sorted(wanted & set(photos.PHOTO_DOMAINS)):
+            if not (args.photos / photos.SETS[d] / "items.jsonl").is_file():
+                ap.error(f"--photos {args.photos}: no {photos.SETS[d]}/items.jsonl (domain {d})")
+        if args.wordnet is None and args.fetch is not None:
+            args.wordnet = fetch("wordnet", args.fetch)
     wanted |= {d for d in DOMAINS[:4] if getattr(args, d, None) is not None}
-    for source in ["fluent", "emojibase"] + [d for d in DOMAINS[1:4] if d in wanted]:
+    for source in ([] if args.photo_only else ["fluent", "emojibase"]) + [d for d in DOMAINS[1:4] if d in wanted]:
         if getattr(args, source) is None:
             if args.fetch is None:
                 ap.error(f"--{source} (an unpacked package) or --fetch DIR is needed")
@@ -421,10 +436,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rng = random.Random(args.seed)
-    data = json.loads((args.emojibase / "en" / "data.json").read_text(encoding="utf-8"))
     corpus = Corpus(args.out)
-    add_emoji(corpus, data, fluent_images(args.fluent / "assets"), rng, args.tones, folder_of=lambda s: s)
+    data: list[dict] = []
+    if not args.photo_only:
+        data = json.loads((args.emojibase / "en" / "data.json").read_text(encoding="utf-8"))
+        add_emoji(corpus, data, fluent_images(args.fluent / "assets"), rng, args.tones, folder_of=lambda s: s)
     missing = {"fluent": corpus.missing}
+    wordnet = photos.WordNet(args.wordnet) if args.wordnet else None
+    for d in photos.PHOTO_DOMAINS:
+        if d in args.wanted:
+            n = photos.add_photos(corpus, args.photos, d, wordnet, args.limit_per_domain)
+            print(f"{d}: {n}", file=sys.stderr, flush=True)
     if "noto" in args.wanted:
         corpus.missing = 0
         render = NotoRenderer(args.noto / NOTO_FONT)
@@ -458,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     counts = {}
     extra = sorted(f for f in corpus.rows if f not in ("train", "val", "test"))
-    for folder in ["train", "val", "test"] + extra:
+    for folder in [f for f in ("train", "val", "test") if f in corpus.rows or not args.photo_only] + extra:
         rows, trip = corpus.rows[folder], corpus.triplets[folder]
         (args.out / folder).mkdir(parents=True, exist_ok=True)
         with open(args.out / folder / "catalog.jsonl", "w", encoding="utf-8") as fh:
@@ -479,6 +501,9 @@ def main(argv: list[str] | None = None) -> dict:
                       "Fashion-MNIST and the openclipart names held out for bench_generalization)",
               "counts": counts, "missing_assets": missing["fluent"], "missing": missing,
               "bases": {f: sorted({r["base"] for r in corpus.rows[f]}) for f in ["train", "val", "test"] + extra}}
+    if args.photo_only or args.wanted & set(photos.PHOTO_DOMAINS):
+        splits["photo_rule"] = (f"photo domains: by class, sha256('photo:<domain>:<label>')[:8] % 100 < "
+                                f"{photos.TEST_SHARE} -> test, else train; photo-coco is evaluation only")
     (args.out / "splits.json").write_text(json.dumps(splits, indent=1))
     print(json.dumps(counts))
     return counts
@@ -503,12 +528,15 @@ def write_queries(folder: Path, rows: list[dict], triplets: list[dict], n_photos
 def write_title_queries(folder: Path, rows: list[dict]) -> None:
     """queries.jsonl for folders where many images share a title: one text query per title, every
     image with that title a target."""
-    targets: dict[str, list[str]] = defaultdict(list)
+    targets: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in rows:
-        targets[r["title"]].append(r["image"])
+        targets[("text", r["title"])].append(r["image"])
+        for kind, texts in r.get("queries", {}).items():  # photo domains: captions, paraphrases
+            for t in dict.fromkeys(texts):
+                targets[(kind, t)].append(r["image"])
     with open(folder / "queries.jsonl", "w", encoding="utf-8") as fh:
-        for title, ids in sorted(targets.items()):
-            fh.write(json.dumps({"image": None, "text": title, "target": ids, "kind": "text"}, ensure_ascii=False)
+        for (kind, text), ids in sorted(targets.items()):
+            fh.write(json.dumps({"image": None, "text": text, "target": ids, "kind": kind}, ensure_ascii=False)
                      + "\n")
 
 

@@ -69,6 +69,8 @@ class ImageTowerCfg:
     bridge_templates: tuple[str, ...] = ()
     bridge_synonyms: bool = False
     bridge_temperature: float = 1.0
+    # residual heads: output-space ensemble with the zero-shot start, l2n(k * l2n(start) + (1 - k) * l2n(trained))
+    zero_shot_mix: float = 0.0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class TextTowerCfg:
     vocab_size: int = 4096  # lstm only: hashed word buckets beyond the built vocabulary
     width: int = 128  # lstm only: embedding and hidden size
     layers: int = 1  # lstm only
+    zero_shot_mix: float = 0.0  # residual head: output-space ensemble with the start (see ImageTowerCfg)
 
 
 @dataclass

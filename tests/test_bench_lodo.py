@@ -79,3 +79,34 @@ def test_per_head_wise_alpha_mixes_each_tower_on_its_own():
 def test_alpha_is_one_weight_or_image_slash_text():
     assert bl.parse_alpha("0.5") == 0.5
     assert bl.parse_alpha("0.25/0.5") == (0.25, 0.5)
+
+
+def test_photo_runner_output_mix_centring_and_ship_rule():
+    """bench_lodo_photos: the output-space ensemble renormalises the weighted sum on both towers, centring
+    removes the catalog mean of one domain's test rows only, and the ship rule flags a cell whose whole
+    interval is below the prior."""
+    import torch
+
+    import bench_lodo_photos as bp
+    from mmsearch.models.encoders import l2n
+
+    torch.manual_seed(0)
+    a_img, b_img = l2n(torch.randn(4, 3)), l2n(torch.randn(4, 3))
+    a = bp.Frozen(a_img, {"x": l2n(torch.randn(3))}, a_img)
+    b = bp.Frozen(b_img, {"x": l2n(torch.randn(3))}, b_img)
+    m = bp.mix(a, b, 0.3)
+    torch.testing.assert_close(m.img, l2n(0.3 * a_img + 0.7 * b_img))
+    torch.testing.assert_close(m.text_fn(["x"])[0], l2n(0.3 * a.table["x"] + 0.7 * b.table["x"]))
+    c = bl.Corpus(ids=list("abcd"), paths=[""] * 4, rows=[{}] * 4, split=["test", "test", "train", "test"],
+                  domain=["p", "p", "p", "q"], triplets=[])
+    cen = bp.centred(a, c, "p")
+    torch.testing.assert_close(cen.img[[2, 3]], a_img[[2, 3]])  # other split and other domain untouched
+    torch.testing.assert_close(cen.img[[0, 1]], l2n(a_img[[0, 1]] - a_img[[0, 1]].mean(0)))
+    det = {"d": {"text": {"dR@10_ci": (-0.3, -0.01)}, "caption": {"dR@10_ci": (-0.3, 0.0)}}}
+    prior = {"drawn_mean": 0.2, "photo_mean": 0.9}
+    rule = bp.ship_rule(det, {"drawn_mean": 0.5, "photo_mean": 0.95, "composed_R@1_w0.5": 0.6}, prior, ["d"])
+    assert rule["significantly_below"] == ["d/text"] and not rule["passes"]
+    det["d"]["text"]["dR@10_ci"] = (-0.1, 0.05)
+    assert bp.ship_rule(det, {"drawn_mean": 0.5, "photo_mean": 0.95, "composed_R@1_w0.5": 0.6}, prior, ["d"])["passes"]
+    assert not bp.ship_rule(det, {"drawn_mean": 0.5, "photo_mean": 0.95, "composed_R@1_w0.5": 0.5}, prior,
+                            ["d"])["passes"]

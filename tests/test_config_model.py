@@ -91,3 +91,24 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     junk.write_bytes(b"\x00garbage")
     with pytest.raises(ModelError, match="cannot read checkpoint"):
         load_checkpoint(junk)
+
+
+def test_residual_head_output_mix_with_the_zero_shot_start():
+    """zero_shot_mix k: the head returns k * l2n(start) + (1 - k) * l2n(start + correction); k = 0 is the
+    plain residual, and an untrained correction (zero) leaves the start's direction at any k."""
+    from torch import nn
+
+    from mmsearch.models.encoders import ResidualHead, l2n
+
+    torch.manual_seed(0)
+    base = nn.Linear(6, 4)
+    x = torch.randn(5, 6)
+    plain, mixed = ResidualHead(base, 6, 4), ResidualHead(base, 6, 4, keep=0.3)
+    assert torch.allclose(l2n(mixed(x)), l2n(base(x)), atol=1e-6)  # zero-initialised correction
+    for head in (plain, mixed):
+        nn.init.normal_(head.mlp[-1].weight)
+    mixed.mlp.load_state_dict(plain.mlp.state_dict())
+    start, trained = l2n(base(x)), l2n(plain(x))
+    assert torch.allclose(plain(x), base(x) + plain.mlp(x))
+    assert torch.allclose(mixed(x), 0.3 * start + 0.7 * trained, atol=1e-6)
+    assert not torch.allclose(l2n(mixed(x)), trained, atol=1e-3)

@@ -100,19 +100,25 @@ class ResidualHead(nn.Module):
     """``base(x) + mlp(x)`` with the MLP's last layer zero-initialised: training starts exactly at ``base``
     (a pretrained space) and learns a correction, instead of starting from a random projection."""
 
-    def __init__(self, base: nn.Module, in_dim: int, out_dim: int, hidden: int | None = None):
+    def __init__(self, base: nn.Module, in_dim: int, out_dim: int, hidden: int | None = None, keep: float = 0.0):
         super().__init__()
         hidden = hidden or min(in_dim, 512)  # 1280 -> 512 -> 384 for EfficientNet: ~0.85M weights
         self.base = base
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+        # output-space ensemble with the start: keep * l2n(base) + (1 - keep) * l2n(base + mlp) (0: off)
+        self.keep = float(keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.mlp(x)
+        base = self.base(x)
+        out = base + self.mlp(x)
+        if self.keep <= 0:
+            return out
+        return self.keep * l2n(base) + (1 - self.keep) * l2n(out)
 
 
-def projection_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+def projection_head(kind: str, in_dim: int, out_dim: int, keep: float = 0.0) -> nn.Module:
     if kind == "identity":
         if in_dim != out_dim:
             raise ModelError(f"identity head needs in_dim == out_dim, got {in_dim} -> {out_dim}")
@@ -124,7 +130,7 @@ def projection_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     if kind == "residual":  # identity + learned correction (text heads over a pretrained text space)
         if in_dim != out_dim:
             raise ModelError(f"residual head needs in_dim == out_dim, got {in_dim} -> {out_dim}")
-        return ResidualHead(nn.Identity(), in_dim, out_dim)
+        return ResidualHead(nn.Identity(), in_dim, out_dim, keep=keep)
     raise ModelError(f"unknown projection head {kind!r} (known: identity, linear, mlp, residual, imagenet_bridge, "
                      f"bridge_residual)")
 
@@ -142,7 +148,8 @@ class ImageTower(nn.Module):
                 raise ModelError(f"the {cfg.head} head needs an ImageNet backbone and class-name embeddings")
             bridge = ImageNetBridge(self.backbone, class_text_emb, cfg.bridge_temperature)
             # bridge_residual: the zero-shot bridge plus a trained correction (starts at zero-shot)
-            self.head = bridge if cfg.head == "imagenet_bridge" else ResidualHead(bridge, self.num_features, embed_dim)
+            self.head = bridge if cfg.head == "imagenet_bridge" else ResidualHead(bridge, self.num_features, embed_dim,
+                                                                                  keep=cfg.zero_shot_mix)
         else:
             self.head = projection_head(cfg.head, self.num_features, embed_dim)
 
@@ -211,7 +218,7 @@ class TextTower(nn.Module):
             self.backbone = LSTMText(vocab_size or cfg.vocab_size, cfg.width, cfg.layers)
         else:
             raise ModelError(f"unknown text backbone {cfg.backbone!r} (known: minilm, lstm)")
-        self.head = projection_head(cfg.head, self.backbone.num_features, embed_dim)
+        self.head = projection_head(cfg.head, self.backbone.num_features, embed_dim, keep=cfg.zero_shot_mix)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.backbone(batch["input_ids"], batch["attention_mask"]))
