@@ -21,6 +21,8 @@ def test_parse_and_compare():
     assert not readme_examples.matches(build.expected, ["Indexed 4 items in 1.2 s"], "")
     assert readme_examples.matches(query.expected, ['[{"score": 0.7749, "id": "a"}, {"score": 0.5, "id": "b"}]'], "")
     assert not readme_examples.matches(query.expected, ['[{"score": 0.7551, "id": "a"}]'], "")  # 0.76 != 0.77
+    assert readme_examples.same("│ 0.845 │ bus │", "│ 0.846 │ bus │")  # a rounding edge is no drift
+    assert not readme_examples.same("│ 0.845 │ bus │", "│ 0.845 │ taxi │")
     assert not readme_examples.matches(query.expected, ['[{"score": 0.7712, "id": "b"}]'], "")
 
 
