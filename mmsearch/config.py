@@ -134,8 +134,9 @@ class RankingCfg:
     filter_strategy: ``auto``, ``selector`` (FAISS IDSelector) or ``overfetch`` (see ann.filtered_search);
         ``auto`` over-fetches when at least ``overfetch_from`` of the items match, else uses the selector:
         the faster of the two at 1% / 10% / 50% selectivity in benchmarks/results/index.md.
-    keyword_weight: hybrid search's bonus for a query's best keyword (BM25) match, scaled down for the others
-        (search/hybrid.py); keyword_candidates: how many keyword matches join the candidates.
+    keyword_weight: hybrid search's bonus for an item whose words match every phrase of the query, scaled by
+        the IDF-weighted share of phrases matched (search/hybrid.py); keyword_candidates: how many BM25 matches
+        join the candidates.
     """
 
     image_weight: float = 0.5

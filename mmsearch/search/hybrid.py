@@ -13,8 +13,8 @@ Modes (``--mode``, ``mode=``):
                   else semantic: an untitled photo library ranks exactly as before, and a photo + text
                   query ("this jacket, in red") keeps its text a modifier, not a name to look up.
 
-benchmarks/bench_hybrid.py chose the additive bonus and its weight over reciprocal-rank fusion (also
-here, :func:`rrf`, for that comparison). Pure functions, except :func:`keyword_hits` (reads the store).
+benchmarks/bench_hybrid.py measures the modes, the weight and reciprocal-rank fusion (:func:`rrf`, kept for
+that comparison) side by side. Pure functions, except :func:`keyword_hits` and :func:`boosts` (read the store).
 """
 
 from __future__ import annotations
