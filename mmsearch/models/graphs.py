@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from ..cpus import available_cpus
 from .registry import weights_dir
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,9 @@ class ShippedTowers:
                  threads: int | None = None):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = int(threads or available_cpus())
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        from .onnx import session_options
+
+        opts = session_options(threads)
         self.entry = entry
 
         def open_graph(key: str) -> Any:

@@ -237,6 +237,23 @@ def _write_lean(folder: Path, model: Any, tokenizer: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ runtime
+def session_options(threads: int | None = None) -> Any:
+    """onnxruntime options of every tower session: full graph optimisation, one op at a time on ``threads``
+    intra-op threads (default: the CPUs this process may use), and no busy-waiting between ops: on a shared
+    CPU (and while a photo + text query runs both towers at once) spinning threads only take cores from the
+    threads with work to do."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = int(threads or available_cpus())
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OrtTowers:
     """The exported towers in onnxruntime sessions (CPU). Both methods return float32 unit vectors.
 
@@ -249,15 +266,7 @@ class OrtTowers:
         import onnxruntime as ort
 
         self.folder = Path(folder)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = int(threads or available_cpus())
-        opts.log_severity_level = 3
-        # no busy-waiting between ops: on a shared CPU (and while a photo + text query runs both towers at
-        # once) spinning threads only take cores from the threads with work to do
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads)
         self.sessions = {t: ort.InferenceSession(str(self.folder / f"{t}.onnx"), opts,
                                                  providers=["CPUExecutionProvider"]) for t in towers}
 
