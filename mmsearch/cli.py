@@ -81,6 +81,10 @@ def index_cmd(
                        "in the index: later updates honour it; indexed items it matches are removed.")] = None,
     reset_exclude: Annotated[bool, typer.Option("--reset-exclude", help="Forget the --exclude patterns the index "
                                                 "remembers (only this run's apply).")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep updating the index as CATALOG changes, until Ctrl-C "
+                                        "(needs mmsearch[watch]).")] = False,
+    debounce: Annotated[float, typer.Option("--debounce", min=0.0, help="With --watch: seconds of quiet after a "
+                                            "change before updating.")] = 2.0,
 ) -> None:
     """Index CATALOG, or update an existing index: only new and changed files are encoded.
 
@@ -89,6 +93,7 @@ def index_cmd(
     """
     import os
 
+    from .commands.indexing import index_distributed, print_build_report, watch_catalog
     from .encode.config import EncodeCfg
     from .index.build import build_index, index_model
 
@@ -97,66 +102,25 @@ def index_cmd(
         if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and _dist_env().is_distributed:
             return index_distributed(catalog, out_dir, model or index_model(out_dir), batch_size, workers, device,
                                      index_cfg(index_type, max_memory), rebuild, wait, shard_size,
-                                     exclude=exclude, reset_exclude=reset_exclude)
-        report = build_index(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
-                             num_workers=workers, progress=sys.stderr.isatty(),
-                             encode=EncodeCfg(compile=compile_model), index=index_cfg(index_type, max_memory),
-                             rebuild=rebuild, lock_timeout=wait, exclude=exclude, reset_exclude=reset_exclude)
+                                     exclude, reset_exclude, fail, out)
+        build_kw = dict(model=model, device=device, batch_size=batch_size, num_workers=workers,
+                        progress=sys.stderr.isatty(), encode=EncodeCfg(compile=compile_model),
+                        index=index_cfg(index_type, max_memory), lock_timeout=wait, exclude=exclude)
+        if watch:
+            if rebuild or reset_exclude:  # once, before watching; the watcher's updates are plain updates
+                print_build_report(build_index(catalog, out=out_dir, rebuild=rebuild, reset_exclude=reset_exclude,
+                                               **build_kw), out)
+            return watch_catalog(catalog, out_dir, debounce, out, **build_kw)
+        report = build_index(catalog, out=out_dir, rebuild=rebuild, reset_exclude=reset_exclude, **build_kw)
     except MMSearchError as exc:
         raise fail(exc)
-    print_build_report(report)
+    print_build_report(report, out)
 
 
 def _dist_env():
     from .dist.env import DistEnv
 
     return DistEnv.from_env()
-
-
-def print_build_report(report) -> None:
-    out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "
-              f"({report.with_text} with text) in {report.seconds:.1f} s: {report.added} added, "
-              f"{report.updated} updated, {report.metadata_updated} metadata-only, {report.removed} removed, "
-              f"{report.unchanged} unchanged; {report.encoded} images encoded"
-              + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
-    if getattr(report, "exclude", None):
-        out.print(f"Excluding {', '.join(report.exclude)} (remembered in the index)"
-                  + (f"; {report.excluded} indexed item(s) they match were removed" if report.excluded else ""),
-                  highlight=False, markup=False)
-    if report.skipped:
-        again = getattr(report, "not_retried", 0)
-        out.print(f"[yellow]Skipped {len(report.skipped)} file(s)[/]"
-                  + (f" ({again} unchanged since an earlier run failed on them: not decoded again)" if again else "")
-                  + ":")
-        for s in report.skipped[:20]:
-            out.print(f"  {s['id']}: {s['reason']}", highlight=False, markup=False)  # "mmsearch[formats]"
-        if len(report.skipped) > 20:
-            out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
-
-
-def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
-                      cfg, rebuild: bool, wait: float, shard_size: int, exclude: Optional[list[str]] = None,
-                      reset_exclude: bool = False) -> None:
-    """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
-    from .dist.runner import build_index_distributed
-
-    try:
-        result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
-                                         num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
-                                         rebuild=rebuild, lock_timeout=wait, shard_size=shard_size,
-                                         exclude=exclude, reset_exclude=reset_exclude)
-    except MMSearchError as exc:
-        raise fail(exc)
-    if result is None:
-        return
-    info = result.info
-    print_build_report(result.report)
-    if info:
-        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
-                  f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
-        for name, ivf in info.get("ivf_ondisk", {}).items():
-            out.print(f"  {name}: IVF vectors added by every rank in {ivf['parts']} parts ({ivf['resumed_parts']} "
-                      f"resumed), inverted lists merged on disk")
 
 
 @app.command("query")
@@ -189,6 +153,8 @@ def query_cmd(
     offset: OffsetOpt = None,
     window: WindowOpt = 200,
     search_mode: ModeOpt = None,
+    update: Annotated[bool, typer.Option("--update", help="First bring the index up to date with its catalog "
+                                         "folder (instant when nothing changed).")] = False,
 ) -> None:
     """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
     photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:
@@ -202,6 +168,10 @@ def query_cmd(
         mode = check_modes(as_json, check_print0(print0, paths, as_json, preview), preview)
         conditions = parse_where(where) if where else None  # malformed filters fail before any loading
         paging = Paging(offset, min_score, sort_by, desc, window)
+        if update:
+            from .commands.indexing import update_from_catalog
+
+            update_from_catalog(index)
         if batch is not None:
             if args or image or text or not_:
                 raise QueryError("--batch takes its queries from the file; give no image or text as well")

@@ -1,0 +1,93 @@
+"""The ``index`` command's output and its torchrun and ``--watch`` forms (cli.py registers the command)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import MMSearchError
+
+
+def print_build_report(report: Any, out: Console) -> None:
+    """The summary of one index run: counts, remembered exclusions, skipped files."""
+    out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "
+              f"({report.with_text} with text) in {report.seconds:.1f} s: {report.added} added, "
+              f"{report.updated} updated, {report.metadata_updated} metadata-only, {report.removed} removed, "
+              f"{report.unchanged} unchanged; {report.encoded} images encoded"
+              + (f" ({report.images_per_s:.1f} images/s)" if report.encoded else ""))
+    if getattr(report, "exclude", None):
+        out.print(f"Excluding {', '.join(report.exclude)} (remembered in the index)"
+                  + (f"; {report.excluded} indexed item(s) they match were removed" if report.excluded else ""),
+                  highlight=False, markup=False)
+    if report.skipped:
+        again = getattr(report, "not_retried", 0)
+        out.print(f"[yellow]Skipped {len(report.skipped)} file(s)[/]"
+                  + (f" ({again} unchanged since an earlier run failed on them: not decoded again)" if again else "")
+                  + ":")
+        for s in report.skipped[:20]:
+            out.print(f"  {s['id']}: {s['reason']}", highlight=False, markup=False)  # "mmsearch[formats]"
+        if len(report.skipped) > 20:
+            out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
+
+
+def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
+                      cfg: Any, rebuild: bool, wait: float, shard_size: int, exclude: Optional[list[str]],
+                      reset_exclude: bool, fail: Callable[[MMSearchError], typer.Exit], out: Console) -> None:
+    """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
+    from ..dist.runner import build_index_distributed
+
+    try:
+        result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
+                                         num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
+                                         rebuild=rebuild, lock_timeout=wait, shard_size=shard_size,
+                                         exclude=exclude, reset_exclude=reset_exclude)
+    except MMSearchError as exc:
+        raise fail(exc)
+    if result is None:
+        return
+    info = result.info
+    print_build_report(result.report, out)
+    if info:
+        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
+                  f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
+        for name, ivf in info.get("ivf_ondisk", {}).items():
+            out.print(f"  {name}: IVF vectors added by every rank in {ivf['parts']} parts ({ivf['resumed_parts']} "
+                      f"resumed), inverted lists merged on disk")
+
+
+def watch_catalog(catalog: Path, out_dir: Path, debounce: float, out: Console, **build_kw: Any) -> None:
+    """``index --watch``: update now, then after every burst of changes, one summary line each, until Ctrl-C."""
+    from ..index.watch import watch
+
+    def report(r: Any) -> None:
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        out.print(f"{stamp} ", end="", highlight=False)
+        print_build_report(r, out)
+
+    print(f"Watching {catalog} (Ctrl-C to stop); a burst of changes is indexed after {debounce:g} s of quiet",
+          file=sys.stderr)
+    try:
+        watch(catalog, out_dir, debounce=debounce, on_update=report, **build_kw)
+    except KeyboardInterrupt:
+        print("Stopped watching.", file=sys.stderr)
+
+
+def update_from_catalog(index: Path) -> None:
+    """``query --update``: update ``index`` from the catalog folder its manifest records (rclip's behaviour);
+    says what changed, and nothing when nothing did."""
+    from ..errors import QueryError
+    from ..index.build import build_index
+    from ..index.snapshot import read_manifest
+
+    catalog = read_manifest(index).get("catalog")
+    if not catalog or not Path(catalog).is_dir():
+        raise QueryError(f"--update: index {index} records no catalog folder that exists here ({catalog or 'none'})")
+    report = build_index(catalog, out=index, progress=sys.stderr.isatty())
+    if report.added or report.updated or report.metadata_updated or report.removed:
+        print(f"Updated {index}: {report.added} added, {report.updated} updated, {report.metadata_updated} "
+              f"metadata-only, {report.removed} removed", file=sys.stderr)
