@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--vectors", nargs="+", default=["synthetic"], choices=["synthetic", "real"],
                     help="index vectors: synthetic clustered, and/or real embeddings grown by noise "
                          "(real_vectors.py); with real, the queries are real held-out photos and texts")
+    ap.add_argument("--semantic-text", action="store_true",
+                    help="add a kind 'text semantic': text queries with mode='semantic' (no keyword side)")
     ap.add_argument("--real-limit", type=int, default=None, help="encode only this many of the real photos")
     args = ap.parse_args()
 
@@ -195,7 +197,7 @@ def main() -> None:
             timers[key] = StageTimer(engines[key])
             print(f"  opened {v} {n} {rt or ''}: {time.perf_counter() - t0:.2f} s, "
                   f"{ {c: ch.spec.factory + ' ' + str(ch.spec.params) for c, ch in engines[key].channels.items()} }")
-    kinds = ["text", "photo", "photo+text"]
+    kinds = ["text"] + (["text semantic"] if args.semantic_text else []) + ["photo", "photo+text"]
     wheres = [None] if args.no_where else [None] + WHERE
     lat: dict[tuple, list[float]] = defaultdict(list)
     stages: dict[tuple, list[dict]] = defaultdict(list)
@@ -204,7 +206,8 @@ def main() -> None:
         for kind in kinds:
             for q in range(args.queries + 2):
                 kw = {"text": texts[q % len(texts)] if "text" in kind else None,
-                      "image": photos[q % len(photos)] if "photo" in kind else None, "where": where}
+                      "image": photos[q % len(photos)] if "photo" in kind else None, "where": where,
+                      **({"mode": "semantic"} if kind == "text semantic" else {})}
                 for key, engine in engines.items():  # interleaved: every size and runtime sees the same load
                     t0 = time.perf_counter()
                     engine.search(k=10, **kw)
