@@ -3,6 +3,7 @@ by the shipped default model through the product's own path (``build_index``), t
 small Gaussian noise.
 
     python benchmarks/real_vectors.py            # encode (or load the cache) and print what it holds
+    python benchmarks/real_vectors.py --recall /tmp/mmsearch_bench/qindex_real_300000_all   # ANN vs exact
 
 Photos: /work/shared/photos (clothing-cc0, caltech101-ccby, coco-mini-ccby; MMSEARCH_PHOTOS elsewhere), each
 titled with its ``items.jsonl`` text (the label words, or the first COCO caption), so every item has the image,
@@ -126,10 +127,44 @@ def grow(real: dict[str, np.ndarray], n: int, seed: int = 0) -> tuple[dict[str, 
     return out, cos
 
 
+def query_recall(index: Path, photos: list[str], texts: list[str], k: int = 10) -> dict[str, float]:
+    """Recall@k of each channel's tuned FAISS index against an exact scan, for the real held-out queries
+    (photos: image + visual channels; texts: image + text channels), as the engine searches them; and the
+    share of the exact top-k among the candidates the engine fetches and re-scores exactly."""
+    from mmsearch.search.engine import SearchEngine
+
+    eng = SearchEngine.open(index, device="cpu", verify=False)
+    img = eng.encode_image_channels(photos)
+    txt = eng.encode_texts(texts)
+    out = {}
+    for name, q, chans in (("photo", img, ("image", "visual")), ("text", {"image": txt, "text": txt}, ("image", "text"))):
+        for c in chans:
+            ch, qc = eng.channels[c], np.asarray(q[c], np.float32)
+            n_cand = max(eng.ranking.candidates, 4 * k)  # what the engine fetches before exact re-scoring
+            cand = eng._candidates(c, qc, n_cand)
+            ann = cand[:, :k]
+            exact = np.empty((len(qc), k), np.int64)
+            for s in range(0, len(qc), 32):
+                sims = np.concatenate([qc[s:s + 32] @ ch.vectors[r:r + 100_000].astype(np.float32).T
+                                       for r in range(0, len(ch.ids), 100_000)], axis=1)
+                exact[s:s + 32] = ch.ids[np.argsort(-sims, axis=1)[:, :k]]
+            key = f"{name} query, {c} {ch.spec.factory} {ch.spec.params}"
+            out[key + f" R@{k}"] = round(float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k
+                                                      for a, e in zip(ann, exact)])), 4)
+            out[key + f" exact top-{k} in the {n_cand} candidates"] = round(float(np.mean(
+                [len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(cand, exact)])), 4)
+    return out
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.environ.get("MMSEARCH_SRC", str(ROOT)))
-    lim = int(sys.argv[1]) if len(sys.argv) > 1 else None
     cache_dir = Path(os.environ.get("MMSEARCH_BENCH_CACHE", "/tmp/mmsearch_bench"))
+    if sys.argv[1:2] == ["--recall"]:  # --recall INDEX...: Recall@10 on the real held-out queries
+        info = json.loads((cache_dir / "real_meta.json").read_text())
+        for ix in sys.argv[2:]:
+            print(ix, query_recall(Path(ix), info["query_photos"], sorted(set(info["query_texts"]))), flush=True)
+        sys.exit(0)
+    lim = int(sys.argv[1]) if len(sys.argv) > 1 else None
     v, t, info = encode_corpus(cache_dir, lim)
     print({c: a.shape for c, a in v.items()}, len(t), {k: info[k] for k in ("n_photos", "photos_per_s")},
           len(info["query_photos"]), "query photos", len(info["query_texts"]), "query texts")
