@@ -4,6 +4,7 @@ small Gaussian noise.
 
     python benchmarks/real_vectors.py            # encode (or load the cache) and print what it holds
     python benchmarks/real_vectors.py --recall /tmp/mmsearch_bench/qindex_real_300000_all   # ANN vs exact
+    python benchmarks/real_vectors.py --sweep /tmp/mmsearch_bench/qindex_real_300000_all    # nprobe vs recall
 
 Photos: /work/shared/photos (clothing-cc0, caltech101-ccby, coco-mini-ccby; MMSEARCH_PHOTOS elsewhere), each
 titled with its ``items.jsonl`` text (the label words, or the first COCO caption), so every item has the image,
@@ -156,6 +157,37 @@ def query_recall(index: Path, photos: list[str], texts: list[str], k: int = 10) 
     return out
 
 
+def nprobe_sweep(index: Path, photos: list[str], texts: list[str], nprobes: list[int], k: int = 10) -> list[dict]:
+    """Per channel and nprobe: R@k on the real held-out queries (photos -> visual, texts -> image) and the
+    median batch-1 FAISS search time, single-threaded as the engine searches."""
+    import faiss
+
+    from mmsearch.search.engine import SearchEngine
+
+    eng = SearchEngine.open(index, device="cpu", verify=False)
+    qs = {"visual": np.asarray(eng.encode_image_channels(photos)["visual"], np.float32),
+          "image": np.asarray(eng.encode_texts(texts), np.float32)}
+    faiss.omp_set_num_threads(1)
+    rows = []
+    for c, q in qs.items():
+        ch = eng.channels[c]
+        sims = np.concatenate([q @ ch.vectors[r:r + 100_000].astype(np.float32).T for r in range(0, len(ch.ids), 100_000)], 1)
+        exact = ch.ids[np.argsort(-sims, axis=1)[:, :k]]
+        ivf = faiss.extract_index_ivf(ch.index)
+        for p in nprobes:
+            ivf.nprobe = p
+            times, hits = [], []
+            for qi, e in zip(q, exact):
+                t0 = time.perf_counter()
+                _, got = ch.index.search(qi[None], k)
+                times.append(time.perf_counter() - t0)
+                hits.append(len(set(got[0].tolist()) & set(e.tolist())) / k)
+            rows.append({"channel": c, "nprobe": p, "recall": round(float(np.mean(hits)), 3),
+                         "faiss_ms_p50": round(float(np.median(times)) * 1e3, 2)})
+            print(rows[-1], flush=True)
+    return rows
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.environ.get("MMSEARCH_SRC", str(ROOT)))
     cache_dir = Path(os.environ.get("MMSEARCH_BENCH_CACHE", "/tmp/mmsearch_bench"))
@@ -163,6 +195,10 @@ if __name__ == "__main__":
         info = json.loads((cache_dir / "real_meta.json").read_text())
         for ix in sys.argv[2:]:
             print(ix, query_recall(Path(ix), info["query_photos"], sorted(set(info["query_texts"]))), flush=True)
+        sys.exit(0)
+    if sys.argv[1:2] == ["--sweep"]:  # --sweep INDEX: nprobe against recall on the real queries, and FAISS time
+        info = json.loads((cache_dir / "real_meta.json").read_text())
+        nprobe_sweep(Path(sys.argv[2]), info["query_photos"], sorted(set(info["query_texts"])), [1, 2, 4, 8, 16, 32, 64])
         sys.exit(0)
     lim = int(sys.argv[1]) if len(sys.argv) > 1 else None
     v, t, info = encode_corpus(cache_dir, lim)
