@@ -100,6 +100,7 @@ class ItemStore:
         self.path = path
         self._words: sqlite3.Connection | None = None  # where the ``words`` table is (see keyword_search)
         self._words_lock = threading.Lock()
+        self._df: dict[str, int] = {}  # phrase -> items matching it (a reader's store never changes)
 
     @classmethod
     def create(cls, path: Path, copy_from: Path | None = None) -> "ItemStore":
@@ -156,6 +157,7 @@ class ItemStore:
 
     def upsert(self, rows: Iterable[dict[str, Any]]) -> None:
         """Insert or replace items (each with ``fid``) and their attribute rows."""
+        self._df.clear()
         for r in rows:
             meta = r.get("metadata") or {}
             self.conn.execute("DELETE FROM attrs WHERE item = ?", (r["fid"],))
@@ -170,6 +172,7 @@ class ItemStore:
             self.conn.execute("INSERT INTO words(rowid, body) VALUES (?, ?)", (r["fid"], keyword_text(r)))
 
     def delete(self, fids: Sequence[int]) -> None:
+        self._df.clear()
         for s in range(0, len(fids), 500):
             part = [int(f) for f in fids[s:s + 500]]
             ph = ",".join("?" * len(part))
@@ -277,13 +280,17 @@ class ItemStore:
         if not terms or not len(fids):
             return out
         conn = self._words_conn()
-        total = float(self.count())
+        total = float(self._df.setdefault("", self.count()))  # "" (no phrase) holds the item count
         ids = [int(f) for f in fids]
         pos = {f: i for i, f in enumerate(ids)}
         weights = []
         with self._words_lock:
             for t in terms:
-                n = conn.execute("SELECT COUNT(*) FROM words WHERE words MATCH ?", (t,)).fetchone()[0]
+                n = self._df.get(t)
+                if n is None:  # a common word matches thousands of items: count it once per store
+                    n = conn.execute("SELECT COUNT(*) FROM words WHERE words MATCH ?", (t,)).fetchone()[0]
+                    if len(self._df) < 100_000:
+                        self._df[t] = n
                 idf = float(np.log1p((total - n + 0.5) / (n + 0.5)))
                 weights.append(idf)
                 for s in range(0, len(ids), 500):
