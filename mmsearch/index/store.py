@@ -242,10 +242,6 @@ class ItemStore:
         return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
     # ----------------------------------------------------------------------------------- keywords
-    def has_text(self) -> bool:
-        """Whether any item has a title or text (keyword search then joins a text query by default)."""
-        return self.conn.execute("SELECT 1 FROM items WHERE title != '' OR text != '' LIMIT 1").fetchone() is not None
-
     def _words_conn(self) -> sqlite3.Connection:
         with self._words_lock:
             if self._words is None:

@@ -474,7 +474,8 @@ class SearchEngine:
         for i, q in enumerate(queries):
             groups.setdefault((q.get("image") is not None, bool((q.get("text") or "").strip())), []).append(i)
         for (has_img, has_txt), idx in groups.items():
-            how = _hybrid.resolve_mode(mode, has_txt, has_txt and not has_img and self.store.has_text())
+            titled = "text" in self.channels and len(self.channels["text"].ids) > 0  # items with title or text
+            how = _hybrid.resolve_mode(mode, has_txt, has_txt and not has_img and titled)
             texts = [queries[i].get("text") for i in idx]
             if how == "keyword":
                 for i, t in zip(idx, texts):
