@@ -75,18 +75,18 @@ def watch(catalog: str | Path, out: str | Path = "index", *, debounce: float = 2
 
     class Handler(FileSystemEventHandler):
         def on_any_event(self, event: Any) -> None:
-            if event.event_type in IGNORED:
-                return
+            if event.event_type in IGNORED or (event.is_directory and event.event_type == "modified"):
+                return  # a folder's mtime moves with its entries, which bring events of their own
             paths = [Path(str(p)) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
             if all(p == index_dir or index_dir in p.parents for p in paths):
                 return  # the index's own writes (an index folder inside its catalog)
             pending.touch()
 
-    update()
     observer = Observer()
     observer.schedule(Handler(), str(root), recursive=True)
-    observer.start()
+    observer.start()  # before the first update: a file that arrives while it runs is seen, and updated after
     try:
+        update()
         while not stop.wait(poll):
             if pending.due():
                 update()
