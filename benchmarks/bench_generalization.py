@@ -202,7 +202,7 @@ def class_correct(engine: SearchEngine, queries: list[dict]) -> np.ndarray:
     query text it is most similar to; (n_images,) 1.0 where that query lists the image as a target.
     ``queries`` must partition the index (every image the target of exactly one query)."""
     fid_to_id = {row["fid"]: row["id"] for row in engine.items}
-    ch = engine.channels["image"]
+    ch = engine.backend.channels["image"]
     order = np.argsort([fid_to_id[int(f)] for f in ch.ids])  # rows sorted by item id: same order per model
     ids = [fid_to_id[int(f)] for f in ch.ids[order]]
     vecs = np.asarray(ch.vectors, dtype=np.float32)[order]  # (n, D)

@@ -88,21 +88,22 @@ class StageTimer:
     def __init__(self, engine):
         self.t: dict[str, float] = defaultdict(float)
         self.engine = engine
-        self._wrap(engine, "_load_query_image", "decode")
-        self._wrap(engine, "score", "rescore")
-        self._wrap(engine.store, "rows", "store")
+        enc = engine.encoder.open()
+        self._wrap(enc, "_load_query_image", "decode")
+        self._wrap(engine.retriever, "score", "rescore")
+        self._wrap(engine.backend, "rows", "store")
         model = getattr(engine, "model", None)
         if model is not None and type(model).__name__ != "LazyModel" and hasattr(model, "encode_image_channels"):
             self._wrap(model, "encode_image_channels", "image_encode")
             self._wrap(model, "encode_text", "text_encode")
         tok = getattr(engine, "tokenizer", None)
         if tok is not None and callable(tok):  # the lean path's tokenizer is called inside the text stage
-            engine.tokenizer = self._timed(tok, "tokenize")
-        ort = getattr(engine, "_ort", None)
+            enc.tokenizer = self._timed(tok, "tokenize")
+        ort = enc.ort
         if ort is not None:  # onnxruntime towers (models/onnx.py)
             self._wrap(ort, "image_channels", "image_encode")
             self._wrap(ort, "text", "text_encode")
-        orig = engine._candidates
+        orig = engine.backend.search
 
         def cand(channel, *a, **kw):
             t0 = time.perf_counter()
@@ -110,7 +111,7 @@ class StageTimer:
                 return orig(channel, *a, **kw)
             finally:
                 self.t[f"faiss_{channel}"] += time.perf_counter() - t0
-        engine._candidates = cand
+        engine.backend.search = cand
         for name in ("encode_image_channels", "encode_texts"):
             self._wrap(engine, name, f"_{name}")
 

@@ -140,9 +140,9 @@ def query_recall(index: Path, photos: list[str], texts: list[str], k: int = 10) 
     out = {}
     for name, q, chans in (("photo", img, ("image", "visual")), ("text", {"image": txt, "text": txt}, ("image", "text"))):
         for c in chans:
-            ch, qc = eng.channels[c], np.asarray(q[c], np.float32)
+            ch, qc = eng.backend.channels[c], np.asarray(q[c], np.float32)
             n_cand = max(eng.ranking.candidates, 4 * k)  # what the engine fetches before exact re-scoring
-            cand = eng._candidates(c, qc, n_cand)
+            cand = eng.backend.search(c, qc, n_cand)
             ann = cand[:, :k]
             exact = np.empty((len(qc), k), np.int64)
             for s in range(0, len(qc), 32):
@@ -170,7 +170,7 @@ def nprobe_sweep(index: Path, photos: list[str], texts: list[str], nprobes: list
     faiss.omp_set_num_threads(1)
     rows = []
     for c, q in qs.items():
-        ch = eng.channels[c]
+        ch = eng.backend.channels[c]
         sims = np.concatenate([q @ ch.vectors[r:r + 100_000].astype(np.float32).T for r in range(0, len(ch.ids), 100_000)], 1)
         exact = ch.ids[np.argsort(-sims, axis=1)[:, :k]]
         ivf = faiss.extract_index_ivf(ch.index)

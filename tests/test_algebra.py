@@ -57,10 +57,10 @@ def test_plain_form_keeps_the_learned_fusion_case():
 def brute_force(engine, q: np.ndarray) -> list[str]:
     """Item ids by cos(q, item.image), the order the algebra must give for photo-only queries (tiny: no
     visual channel), ties by fid."""
-    ch = engine.channels["image"]
+    ch = engine.backend.channels["image"]
     sims = np.asarray(ch.vectors, np.float32) @ q
     order = np.lexsort((ch.ids, -sims))
-    rows = engine.store.rows(ch.ids[order])
+    rows = engine.backend.store.rows(ch.ids[order])
     return [rows[int(f)]["id"] for f in ch.ids[order]]
 
 

@@ -99,13 +99,13 @@ def test_export_round_trip(tiny_index, tmp_path, target):
     items, emb, txt = load_export(tmp_path / target)
     engine = SearchEngine.open(tiny_index, device="cpu")
     assert items == [{k: r[k] for k in ("id", "path", "title", "text", "metadata")} for r in engine.items]
-    ch = engine.channels["image"]
+    ch = engine.backend.channels["image"]
     assert np.allclose(emb, np.asarray(ch.vectors, np.float32)) and emb.shape == (60, ch.vectors.shape[1])
     # a search over the exported vectors finds what the engine finds
     q = engine.encode_texts(["taxi"])[0]
     assert items[int(np.argmax(emb @ q))]["id"] == engine.search(text="taxi", k=1, image_weight=None)[0].id \
         or np.any(txt)  # the engine also blends item text; the image channel alone must at least be exported
-    assert (np.linalg.norm(txt, axis=1) > 0).sum() == engine.channels["text"].ids.size
+    assert (np.linalg.norm(txt, axis=1) > 0).sum() == engine.backend.channels["text"].ids.size
 
 
 def test_dedupe_finds_planted_duplicates(small_catalog, tmp_path):

@@ -31,7 +31,7 @@ def check_consistent(out: Path) -> set[str]:
         rows = st.all_rows()
     fids = np.array(sorted(r["fid"] for r in rows.values()))
     assert m["count"] == len(rows) == len(engine)
-    img = engine.channels["image"]
+    img = engine.backend.channels["image"]
     assert img.index.ntotal == len(img.ids) == len(img.vectors) == len(rows)
     np.testing.assert_array_equal(img.ids, fids)
     hits = engine.search(text="shoe", k=len(rows))

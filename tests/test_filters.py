@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -133,8 +134,8 @@ def filtered_index(tmp_path_factory, sample_catalog):
 def test_filtered_search_is_exact(filtered_index, strategy, sample_catalog):
     out, rows = filtered_index
     engine = SearchEngine.open(out, device="cpu")
-    engine.filter_strategy = strategy
-    engine.exact_filter_max = 0  # go through FAISS, not the exhaustive path
+    engine.ranking = dataclasses.replace(engine.ranking, filter_strategy=strategy,
+                                         exact_filter_max=0)  # go through FAISS, not the exhaustive path
     photo = sorted(sample_catalog.glob("clothing/*.webp"))[0]
     everything = {h.id: h.score for h in engine.search(image=photo, text="red shoe", k=len(engine))}
     rng = random.Random(5)
@@ -175,8 +176,7 @@ def test_a_repeated_filter_reuses_its_faiss_selector(filtered_index, sample_cata
 
     out, _ = filtered_index
     engine = SearchEngine.open(out, device="cpu")
-    engine.filter_strategy = "selector"
-    engine.exact_filter_max = 0
+    engine.ranking = dataclasses.replace(engine.ranking, filter_strategy="selector", exact_filter_max=0)
     engine.ranking = dataclasses.replace(engine.ranking, candidates=4)  # fewer candidates than matches: FAISS
     built = []
     real = ann.id_selector

@@ -193,7 +193,7 @@ def test_any_query_is_answered_or_refused_cleanly(engine, text, k, weight, where
     assert len(hits) <= k and all(h.rank == i for i, h in enumerate(hits, 1))
     if where is not None:
         allowed = set(engine.select(where).tolist())
-        assert {engine.store.fids_of([h.id])[h.id] for h in hits} <= allowed
+        assert {engine.backend.store.fids_of([h.id])[h.id] for h in hits} <= allowed
 
 
 # ----------------------------------------------------------------------------- the HTTP server

@@ -78,7 +78,7 @@ def test_keyword_index_follows_updates_and_old_stores(sku_index, tmp_path):
     assert engine.search(text="QX-7100", k=3, mode="keyword") == []  # gone with its item
     assert engine.search(text="QX-7101", k=1, mode="keyword")[0].id == rows[1]["image"]
     # a store written before the keyword index (no ``words`` table): built in memory on first use
-    src = engine.store.path
+    src = engine.backend.store.path
     old = tmp_path / "items.sqlite"
     conn = sqlite3.connect(old)
     sqlite3.connect(f"file:{src}?mode=ro", uri=True).backup(conn)
@@ -105,7 +105,7 @@ def test_untitled_index_ranks_as_before(tiny_index, tmp_path):
         (cat / p.name).write_bytes(p.read_bytes())
     build_index(cat, out=tmp_path / "ix", model="tiny", device="cpu", num_workers=0, progress=False)
     engine = SearchEngine.open(tmp_path / "ix", device="cpu")
-    assert "text" not in engine.channels or not len(engine.channels["text"].ids)  # no titles, no text vectors
+    assert "text" not in engine.backend.channels or not len(engine.backend.channels["text"].ids)  # no titles, no text vectors
     a = engine.search(text="lemon", k=6)
     b = engine.search(text="lemon", k=6, mode="semantic")
     assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]

@@ -39,7 +39,7 @@ def test_unwritable_cache_serves_with_torch_without_a_traceback(tiny_index, tmp_
     monkeypatch.setenv("MMSEARCH_ONNX_CACHE", str(blocker / "onnx"))  # cannot be created, even by root
     with caplog.at_level(logging.WARNING):
         engine = open_engine(tiny_index)
-    assert engine._ort is None and len(engine.search(text="red shoes", k=3)) == 3
+    assert engine.encoder.open().ort is None and len(engine.search(text="red shoes", k=3)) == 3
     assert "cannot write the ONNX cache" in caplog.text
     from mmsearch.cli import app
 
@@ -58,29 +58,29 @@ def test_full_cache_leaves_no_permanent_marker(tiny_index, cache, monkeypatch):
 
     monkeypatch.setattr(torch.onnx, "export", full)
     engine = open_engine(tiny_index)
-    assert engine._ort is None
+    assert engine.encoder.open().ort is None
     assert not (image_folder(cache) / "image.failed").exists()
     monkeypatch.setattr(torch.onnx, "export", real)  # space again: the next open exports
-    assert "image" in open_engine(tiny_index)._ort.sessions
+    assert "image" in open_engine(tiny_index).encoder.open().ort.sessions
 
 
 def test_truncated_export_is_detected_and_exported_again(tiny_index, cache):
-    assert "image" in open_engine(tiny_index)._ort.sessions
+    assert "image" in open_engine(tiny_index).encoder.open().ort.sessions
     path = image_folder(cache) / "image.onnx"
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[: size // 2])
     assert not onnx.intact(path.parent, "image")
-    assert "image" in open_engine(tiny_index)._ort.sessions
+    assert "image" in open_engine(tiny_index).encoder.open().ort.sessions
     assert path.stat().st_size == size
 
 
 def test_damaged_export_of_the_right_size_is_exported_again(tiny_index, cache):
-    assert "image" in open_engine(tiny_index)._ort.sessions
+    assert "image" in open_engine(tiny_index).encoder.open().ort.sessions
     path = image_folder(cache) / "image.onnx"
     size = path.stat().st_size
     path.write_bytes(b"\0" * size)
     engine = open_engine(tiny_index)
-    assert "image" in engine._ort.sessions and path.read_bytes() != b"\0" * size
+    assert "image" in engine.encoder.open().ort.sessions and path.read_bytes() != b"\0" * size
     assert len(engine.search(text="red shoes", k=3)) == 3
 
 
@@ -89,5 +89,5 @@ def test_marker_of_an_older_version_is_retried(tiny_index, cache):
     folder = image_folder(cache)
     (folder / "image.onnx").unlink()
     (folder / "image.failed").write_text("[Errno 28] No space left on device")  # what older versions wrote
-    assert "image" in open_engine(tiny_index)._ort.sessions
+    assert "image" in open_engine(tiny_index).encoder.open().ort.sessions
     assert not (folder / "image.failed").exists()

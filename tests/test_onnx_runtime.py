@@ -27,7 +27,7 @@ def test_engine_falls_back_to_torch_when_onnxruntime_is_missing(tiny_index, monk
 
     monkeypatch.setattr(onnx, "available", lambda: False)
     engine = SearchEngine.open(tiny_index, device="cpu", runtime="auto")
-    assert engine._ort is None
+    assert engine.encoder.open().ort is None
     ref = SearchEngine.open(tiny_index, device="cpu", runtime="torch")
     hits = engine.search(text="red shoes", k=5)
     assert [h.id for h in hits] == [h.id for h in ref.search(text="red shoes", k=5)]
@@ -47,7 +47,7 @@ def test_tiny_model_image_tower_agrees_and_unexportable_text_tower_stays_on_torc
     images = sorted(sample_catalog.rglob("*.webp"))[:6]
     ort_engine = SearchEngine.open(tiny_index, device="cpu", runtime="onnx")
     ref = SearchEngine.open(tiny_index, device="cpu", runtime="torch")
-    assert ort_engine._ort is not None and "image" in ort_engine._ort.sessions
+    assert ort_engine.encoder.open().ort is not None and "image" in ort_engine.encoder.open().ort.sessions
     a, b = ort_engine.encode_image_channels(images), ref.encode_image_channels(images)
     for name in b:
         assert (a[name] * b[name]).sum(1).min() >= 0.999
@@ -63,7 +63,7 @@ def test_default_model_agrees_with_torch_on_the_sample_catalog(default_index, sa
 
     fast = SearchEngine.open(default_index, device="cpu", runtime="onnx")
     ref = SearchEngine.open(default_index, device="cpu", runtime="torch")
-    assert fast._ort is not None and set(fast._ort.sessions) == {"image", "text"}
+    assert fast.encoder.open().ort is not None and set(fast.encoder.open().ort.sessions) == {"image", "text"}
     texts = ["red running shoes", "a cup of coffee", "a green sofa", "an orange", "a laptop on a desk"]
     images = sorted(sample_catalog.rglob("*.webp"))[::9][:6]
     assert (fast.encode_texts(texts) * ref.encode_texts(texts)).sum(1).min() >= 0.999

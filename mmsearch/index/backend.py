@@ -39,8 +39,11 @@ class IndexReader(Protocol):
     def version(self) -> str:
         """Changes whenever the index's content changes (a snapshot name, a Milvus generation)."""
 
+    def latest_version(self) -> str:
+        """The version the index has now (cheap: polled by servers to see writes of other processes)."""
+
     def changed(self) -> bool:
-        """True when the index has a newer version than the one this reader holds (cheap: polled)."""
+        """``latest_version() != version``."""
 
     def close(self) -> None: ...
 
@@ -88,3 +91,14 @@ class IndexReader(Protocol):
 
     def keyword_coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
         """Per fid, the IDF-weighted share of the text's phrases it matches (0..1; see index/store.py)."""
+
+
+def open_reader(location: Any, verify: bool = True, ranking: Any = None) -> IndexReader:
+    """The reader of the index at ``location``: a folder (FAISS + SQLite snapshots) or a Milvus location."""
+    if is_milvus(location):
+        from .milvus import open_reader as open_milvus
+
+        return open_milvus(str(location), ranking=ranking)
+    from .folder import FolderReader
+
+    return FolderReader(location, verify=verify, ranking=ranking)

@@ -13,8 +13,10 @@ import numpy as np
 
 from ..errors import ItemNotFoundError, QueryError
 from ..index.filters import WhereSpec
+from .hits import hit
 from .algebra import Term, check_terms, combine_terms, fuse, plain_form
 from .ranking import top_k
+from .retriever import Encoded
 
 # the engine imports this module (engine.search delegates algebra queries here): no import back
 SearchEngine = Any
@@ -50,26 +52,29 @@ def rank_fused(engine: "SearchEngine", q: np.ndarray, norm: float, img: dict[str
                txt: np.ndarray | None, weights: list[float], k: int, where: WhereSpec,
                exclude: Sequence[str] = ()) -> list["SearchHit"]:
     """Candidates of the fused vector ``q`` (D,), each scored term by term (see algebra.py)."""
-    allowed = engine.select(where) if where is not None else None
-    drop = np.array(sorted(engine.store.fids_of(list(exclude)).values()), np.int64) if exclude else None
+    conditions = engine.conditions(where) or None
+    drop = np.array(sorted(engine.backend.fids_of(list(exclude)).values()), np.int64) if exclude else None
     n = k + (len(drop) if drop is not None else 0)
-    cand = engine.candidates(None, None, q[None], "image", 1, n, allowed)[0]
-    if txt is not None:  # texts also find items by their own text
-        extra = engine._candidates("text", q[None], max(engine.ranking.candidates, 4 * n), allowed)[0]
+    retriever = engine.retriever
+    n_cand = max(engine.ranking.candidates, 4 * n)
+    few = retriever.few_matches(conditions, n_cand)
+    cand = retriever.candidates(Encoded(None, None, q[None]), "image", n, n_cand, conditions, few)[0]
+    if txt is not None and few is None:  # texts also find items by their own text
+        extra = engine.backend.search("text", q[None], n_cand, conditions)[0]
         cand = np.union1d(cand, extra[extra >= 0])
     if drop is not None:
         cand = cand[~np.isin(cand, drop)]
-    img_channel = "visual" if img is not None and "visual" in img and "visual" in engine.channels else "image"
+    img_channel = retriever.image_channel(img)
     parts = []
     for j in range(len(next(iter(img.values()))) if img else 0):
         one = {name: vecs[j:j + 1] for name, vecs in img.items()}  # type: ignore[union-attr]
-        parts.append(engine.score(one, None, None, img_channel, 0, cand, 1.0))
+        parts.append(retriever.score(Encoded(one, None), img_channel, 0, cand, 1.0))
     for j in range(len(txt) if txt is not None else 0):
-        parts.append(engine.score(None, txt[j:j + 1], None, img_channel, 0, cand, 0.0))
+        parts.append(retriever.score(Encoded(None, txt[j:j + 1]), img_channel, 0, cand, 0.0))
     scores = combine_terms(np.stack(parts), weights, norm) if len(cand) else np.zeros(0, np.float32)
     ids, best = top_k(scores, cand, k)
-    rows = engine.store.rows(ids)
-    return [engine._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
+    rows = engine.backend.rows(ids)
+    return [hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
 
 
 def similar_to_items(engine: "SearchEngine", like: Sequence[str], not_like: Sequence[str] = (), text: str | None = None,
@@ -98,7 +103,7 @@ def similar_to_items(engine: "SearchEngine", like: Sequence[str], not_like: Sequ
 def stored_images(engine: "SearchEngine", ids: Sequence[str]) -> dict[str, np.ndarray]:
     """The stored image-side vectors of items ``ids``: channel ("image", and "visual" when every item has
     one) -> (n, dim) unit rows in the order of ``ids``."""
-    fids = engine.store.fids_of(list(ids))
+    fids = engine.backend.fids_of(list(ids))
     missing = [i for i in ids if i not in fids]
     if missing:
         raise ItemNotFoundError(f"no item {missing[0]!r} in this index"
@@ -106,10 +111,9 @@ def stored_images(engine: "SearchEngine", ids: Sequence[str]) -> dict[str, np.nd
     rows = np.array([fids[i] for i in ids], np.int64)
     img: dict[str, np.ndarray] = {}
     for name in ("image", "visual"):
-        ch = engine.channels.get(name)
-        if ch is None:
+        if not engine.backend.channel_count(name):
             continue
-        present, vecs = ch.rows(rows)
+        present, vecs = engine.backend.vectors(name, rows)
         if not present.all():
             if name == "image":
                 raise ItemNotFoundError(f"item {ids[int(np.argmin(present))]!r} has no stored image embedding")

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import QueryError
 from ..index.filters import WhereSpec
+from .hits import hit
 
 MODES = ("auto", "hybrid", "semantic", "keyword")
 
@@ -55,14 +56,14 @@ def rrf(rankings: Sequence[np.ndarray], k: float = 60.0) -> tuple[np.ndarray, np
 def keyword_hits(engine: Any, text: str, k: int, where: WhereSpec = None) -> list[Any]:
     """Keyword mode: the ``k`` best BM25 matches of ``text`` (score = BM25), every hit satisfying ``where``."""
     if where is None:
-        fids, bm25 = engine.store.keyword_search(text, k)
+        fids, bm25 = engine.backend.keyword_search(text, k)
     else:
         allowed = engine.select(where)
-        fids, bm25 = engine.store.keyword_search(text, len(engine))  # every match, then the filter
+        fids, bm25 = engine.backend.keyword_search(text, len(engine))  # every match, then the filter
         keep = np.isin(fids, allowed)
         fids, bm25 = fids[keep][:k], bm25[keep][:k]
-    rows = engine.store.rows(fids)
-    return [engine._hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(fids, bm25), 1)]
+    rows = engine.backend.rows(fids)
+    return [hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(fids, bm25), 1)]
 
 
 def boosts(engine: Any, texts: Sequence[str], weight: float, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -70,8 +71,8 @@ def boosts(engine: Any, texts: Sequence[str], weight: float, n: int) -> list[tup
     IDF-weighted share of the text's phrases each matches (store.keyword_coverage)."""
     out = []
     for t in texts:
-        fids, _ = engine.store.keyword_search(t, n)
-        out.append((fids, (weight * engine.store.keyword_coverage(t, fids)).astype(np.float32)))
+        fids, _ = engine.backend.keyword_search(t, n)
+        out.append((fids, (weight * engine.backend.keyword_coverage(t, fids)).astype(np.float32)))
     return out
 
 

@@ -43,12 +43,8 @@ def list_items(engine: "SearchEngine", where: WhereSpec = None) -> list[dict[str
 
 def _vectors(engine: "SearchEngine", channel: str, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mask of ``fids`` present in ``channel``, (n, D) float32 with zero rows where absent)."""
-    ch = engine.channels.get(channel)
-    dim = int(engine.manifest["dim"])
-    out = np.zeros((len(fids), ch.vectors.shape[1] if ch is not None else dim), np.float32)
-    if ch is None:
-        return np.zeros(len(fids), bool), out
-    present, vecs = ch.rows(fids)
+    present, vecs = engine.backend.vectors(channel, fids)
+    out = np.zeros((len(fids), vecs.shape[1]), np.float32)
     out[present] = vecs
     return present, out
 
@@ -188,7 +184,7 @@ def find_duplicates(engine: "SearchEngine", threshold: float = 0.92, where: Wher
         raise MMSearchError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
     if kind not in KINDS:
         raise MMSearchError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    rows = sorted(engine.store.all_rows().values(), key=lambda r: r["id"])  # a group's first: its lowest id
+    rows = sorted(engine.backend.all_rows().values(), key=lambda r: r["id"])  # a group's first: its lowest id
     if where is not None:
         keep = set(engine.select(where).tolist())
         rows = [r for r in rows if r["fid"] in keep]

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import copy
 import hashlib
 import hmac
 import inspect
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import MMSearchError
-from ..index.snapshot import resolve_snapshot
 from ..search.engine import SearchEngine
 from .config import ServeCfg
 from .files import ThumbnailCache
@@ -49,7 +47,7 @@ class Loaded:
         return cls(_engine=engine, row_of={row["id"]: row for row in items},
                    root=Path(engine.manifest["catalog"]).resolve(), fields=filter_fields(items),
                    numeric=numeric_fields(items),
-                   version=Path(engine.snapshot).name, lease=Lease(engine.store.close))
+                   version=engine.backend.version, lease=Lease(engine.backend.close))
 
 
 def filter_fields(items: list[dict]) -> dict[str, list[Any]]:
@@ -132,7 +130,7 @@ class ServerState:
         self.started = time.time()
         self._reload_lock = threading.Lock()
         self._swap_lock = threading.Lock()  # reading current + acquiring its lease vs swapping it
-        self.failed_snapshot: Path | None = None  # on-disk snapshot that failed to load: not retried by the watcher
+        self.failed_version: str | None = None  # index version that failed to load: not retried by the watcher
         self._key_digest = hashlib.sha256(cfg.api_key.encode()).digest() if cfg.api_key else None
 
     def key_ok(self, given: str | None) -> bool:
@@ -163,14 +161,14 @@ class ServerState:
         """Load the index's current snapshot if it changed; the old engine keeps serving until the swap,
         and its store closes when its last in-flight search ends."""
         with self._reload_lock:
-            fresh = copy.copy(self._current._engine)  # shares the model; _load rebinds everything else
-            del fresh.store  # ... and opens a store of its own: the old one is the old engine's to close
+            engine = self._current._engine
             try:
-                if not fresh.reload():
+                fresh = engine.reopened()  # shares the model; the old backend is the old engine's to close
+                if fresh is None:
                     return False
             except MMSearchError:
                 with contextlib.suppress(MMSearchError):
-                    self.failed_snapshot = resolve_snapshot(fresh.path)
+                    self.failed_version = engine.backend.latest_version()
                 raise
             loaded = Loaded.of(fresh)
             with self._swap_lock:
@@ -181,9 +179,9 @@ class ServerState:
 
     def changed_on_disk(self) -> bool:
         try:
-            engine = self._current._engine  # path and snapshot name only: no store access
-            snap = resolve_snapshot(engine.path)
-            return snap != engine.snapshot and snap != self.failed_snapshot  # a bad snapshot is logged once
+            backend = self._current._engine.backend  # the version only: no item store access
+            latest = backend.latest_version()
+            return latest != backend.version and latest != self.failed_version  # a bad version is logged once
         except MMSearchError:
             return False  # index folder mid-replacement or gone: keep serving what is loaded
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..index.filters import parse_where
+from .filters import parse_where
 
 SIZE = 32  # filters remembered; each costs 8 bytes per matching item per channel (and a FAISS selector
 # per channel searched with one: a hash set of those ids)
