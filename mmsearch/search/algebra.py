@@ -132,6 +132,8 @@ def _is_weighted(v: Any) -> bool:
 
 def check_terms(terms: Sequence[Term]) -> None:
     """A query needs something to look for: at least one term with a positive weight."""
+    if not terms:
+        raise QueryError("the query has neither an image nor a text: give a photo, a text, or both")
     if not any(t.weight > 0 for t in terms):
         raise QueryError("a query needs at least one photo or text to look for (not only --not terms)")
 

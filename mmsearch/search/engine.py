@@ -22,7 +22,8 @@ from ..index.filters import WhereSpec, parse_where
 from . import hybrid as _hybrid
 from . import runtime as _runtime
 from .encoder import ImageInput, QueryEncoder, model_ref_of
-from .paging import Paging, arrange
+from .paging import arrange
+from .query import Query
 from .hits import SearchHit
 from .retriever import Encoded, Retriever
 
@@ -225,6 +226,20 @@ class SearchEngine:
         with _runtime.faiss_threads(q.batch):  # batch-1 searches on one thread (no barrier on a busy CPU)
             return self.retriever.rank(q, k, w, conditions or None, boost)
 
+    def run(self, query: Query) -> list[SearchHit]:
+        """Answer one :class:`Query`: every entrance (Python, CLI, HTTP) comes here."""
+        from .compose import search_terms, similar_to_item, similar_to_items
+
+        n = query.paging.fetch(query.k)
+        if len(query.like) == 1 and not query.not_like:
+            hits = similar_to_item(self, query.like[0], query.text, n, query.image_weight, query.where)
+        elif query.like or query.not_like:
+            hits = similar_to_items(self, query.like, query.not_like, text=query.text, k=n, where=query.where)
+        else:
+            hits = search_terms(self, query.terms, k=n, image_weight=query.image_weight, where=query.where,
+                                mode=query.mode)
+        return arrange(hits, query.k, query.paging)
+
     def search_similar(self, item_id: str | Sequence[str], text: str | None = None, k: int = 10,
                        image_weight: float | None = None, where: WhereSpec = None, *,
                        not_ids: Sequence[str] = ()) -> list[SearchHit]:
@@ -235,15 +250,7 @@ class SearchEngine:
         the liked and disliked items are terms of one algebra query (compose.similar_to_items); every
         given item is left out of the hits.
         """
-        from .compose import similar_to_item, similar_to_items
-
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
-        if isinstance(item_id, str) and not not_ids:
-            return similar_to_item(self, item_id, text, k, image_weight, where)
-        return similar_to_items(self, [item_id] if isinstance(item_id, str) else list(item_id), list(not_ids),
-                                text=text, k=k, where=where)
-
+        return self.run(Query.similar(item_id, not_ids, text, k=k, where=where, image_weight=image_weight))
 
     def search(self, image: Any = None, text: Any = None, k: int = 10,
                image_weight: float | None = None, where: WhereSpec = None, *,
@@ -271,20 +278,9 @@ class SearchEngine:
         Returns:
             Up to ``k`` :class:`SearchHit`, best first.
         """
-        paging = Paging(offset, min_score, sort_by, descending, window)
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
-        n = paging.fetch(k)
-        if isinstance(image, (list, tuple)) or isinstance(text, (list, tuple)) or not_image or not_text:
-            from .algebra import terms_of
-            from .compose import search_terms
-
-            hits = search_terms(self, terms_of(image, text, not_image, not_text), k=n, image_weight=image_weight,
-                                where=where, mode=mode)
-        else:
-            hits = self.search_batch([{"image": image, "text": text}], k=n, image_weight=image_weight,
-                                     where=where, mode=mode)[0]
-        return arrange(hits, k, paging)
+        return self.run(Query.of(image, text, not_image=not_image, not_text=not_text, k=k, where=where,
+                                 image_weight=image_weight, mode=mode, min_score=min_score, sort_by=sort_by,
+                                 descending=descending, offset=offset, window=window))
 
     def search_batch(self, queries: Iterable[dict[str, Any]], k: int = 10, image_weight: float | None = None,
                      where: WhereSpec = None, mode: str | None = None) -> list[list[SearchHit]]:

@@ -15,12 +15,15 @@ from pydantic import BaseModel, Field
 
 from .._version import __version__
 from ..errors import ItemNotFoundError, MMSearchError
+from ..search.algebra import Term
 from ..search.engine import SearchHit
+from ..search.paging import Paging
+from ..search.query import Query as SearchQuery
 from .config import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
 from .limits import RequestBudget
 from .paths import ITEM_PATH  # noqa: F401  (registers the {item_id:itempath} convertor)
-from .state import ServerState, Use, filter_kwarg
+from .state import ServerState, Use
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +139,14 @@ def without_paths(message: str) -> str:
     return _ABS_PATH.sub(lambda m: m.group(1) or "/", message)
 
 
-async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | list | None, takes_filters: Any = None,
-                     **kwargs: Any) -> list[SearchHit]:
-    """Run ``fn(**kwargs)`` through the model gate as a job of ``use`` (it holds the engine's lease while it
-    runs); ``filters`` go to whichever parameter ``takes_filters`` (default ``fn``) names them with, or are
-    refused when it has none."""
-    if filters:
-        name = filter_kwarg(takes_filters or fn)
-        if name is None:
-            raise HTTPException(400, "filters are not supported by this mmsearch version")
-        kwargs[name] = filters
+async def run_query(state: ServerState, use: Use, query: SearchQuery) -> list[SearchHit]:
+    """Answer ``query`` with ``use``'s engine (:meth:`SearchEngine.run`, the one entrance every route takes),
+    through the model gate as a job of ``use`` (it holds the engine's lease while it runs)."""
     t0 = time.perf_counter()
     try:
-        hits = await state.gate.run(use.job(fn), **kwargs)
+        hits = await state.gate.run(use.job(use.engine.run), query)
+    except ItemNotFoundError as exc:
+        raise HTTPException(404, without_paths(str(exc))) from None
     except (MMSearchError, ValueError) as exc:  # bad query (filters included); anything else is a bug
         raise HTTPException(400, without_paths(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__) \
             from None
@@ -156,14 +154,13 @@ async def run_search(state: ServerState, use: Use, fn: Any, filters: dict | list
     return hits
 
 
-def options(mode: str | None, min_score: float | None, sort_by: str | None, descending: bool, offset: int | None,
-            window: int) -> dict[str, Any]:
-    """The search options a request set (those left at their defaults are not passed on)."""
-    given_ = {"mode": mode, "min_score": min_score, "sort_by": sort_by, "offset": offset}
-    out = {k: v for k, v in given_.items() if v is not None}
-    if sort_by is not None or offset is not None:
-        out.update(descending=descending, window=window)
-    return out
+def paging(min_score: float | None, sort_by: str | None, descending: bool, offset: int | None,
+           window: int) -> Paging:
+    """The request's paging options (paging.py); a bad one is a 400."""
+    try:
+        return Paging(offset, min_score, sort_by, descending, window)
+    except MMSearchError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def given(upload: UploadFile | str) -> bool:
@@ -252,24 +249,18 @@ def search_router(state: ServerState) -> APIRouter:
         nots = [d for d in [await read_upload(f, cfg, budget) for f in not_image or []] if d is not None]
         texts = [t for t in text or [] if t.strip()]
         neg_texts = [t for t in not_text or [] if t.strip()]
-        plain = len(images) <= 1 and len(texts) <= 1 and not nots and not neg_texts and not image_weights \
-            and not text_weights  # the plain query (learned fusion included)
-        if plain and not images and not texts:
+        if not images and not texts and not nots and not neg_texts:
             raise HTTPException(400, "a query needs an image, a text, or both")
-        if plain:
-            kwargs: dict[str, Any] = {"image": images[0] if images else None, "text": texts[0] if texts else None}
-        else:
-            weighted = weigh(images, image_weights, "image") + [(-1.0, d) for d in nots]
-            weighted_texts = weigh(texts, text_weights, "text")
-            kwargs = {"image": [w for w in weighted if w[0] > 0], "not_image": [(abs(w), d) for w, d in weighted if w < 0],
-                      "text": [w for w in weighted_texts if w[0] > 0],
-                      "not_text": [(abs(w), t) for w, t in weighted_texts if w < 0] + [(1.0, t) for t in neg_texts]}
-        t0 = time.perf_counter()
+        weighted = weigh(images, image_weights, "image") + [(-1.0, d) for d in nots] + \
+            weigh(texts, text_weights, "text") + [(-1.0, t) for t in neg_texts]
+        try:
+            query = SearchQuery(terms=[Term("image" if isinstance(v, bytes) else "text", v, w) for w, v in weighted], k=k,
+                          where=where, image_weight=image_weight, mode=mode,
+                          paging=paging(min_score, sort_by, descending, offset, window))
+        except MMSearchError as exc:
+            raise HTTPException(400, str(exc)) from None
         with state.use() as use:
-            hits = await run_search(state, use, use.engine.search, where, k=k, image_weight=image_weight,
-                                    **kwargs, **options(mode, min_score, sort_by, descending, offset, window))
-        return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
-                "snapshot": use.version}
+            return await answer(use, query)
 
     @router.post("/search/by-item/{item_id:itempath}", response_model=SearchResponse,
                  responses={**ERRORS, 404: {"description": "No such item"}}, tags=["search"])
@@ -285,22 +276,12 @@ def search_router(state: ServerState) -> APIRouter:
         where = parse_filters(filters)
         RequestBudget(cfg.max_terms, cfg.max_request_pixels).terms(1 + (text is not None))  # the item is a term
         with state.use() as use:
-            return await by_item_search(use, item_id, text, k, image_weight, where)
+            row = lookup(use, item_id)
+            return await answer(use, SearchQuery.similar(row["id"], (), text, k=k, where=where, image_weight=image_weight))
 
-    async def by_item_search(use: Use, item_id: str, text: str | None, k: int,
-                             image_weight: float | None, where: dict | list | None) -> dict[str, Any]:
-        row = lookup(use, item_id)
-        engine = use.engine
-
-        def by_item(**kw: Any) -> list[SearchHit]:
-            try:
-                return engine.search_similar(row["id"], **kw)
-            except ItemNotFoundError as exc:
-                raise HTTPException(404, str(exc)) from None
-
+    async def answer(use: Use, query: SearchQuery) -> dict[str, Any]:
         t0 = time.perf_counter()
-        hits = await run_search(state, use, by_item, where, engine.search_similar, k=k, text=text,
-                                image_weight=image_weight)
+        hits = await run_query(state, use, query)
         return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "snapshot": use.version}
 
@@ -319,25 +300,14 @@ def search_router(state: ServerState) -> APIRouter:
         text = check_query_args(cfg, text, k)
         where = parse_filters(filters)
         RequestBudget(cfg.max_terms, cfg.max_request_pixels).terms(len(ids) + len(not_id or []) + (text is not None))
-        t0 = time.perf_counter()
         with state.use() as use:
-            engine = use.engine
-
-            def similar(**kw: Any) -> list[SearchHit]:
-                try:
-                    return engine.search_similar(ids, not_ids=not_id or [], **kw)
-                except ItemNotFoundError as exc:
-                    raise HTTPException(404, without_paths(str(exc))) from None
-
-            hits = await run_search(state, use, similar, where, engine.search_similar, k=k, text=text)
-        return {"hits": [hit_json(h, use.version) for h in hits], "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
-                "snapshot": use.version}
+            return await answer(use, SearchQuery.similar(ids, not_id or [], text, k=k, where=where))
 
     @router.get("/filters", response_model=Filters, tags=["search"])
     def filters_() -> dict[str, Any]:
         """Metadata fields the page offers as filter menus (``fields``) and as ranges (``numeric``)."""
         with state.use() as use:
-            return {"supported": filter_kwarg(use.engine.search) is not None, "fields": use.fields,
+            return {"supported": True, "fields": use.fields,
                     "numeric": use.numeric}
 
     return router

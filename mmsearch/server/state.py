@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import inspect
 import logging
 import math
 import threading
@@ -91,12 +90,6 @@ def numeric_fields(items: list[dict]) -> dict[str, dict[str, float]]:
             lo[key] = min(lo.get(key, val), val)
             hi[key] = max(hi.get(key, val), val)
     return {k: {"min": lo[k], "max": hi[k]} for k in sorted(lo) if k not in dropped and lo[k] < hi[k]}
-
-
-def filter_kwarg(fn: Any) -> str | None:
-    """Name of the filters parameter of ``fn`` (``filters`` or ``where``), None if it takes none."""
-    params = inspect.signature(fn).parameters
-    return next((name for name in ("filters", "where") if name in params), None)
 
 
 class Use:
