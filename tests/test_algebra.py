@@ -7,7 +7,7 @@ import pytest
 
 from mmsearch.errors import QueryError
 from mmsearch.search.algebra import (Term, check_terms, combine_terms, fuse, plain_form, split_expression,
-                                     split_weight, terms_from_args, terms_of)
+                                     split_weight, parse_terms, terms_of)
 
 
 def test_split_weight_and_expression():
@@ -21,9 +21,16 @@ def test_split_weight_and_expression():
         split_expression("cat + ")
 
 
-def test_terms_from_args_and_keywords():
-    terms = terms_from_args([(1, "2:a.jpg + red"), (-1, "high heel")], is_image=lambda v: v.endswith(".jpg"))
-    assert terms == [Term("image", "a.jpg", 2.0), Term("text", "red"), Term("text", "high heel", -1.0)]
+def test_parse_terms_and_keywords():
+    def by_name(value, given):
+        return given or ("image" if value.endswith(".jpg") else "text")
+
+    terms = parse_terms(["2:a.jpg + red"], nots=["high heel", "2:b.jpg"], kind_of=by_name)
+    assert terms == [Term("image", "a.jpg", 2.0), Term("text", "red"), Term("text", "high heel", -1.0),
+                     Term("image", "b.jpg", -2.0)]
+    # the options' order, not the command line's; --image / --text values are not split at + and -
+    assert parse_terms(["x"], images=["c.jpg"], texts=["0:gone", " ", "t - shirt"], nots=["-3:y"]) == [
+        Term("text", "x"), Term("image", "c.jpg"), Term("text", "t - shirt"), Term("text", "y", -3.0)]
     assert terms_of(image=["a.jpg", (2, "b.jpg")], text="red", not_text=(3, "blue")) == [
         Term("image", "a.jpg"), Term("image", "b.jpg", 2.0), Term("text", "red"), Term("text", "blue", -3.0)]
     assert terms_of(text=["", "  "]) == []  # empty texts are no texts, as in a plain query

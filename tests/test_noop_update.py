@@ -120,13 +120,17 @@ def test_statcache_is_only_a_cache(small_catalog, tmp_path, cache):
     assert build_mod.ENCODE_DIR  # the build's other side files are unaffected
 
 
-def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
-    import mmsearch.cli as cli
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys, tmp_path):
+    import sys
 
-    def no_torch():
+    import mmsearch.cli as cli
+    from mmsearch.index import snapshot
+
+    def no_torch(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
-    monkeypatch.setattr(cli, "app", no_torch)
+    monkeypatch.setattr(snapshot, "read_manifest", no_torch)  # a command that turns out to need torch
+    monkeypatch.setattr(sys, "argv", ["mmsearch", "info", "-i", str(tmp_path)])
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 1

@@ -9,6 +9,24 @@ from typing import Any, Optional
 from ..errors import QueryError
 
 
+def query_batch(path: Path, index: Path, device: str, k: int, image_weight: Optional[float], where: Any, mode: str,
+                paging: Any, with_terms: bool) -> None:
+    """``query --batch``: refuse what a batch cannot take, then answer every query of the file."""
+    if with_terms:
+        raise QueryError("--batch takes its queries from the file; give no image or text as well")
+    if mode in ("paths", "preview"):
+        raise QueryError(f"--batch prints JSON lines; --{mode} is for single queries")
+    if paging.windowed or paging.min_score is not None:
+        raise QueryError("--batch takes no --sort-by, --offset or --min-score")
+    queries = read_batch(path)
+    from ..search.engine import SearchEngine
+
+    engine = SearchEngine.open(index, device=device)
+    failures = run_batch(engine, queries, k, image_weight, where=where)
+    if failures:
+        raise QueryError(f"{failures} of {len(queries)} queries failed (see their \"error\" fields)")
+
+
 def read_batch(path: Path) -> list[dict[str, Any]]:
     """Parse and check a queries JSONL file up front, so a malformed line fails before any work."""
     from ..catalog.scan import jsonl_objects

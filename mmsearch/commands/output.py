@@ -12,6 +12,9 @@ from rich.table import Table
 
 PREVIEW_HINT = "pip install 'mmsearch[preview]'"
 
+out = Console(soft_wrap=True)  # what a command prints (rich resolves sys.stdout / sys.stderr at each print)
+err = Console(stderr=True, soft_wrap=True)  # warnings and the error boundary's one red line
+
 
 def hit_dict(h: Any) -> dict[str, Any]:
     """The fields of one hit in every JSON output (single queries, --batch lines, similar)."""
@@ -38,7 +41,7 @@ def check_print0(print0: bool, paths: bool, as_json: bool = False, preview: bool
     return paths or print0
 
 
-def print_paths(paths: Sequence[str], err: Console, print0: bool = False) -> None:
+def print_paths(paths: Sequence[str], print0: bool = False) -> None:
     """One path per line, or NUL-terminated with ``print0`` (``xargs -0``): a name may hold a newline."""
     if print0:
         sys.stdout.write("".join(f"{p}\0" for p in paths))
@@ -49,13 +52,12 @@ def print_paths(paths: Sequence[str], err: Console, print0: bool = False) -> Non
     sys.stdout.write("".join(f"{p}\n" for p in paths))
 
 
-def print_hits(hits: Sequence[Any], mode: str, out: Console, err: Console, empty: str = "No results.",
-               print0: bool = False) -> None:
+def print_hits(hits: Sequence[Any], mode: str, empty: str = "No results.", print0: bool = False) -> None:
     if mode == "json":
         print(json.dumps([hit_dict(h) for h in hits], ensure_ascii=False))
         return
     if mode == "paths":
-        print_paths([h.path for h in hits], err, print0)
+        print_paths([h.path for h in hits], print0)
         return
     if not hits:
         out.print(empty)

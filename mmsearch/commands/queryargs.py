@@ -1,4 +1,5 @@
-"""Command-line query terms -> :class:`mmsearch.search.algebra.Term` (see algebra.py for the forms)."""
+"""What the command line's query values name: a photo (an existing image file) or a text. The strings
+themselves (``W:`` weights, ``a + b - c``) are parsed by :func:`mmsearch.search.algebra.parse_terms`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Sequence
 
 from ..catalog.scan import IMAGE_EXTENSIONS, is_image_file
 from ..errors import QueryError
-from ..search.algebra import Term, split_expression, split_weight
+from ..search.algebra import Term
 
 
 def looks_like_photo(value: str) -> bool:
@@ -23,38 +24,16 @@ def looks_like_photo(value: str) -> bool:
     return False
 
 
-def photo(value: str) -> str:
-    if not Path(value).is_file():
-        raise QueryError(f"query image {value} does not exist")
-    return value
-
-
-def query_terms(args: Sequence[str], images: Sequence[str], texts: Sequence[str], nots: Sequence[str]) -> list[Term]:
-    """Positional values (photos or texts, ``W:`` weights, rclip-style ``a + b - c``), ``--image``,
-    ``--text`` and ``--not`` (a photo or a text to move away from) -> terms, in that order."""
-    terms: list[Term] = []
-
-    def add(kind: str | None, raw: str, sign: int, expression: bool) -> None:
-        for sub_sign, part in (split_expression(raw) if expression else [(1, raw)]):
-            weight, value = split_weight(part)
-            if weight == 0:
-                continue
-            k = kind or ("image" if looks_like_photo(value) else "text")
-            if k == "image":
-                value = photo(value)
-            elif not value.strip():
-                continue
-            terms.append(Term(k, value, sign * sub_sign * (abs(weight) if sign < 0 else weight)))
-
-    for raw in args:
-        add(None, raw, 1, True)
-    for raw in images:
-        add("image", raw, 1, False)
-    for raw in texts:
-        add("text", raw, 1, False)
-    for raw in nots:
-        add(None, raw, -1, False)
-    return terms
+def photo_or_text(value: str, given: str | None) -> str:
+    """``parse_terms``' ``kind_of`` for the command line: ``--text`` is a text, ``--image`` a photo that must
+    exist, and a positional or ``--not`` value a photo when it names an image file (looks_like_photo)."""
+    if given == "text":
+        return "text"
+    if given == "image" or looks_like_photo(value):
+        if not Path(value).is_file():
+            raise QueryError(f"query image {value} does not exist")
+        return "image"
+    return "text"
 
 
 def describe(terms: Sequence[Term]) -> str:

@@ -10,7 +10,8 @@ and an item scores ``sum_j w_j * s_j(item) / |sum_j w_j * e_j|``, with ``s_j`` t
 query vector, so on the shared-space image channel this is exactly ``cos(q, item)``; the item-text and
 visual channels then count for each term as they do in a one-photo or one-text query.
 
-Command-line forms (the same strings the HTTP API and the page send):
+Command-line forms (:func:`parse_terms`; HTTP sends weights as form fields and the Python API as
+``(weight, value)`` pairs: :func:`terms_of`):
     ``2:shoe.jpg``        weight 2 (any number before the first colon; ``1:10:30 train`` for a text
                           that itself starts with a number and a colon)
     ``"cat + a.jpg - blurry"``   rclip-style: terms joined by `` + `` / `` - `` (spaces around them)
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -85,16 +86,42 @@ def split_expression(arg: str) -> list[tuple[int, str]]:
     return out
 
 
-def terms_from_args(args: Iterable[tuple[int, str]], is_image: Any) -> list[Term]:
-    """(sign, "W:value") strings -> terms; ``is_image(value)`` says whether a value names a photo."""
-    terms = []
-    for sign, raw in args:
-        for sub_sign, part in split_expression(raw):
+def text_kind(value: str, given: str | None) -> str:
+    """The default ``kind_of`` of :func:`parse_terms`: a value is a photo only where its option says so."""
+    return given or "text"
+
+
+def parse_terms(args: Sequence[str] = (), images: Sequence[str] = (), texts: Sequence[str] = (),
+                nots: Sequence[str] = (), kind_of: Callable[[str, str | None], str] = text_kind) -> list[Term]:
+    """The query strings -> terms, in this order: ``args`` (photos or texts, ``W:`` weights, rclip-style
+    ``"a + b - c"``), ``images``, ``texts`` and ``nots`` (a photo or a text to move away from; a weight
+    given there counts negatively too). A term weighted 0 and an empty text count as nothing.
+
+    kind_of(value, given): "image" or "text" for one value; ``given`` is what its option says ("image"
+    for ``images``, "text" for ``texts``, None for ``args`` and ``nots``). It may refuse a value with a
+    QueryError: the CLI's (commands/queryargs.py) tells photos from texts by file name and checks that a
+    photo exists. The default reads every untyped value as a text.
+    """
+    terms: list[Term] = []
+
+    def add(raw: str, given: str | None, sign: int, expression: bool) -> None:
+        for sub_sign, part in (split_expression(raw) if expression else [(1, raw)]):
             weight, value = split_weight(part)
             if weight == 0:
                 continue  # a term weighted 0 does not count
-            kind = "image" if is_image(value) else "text"
-            terms.append(Term(kind, value, sign * sub_sign * weight))
+            kind = kind_of(value, given)
+            if kind == "text" and not value.strip():
+                continue
+            terms.append(Term(kind, value, sign * sub_sign * (abs(weight) if sign < 0 else weight)))
+
+    for raw in args:
+        add(raw, None, 1, True)
+    for raw in images:
+        add(raw, "image", 1, False)
+    for raw in texts:
+        add(raw, "text", 1, False)
+    for raw in nots:
+        add(raw, None, -1, False)
     return terms
 
 

@@ -1,19 +1,77 @@
-"""The ``index`` command's output and its torchrun and ``--watch`` forms (cli.py registers the command)."""
+"""``mmsearch index``: build or update an index, in one process, under torchrun, or with ``--watch``; and
+``query --update``."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import typer
-from rich.console import Console
+from .options import (CatalogArg, CompileOpt, DebounceOpt, DeviceOpt, ExcludeOpt, IndexBatchOpt, IndexModelOpt,
+                      IndexOutOpt, IndexTypeOpt, MaxMemoryOpt, RebuildOpt, ResetExcludeOpt, ShardSizeOpt, WaitOpt,
+                      WatchOpt, WorkersOpt)
+from .output import out
 
-from ..errors import MMSearchError
+
+def index(
+    catalog: CatalogArg,
+    out_dir: IndexOutOpt = Path("index"),
+    model: IndexModelOpt = None,
+    batch_size: IndexBatchOpt = 32,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    compile_model: CompileOpt = False,
+    index_type: IndexTypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    rebuild: RebuildOpt = False,
+    wait: WaitOpt = 0.0,
+    shard_size: ShardSizeOpt = 10_000,
+    exclude: ExcludeOpt = None,
+    reset_exclude: ResetExcludeOpt = False,
+    watch: WatchOpt = False,
+    debounce: DebounceOpt = 2.0,
+) -> None:
+    """Index CATALOG, or update an existing index: only new and changed files are encoded.
+
+    Under torchrun (`torchrun --nproc-per-node N -m mmsearch index ...`) the ranks share the encoding
+    and rank 0 writes the one index.
+    """
+    from ..encode.config import EncodeCfg
+    from ..index.build import build_index, index_model
+
+    # torch (dist.env) only under torchrun: a plain update that finds nothing to do never imports it
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and _dist_env().is_distributed:
+        return index_distributed(catalog, out_dir, model or index_model(out_dir), batch_size, workers, device,
+                                 index_cfg(index_type, max_memory), rebuild, wait, shard_size, exclude, reset_exclude)
+    build_kw = dict(model=model, device=device, batch_size=batch_size, num_workers=workers,
+                    progress=sys.stderr.isatty(), encode=EncodeCfg(compile=compile_model),
+                    index=index_cfg(index_type, max_memory), lock_timeout=wait, exclude=exclude)
+    if watch:
+        if rebuild or reset_exclude:  # once, before watching; the watcher's updates are plain updates
+            print_build_report(build_index(catalog, out=out_dir, rebuild=rebuild, reset_exclude=reset_exclude,
+                                           **build_kw))
+        return watch_catalog(catalog, out_dir, debounce, **build_kw)
+    print_build_report(build_index(catalog, out=out_dir, rebuild=rebuild, reset_exclude=reset_exclude, **build_kw))
 
 
-def print_build_report(report: Any, out: Console) -> None:
+def index_cfg(index_type: Optional[str], max_memory: Optional[str]) -> Any:
+    """--index-type and --max-memory -> IndexCfg, or None to keep the existing index's configuration."""
+    from ..index.ann import IndexCfg, parse_memory
+
+    if index_type is None and max_memory is None:
+        return None
+    return IndexCfg(index_type=index_type or "auto", max_memory=parse_memory(max_memory))
+
+
+def _dist_env() -> Any:
+    from ..dist.env import DistEnv
+
+    return DistEnv.from_env()
+
+
+def print_build_report(report: Any) -> None:
     """The summary of one index run: counts, remembered exclusions, skipped files."""
     out.print(f"[bold green]Indexed {report.indexed} items[/] into {report.out} "
               f"({report.with_text} with text) in {report.seconds:.1f} s: {report.added} added, "
@@ -37,21 +95,18 @@ def print_build_report(report: Any, out: Console) -> None:
 
 def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
                       cfg: Any, rebuild: bool, wait: float, shard_size: int, exclude: Optional[list[str]],
-                      reset_exclude: bool, fail: Callable[[MMSearchError], typer.Exit], out: Console) -> None:
+                      reset_exclude: bool) -> None:
     """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
     from ..dist.runner import build_index_distributed
 
-    try:
-        result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
-                                         num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
-                                         rebuild=rebuild, lock_timeout=wait, shard_size=shard_size,
-                                         exclude=exclude, reset_exclude=reset_exclude)
-    except MMSearchError as exc:
-        raise fail(exc)
+    result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
+                                     num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
+                                     rebuild=rebuild, lock_timeout=wait, shard_size=shard_size,
+                                     exclude=exclude, reset_exclude=reset_exclude)
     if result is None:
         return
     info = result.info
-    print_build_report(result.report, out)
+    print_build_report(result.report)
     if info:
         out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
                   f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
@@ -60,14 +115,14 @@ def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int,
                       f"resumed), inverted lists merged on disk")
 
 
-def watch_catalog(catalog: Path, out_dir: Path, debounce: float, out: Console, **build_kw: Any) -> None:
+def watch_catalog(catalog: Path, out_dir: Path, debounce: float, **build_kw: Any) -> None:
     """``index --watch``: update now, then after every burst of changes, one summary line each, until Ctrl-C."""
     from ..index.watch import watch
 
     def report(r: Any) -> None:
         stamp = dt.datetime.now().strftime("%H:%M:%S")
         out.print(f"{stamp} ", end="", highlight=False)
-        print_build_report(r, out)
+        print_build_report(r)
 
     print(f"Watching {catalog} (Ctrl-C to stop); a burst of changes is indexed after {debounce:g} s of quiet",
           file=sys.stderr)

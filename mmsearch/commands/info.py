@@ -1,0 +1,41 @@
+"""``mmsearch info``: what an index's manifest says, after checking its files against their checksums."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import MMSearchError
+from .options import CheckOpt, IndexOpt, ManifestJsonOpt
+from .output import err, out
+
+
+def info(index: IndexOpt = Path("index"), as_json: ManifestJsonOpt = False, check: CheckOpt = True) -> None:
+    """Show what an index's manifest says, after checking its files against their checksums."""
+    from ..index.check import check_index
+    from ..index.snapshot import read_manifest
+
+    m = read_manifest(index)
+    result = check_index(index) if check else None
+    if result is not None and not result.ok:
+        for name, what in result.damaged:
+            err.print(f"[bold red]Damaged:[/] {result.snapshot / name}: {what}", highlight=False)
+        raise MMSearchError(f"index {index} is damaged ({len(result.damaged)} file(s)); {result.repair}")
+    if as_json:
+        print(json.dumps(m, indent=2, ensure_ascii=False))
+        return
+    out.print(f"[bold]{m['_snapshot']}[/]", highlight=False)
+    out.print(f"  items       {m['count']} ({len(m['skipped'])} skipped)")
+    out.print(f"  model       {m['model']['name']} ({m['model']['ref']}, fingerprint {m['model']['fingerprint']}, "
+              f"fusion {m['model']['fusion']})")
+    out.print(f"  metric      {m['metric']}, dim {m['dim']}")
+    for name, ch in m["channels"].items():
+        spec = ch.get("spec", {})
+        params = ", ".join(f"{k}={v}" for k, v in spec.get("params", {}).items())
+        recall = f", Recall@10 {spec['recall_at_10']:.3f}" if spec.get("recall_at_10") is not None else ""
+        lists = f", inverted lists on disk in {ch['ivfdata']}" if ch.get("ivfdata") else ""
+        out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} ({spec.get('factory', ch['index'])}"
+                  f"{', ' + params if params else ''}{recall}{lists})", highlight=False)
+    out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
+    out.print(f"  catalog     {m['catalog']}")
+    out.print(f"  checksums   {'all ' + str(len(m['files'])) + ' files intact' if result else 'not checked'}")
