@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from mmsearch.cli import app
 from mmsearch.server import discovery
+from mmsearch.search.query import Query
 
 runner = CliRunner()
 
@@ -72,7 +73,7 @@ def test_no_server_file_or_dead_server_means_in_process(tiny_index, tmp_path):
     assert discovery.find(tmp_path) is None
     (tmp_path / discovery.FILE).write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": 2 ** 22 + 12345}))
     assert discovery.find(tmp_path) is None  # no such process
-    assert discovery.ask(tmp_path, None, "x", 5, None, None) is None
+    assert discovery.ask(tmp_path, Query.of(text="x", k=5)) is None
 
 
 def test_server_refusing_the_query_falls_back(tiny_index, tmp_path):
@@ -80,7 +81,7 @@ def test_server_refusing_the_query_falls_back(tiny_index, tmp_path):
 
     # a live pid whose "server" refuses connections: the CLI searches in-process and still answers
     (tmp_path / discovery.FILE).write_text(json.dumps({"url": f"http://127.0.0.1:{free_port()}", "pid": os.getpid()}))
-    assert discovery.ask(tmp_path, None, "x", 5, None, None) is None
+    assert discovery.ask(tmp_path, Query.of(text="x", k=5)) is None
 
 
 def test_serve_advertises_itself_while_running(tiny_index, monkeypatch):

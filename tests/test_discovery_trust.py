@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from mmsearch.cli import app
 from mmsearch.server import discovery
+from mmsearch.search.query import Query
 
 runner = CliRunner()
 
@@ -138,7 +139,7 @@ def test_non_loopback_url_is_never_contacted(own_index, monkeypatch):
     monkeypatch.setattr(http.client.HTTPConnection, "connect", lambda self: contacted.append(self.host))
     monkeypatch.setattr(socket, "create_connection", lambda addr, *a, **k: contacted.append(addr))
     plant(own_index, **{**full_info(own_index, 80), "url": "http://10.1.2.3:80"})
-    assert discovery.ask(own_index, None, "x", 5, None, None) is None
+    assert discovery.ask(own_index, Query.of(text="x", k=5)) is None
     assert contacted == []
 
 
@@ -184,7 +185,7 @@ def test_real_server_is_used(served, monkeypatch):
     asked = []
     real = discovery.post
     monkeypatch.setattr(discovery, "post", lambda *a, **k: asked.append(a) or real(*a, **k))
-    rows = discovery.ask(index, None, "red shoes", 5, None, None)
+    rows = discovery.ask(index, Query.of(text="red shoes", k=5))
     assert rows is not None and len(rows) == 5 and asked
 
 
@@ -211,13 +212,13 @@ def test_server_of_another_index_is_refused(served, tmp_path, tiny_index):
     shutil.copytree(tiny_index, other)
     plant(other, **full_info(other, port))
     assert discovery.find(other) is not None  # the file itself passes; only the answer gives it away
-    assert discovery.ask(other, None, "red shoes", 5, None, None) is None
+    assert discovery.ask(other, Query.of(text="red shoes", k=5)) is None
 
 
 def test_server_behind_the_current_snapshot_is_not_asked(served):
     index, _ = served
     (index / "CURRENT").write_text("20990101T000000-abcdef\n")  # a rebuild the server has not loaded yet
-    assert discovery.ask(index, None, "red shoes", 5, None, None) is None
+    assert discovery.ask(index, Query.of(text="red shoes", k=5)) is None
 
 
 # ----------------------------------------------------------------------- item 3: hangs and crashes
@@ -229,7 +230,7 @@ def test_server_that_never_answers_falls_back_quickly(own_index, monkeypatch):
         plant(own_index, **full_info(own_index, silent.port))
         monkeypatch.setattr(discovery, "ANSWER_TIMEOUT_S", 0.3)
         t0 = time.monotonic()
-        assert discovery.ask(own_index, None, "x", 5, None, None) is None
+        assert discovery.ask(own_index, Query.of(text="x", k=5)) is None
         assert time.monotonic() - t0 < 30  # not the 60 s of before; generous for a loaded machine
         assert b"POST /cli/query" in silent.received
     finally:
@@ -246,7 +247,7 @@ def test_fifo_in_place_of_the_discovery_file_does_not_hang(own_index):
 def test_fifo_as_the_photo_is_not_read_by_the_forwarder(served, tmp_path):
     index, _ = served
     os.mkfifo(tmp_path / "photo.jpg")
-    assert discovery.ask(index, tmp_path / "photo.jpg", None, 5, None, None) is None
+    assert discovery.ask(index, Query.of(image=str(tmp_path / "photo.jpg"), k=5)) is None
 
 
 @pytest.mark.parametrize("body", [b"{", b'{"hits": [', b"null", b'{"hits": "x"}', b"\xff\xfe",
@@ -256,7 +257,7 @@ def test_malformed_or_cut_answers_fall_back(own_index, body):
     rec = Recorder(reply=reply)
     try:
         plant(own_index, **full_info(own_index, rec.port))
-        assert discovery.ask(own_index, None, "x", 5, None, None) is None
+        assert discovery.ask(own_index, Query.of(text="x", k=5)) is None
         hits = query(own_index)
         assert len(hits) == 10
     finally:
@@ -281,7 +282,7 @@ def test_random_discovery_files_never_crash_nor_leave_loopback(own_index, monkey
         info = {**discovery.identity(own_index), **info, "url": url, "pid": os.getpid()}
     (own_index / discovery.FILE).write_text(json.dumps(info))
     (own_index / discovery.FILE).chmod(0o644)
-    discovery.ask(own_index, None, "x", 5, None, None)
+    discovery.ask(own_index, Query.of(text="x", k=5))
     import ipaddress
 
     assert all(ipaddress.ip_address(a).is_loopback for a in contacted)
@@ -313,6 +314,6 @@ def test_random_server_answers_over_a_socket_never_crash(own_index, body, status
     rec = Recorder(reply=reply)
     try:
         plant(own_index, **full_info(own_index, rec.port))
-        assert discovery.ask(own_index, None, "x", 5, None, None) is None
+        assert discovery.ask(own_index, Query.of(text="x", k=5)) is None
     finally:
         rec.close()

@@ -40,8 +40,8 @@ def test_every_route_survives_reloads_under_load(own_index):
     ids = [row["id"] for row in engine.items[:5]]
     shoe = base64.b64encode(SHOE).decode()
     calls = [
-        ("post", "/cli/query", {"json": {"text": "red shoes", "k": 5, "where": ["category=clothing"]}}),
-        ("post", "/cli/query", {"json": {"image_b64": shoe, "k": 5}}),
+        ("post", "/cli/query", {"json": {"terms": [{"kind": "text", "text": "red shoes"}], "k": 5, "where": ["category=clothing"]}}),
+        ("post", "/cli/query", {"json": {"terms": [{"kind": "image", "image_b64": shoe}], "k": 5}}),
         ("post", "/search", {"data": {"text": "a banana", "k": "5", "filters": '{"category": "food"}'}}),
         ("post", f"/search/by-item/{ids[0]}", {"data": {"k": "5"}}),
         ("get", "/items", {"params": {"filters": '{"category": ["food", "clothing"]}'}}),
@@ -170,7 +170,7 @@ def test_cli_query_reads_the_photo_header_off_the_event_loop(engine, monkeypatch
     with TestClient(create_app(engine, ServeCfg(reload_interval_s=0)), raise_server_exceptions=False) as c:
         answer: list = []
         t = threading.Thread(target=lambda: answer.append(
-            c.post("/cli/query", json={"image_b64": base64.b64encode(SHOE).decode(), "k": 3})))
+            c.post("/cli/query", json={"terms": [{"kind": "image", "image_b64": base64.b64encode(SHOE).decode()}], "k": 3})))
         t.start()
         assert entered.wait(20)
         assert c.get("/health").status_code == 200

@@ -66,12 +66,12 @@ def test_photo_pixels_of_a_request_are_capped(client):
 
 
 def test_cli_query_and_by_item_are_capped_too(engine, client):
-    r = client.post("/cli/query", json={"image_b64": base64.b64encode(png(200, 200)).decode(), "k": 3})
+    r = client.post("/cli/query", json={"terms": [{"kind": "image", "image_b64": base64.b64encode(png(200, 200)).decode()}], "k": 3})
     assert r.status_code == 413 and "max_request_pixels" in r.json()["detail"]
-    assert client.post("/cli/query", json={"image_b64": base64.b64encode(png(100, 100)).decode()}).status_code == 200
+    assert client.post("/cli/query", json={"terms": [{"kind": "image", "image_b64": base64.b64encode(png(100, 100)).decode()}]}).status_code == 200
     cfg = ServeCfg(reload_interval_s=0, max_terms=1)
     with TestClient(create_app(engine, cfg), raise_server_exceptions=False) as one:
-        r = one.post("/cli/query", json={"image_b64": base64.b64encode(png(10, 10)).decode(), "text": "red"})
+        r = one.post("/cli/query", json={"terms": [{"kind": "image", "image_b64": base64.b64encode(png(10, 10)).decode()}, {"kind": "text", "text": "red"}]})
         assert r.status_code == 413 and "max_terms" in r.json()["detail"]
         item = engine.items[0]["id"]
         r = one.post(f"/search/by-item/{item}", data={"text": "red"})

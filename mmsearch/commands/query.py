@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ..errors import QueryError
 from .options import (BatchOpt, DescOpt, DeviceOpt, ImageOpt, ImageWeightOpt, IndexOpt, JsonOpt, MinScoreOpt,
@@ -44,7 +44,8 @@ def query(
     no model load)."""
     from ..index.filters import parse_where
     from ..search.algebra import parse_terms
-    from ..search.paging import Paging, arrange
+    from ..search.paging import Paging
+    from ..search.query import Query
     from .output import check_modes, check_print0, print_hits
     from .queryargs import describe, photo_or_text
 
@@ -64,32 +65,21 @@ def query(
     if not terms:
         raise QueryError("give a query image, a query text, or both (e.g. mmsearch query photo.jpg \"red shoes\")")
     log.info("query: %s", describe(terms))
-    hits = None if no_server or search_mode is not None else ask_server(index, terms, paging.fetch(k), image_weight,
-                                                                        where)
+    query = Query(terms=terms, k=k, where=where or None, image_weight=image_weight, mode=search_mode, paging=paging)
+    hits = None if no_server else ask_server(index, query)
     if hits is None:
-        from ..search.compose import search_terms
         from ..search.engine import SearchEngine  # torch and the model: only when searching here
 
-        engine = SearchEngine.open(index, device=device)
-        # the terms as they are: the search side tells a plain query (learned fusion) from an algebra one
-        hits = search_terms(engine, terms, k=paging.fetch(k), image_weight=image_weight, where=conditions,
-                            mode=search_mode)
-    print_hits(arrange(hits, k, paging), mode,
-               "No results: no item matches the --where filter." if where else "No results.", print0=print0)
+        hits = SearchEngine.open(index, device=device).run(query)
+    print_hits(hits, mode, "No results: no item matches the --where filter." if where else "No results.",
+               print0=print0)
 
 
-def ask_server(index: Path, terms: Sequence[Any], k: int, image_weight: Optional[float],
-               where: Optional[list[str]]) -> list | None:
-    """Hits from a running `mmsearch serve` of ``index`` (server/discovery.py), or None: no server, or a
-    query its ``/cli/query`` route cannot carry (it takes one photo and/or one text, all positive)."""
+def ask_server(index: Path, query: Any) -> list | None:
+    """Hits from a running `mmsearch serve` of ``index`` (server/discovery.py), or None: no server."""
     from types import SimpleNamespace
 
-    from ..search.algebra import plain_form
     from ..server.discovery import ask
 
-    carried = plain_form(terms)
-    if carried is None:
-        return None
-    photo, text, weight = carried
-    rows = ask(index, photo, text, k, image_weight if weight is None else weight, list(where) if where else None)
+    rows = ask(index, query)
     return None if rows is None else [SimpleNamespace(**r) for r in rows]

@@ -52,6 +52,8 @@ class Query:
                 k: int = 10, where: WhereSpec = None, image_weight: float | None = None) -> "Query":
         """"More like this / these": items resembling ``like`` and unlike ``not_like``, steered by ``text``."""
         like = [like] if isinstance(like, str) else list(like)
+        if not like:
+            raise QueryError("give at least one item to find similar items to")
         terms = [Term("text", text)] if text is not None and text.strip() else []
         return cls(terms=terms, k=k, where=where, image_weight=image_weight, like=like, not_like=list(not_like))
 

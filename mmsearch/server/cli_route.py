@@ -9,24 +9,42 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
+from ..errors import MMSearchError
+from ..search.algebra import Term
+from ..search.paging import Paging
+from ..search.query import Query
 from .discovery import identity
 from .files import UploadRejected, probe_upload
 from .limits import RequestBudget
-from .routes import check_query_args, run_search
+from .routes import check_query_args, run_query
 from .state import ServerState
 
 
-class CliQuery(BaseModel):
-    image_b64: str | None = None
+class CliTerm(BaseModel):
+    kind: Literal["image", "text"]
     text: str | None = None
+    image_b64: str | None = None
+    weight: float = 1.0
+
+
+class CliQuery(BaseModel):
+    """What ``mmsearch query`` parsed: its terms and options (commands/query.py -> discovery.ask)."""
+
+    terms: list[CliTerm]
     k: int = 10
     image_weight: float | None = None
     where: list[str] | None = None
+    mode: str | None = None
+    min_score: float | None = None
+    sort_by: str | None = None
+    descending: bool = False
+    offset: int | None = None
+    window: int = 200
 
 
 def read_photo(image_b64: str, max_pixels: int, budget: RequestBudget) -> bytes:
@@ -48,15 +66,25 @@ def cli_router(state: ServerState) -> APIRouter:
 
     @router.post("/cli/query", include_in_schema=False)
     async def cli_query(q: CliQuery) -> dict[str, Any]:
-        text = check_query_args(state.cfg, q.text, q.k)
+        check_query_args(state.cfg, None, q.k)
         budget = RequestBudget(state.cfg.max_terms, state.cfg.max_request_pixels)
-        budget.terms((q.image_b64 is not None) + (text is not None))
-        image = None
-        if q.image_b64 is not None:  # decoding and the header read: off the event loop, like /search
-            image = await asyncio.to_thread(read_photo, q.image_b64, state.cfg.max_image_pixels, budget)
+        budget.terms(len(q.terms))
+        terms = []
+        for t in q.terms:
+            if t.kind == "image":  # decoding and the header read: off the event loop, like /search
+                value: Any = await asyncio.to_thread(read_photo, t.image_b64 or "", state.cfg.max_image_pixels, budget)
+            else:
+                value = check_query_args(state.cfg, t.text, q.k)
+                if value is None:
+                    continue
+            terms.append(Term(t.kind, value, t.weight))
+        try:
+            query = Query(terms=terms, k=q.k, where=q.where or None, image_weight=q.image_weight, mode=q.mode,
+                          paging=Paging(q.offset, q.min_score, q.sort_by, q.descending, q.window))
+        except MMSearchError as exc:
+            raise HTTPException(400, str(exc)) from None
         with state.use() as use:  # the lease: a reload cannot close the store under this search
-            hits = await run_search(state, use, use.engine.search, None, image=image, text=text, k=q.k,
-                                    image_weight=q.image_weight, where=q.where or None)
+            hits = await run_query(state, use, query)
             ident = identity(use.engine.path)  # the CLI checks it names the index it was asked for
         return {"hits": [h.to_dict() for h in hits], "snapshot": use.version, "identity": ident}
 

@@ -257,22 +257,31 @@ def parse_answer(raw: bytes, ident: dict[str, str], snapshot: str, k: int) -> li
     return rows
 
 
-def ask(index: str | Path, image: str | Path | None, text: str | None, k: int, image_weight: float | None,
-        where: list[str] | None) -> list[dict[str, Any]] | None:
-    """Hits (``SearchHit.to_dict()`` rows) from a running server of ``index``, or None to run in-process."""
+def ask(index: str | Path, query: Any) -> list[dict[str, Any]] | None:
+    """Hits (``SearchHit.to_dict()`` rows) of ``query`` (a search.query.Query whose photos are file paths)
+    from a running server of ``index``, already cut and ordered by its paging; or None to run in-process."""
     found = find(index)
     snapshot = current_name(index)
     if found is None or snapshot is None:
         return None
     addr, port, ident = found
     try:
-        body: dict[str, Any] = {"text": text, "k": k, "image_weight": image_weight, "where": where or None}
-        if image is not None:
-            with open_regular(Path(image)) as f:  # a FIFO or device: the in-process gate says what is wrong
-                photo = f.read(MAX_PHOTO_BYTES + 1)
-            if len(photo) > MAX_PHOTO_BYTES:
-                return None
-            body["image_b64"] = base64.b64encode(photo).decode("ascii")
+        terms = []
+        for t in query.terms:
+            if t.kind == "image":
+                with open_regular(Path(t.value)) as f:  # a FIFO or device: the in-process gate says what is wrong
+                    photo = f.read(MAX_PHOTO_BYTES + 1)
+                if len(photo) > MAX_PHOTO_BYTES:
+                    return None
+                terms.append({"kind": "image", "image_b64": base64.b64encode(photo).decode("ascii"),
+                              "weight": t.weight})
+            else:
+                terms.append({"kind": "text", "text": t.value, "weight": t.weight})
+        p = query.paging
+        body: dict[str, Any] = {"terms": terms, "k": query.k, "image_weight": query.image_weight,
+                                "where": list(query.where) if query.where else None, "mode": query.mode,
+                                "min_score": p.min_score, "sort_by": p.sort_by, "descending": p.descending,
+                                "offset": p.offset, "window": p.window}
         data = json.dumps(body).encode()
     except (OSError, ValueError, TypeError):
         return None
@@ -280,4 +289,4 @@ def ask(index: str | Path, image: str | Path | None, text: str | None, k: int, i
     raw = post(addr, port, "/cli/query", data, {"X-API-Key": key} if key else {})
     if raw is None:
         return None
-    return parse_answer(raw, ident, snapshot, k)
+    return parse_answer(raw, ident, snapshot, query.k)
