@@ -44,7 +44,7 @@ from ..catalog.tar_shards import stat_path
 from ..encode.chunks import read_shard, shard_paths, write_shard
 from ..errors import MMSearchError
 from ..fsutil import crash_point
-from ..index.ann import IndexCfg
+from ..index.options import IndexCfg
 from ..index.build import ENCODE_DIR, commit_update, encode_plan, exclude_patterns, finish_report, open_update
 from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
 from ..index.plan import BuildReport, Embeddings, hash_items, plan_update

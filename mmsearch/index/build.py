@@ -27,7 +27,7 @@ from ..catalog.storable import display_name, problem
 from ..encode.config import EncodeCfg
 from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from ..models.registry import list_models
-from .ann import IndexCfg
+from .options import IndexCfg
 from .modelref import ModelHandle, StaleRecord
 from .plan import BuildReport, Embeddings, UpdatePlan, hash_items, next_free_fid, plan_update, resolve
 from .statcache import StatCache
