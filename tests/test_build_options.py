@@ -1,0 +1,55 @@
+"""BuildOptions: one object for how a build runs, and build_index's keyword arguments as overrides of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import typing
+
+import pytest
+
+from mmsearch import BuildOptions, IndexCfg, build_index
+from mmsearch.errors import MMSearchError
+from mmsearch.index import options as options_mod
+from mmsearch.index.snapshot import read_manifest
+
+TINY = BuildOptions(model="tiny", device="cpu", num_workers=0, progress=False)
+
+
+def test_the_keyword_form_lists_exactly_the_option_fields():
+    fields = {f.name: f.type for f in dataclasses.fields(BuildOptions)}
+    assert typing.get_type_hints(options_mod.BuildKw) == typing.get_type_hints(BuildOptions)
+    assert list(options_mod.BuildKw.__annotations__) == list(fields)  # same names, same order
+
+
+def test_replace_names_an_unknown_option_and_checks_sizes():
+    assert TINY.replace(batch_size=4).batch_size == 4 and TINY.batch_size == 32  # a copy
+    with pytest.raises(TypeError, match="unknown build option.*batchsize"):
+        TINY.replace(batchsize=4)
+    with pytest.raises(MMSearchError, match="shard size must be at least 1"):
+        BuildOptions(shard_size=0)
+    with pytest.raises(MMSearchError, match="batch size must be at least 1"):
+        TINY.replace(batch_size=0)
+
+
+def test_options_object_and_keyword_overrides_reach_the_build(small_catalog, tmp_path):
+    out = tmp_path / "index"
+    opts = TINY.replace(index=IndexCfg(index_type="hnsw", hnsw_m=8), batch_size=5, exclude=["*/nope/**"])
+    first = build_index(small_catalog, out=out, options=opts)
+    manifest = read_manifest(out)
+    assert first.indexed == 12 and manifest["build"]["batch_size"] == 5
+    assert manifest["index_cfg"]["index_type"] == "hnsw" and manifest["exclude"] == ["*/nope/**"]
+    # keywords win over the object; the object itself is not changed
+    again = build_index(small_catalog, out=out, options=opts, batch_size=3, rebuild=True)
+    assert again.encoded == 12 and read_manifest(out)["build"]["batch_size"] == 3 and opts.batch_size == 5
+    with pytest.raises(TypeError, match="unknown build option"):
+        build_index(small_catalog, out=out, options=opts, rebuld=True)  # type: ignore[call-arg]
+
+
+def test_options_import_without_faiss_or_torch():
+    code = ("import sys; from mmsearch import BuildOptions, IndexCfg; BuildOptions(index=IndexCfg()); "
+            "print(sorted(m for m in ('faiss', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
