@@ -1,4 +1,5 @@
-"""BuildOptions: one object for how a build runs, and build_index's keyword arguments as overrides of it."""
+"""BuildOptions and TrainOptions: one object for how a build (a training run) runs, and the keyword arguments
+of build_index (train) as overrides of it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typing
 import pytest
 
 from mmsearch import BuildOptions, IndexCfg, build_index
+from mmsearch.config import TrainCfg
 from mmsearch.errors import MMSearchError
 from mmsearch.index import options as options_mod
 from mmsearch.index.snapshot import read_manifest
@@ -17,10 +19,24 @@ from mmsearch.index.snapshot import read_manifest
 TINY = BuildOptions(model="tiny", device="cpu", num_workers=0, progress=False)
 
 
-def test_the_keyword_form_lists_exactly_the_option_fields():
-    fields = {f.name: f.type for f in dataclasses.fields(BuildOptions)}
-    assert typing.get_type_hints(options_mod.BuildKw) == typing.get_type_hints(BuildOptions)
-    assert list(options_mod.BuildKw.__annotations__) == list(fields)  # same names, same order
+def test_the_keyword_forms_list_exactly_the_option_fields():
+    from mmsearch.train import loop
+
+    for cls, kw in ((BuildOptions, options_mod.BuildKw), (loop.TrainOptions, loop.TrainKw)):
+        assert typing.get_type_hints(kw) == typing.get_type_hints(cls), cls.__name__  # same names and types
+        assert list(kw.__annotations__) == [f.name for f in dataclasses.fields(cls)]  # in the same order
+
+
+def test_train_options_from_a_named_config_with_cli_overrides():
+    from mmsearch.train.loop import TrainError, TrainOptions, load_train_cfg
+
+    opts = TrainOptions.from_config(None, {"epochs": 2, "lr": None, "seed": 7}, out="runs/x", device="cpu")
+    base = load_train_cfg("default")
+    assert (opts.cfg.epochs, opts.cfg.seed, opts.cfg.lr) == (2, 7, base.lr)  # None: not given, the config's value
+    assert (opts.out, opts.device, opts.model) == ("runs/x", "cpu", "default")
+    assert TrainOptions().cfg == TrainCfg()
+    with pytest.raises(TrainError, match="unknown train setting.*epoch"):
+        TrainOptions.from_config("default", {"epoch": 2})
 
 
 def test_replace_names_an_unknown_option_and_checks_sizes():
