@@ -242,7 +242,8 @@ def on_rank0(fn, env: DistEnv, what: str):
     return result
 
 
-def train(catalog: str | Path, *, options: TrainOptions | None = None, **overrides: Unpack[TrainKw]) -> TrainReport:
+def train(catalog: str | Path, *, options: TrainOptions | None = None,
+          **overrides: Unpack[TrainKw]) -> TrainReport:
     """Train the projection heads and fusion of a model on ``catalog`` (items with text are pairs).
 
     Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run with the same
@@ -333,7 +334,8 @@ def _asked(catalog, opts: TrainOptions) -> dict:
         return str(Path(path).resolve()) if path else None
 
     asked = {"train": to_dict(opts.cfg), "model": str(opts.model), "catalog": resolved(catalog),
-             "composed": resolved(opts.composed), "val": resolved(opts.val), "val_composed": resolved(opts.val_composed)}
+             "composed": resolved(opts.composed), "val": resolved(opts.val),
+             "val_composed": resolved(opts.val_composed)}
     return json.loads(json.dumps(asked))  # as it reads back from config.json (tuples -> lists)
 
 
