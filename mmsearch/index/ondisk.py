@@ -13,8 +13,8 @@
                  list into ONE <channel>.ivfdata (OnDiskInvertedLists); <channel>.faiss keeps the
                  quantizer and each list's offset. Neither step holds all lists in RAM.
 
-The .faiss file stores the lists file by name only, and :func:`mmsearch.index.ann.read_ondisk` opens it with
-``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
+The .faiss file stores the lists file by name only, and :func:`mmsearch.index.ann.read_ondisk` opens it
+with ``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
 copied to). Parts are added by whoever runs an :class:`Adder`: every rank of a torchrun job
 (mmsearch/dist_index.py) or this process (:class:`LocalAdder`).
 """
