@@ -283,7 +283,7 @@ def cold_start(runs: int, model: str, device: str) -> list[float]:
 def synthetic_index(out: Path, model, n: int) -> Path:
     """An index folder of n items with random unit vectors in every channel the real model produces, written
     through the real write path (``mmsearch.index.commit``, index type chosen by ``auto``)."""
-    from mmsearch.index.ann import IndexCfg
+    from mmsearch.index.options import IndexCfg
     from mmsearch.index.writer import Change, commit
     from mmsearch.index.writer import base_manifest as _base_manifest, channel_dims as _channel_dims
 

@@ -1,7 +1,7 @@
 """Index benchmark: build time, memory, QPS and Recall@10 of each index type on synthetic unit vectors.
 
 Side by side in one run (same vectors, same queries, same machine state):
-  * mmsearch's index types (flat, ivf, ivfpq, hnsw) as mmsearch.ann builds and tunes them,
+  * mmsearch's index types (flat, ivf, ivfpq, hnsw) as mmsearch.index.annbuild builds and tunes them,
   * hnswlib and usearch HNSW at matched recall (smallest ef reaching Recall@10 >= 0.95),
   * incremental update (add 1% new items to a trained index) vs rebuilding,
   * filtered search at 1%, 10% and 50% selectivity: FAISS IDSelector vs adaptive over-fetching vs an
@@ -34,8 +34,8 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mmsearch.index import ann  # noqa: E402
-from mmsearch.index.ann import IndexCfg  # noqa: E402
+from mmsearch.index import ann, annbuild  # noqa: E402
+from mmsearch.index.options import IndexCfg  # noqa: E402
 
 K = 10
 EF_LADDER = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
@@ -70,7 +70,7 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int = K) -> np.ndarray:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return ann.recall_at_k(found[:, :K], truth[:, :K])
+    return annbuild.recall_at_k(found[:, :K], truth[:, :K])
 
 
 def qps(search, q: np.ndarray, batch: int, max_queries: int, min_seconds: float = 1.0) -> float:
@@ -106,15 +106,15 @@ def faiss_bytes(index) -> int:
 def bench_mmsearch(kind: str, x, ids, q, truth, max_q: int):
     cfg = IndexCfg(index_type=kind)
     t0 = time.perf_counter()
-    spec = ann.choose(len(x), x.shape[1], cfg)
-    index = ann.build(spec, x, ids, seed=0)
+    spec = annbuild.choose(len(x), x.shape[1], cfg)
+    index = annbuild.build(spec, x, ids, seed=0)
     build_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    spec = ann.tune(index, spec, x, ids, cfg.target_recall)
+    spec = annbuild.tune(index, spec, x, ids, cfg.target_recall)
     tune_s = time.perf_counter() - t1
     if spec.rerank:  # lossy codes are served with exact re-scoring of the top candidates (as SearchEngine does)
         def search(b):
-            return ann.rerank(index.search(b, spec.rerank)[1], b, x, ids, K)
+            return annbuild.rerank(index.search(b, spec.rerank)[1], b, x, ids, K)
     else:
         def search(b):
             return index.search(b, K)[1]
@@ -190,16 +190,16 @@ def bench_update(kind: str, x, ids, q, frac: float = 0.01):
     n_new = int(len(x) * frac)
     base_x, new_x = x[:-n_new], x[-n_new:]
     cfg = IndexCfg(index_type=kind)
-    spec = ann.choose(len(base_x), x.shape[1], cfg)
-    index = ann.build(spec, base_x, ids[:-n_new])
+    spec = annbuild.choose(len(base_x), x.shape[1], cfg)
+    index = annbuild.build(spec, base_x, ids[:-n_new])
     t0 = time.perf_counter()
-    ann.add(index, new_x, ids[-n_new:])
-    ann.tune(index, spec, x, ids, cfg.target_recall)
+    annbuild.add(index, new_x, ids[-n_new:])
+    annbuild.tune(index, spec, x, ids, cfg.target_recall)
     add_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    spec2 = ann.choose(len(x), x.shape[1], cfg)
-    index2 = ann.build(spec2, x, ids)
-    ann.tune(index2, spec2, x, ids, cfg.target_recall)
+    spec2 = annbuild.choose(len(x), x.shape[1], cfg)
+    index2 = annbuild.build(spec2, x, ids)
+    annbuild.tune(index2, spec2, x, ids, cfg.target_recall)
     rebuild_s = time.perf_counter() - t0
     return {"type": kind, "n": len(x), "added": n_new, "update_s": round(add_s, 2), "rebuild_s": round(rebuild_s, 2),
             "speedup": round(rebuild_s / add_s, 1)}
@@ -308,7 +308,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     for m in [int(s) for s in args.hnsw_growth.split(",") if s]:
         t0 = time.perf_counter()
-        ann.build(ann.choose(m, args.dim, IndexCfg(index_type="hnsw")), x[:m], ids[:m])
+        annbuild.build(annbuild.choose(m, args.dim, IndexCfg(index_type="hnsw")), x[:m], ids[:m])
         row = {"n": m, "build_s": round(time.perf_counter() - t0, 2)}
         result["hnsw_growth"].append(row)
         print("hnsw growth", json.dumps(row), flush=True)

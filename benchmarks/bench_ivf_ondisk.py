@@ -131,7 +131,8 @@ def merge_worker(args) -> None:
     """One merge in a fresh process; writes its time and peak memory."""
     import faiss
 
-    from mmsearch.index import ann, ondisk
+    from mmsearch.index import annbuild, ondisk
+    from mmsearch.index.quiet import quiet_stdout
 
     faiss.omp_set_num_threads(1)
     task = task_for(args.work, args.parts)
@@ -144,7 +145,7 @@ def merge_worker(args) -> None:
         if args.merge == "ondisk":
             from faiss.contrib.ondisk import merge_ondisk
 
-            with ondisk.quiet_stdout():
+            with quiet_stdout():
                 merge_ondisk(index, parts, str(out / "image.ivfdata"))
             ondisk.write(index, out / "image.faiss")
         elif args.merge == "ram":
@@ -156,7 +157,7 @@ def merge_worker(args) -> None:
         else:  # today's path: one process adds every vector
             import numpy as np
 
-            ann.add(index, np.load(args.work / "image.f16.npy", mmap_mode="r"), np.load(args.work / "image.ids.npy"))
+            annbuild.add(index, np.load(args.work / "image.f16.npy", mmap_mode="r"), np.load(args.work / "image.ids.npy"))
             faiss.write_index(index, str(out / "image.faiss"))
         seconds = time.perf_counter() - t0
         ntotal = index.ntotal

@@ -52,7 +52,8 @@ t = [time.perf_counter()]
 marks = {}
 def mark(name):
     now = time.perf_counter(); marks[name] = round(now - t[0], 4); t[0] = now
-from mmsearch.index.build import open_update, index_model
+from mmsearch.index.build import index_model
+from mmsearch.index.update import open_update
 from mmsearch.index.plan import plan_update
 from mmsearch.index.statcache import StatCache
 from mmsearch.index.snapshot import writer_lock

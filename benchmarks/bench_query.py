@@ -61,7 +61,7 @@ def synthetic_index(out: Path, model, n: int, source: Callable[[int, dict[str, i
                     ) -> Path:
     """An ``n``-item index through the real commit path. ``source(n, dims)`` -> ({channel: (n, d) unit
     vectors}, titles): the vectors (default: ``clustered``, titles ``item i``; see real_vectors.grow)."""
-    from mmsearch.index.ann import IndexCfg
+    from mmsearch.index.options import IndexCfg
     from mmsearch.index.writer import Change, base_manifest, channel_dims, commit
 
     if (out / "CURRENT").exists():

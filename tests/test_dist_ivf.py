@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from faiss.contrib.inspect_tools import get_invlist
 
-from mmsearch.index import ann, ondisk
-from mmsearch.index.ann import IndexCfg, IndexSpec
+from mmsearch.index import ann, annbuild, ondisk
+from mmsearch.index.ann import IndexSpec
+from mmsearch.index.options import IndexCfg
 
 from test_distributed import ranks_index, torchrun_index
 
@@ -52,7 +53,7 @@ def test_parts_merged_on_disk_equal_the_in_ram_build_and_open_from_a_moved_folde
     adder = ondisk.LocalAdder(tmp_path / "work", part_size=300)  # 4 parts, the last one short
     index, got = ondisk.build("image", spec, folder, vecs, adder)
     assert got.ondisk == "image.ivfdata" and len(list((tmp_path / "work" / "image").glob("shard-*.ivf"))) == 4
-    assert_same_ivf(index, ann.build(spec, vecs, ids))  # lists and codes equal to the in-RAM build
+    assert_same_ivf(index, annbuild.build(spec, vecs, ids))  # lists and codes equal to the in-RAM build
     ondisk.write(index, folder / "image.faiss")
     assert str(tmp_path).encode() not in (folder / "image.faiss").read_bytes()  # the lists file by name only
 
@@ -227,4 +228,4 @@ def test_an_on_disk_index_that_must_be_retrained_is_rebuilt_on_disk_by_one_proce
                                    np.zeros(0, np.int64), old_snap, new_snap)
     assert got_spec.factory == "IVF8,Flat" and got_spec.ondisk == "image.ivfdata"
     assert (new_snap / "image.ivfdata").is_file() and not (new_snap / ".parts").exists()
-    assert_same_ivf(got, ann.build(IndexSpec("factory", "IVF8,Flat"), vecs, ids))
+    assert_same_ivf(got, annbuild.build(IndexSpec("factory", "IVF8,Flat"), vecs, ids))

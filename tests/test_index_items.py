@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-import mmsearch.index.build as build_mod
+import mmsearch.index.update as update_mod
 from mmsearch import SearchEngine, build_index, remove_items, upsert_items
 from mmsearch.errors import CatalogError
 from mmsearch.index.snapshot import read_manifest
@@ -24,13 +24,13 @@ def test_bad_files_are_remembered_and_not_retried_until_they_change(small_catalo
     assert read_manifest(out)["skipped"][0]["sha256"]  # remembered with its content hash
 
     decoded: list[str] = []
-    real = build_mod.encode_image_files
+    real = update_mod.encode_image_files
 
     def spy(model, preprocess, paths, **kw):
         decoded.extend(paths)
         return real(model, preprocess, paths, **kw)
 
-    monkeypatch.setattr(build_mod, "encode_image_files", spy)
+    monkeypatch.setattr(update_mod, "encode_image_files", spy)
     again = build_index(small_catalog, out=out, **TINY)
     assert decoded == [] and again.encoded == 0 and again.not_retried == 1
     assert [s["id"] for s in again.skipped] == ["broken.jpg"]  # still reported, once, not decoded again

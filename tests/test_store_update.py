@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.index.ann import IndexCfg
+from mmsearch.index.options import IndexCfg
 from mmsearch.cli import app
 from mmsearch.errors import IndexIncompatibleError, MMSearchError
 from mmsearch.index.build import remove_items

@@ -6,7 +6,7 @@
     every rank  scan (the listing must match rank 0's digest), then for each shard it owns
                 (shard i -> rank i % N; shard = a contiguous slice of the sorted listing):
                 hash the files, plan its share (index.plan.plan_update: the same decisions as a
-                single-process build) and encode what the plan names (index.build.encode_plan)
+                single-process build) and encode what the plan names (index.update.encode_plan)
                 -> OUT/.distributed/<plan>/shard-<i>.npz, then shard-<i>.json (the done marker)
     all ranks   exchange a status (ok or an error line)
     rank 0      read every shard -> the same plan_update / resolve / commit as index.build_index
@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,20 +44,25 @@ from ..catalog.tar_shards import stat_path
 from ..encode.chunks import read_shard, shard_paths, write_shard
 from ..errors import MMSearchError
 from ..fsutil import crash_point
-from ..index.ann import IndexCfg
-from ..index.build import ENCODE_DIR, commit_update, encode_plan, exclude_patterns, finish_report, open_update
+from ..index.build import (ENCODE_DIR, Scanned, commit_update, exclude_patterns, finish_report, index_model,
+                           scan_update)
 from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
 from ..index.plan import BuildReport, Embeddings, hash_items, plan_update
 from ..index.snapshot import State, writer_lock
 from ..index.store import ItemStore
+from ..index.options import BuildKw, BuildOptions
+from ..index.update import UpdateContext, encode_plan, open_update
 from ..index.writer import channel_dims
 from .env import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group, rank_device,
                   shard_ranges, shards_of_rank)
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 10_000
 WORK_DIR = ".distributed"
+Encoder = tuple[Any, Any, Any]  # (model, preprocess, tokenizer), as create_model returns them
 PLAN_VERSION = 1
 
 
@@ -85,6 +90,21 @@ class RankStatus:
     seconds: float = 0.0
     error: str | None = None
     device: str = ""
+
+
+@dataclass
+class Job:
+    """One distributed build, as every rank runs it."""
+
+    catalog: Path
+    out: Path
+    opts: BuildOptions  # model resolved (never None), device: this rank's
+    env: DistEnv
+    patterns: list[str]  # --exclude patterns, read by every rank before any collective
+
+    @property
+    def model_ref(self) -> str | Path:
+        return self.opts.model  # type: ignore[return-value]
 
 
 @dataclass
@@ -146,18 +166,19 @@ def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
             and meta.get("stat") == [stat_path(it.path) for it in items])
 
 
-def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], model, preprocess,
-                 tokenizer, batch_size: int, num_workers: int | None, progress: bool) -> int:
+def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], encoder: Encoder,
+                 opts: BuildOptions) -> int:
     """Hash, plan, encode and write one shard; returns the number of images encoded.
 
     The shard's share of the update is decided by :func:`mmsearch.index.plan.plan_update` against
-    ``previous`` (the live snapshot's rows), exactly as a single-process build decides it.
+    ``previous`` (the live snapshot's rows), exactly as a single-process build decides it. ``encoder``:
+    (model, preprocess, tokenizer).
     """
+    model = encoder[0]
     stats = [stat_path(it.path) for it in items]  # before reading: a file changed meanwhile is redone next time
     hashes = hash_items(items)
     share = plan_update(items, previous, hashes, next_fid=0, complete=False)
-    emb = encode_plan(share, model, preprocess, tokenizer, batch_size, num_workers, progress,
-                      desc=f"shard {shard + 1}/{plan.num_shards}", text_progress=False)
+    emb = encode_plan(share, *encoder, opts, desc=f"shard {shard + 1}/{plan.num_shards}", text_progress=False)
     arrays = {name: np.stack([vecs[name] for vecs in emb.images.values()]) if emb.images
               else np.zeros((0, dim), np.float32) for name, dim in channel_dims(model).items() if name != "text"}
     arrays["text"] = (np.stack(list(emb.texts.values())) if emb.texts
@@ -168,9 +189,11 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
     return len(emb.images)
 
 
-def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], model, preprocess, tokenizer,
-               env: DistEnv, batch_size: int, num_workers: int | None, progress: bool) -> RankStatus:
-    """Encode this rank's shards (skipping completed ones); errors become the status's error line."""
+def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], encoder: Encoder, env: DistEnv,
+               opts: BuildOptions) -> RankStatus:
+    """Encode this rank's shards (skipping completed ones) with ``encoder`` (model, preprocess, tokenizer);
+    errors become the status's error line."""
+    model = encoder[0]
     status = RankStatus(rank=env.rank, device=str(next(model.parameters()).device))
     t0 = time.perf_counter()
     try:
@@ -192,8 +215,7 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
                 status.resumed += 1
                 log.info("rank %d: shard %d already done, skipping", env.rank, shard)
                 continue
-            status.encoded += encode_shard(plan, shard, part, previous, model, preprocess, tokenizer, batch_size,
-                                           num_workers, progress)
+            status.encoded += encode_shard(plan, shard, part, previous, encoder, opts)
             _crash_hook(env, "shard-done")
     except MMSearchError as exc:
         status.error = str(exc)
@@ -232,18 +254,15 @@ def _previous_rows(snapshot: str | None) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------- the job
-def build_index_distributed(catalog: str | Path, out: str | Path = "index", model: str | Path = "default",
-                            device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
-                            progress: bool = True, index: IndexCfg | None = None, rebuild: bool = False,
-                            lock_timeout: float = 0.0, shard_size: int = DEFAULT_SHARD_SIZE,
+def build_index_distributed(catalog: str | Path, out: str | Path = "index", *, options: BuildOptions | None = None,
                             env: DistEnv | None = None, timeout_s: float = 24 * 3600.0,
-                            exclude: Sequence[str] | None = None, reset_exclude: bool = False
-                            ) -> DistributedBuild | None:
+                            **overrides: Unpack[BuildKw]) -> DistributedBuild | None:
     """:func:`mmsearch.build_index` across the ranks of a torchrun job; call it on every rank.
 
-    Returns the result on rank 0 and None on the other ranks. ``timeout_s`` bounds how long a rank
-    waits for a *slow* peer; a peer that dies is noticed at once. ``exclude`` / ``reset_exclude``: as in
-    :func:`mmsearch.build_index` (every rank reads the remembered patterns the same way).
+    ``options`` and ``overrides`` are :func:`mmsearch.build_index`'s (a :class:`BuildOptions` and its
+    fields by name; ``shard_size``: catalog items per work shard, the unit a re-run resumes from). Returns
+    the result on rank 0 and None on the other ranks. ``timeout_s`` bounds how long a rank waits for a
+    *slow* peer; a peer that dies is noticed at once.
 
     Example (``build.py``, run as ``torchrun --nproc-per-node 4 build.py``)::
 
@@ -252,85 +271,110 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", mode
         if result is not None:
             print(result.report.indexed, result.info["resumed_shards"])
     """
+    opts = (options or BuildOptions()).replace(**overrides)
     env = env or DistEnv.from_env()
     out = Path(out)
-    dev = rank_device(device, env)
-    if shard_size < 1:
-        raise MMSearchError(f"shard size must be at least 1, got {shard_size}")
+    dev = rank_device(opts.device, env)
+    model = opts.model if opts.model is not None else index_model(out)  # as build_index: keep the index's own
+    # every rank reads the remembered patterns the same way, before any collective: a bad one fails every rank
+    job = Job(Path(catalog), out, opts.replace(model=model, device=str(dev)), env,
+              exclude_patterns(out, opts.exclude, opts.reset_exclude))
     # The index job exchanges only small Python objects, so it always coordinates over gloo (also on
     # GPUs: no NCCL collective can hang on a dead peer, and each rank's model still runs on its GPU).
-    patterns = exclude_patterns(out, exclude, reset_exclude)  # before any collective: a bad one fails every rank
     with process_group(env, dev, timeout_s=timeout_s, backend="gloo"):
         if env.is_main:
-            return _leader(catalog, out, model, str(dev), batch_size, num_workers, progress, index, rebuild,
-                           lock_timeout, shard_size, env, patterns)
-        _follower(catalog, out, model, dev, batch_size, num_workers, env, patterns)
+            return _leader(job)
+        _follower(job)
         return None
 
 
-def _leader(catalog, out: Path, model, device: str, batch_size, num_workers, progress, index, rebuild,
-            lock_timeout, shard_size, env: DistEnv, patterns: list[str]) -> DistributedBuild:
-    sent = adding = False
-    info: dict[str, Any] = {}
-    work: Plan | None = None
-    gathered_at = 0.0
-    try:
-        scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
-        items = scan_catalog(catalog, exclude=[out], skipped=scan_skipped,  # raises before anything is written
-                             exclude_globs=patterns)
-        t0 = time.perf_counter()
-        with writer_lock(out, lock_timeout):
-            ctx = open_update(out, model, device, rebuild)
-            work = make_plan(out, items, ctx.state, ctx.model.fingerprint(), env, shard_size)
-            broadcast_object(asdict(work), env, "sharing the plan")
-            sent = True
-            log.info("distributed index: %d items in %d shards over %d ranks, work in %s", work.count,
-                     work.num_shards, env.world_size, work.work)
-            statuses = _run_and_gather(work, items, ctx.previous, ctx.model, ctx.preprocess, ctx.tokenizer, env,
-                                       batch_size, num_workers, progress, out)
-            gathered_at = time.perf_counter()
-            hashes, emb = load_shards(work, items, channel_dims(ctx.model))
-            info.update({"world_size": env.world_size, "shards": work.num_shards, "shard_size": shard_size,
-                         "resumed_shards": sum(s.resumed for s in statuses),
-                         "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds, "device": s.device}
-                                   for s in statuses]})
-            recorded = dict(info)  # the manifest's build.distributed (the adder adds ivf_ondisk to it)
-            adder = RankAdder(work, env, out, shard_size, recorded)
-            adding = True  # every rank now waits for add tasks until rank 0 says "done"
-            plan = plan_update(items, ctx.previous, hashes, ctx.next_fid,  # the same planner as build_index
-                               keep=ctx.state.manifest.get("api_items", []) if ctx.state is not None else [])
-            shutil.rmtree(out / ENCODE_DIR, ignore_errors=True)  # left by a killed single-process build
-            snap, report = commit_update(out, catalog, len(items), ctx, plan, emb, index, batch_size, t0,
-                                         distributed=recorded, adder=adder, skipped=scan_skipped,
-                                         exclude=patterns)
-        report = finish_report(report, out, snap)
-    except BaseException as exc:
+class Peers:
+    """What the other ranks wait for from rank 0, so that a failure on rank 0 tells them to stop instead of
+    leaving them waiting: first the plan; once every rank has finished its shards, the merge's messages
+    (an IVF add task, "stop" or "done")."""
+
+    def __init__(self, env: DistEnv):
+        self.env = env
+        self.waiting_for = "plan"  # then "shards" (they encode and report), then "merge"
+
+    def share_plan(self, plan: Plan) -> None:
+        broadcast_object(asdict(plan), self.env, "sharing the plan")
+        self.waiting_for = "shards"
+
+    def merging(self) -> None:
+        self.waiting_for = "merge"
+
+    def stop(self, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__
         with contextlib.suppress(Exception):
-            if not sent:  # the other ranks are waiting for the plan: tell them to stop
-                broadcast_object(asdict(Plan(error=reason)), env, "sharing the plan")
-            elif adding and not getattr(exc, "lost_rank", False):  # they wait for add tasks
-                broadcast_object({"op": "stop", "error": reason}, env, "the index merge")
-        raise
-    if adding:
+            if self.waiting_for == "plan":
+                broadcast_object(asdict(Plan(error=reason)), self.env, "sharing the plan")
+            elif self.waiting_for == "merge" and not getattr(exc, "lost_rank", False):
+                broadcast_object({"op": "stop", "error": reason}, self.env, "the index merge")
+
+    def done(self) -> None:
+        if self.waiting_for != "merge":
+            return
         try:
-            broadcast_object({"op": "done"}, env, "the index merge")
+            broadcast_object({"op": "done"}, self.env, "the index merge")
         except DistributedError as exc:  # the index is published; a rank that left early changes nothing
             log.warning("%s", exc)
+
+
+def _leader(job: Job) -> DistributedBuild:
+    """Rank 0: decide the plan under the writer lock and share it, encode its own shards, then merge every
+    rank's shards into one snapshot; the other ranks hear of a failure at whatever they wait for."""
+    peers = Peers(job.env)
+    try:
+        scanned = scan_update(job.out, job.patterns, job.catalog)  # raises before anything is written
+        with writer_lock(job.out, job.opts.lock_timeout):
+            ctx = open_update(job.out, job.model_ref, job.opts.device, job.opts.rebuild)
+            work = make_plan(job.out, scanned.items, ctx.state, ctx.model.fingerprint(), job.env, job.opts.shard_size)
+            peers.share_plan(work)
+            log.info("distributed index: %d items in %d shards over %d ranks, work in %s", work.count,
+                     work.num_shards, job.env.world_size, work.work)
+            statuses = _run_and_gather(work, scanned.items, ctx, job)
+            peers.merging()  # every rank now waits for add tasks until rank 0 says "done"
+            gathered_at = time.perf_counter()
+            snap, report, info = _merge(job, work, scanned, ctx, statuses)
+        report = finish_report(report, job.out, snap)
+    except BaseException as exc:
+        peers.stop(exc)
+        raise
+    peers.done()
     # reading the shards + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
-    info["merge_seconds"] = round(time.perf_counter() - gathered_at, 3) if gathered_at else 0.0
-    if work is not None:
-        shutil.rmtree(work.work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            Path(work.work).parent.rmdir()  # only if no other job's work is there
+    info["merge_seconds"] = round(time.perf_counter() - gathered_at, 3)
+    shutil.rmtree(work.work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path(work.work).parent.rmdir()  # only if no other job's work is there
     return DistributedBuild(report=report, info=info)
 
 
-def _run_and_gather(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], model, preprocess, tokenizer,
-                    env: DistEnv, batch_size: int, num_workers: int | None, progress: bool,
-                    out: Path) -> list[RankStatus]:
+def _merge(job: Job, work: Plan, scanned: Scanned, ctx: UpdateContext,
+           statuses: list[RankStatus]) -> tuple[Path, BuildReport, dict[str, Any]]:
+    """Rank 0, under the writer lock: every shard's hashes and embeddings -> the same plan_update /
+    commit_update as build_index (new IVF indexes filled by every rank). -> (snapshot, report, info)"""
+    hashes, emb = load_shards(work, scanned.items, channel_dims(ctx.model))
+    info: dict[str, Any] = {
+        "world_size": job.env.world_size, "shards": work.num_shards, "shard_size": job.opts.shard_size,
+        "resumed_shards": sum(s.resumed for s in statuses),
+        "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds, "device": s.device} for s in statuses]}
+    recorded = dict(info)  # the manifest's build.distributed (the adder adds ivf_ondisk to it)
+    adder = RankAdder(work, job.env, job.out, job.opts.shard_size, recorded)
+    plan = plan_update(scanned.items, ctx.previous, hashes, ctx.next_fid,  # the same planner as build_index
+                       keep=ctx.state.manifest.get("api_items", []) if ctx.state is not None else [])
+    shutil.rmtree(job.out / ENCODE_DIR, ignore_errors=True)  # left by a killed single-process build
+    snap, report = commit_update(job.out, ctx, plan, emb, scanned=scanned, opts=job.opts, distributed=recorded,
+                                 adder=adder)
+    info.update({k: v for k, v in recorded.items() if k not in info})  # ivf_ondisk, for the caller's summary
+    return snap, report, info
+
+
+def _run_and_gather(plan: Plan, items: list[CatalogItem], ctx: UpdateContext, job: Job) -> list[RankStatus]:
     """Rank 0's shards, then every rank's status; a failed or lost rank stops the job here."""
-    mine = run_shards(plan, items, previous, model, preprocess, tokenizer, env, batch_size, num_workers, progress)
+    encoder = (ctx.model, ctx.preprocess, ctx.tokenizer)
+    mine = run_shards(plan, items, ctx.previous, encoder, job.env, job.opts)
+    env, out = job.env, job.out
     try:
         gathered = all_gather_objects(asdict(mine), env, "finishing its shards")
     except DistributedError as exc:
@@ -403,18 +447,19 @@ def _lost_parts_error(task: AddTask, env: DistEnv, out: Path, exc: Exception) ->
     return err
 
 
-def _follower(catalog, out: Path, model_ref, dev, batch_size, num_workers, env: DistEnv, patterns: list[str]) -> None:
+def _follower(job: Job) -> None:
+    """Every rank but 0: encode its shards of rank 0's plan, then help fill new IVF indexes until told "done"."""
     from ..models.factory import create_model
 
+    env = job.env
     plan = Plan(**broadcast_object(None, env, "sharing the plan"))
     if plan.error is not None:
         raise DistributedError(f"rank {env.rank}: stopped because rank 0 failed: {plan.error}")
     status = RankStatus(rank=env.rank)
-    try:
-        items = scan_catalog(catalog, exclude=[out], skipped=[], exclude_globs=patterns)  # rank 0 reports skips
-        model, preprocess, tokenizer = create_model(model_ref, device=str(dev))
-        status = run_shards(plan, items, _previous_rows(plan.snapshot), model, preprocess, tokenizer, env,
-                            batch_size, num_workers, progress=False)
+    try:  # rank 0 reports what the scan skips
+        items = scan_catalog(job.catalog, exclude=[job.out], skipped=[], exclude_globs=job.patterns)
+        encoder = create_model(job.model_ref, device=job.opts.device)
+        status = run_shards(plan, items, _previous_rows(plan.snapshot), encoder, env, job.opts.replace(progress=False))
     except MMSearchError as exc:
         status.error = f"rank {env.rank}: {exc}"
     statuses = all_gather_objects(asdict(status), env, "finishing its shards")

@@ -2,11 +2,15 @@
 
 Every write runs the same phases under the writer lock (:func:`mmsearch.index.snapshot.writer_lock`)::
 
-    open_update   the live snapshot, the model, the indexed rows
+    scan_update   the catalog folder (or items given in memory), less --exclude patterns (before the lock)
+    open_update   the live snapshot, the model, the indexed rows (mmsearch/index/update.py)
     plan_update   what is new, changed, metadata-only, gone (mmsearch/index/plan.py)
-    encode_plan   images and texts the plan names -> Embeddings (here in-process; a torchrun job runs
+    encode_update images and texts the plan names -> Embeddings (here in-process; a torchrun job runs
                   the same plan on every rank instead, mmsearch/dist/runner.py)
-    commit        a new snapshot, published atomically (mmsearch/index/writer.py)
+    commit_update a new snapshot, published atomically (mmsearch/index/writer.py)
+
+How a build runs (model, device, batches, index type, lock timeout ...) is one :class:`BuildOptions`
+(mmsearch/index/options.py); ``build_index`` also takes its fields as keyword arguments.
 """
 
 from __future__ import annotations
@@ -16,24 +20,28 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..catalog.exclude import Excluder
 from ..catalog.exclude import normalise as normalise_excludes
 from ..catalog.scan import CatalogItem, scan_catalog
 from ..catalog.storable import display_name, problem
-from ..encode.config import EncodeCfg
-from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
+from ..errors import CatalogError, IndexNotFoundError, IndexIncompatibleError, MMSearchError
 from ..models.registry import list_models
-from .ann import IndexCfg
-from .modelref import ModelHandle, StaleRecord
+from .modelref import StaleRecord
+from .ondisk import Adder
+from .options import BuildKw, BuildOptions, IndexCfg
 from .plan import BuildReport, Embeddings, UpdatePlan, hash_items, next_free_fid, plan_update, resolve
-from .statcache import StatCache
 from .snapshot import State, load_state, read_manifest, writer_lock
+from .statcache import StatCache
 from .store import ItemStore
+from .update import UpdateContext, device_of, encode_plan, encode_update, handle_for, open_update
 from .writer import base_manifest, cfg_for, channel_dims, commit
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
@@ -41,153 +49,69 @@ ENCODE_DIR = ".encoding"  # <out>/.encoding: embedding chunks of the build in pr
 
 
 @dataclass
-class UpdateContext:
-    """What an update starts from, read under the writer lock."""
+class Scanned:
+    """The input of a catalog update, read before the writer lock is taken."""
 
-    state: State | None  # the live snapshot (None: build from scratch)
-    model: Any  # DualEncoder, or a ModelHandle that loads it only when something must be encoded
-    preprocess: Any
-    tokenizer: Any
-    ref: str  # the model as the manifest names it
-    checkpoint: Path | None  # a checkpoint file to copy into the snapshot
-    previous: dict[str, dict]  # id -> the live snapshot's row
-    next_fid: int
+    catalog: Path  # the folder (for items given in memory: the folder that holds all their images)
+    items: list[CatalogItem]
+    skipped: list[dict[str, str]]  # files, shards and rows the scan could not read or store, with reasons
+    patterns: list[str]  # the --exclude patterns it honoured (remembered ones included)
+    started: float = field(default_factory=time.perf_counter)  # the update's clock starts after the scan
 
 
-def open_update(out: Path, model_ref: str | Path, device: str, rebuild: bool, lazy: bool = False) -> UpdateContext:
-    """The live snapshot of ``out`` (unless ``rebuild``, or it was built with another model) and the model.
-
-    ``lazy``: ``model`` is a :class:`ModelHandle` (fingerprint and widths from records, nothing loaded);
-    the caller loads it if the plan has something to encode."""
-    state = None if rebuild else _try_state(out)
-    handle, ref, ckpt = _handle_for(state, model_ref, device)
-    model, preprocess, tokenizer = (handle, None, None) if lazy else handle.load(replan=False)
-    if state is not None and state.manifest["model"]["fingerprint"] != model.fingerprint():
-        log.info("index %s was built with another model; re-encoding everything", out)
-        state = None
-    store = ItemStore.open(state.snapshot / "items.sqlite") if state else None
-    previous = store.all_rows() if store else {}
-    if store:
-        store.close()
-    return UpdateContext(state=state, model=model, preprocess=preprocess, tokenizer=tokenizer, ref=ref,
-                         checkpoint=ckpt, previous=previous, next_fid=next_free_fid(previous, state))
-
-
-def encode_update(plan: UpdatePlan, ctx: UpdateContext, batch_size: int | None, num_workers: int | None,
-                  progress: bool, cfg: EncodeCfg | None = None, chunks: Path | None = None) -> Embeddings:
-    """:func:`encode_plan` for a lazy context: nothing to encode loads nothing; otherwise the model is
-    loaded (:class:`StaleRecord` when its recorded fingerprint was wrong: plan again)."""
-    need = tuple(t for t, todo in (("image", plan.images), ("text", plan.texts({}))) if todo)
-    if not need:
-        return Embeddings()
-    model = ctx.model
-    plain = cfg is None or (cfg.pipeline == "fast" and not cfg.compile and cfg.decode in ("auto", "pil"))
-    if isinstance(model, ModelHandle) and not model.is_loaded and plain:
-        from ..encode import lean  # the model's ONNX graphs, no torch: opens only the towers the plan needs
-
-        towers = lean.open_towers(model.fingerprint(), model.device, need, cfg.runtime if cfg else None)
-        if towers is not None:
-            log.info("encoding with the %s ONNX graphs (%s) of model %s", towers.source, "+".join(need),
-                     model.fingerprint())
-            return encode_plan_lean(plan, towers, model.cfg, batch_size or 32, num_workers, progress)
-    if isinstance(model, ModelHandle):
-        model, ctx.preprocess, ctx.tokenizer = model.load()
-    return encode_plan(plan, model, ctx.preprocess, ctx.tokenizer, batch_size, num_workers, progress, cfg=cfg,
-                       chunks=chunks)
+def scan_update(out: Path, patterns: list[str], catalog: str | Path | None = None,
+                items: Iterable[dict[str, Any]] | None = None) -> Scanned:
+    """A catalog folder, or ``items`` given as dicts, less what ``patterns`` exclude; raises before
+    anything is written."""
+    if (catalog is None) == (items is None):
+        raise CatalogError("give a catalog folder or items, not both" if items is not None else
+                           "give a catalog folder or items to index")
+    skipped: list[dict[str, str]] = []
+    if items is not None:
+        unwanted = Excluder(patterns)
+        wanted = [it for it in items_from_dicts(items) if not unwanted(it.id)]
+        if not wanted:
+            raise CatalogError("no items given")
+        folder = Path(os.path.commonpath([str(Path(it.path).parent) for it in wanted]))  # thumbnails served below
+        return Scanned(folder, wanted, skipped, patterns)
+    wanted = scan_catalog(catalog, exclude=[out], skipped=skipped, exclude_globs=patterns)
+    return Scanned(Path(catalog), wanted, skipped, patterns)  # type: ignore[arg-type]
 
 
-def encode_plan(plan: UpdatePlan, model, preprocess, tokenizer, batch_size: int | None, num_workers: int | None,
-                progress: bool, cfg: EncodeCfg | None = None, chunks: Path | None = None,
-                desc: str = "encoding images", text_progress: bool | None = None) -> Embeddings:
-    """Encode the images and texts ``plan`` names, in this process.
-
-    ``chunks``: a folder for the image embeddings' chunks (bounded memory while encoding); None keeps
-    them in memory. ``text_progress``: show a bar for texts too (default: ``progress``).
-    """
-    todo = plan.images
-    emb = Embeddings()
-    if todo:
-        out = encode_image_files(model, preprocess, [it.path for it in todo], batch_size=batch_size,
-                                 num_workers=num_workers, progress=progress, desc=desc, cfg=cfg, shards=chunks)
-        for r, pos in enumerate(out.ok):
-            emb.images[todo[pos].id] = {name: vecs[r] for name, vecs in out.channels.items()}
-        emb.failed.update((todo[pos].id, reason) for pos, reason in out.failed)
-    texts = plan.texts(emb.failed)  # texts are cheap next to images: (re-)encode where the text changed
-    if texts:
-        vecs = encode_texts(model, tokenizer, [t for _, t in texts],
-                            progress=progress if text_progress is None else text_progress)
-        emb.texts.update((iid, v) for (iid, _), v in zip(texts, vecs))
-    return emb
-
-
-def encode_plan_lean(plan: UpdatePlan, towers: Any, cfg: Any, batch_size: int, num_workers: int | None,
-                     progress: bool) -> Embeddings:
-    """:func:`encode_plan` with onnxruntime graphs (``encode/lean.py``) instead of the torch model."""
-    from ..encode import lean
-
-    todo = plan.images
-    emb = Embeddings()
-    if todo:
-        out = lean.encode_images(towers, cfg.image, [it.path for it in todo], batch_size, num_workers, progress)
-        for r, pos in enumerate(out.ok):
-            emb.images[todo[pos].id] = {name: vecs[r] for name, vecs in out.channels.items()}
-        emb.failed.update((todo[pos].id, reason) for pos, reason in out.failed)
-    texts = plan.texts(emb.failed)
-    if texts:
-        vecs = lean.encode_texts(towers, [t for _, t in texts])
-        emb.texts.update((iid, v) for (iid, _), v in zip(texts, vecs))
-    return emb
-
-
-def encode_image_files(*args: Any, **kw: Any) -> Any:
-    """encode.pipeline.encode_image_files, imported (with torch) only when there is something to encode."""
-    from ..encode import pipeline
-
-    return pipeline.encode_image_files(*args, **kw)
-
-
-def encode_texts(*args: Any, **kw: Any) -> Any:
-    from ..encode import pipeline
-
-    return pipeline.encode_texts(*args, **kw)
-
-
-def commit_update(out: Path, catalog: str | Path, n_items: int, ctx: UpdateContext, plan: UpdatePlan,
-                  emb: Embeddings, index: IndexCfg | None, batch_size: int, t0: float,
-                  distributed: dict[str, Any] | None = None, adder=None,
-                  skipped: list[dict[str, str]] | None = None,
-                  exclude: list[str] | None = None) -> tuple[Path, BuildReport]:
+def commit_update(out: Path, ctx: UpdateContext, plan: UpdatePlan, emb: Embeddings, *, scanned: Scanned,
+                  opts: BuildOptions, distributed: dict[str, Any] | None = None,
+                  adder: Adder | None = None) -> tuple[Path, BuildReport]:
     """Resolve the plan against its embeddings and write the new snapshot (caller holds the lock).
 
-    ``distributed``: recorded as the manifest's ``build.distributed``; ``adder``: see
-    :func:`mmsearch.index.writer.commit`; ``skipped``: what the catalog scan left out, reported first;
-    ``exclude``: the --exclude patterns the scan used, recorded in the manifest (None: keep the live ones).
-    -> (the live snapshot, the report)
+    ``scanned``: what the catalog scan left out is reported first, and its --exclude patterns are
+    recorded in the manifest; ``opts``: the index config (None: the live one) and the batch size the
+    manifest records; ``distributed``: recorded as the manifest's ``build.distributed``; ``adder``: see
+    :func:`mmsearch.index.writer.commit`. -> (the live snapshot, the report)
     """
     state = ctx.state
-    exclude = live_excludes(state) if exclude is None else list(exclude)
+    exclude = list(scanned.patterns)
     report, changes, removed, next_fid = resolve(plan, emb)
     report.exclude = exclude
-    report.skipped = list(skipped or []) + report.skipped
+    report.skipped = list(scanned.skipped) + report.skipped
     if state is None and report.skipped and report.encoded == 0:
         reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
-        raise CatalogError(f"none of the {n_items} images in {catalog} could be read ({reasons})")
-    cfg = cfg_for(index, state)
-    report.seconds = time.perf_counter() - t0
+        raise CatalogError(f"none of the {len(scanned.items)} images in {scanned.catalog} could be read ({reasons})")
+    cfg = cfg_for(opts.index, state)
+    report.seconds = time.perf_counter() - scanned.started
     nothing = (state is not None and not changes and not removed
                and state.manifest.get("index_cfg") == cfg.to_dict()
                and state.manifest.get("skipped") == report.skipped  # skipped files are remembered (with hashes)
                and live_excludes(state) == exclude)
     if nothing:
         return state.snapshot, report  # type: ignore[union-attr]
-    manifest = base_manifest(ctx.model, ctx.ref, str(Path(catalog).resolve()), state)
+    manifest = base_manifest(ctx.model, ctx.ref, str(scanned.catalog.resolve()), state)
     manifest["skipped"] = report.skipped
     if exclude:
         manifest["exclude"] = exclude
     manifest["api_items"] = api_items_after(state, plan)
     manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
                          "images_per_s": round(report.images_per_s, 2) or None,
-                         "device": _device_of(ctx.model), "batch_size": batch_size,
+                         "device": device_of(ctx.model), "batch_size": opts.batch_size,
                          "added": report.added, "updated": report.updated,
                          "metadata_updated": report.metadata_updated, "removed": report.removed,
                          "unchanged": report.unchanged}
@@ -264,12 +188,8 @@ def finish_report(report: BuildReport, out: Path, snap: Path) -> BuildReport:
 
 
 # --------------------------------------------------------------------------------------- public writes
-def build_index(catalog: str | Path | None = None, out: str | Path = "index", model: str | Path | None = None,
-                device: str = "auto", batch_size: int = 32, num_workers: int | None = None,
-                progress: bool = True, encode: EncodeCfg | None = None, index: IndexCfg | None = None,
-                rebuild: bool = False, lock_timeout: float = 0.0,
-                items: Iterable[dict[str, Any]] | None = None, exclude: Sequence[str] | None = None,
-                reset_exclude: bool = False) -> BuildReport:
+def build_index(catalog: str | Path | None = None, out: str | Path = "index", *, options: BuildOptions | None = None,
+                items: Iterable[dict[str, Any]] | None = None, **overrides: Unpack[BuildKw]) -> BuildReport:
     """Index every image of ``catalog`` into ``out``, or bring an existing index there up to date.
 
     On an existing index (same model) only new and changed files (by content hash) are encoded, files
@@ -278,25 +198,12 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
     Args:
         catalog: folder of images (see README "Catalog format"); or None with ``items``.
         out: index folder; the new state replaces the old one atomically when complete.
-        model: a built-in model name (``default``, ``tiny`` ...) or a checkpoint path; None: the existing
-            index's own model, else ``default``. A different model than the existing index's re-encodes
-            everything.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        batch_size: images per forward pass.
-        num_workers: image-decoding worker processes (default: sized to the machine and device).
-        encode: further image-pipeline options (:class:`mmsearch.encode.pipeline.EncodeCfg`: decoder,
-            torch.compile ...); ``batch_size`` and ``num_workers`` above override its fields.
-        index: index type, memory budget and recall target (:class:`IndexCfg`); default: the existing
-            index's, else ``auto``. A new type is built from the stored embeddings, without re-encoding.
-        rebuild: ignore the existing index and encode everything again.
-        lock_timeout: seconds to wait for another writer of ``out`` before failing.
+        options: a :class:`BuildOptions` (model, device, batch_size, num_workers, progress, encode, index,
+            rebuild, lock_timeout, exclude, reset_exclude; each documented there). Default: ``BuildOptions()``.
         items: instead of a folder, the items themselves: ``{"id", "image": path, "title", "text",
             "metadata"}`` dicts (the whole set, as a catalog would be: ids not given are removed).
-        exclude: glob patterns of files and folders never to index, relative to the catalog root
-            (``["private/**", "*.tmp.jpg"]``; see mmsearch/catalog/exclude.py). They are remembered in the
-            manifest and added to the remembered ones, so a later update without them honours them too;
-            indexed items they match are removed (the report's ``excluded``).
-        reset_exclude: forget the remembered patterns first (only ``exclude`` applies).
+        **overrides: any field of :class:`BuildOptions` by name, over ``options``: ``model="tiny"``,
+            ``device="cpu"``, ``index=IndexCfg(index_type="hnsw")``, ``exclude=["private/**"]`` ...
 
     Files that could not be read are recorded in the manifest with their content hash and are not
     decoded again until they change. Items added with :func:`upsert_items` stay through a sync (the
@@ -312,47 +219,41 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", mo
         >>> report.indexed, report.added                                      # doctest: +SKIP
         (60, 60)
     """
+    opts = (options or BuildOptions()).replace(**overrides)
     out = Path(out)
-    if (catalog is None) == (items is None):
-        raise CatalogError("give a catalog folder or items, not both" if items is not None else
-                           "give a catalog folder or items to index")
-    if model is None:  # keep the index's own model, as the index type is kept
-        model = index_model(out)
-    scan_skipped: list[dict[str, str]] = []  # files, shards and rows that cannot be read or stored
-    patterns = exclude_patterns(out, exclude, reset_exclude)
-    unwanted = Excluder(patterns)
-    if items is not None:
-        wanted = [it for it in items_from_dicts(items) if not unwanted(it.id)]
-        if not wanted:
-            raise CatalogError("no items given")
-        catalog = Path(os.path.commonpath([str(Path(it.path).parent) for it in wanted]))  # thumbnails served below
-    else:  # raises before anything is written
-        wanted = scan_catalog(catalog, exclude=[out], skipped=scan_skipped, exclude_globs=patterns)
-    t0 = time.perf_counter()
-    with writer_lock(out, lock_timeout):
+    model = opts.model if opts.model is not None else index_model(out)  # keep the index's own model, as its type
+    scanned = scan_update(out, exclude_patterns(out, opts.exclude, opts.reset_exclude), catalog, items)
+    with writer_lock(out, opts.lock_timeout):
         stats = StatCache.open(out)
-        hashes = stats.hash_items(wanted)  # size + mtime unchanged since the last run: the recorded hash
-        for attempt in range(2):
-            ctx = open_update(out, model, device, rebuild, lazy=True)
-            live = ctx.state.manifest if ctx.state is not None else {}
-            plan = plan_update(wanted, ctx.previous, hashes, ctx.next_fid, skipped=live.get("skipped"),
-                               keep=live.get("api_items", []))
-            work = out / ENCODE_DIR  # float16 embedding chunks of this build (mmsearch/encode/chunks.py)
-            shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
-            try:
-                emb = encode_update(plan, ctx, batch_size, num_workers, progress, cfg=encode, chunks=work)
-                break
-            except StaleRecord:
-                if attempt:
-                    raise
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-        snap, report = commit_update(out, catalog, len(wanted), ctx, plan, emb, index, batch_size, t0,
-                                     skipped=scan_skipped, exclude=patterns)
-        keep = set(live.get("api_items", []))
+        hashes = stats.hash_items(scanned.items)  # size + mtime unchanged since the last run: the recorded hash
+        ctx, plan, emb = _plan_and_encode(out, scanned.items, hashes, model, opts)
+        snap, report = commit_update(out, ctx, plan, emb, scanned=scanned, opts=opts)
+        keep = set(ctx.state.manifest.get("api_items", [])) if ctx.state is not None else set()
+        unwanted = Excluder(scanned.patterns)
         report.excluded = sum(1 for iid in ctx.previous if iid not in keep and unwanted(iid))
-        stats.save(wanted, hashes)
+        stats.save(scanned.items, hashes)
     return finish_report(report, out, snap)
+
+
+def _plan_and_encode(out: Path, wanted: list[CatalogItem], hashes: dict[str, str], model: str | Path,
+                     opts: BuildOptions) -> tuple[UpdateContext, UpdatePlan, Embeddings]:
+    """open -> plan -> encode under the writer lock; planned again once if the model's recorded
+    fingerprint proved wrong when it was loaded (:class:`StaleRecord`)."""
+    for attempt in range(2):
+        ctx = open_update(out, model, opts.device, opts.rebuild, lazy=True)
+        live = ctx.state.manifest if ctx.state is not None else {}
+        plan = plan_update(wanted, ctx.previous, hashes, ctx.next_fid, skipped=live.get("skipped"),
+                           keep=live.get("api_items", []))
+        work = out / ENCODE_DIR  # float16 embedding chunks of this build (mmsearch/encode/chunks.py)
+        shutil.rmtree(work, ignore_errors=True)  # left by a killed build: we hold the lock, it is stale
+        try:
+            return ctx, plan, encode_update(plan, ctx, opts, chunks=work)
+        except StaleRecord:
+            if attempt:
+                raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 def index_model(out: str | Path) -> str:
@@ -363,14 +264,6 @@ def index_model(out: str | Path) -> str:
         return "default"
     ref = m["model"]["ref"]
     return ref if ref in list_models() else str(Path(m["_snapshot"]) / ref)
-
-
-def _try_state(out: Path) -> State | None:
-    try:
-        return load_state(out)
-    except IndexIncompatibleError as exc:
-        log.warning("existing index at %s cannot be updated (%s); rebuilding it", out, exc)
-        return None
 
 
 def _locked_state(out: Path) -> State:
@@ -426,7 +319,7 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
             why = problem(it.id, it.path, it.title, it.text, it.metadata)
             if why is not None:
                 raise MMSearchError(f"item {display_name(it.id)!r}: {why}; nothing was changed")
-        handle, ref, _ = _handle_for(state, None, device)
+        handle, ref, _ = handle_for(state, None, device)
         plan = plan_update(wanted, previous, hash_items(wanted, known=hashes), next_free_fid(previous, state),
                            complete=False)
         if handle.fingerprint() != state.manifest["model"]["fingerprint"]:  # never mix two models' embeddings
@@ -434,13 +327,14 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
                                          f"it (mmsearch index CATALOG -i {out} --rebuild) before adding items")
         ctx = UpdateContext(state=state, model=handle, preprocess=None, tokenizer=None, ref=ref, checkpoint=None,
                             previous=previous, next_fid=plan.next_fid)
+        opts = BuildOptions(device=device, batch_size=batch_size, num_workers=0, progress=progress)
         try:  # the shipped ONNX graphs when the model has them (no torch), else the torch model
-            emb = encode_update(plan, ctx, batch_size, 0, progress)
+            emb = encode_update(plan, ctx, opts)
         except StaleRecord:  # the recorded fingerprint was wrong: the model is loaded now, encode with it
             if handle.fingerprint() != state.manifest["model"]["fingerprint"]:
                 raise IndexIncompatibleError(f"index {out} was built with another version of model {ref!r}; "
                                              f"rebuild it before adding items") from None
-            emb = encode_plan(plan, *handle.loaded, batch_size, 0, progress)
+            emb = encode_plan(plan, *handle.loaded, opts)
         model = handle
         report, changes, _, next_fid = resolve(plan, emb)
         if report.skipped:
@@ -466,29 +360,3 @@ def reindex(index: str | Path, cfg: IndexCfg, lock_timeout: float = 0.0) -> Path
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
         dims = {name: int(meta["dim"]) for name, meta in state.manifest["channels"].items()}
         return commit(out, state, manifest, [], [], cfg, dims)
-
-
-def _handle_for(state: State | None, model_ref: str | Path | None, device: str) -> tuple[ModelHandle, str, Path | None]:
-    """(model handle, manifest model ref, checkpoint to copy) for a new build or an update."""
-    if model_ref is None:
-        if state is None:
-            raise MMSearchError("no model given and no existing index to take it from")
-        ref = state.manifest["model"]["ref"]
-        model_ref = str(state.snapshot / ref) if ref not in list_models() else ref
-    is_checkpoint = str(model_ref) not in list_models()
-    ref = "model.pt" if is_checkpoint else str(model_ref)
-    ckpt = Path(model_ref) if is_checkpoint and not (state and Path(model_ref).parent == state.snapshot) else None
-    return ModelHandle(model_ref, device), ref, ckpt
-
-
-def _model_for(state: State | None, model_ref: str | Path | None, device: str):
-    """(model, preprocess, tokenizer, manifest model ref, checkpoint to copy) for a new build or an update."""
-    handle, ref, ckpt = _handle_for(state, model_ref, device)
-    model, preprocess, tokenizer = handle.load(replan=False)
-    return model, preprocess, tokenizer, ref, ckpt
-
-
-def _device_of(model: Any) -> str:
-    if isinstance(model, ModelHandle):
-        return model.device_name()
-    return str(next(model.parameters()).device)

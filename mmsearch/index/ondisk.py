@@ -3,7 +3,7 @@
 
 ::
 
-    train once   rank 0 trains the coarse quantizer (+ PQ) on ann.training_sample (the rows a
+    train once   rank 0 trains the coarse quantizer (+ PQ) on annbuild.training_sample (the rows a
                  single-process build trains on) -> WORK/trained.faiss, an empty index
     add          a part = a contiguous range of rows of <channel>.f16.npy (rows sorted by item id);
                  a copy of the trained index + the part's vectors -> WORK/shard-<i>.ivf, then
@@ -13,8 +13,8 @@
                  list into ONE <channel>.ivfdata (OnDiskInvertedLists); <channel>.faiss keeps the
                  quantizer and each list's offset. Neither step holds all lists in RAM.
 
-The .faiss file stores the lists file by name only, and :func:`read_ondisk` opens it with
-``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
+The .faiss file stores the lists file by name only, and :func:`mmsearch.index.ann.read_ondisk` opens it
+with ``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
 copied to). Parts are added by whoever runs an :class:`Adder`: every rank of a torchrun job
 (mmsearch/dist_index.py) or this process (:class:`LocalAdder`).
 """
@@ -36,8 +36,9 @@ from typing import Callable, Protocol
 import faiss
 import numpy as np
 
-from . import ann
-from .ann import IndexSpec, quiet_stdout, read_ondisk  # noqa: F401  (ondisk.quiet_stdout, ondisk.read_ondisk)
+from . import ann, annbuild
+from .ann import IndexSpec
+from .quiet import quiet_stdout
 from ..errors import MMSearchError
 from ..fsutil import atomic_write
 from ..ranges import shard_ranges
@@ -117,7 +118,7 @@ def add_part(task: AddTask, part: int, ids: np.ndarray, vectors: np.ndarray) -> 
         if path.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key:
             return False
     index = faiss.read_index(str(Path(task.work) / "trained.faiss"))
-    ann.add(index, part_vecs, part_ids)
+    annbuild.add(index, part_vecs, part_ids)
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
     atomic_write(marker, json.dumps({"part": part, "rows": [start, end], "key": key}),
                  durable=False)  # written last: the part is done
@@ -179,7 +180,7 @@ class LocalAdder:
 def train_once(spec: IndexSpec, vectors: np.ndarray, work: Path, seed: int = 0, train_sample: int = 100_000) -> str:
     """The trained empty index in ``work`` (re-used when an earlier run trained it on the same sample);
     returns its key."""
-    sample = ann.training_sample(vectors, seed, train_sample)
+    sample = annbuild.training_sample(vectors, seed, train_sample)
     key = _digest(json.dumps([spec.factory, seed]).encode(), np.ascontiguousarray(sample).tobytes())
     path, marker = work / "trained.faiss", work / "trained.json"
     with contextlib.suppress(OSError, ValueError):
@@ -189,7 +190,7 @@ def train_once(spec: IndexSpec, vectors: np.ndarray, work: Path, seed: int = 0, 
     work.mkdir(parents=True, exist_ok=True)
     for p in work.glob("shard-*"):  # parts of another trained index can never be re-used
         p.unlink()
-    index = ann.train_index(spec, sample, seed)  # the sample is all of its rows: trains on exactly these
+    index = annbuild.train_index(spec, sample, seed)  # the sample is all of its rows: trains on exactly these
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)), durable=False)
     marker.write_text(json.dumps({"factory": spec.factory, "seed": seed, "key": key}), encoding="utf-8")
     return key

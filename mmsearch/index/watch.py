@@ -14,9 +14,13 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import MMSearchError
+from .options import BuildKw, BuildOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,10 @@ class Debouncer:
 
 def watch(catalog: str | Path, out: str | Path = "index", *, debounce: float = 2.0,
           stop: threading.Event | None = None, on_update: Callable[[Any], None] | None = None,
-          poll: float = 0.2, **build_kw: Any) -> None:
+          poll: float = 0.2, options: BuildOptions | None = None, **build_kw: Unpack[BuildKw]) -> None:
     """Update ``out`` from ``catalog`` now, then after every burst of changes until ``stop`` is set (or
-    KeyboardInterrupt). ``on_update(report)`` gets each update's :class:`BuildReport`; ``build_kw`` goes to
-    :func:`build_index` (model, device, exclude ...)."""
+    KeyboardInterrupt). ``on_update(report)`` gets each update's :class:`BuildReport`; ``options`` and
+    ``build_kw`` (its fields by name: model, device, exclude ...) go to :func:`build_index`."""
     if debounce < 0:
         raise MMSearchError(f"debounce must be 0 or more seconds, got {debounce}")
     try:
@@ -66,7 +70,7 @@ def watch(catalog: str | Path, out: str | Path = "index", *, debounce: float = 2
 
     def update() -> None:
         try:
-            report = build_index(catalog, out=out, **build_kw)
+            report = build_index(catalog, out=out, options=options, **build_kw)
         except MMSearchError as exc:  # e.g. another writer holds the index: try again at the next change
             log.error("update of %s failed (watching on): %s", out, exc)
             return

@@ -21,8 +21,10 @@ import numpy as np
 from .._version import __version__
 from ..errors import disk_errors
 from ..fsutil import crash_point
-from . import ann, ondisk
-from .ann import IndexCfg, IndexSpec
+from . import ann, annbuild, ondisk
+from .ann import IndexSpec
+from .options import IndexCfg
+from .quiet import quiet_stdout
 from .snapshot import INDEX_FORMAT, INDEX_FORMAT_VERSION, METRIC, ChannelData, State, publish, snapshot_name
 from .store import ItemStore
 
@@ -52,7 +54,7 @@ def _channel_index(name: str, cfg: IndexCfg, old: ChannelData | None, prev_cfg: 
     given (a distributed job: the ranks add the parts) or the previous index had them on disk.
     ``vecs`` may stay float16: every FAISS call below converts chunks to float32 (exactly).
     """
-    fresh = ann.choose(len(ids), vecs.shape[1], cfg)
+    fresh = annbuild.choose(len(ids), vecs.shape[1], cfg)
     was_ondisk = old is not None and old.spec is not None and old.spec.ondisk is not None
     reuse = (old is not None and old.spec is not None and prev_cfg == cfg.to_dict() and snap is not None
              and old.spec.kind not in ("flat",) and old.spec.factory == _same_family(fresh, old.spec)
@@ -62,16 +64,16 @@ def _channel_index(name: str, cfg: IndexCfg, old: ChannelData | None, prev_cfg: 
             index = ondisk.open_copy(snap, name, old.spec, tmp)
         else:
             index = ann.read(str(snap / f"{name}.faiss"), old.spec, mmap=False)
-        if len(drop) and not ann.supports_remove(index):
+        if len(drop) and not annbuild.supports_remove(index):
             reuse = False
         else:
             mask = np.isin(ids, added)
-            with ondisk.quiet_stdout() if was_ondisk else contextlib.nullcontext():
-                ann.remove(index, drop)
-                ann.add(index, vecs[mask], ids[mask])
+            with quiet_stdout() if was_ondisk else contextlib.nullcontext():
+                annbuild.remove(index, drop)
+                annbuild.add(index, vecs[mask], ids[mask])
             spec = IndexSpec(old.spec.kind, old.spec.factory, dict(old.spec.params), trained_on=old.spec.trained_on,
                              ondisk=old.spec.ondisk)
-            spec = ann.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
+            spec = annbuild.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
             log.info("%s: updated the %s index in place (%d removed, %d added)", name, spec.kind, len(drop),
                      int(mask.sum()))
             return index, spec
@@ -83,8 +85,8 @@ def _channel_index(name: str, cfg: IndexCfg, old: ChannelData | None, prev_cfg: 
         finally:
             if local:
                 shutil.rmtree(tmp / ".parts", ignore_errors=True)
-        return index, ann.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
-    return ann.build_tuned(cfg, vecs, ids)
+        return index, annbuild.tune(index, spec, vecs, ids, cfg.target_recall, seed=cfg.seed)
+    return annbuild.build_tuned(cfg, vecs, ids)
 
 
 def _same_family(fresh: IndexSpec, old: IndexSpec) -> str:

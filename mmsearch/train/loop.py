@@ -25,6 +25,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import nn
@@ -44,7 +45,101 @@ from .step import StepModel, build_optimizer, run_epoch, wrap_ddp
 from .unfreeze import trained_backbone_record, unfreeze_last
 from .wise import interpolated, trainable_state
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """Everything a training run takes besides its catalog (as :class:`mmsearch.index.options.BuildOptions`
+    does for an index build); :func:`train` also takes each field by name.
+
+    out: run folder (config, metrics.jsonl, state.pt, last.pt, model.pt).
+    model: a built-in config (trained from its fresh initialisation) or a checkpoint (fine-tuned).
+    cfg: a :class:`TrainCfg` (epochs, batch size, learning rate, loss weights, seed ...).
+    composed: triplets JSONL (``{"reference": id, "text": "...", "target": id}``) for the composed loss.
+    val: validation catalog for early stopping on Recall@10; ``val_composed`` its triplets.
+    device: ``auto``, ``cpu`` or ``cuda[:N]`` (under torchrun ``auto``/``cuda`` is ``cuda:LOCAL_RANK``).
+    resume: continue the run in ``out`` from its last finished epoch (on any number of ranks).
+    progress: show progress bars (on rank 0).
+    """
+
+    out: str | Path = "runs/train"
+    model: str | Path = "default"
+    cfg: TrainCfg = field(default_factory=TrainCfg)
+    composed: str | Path | None = None
+    val: str | Path | None = None
+    val_composed: str | Path | None = None
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, config: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                    **fields: Any) -> "TrainOptions":
+        """A run of the train config ``config`` (a name in ``mmsearch/train/configs/``, a JSON file; None:
+        ``default``) with ``overrides`` of its :class:`TrainCfg` fields (None values are left out: options
+        not given), and the other fields of :class:`TrainOptions` by name. What ``mmsearch train`` builds."""
+        cfg = load_train_cfg(config or "default")
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        try:
+            cfg = dataclasses.replace(cfg, **given)
+        except TypeError:
+            unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainCfg)})
+            raise TrainError(f"unknown train setting(s) {', '.join(unknown)}") from None
+        return cls(cfg=cfg, **fields)
+
+
+class TrainKw(TypedDict, total=False):
+    """:class:`TrainOptions`' fields as keyword arguments of :func:`train` (tests/test_build_options.py
+    keeps the two in step)."""
+
+    out: str | Path
+    model: str | Path
+    cfg: TrainCfg
+    composed: str | Path | None
+    val: str | Path | None
+    val_composed: str | Path | None
+    device: str
+    resume: bool
+    progress: bool
+
+
+@dataclass
+class Trainee:
+    """What a run trains, and saves after every epoch."""
+
+    net: DualEncoder
+    tokenizer: Tokenizer
+    classifier: nn.Module | None
+    opt: Any
+    sched: Any
+    trained_backbone: dict | None  # the unfrozen backbone blocks, whose weights every checkpoint carries
+    start_state: dict  # the trainable weights training started from (WiSE-FT's other end)
+
+
+@dataclass
+class Standing:
+    """Early stopping's record after ``epoch`` finished epochs (state.pt keeps it, to resume)."""
+
+    epoch: int = 0
+    best: float | None = None  # best validation Recall@10 (None without --val)
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one
+
+    def record(self, epoch: int, metrics: dict, validated: bool) -> None:
+        """Epoch ``epoch`` (1-based) finished with ``metrics``; without validation every epoch is the best."""
+        self.epoch = epoch
+        if not validated or self.best is None or metrics["val_recall"] > self.best:
+            self.best, self.best_epoch, self.bad_epochs = metrics.get("val_recall"), epoch, 0
+        else:
+            self.bad_epochs += 1
+
+    @property
+    def improved(self) -> bool:
+        return self.best_epoch == self.epoch
 
 
 @dataclass
@@ -147,24 +242,18 @@ def on_rank0(fn, env: DistEnv, what: str):
     return result
 
 
-def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path = "default",
-          cfg: TrainCfg | None = None, composed: str | Path | None = None, val: str | Path | None = None,
-          val_composed: str | Path | None = None, device: str = "auto", resume: bool = False,
-          progress: bool = True) -> TrainReport:
-    """Train the projection heads and fusion of ``model`` on ``catalog`` (items with text are pairs).
+def train(catalog: str | Path, *, options: TrainOptions | None = None,
+          **overrides: Unpack[TrainKw]) -> TrainReport:
+    """Train the projection heads and fusion of a model on ``catalog`` (items with text are pairs).
 
     Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run with the same
     global batch size; every rank returns the same report.
 
     Args:
         catalog: training catalog folder (catalog.jsonl with titles; ``category`` feeds the classifier).
-        out: run folder (config, metrics.jsonl, state.pt, last.pt, model.pt).
-        model: a built-in config (trained from its fresh initialisation) or a checkpoint (fine-tuned).
-        cfg: a :class:`TrainCfg` (epochs, batch size, learning rate, loss weights, seed ...).
-        composed: triplets JSONL (``{"reference": id, "text": "...", "target": id}``) for the composed loss.
-        val: validation catalog for early stopping on Recall@10; ``val_composed`` its triplets.
-        device: ``auto``, ``cpu`` or ``cuda[:N]`` (under torchrun ``auto``/``cuda`` is ``cuda:LOCAL_RANK``).
-        resume: continue the run in ``out`` from its last finished epoch (on any number of ranks).
+        options: a :class:`TrainOptions` (out, model, cfg, composed, val, val_composed, device, resume,
+            progress; each documented there). Default: ``TrainOptions()``.
+        **overrides: any field of :class:`TrainOptions` by name, over ``options``.
 
     Returns:
         A :class:`TrainReport`; ``report.checkpoint`` is usable as ``--model`` for ``mmsearch index``.
@@ -173,54 +262,35 @@ def train(catalog: str | Path, out: str | Path = "runs/train", model: str | Path
         >>> from mmsearch.train import train                                          # doctest: +SKIP
         >>> r = train("corpus/train", out="runs/a", model="tiny", composed="corpus/train/triplets.jsonl")  # doctest: +SKIP
     """
-    cfg = cfg or TrainCfg()
+    opts = dataclasses.replace(options or TrainOptions(), **overrides)
+    if opts.cfg is None:
+        opts.cfg = TrainCfg()
     env = DistEnv.from_env()
-    dev = rank_device(device, env)
+    dev = rank_device(opts.device, env)
     with process_group(env, dev):
-        return _train(catalog, Path(out), model, cfg, composed, val, val_composed, dev, resume, progress, env)
+        return _train(catalog, opts, dev, env)
 
 
-def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed, dev: torch.device,
-           resume: bool, progress: bool, env: DistEnv) -> TrainReport:
-    asked = {"train": to_dict(cfg), "model": str(model), "catalog": str(Path(catalog).resolve()),
-             "composed": str(Path(composed).resolve()) if composed else None,
-             "val": str(Path(val).resolve()) if val else None,
-             "val_composed": str(Path(val_composed).resolve()) if val_composed else None}
-    asked = json.loads(json.dumps(asked))  # as it reads back from config.json (tuples -> lists)
+def _train(catalog, opts: TrainOptions, dev: torch.device, env: DistEnv) -> TrainReport:
+    cfg, run = opts.cfg, Path(opts.out)
+    asked = _asked(catalog, opts)
     # Only rank 0 reads and writes the run folder (other machines need not see it).
-    state, history = on_rank0(lambda: open_run(run, asked, resume), env, "checking the run folder")
+    state, history = on_rank0(lambda: open_run(run, asked, opts.resume), env, "checking the run folder")
 
     seed_everything(cfg.seed)  # the same initialisation on every rank (DDP also broadcasts rank 0's)
-    net, tokenizer, _ = init_model(model, cfg)
+    net, tokenizer, _ = init_model(opts.model, cfg)
     net.to(dev)
     start_state = trainable_state(net)  # WiSE-FT's other end: the weights training starts from
     categories = category_index(catalog)
-    progress = progress and env.is_main
-    tr = prepare_split(catalog, net, tokenizer, cfg, composed, categories, augment=True, progress=progress, env=env)
-    if len(tr.items) < 2:
-        raise TrainError(f"training needs at least 2 readable images; {catalog} has {len(tr.items)}")
-    if len(tr.pair_pos) < 2:
-        raise TrainError(f"training needs at least 2 items with text (title/text); {catalog} has "
-                         f"{len(tr.pair_pos)} ({tr.skipped_no_text} without text)")
-    va = prepare_split(val, net, tokenizer, cfg, val_composed, categories, augment=False, progress=progress,
-                       env=env) if val else None
-    if tr.skipped_no_text and env.is_main:
-        log.warning("%d item(s) without text are left out of the pair losses", tr.skipped_no_text)
+    progress = opts.progress and env.is_main
+    tr, va = _splits(catalog, opts, net, tokenizer, categories, progress, env)
 
     classifier = nn.Linear(net.embed_dim, len(categories)).to(dev) \
         if cfg.loss_classify > 0 and len(categories) >= 2 else None
     steps_per_epoch = math.ceil(len(tr.pair_pos) / cfg.batch_size)  # global batches: the same on any N
     opt, sched = build_optimizer(net, classifier, cfg, cfg.epochs * steps_per_epoch)
-    trained_backbone = trained_backbone_record(net, cfg.unfreeze)
-
-    start, best, best_epoch, bad_epochs = 0, None, 0, 0
-    if state is not None:
-        net.load_state_dict(state["model"], strict=False)
-        if classifier is not None:
-            classifier.load_state_dict(state["classifier"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, best, best_epoch, bad_epochs = state["epoch"], state["best"], state["best_epoch"], state["bad_epochs"]
+    trainee = Trainee(net, tokenizer, classifier, opt, sched, trained_backbone_record(net, cfg.unfreeze), start_state)
+    standing = _resume(trainee, state) if state is not None else Standing()
     use_fusion = (cfg.loss_composed > 0 and len(tr.triplets) >= 2) or classifier is not None
     use_scale = cfg.loss_contrastive > 0 or (cfg.loss_composed > 0 and len(tr.triplets) >= 2)
     fusion_trains = any(p.requires_grad for p in net.fusion.parameters())
@@ -233,56 +303,88 @@ def _train(catalog, run: Path, model, cfg: TrainCfg, composed, val, val_composed
         (run / "config.json").write_text(json.dumps(asked, indent=2), encoding="utf-8")
         log.info("training on %s over %d process(es)", summary, env.world_size)
 
-    for epoch in range(start, cfg.epochs):
-        if va is not None and bad_epochs >= cfg.patience:
+    for epoch in range(standing.epoch, cfg.epochs):
+        if va is not None and standing.bad_epochs >= cfg.patience:
             break
         metrics = run_epoch(net, step_model, tr, cfg, opt, sched, dev, epoch, progress, env, tokenizer=tokenizer)
 
         def finish_epoch():  # rank 0: validate, decide, write; the decision goes to every rank
-            nonlocal best, best_epoch, bad_epochs
             if va is not None:
                 if va.raw:  # the backbones changed: validate on their current features
                     refresh_features(va, net, tokenizer)
                 with interpolated(net, start_state, cfg.wise_alpha):  # what the checkpoint will hold
                     metrics.update(validate(net, va, dev))
             metrics["epoch"] = epoch + 1
-            improved = va is None or best is None or metrics["val_recall"] > best
-            if improved:
-                best, best_epoch, bad_epochs = (metrics.get("val_recall"), epoch + 1, 0)
-            else:
-                bad_epochs += 1
-            save_epoch(run, net, tokenizer, classifier, opt, sched, cfg, summary, metrics, history + [metrics],
-                       improved, (epoch + 1, best, best_epoch, bad_epochs), trained_backbone, start_state)
+            standing.record(epoch + 1, metrics, validated=va is not None)
+            save_epoch(run, trainee, cfg, summary, history + [metrics], standing)
             log.info("epoch %d: %s", epoch + 1, metrics)
-            return metrics, best, best_epoch, bad_epochs
+            return metrics, standing
 
-        metrics, best, best_epoch, bad_epochs = on_rank0(finish_epoch, env, f"finishing epoch {epoch + 1}")
+        metrics, standing = on_rank0(finish_epoch, env, f"finishing epoch {epoch + 1}")
         history.append(metrics)
-    return TrainReport(run_dir=run, checkpoint=run / "model.pt", epochs_run=len(history), best_epoch=best_epoch,
-                       best_metric=best, pairs=len(tr.pair_pos), triplets=len(tr.triplets),
-                       skipped_no_text=tr.skipped_no_text, skipped_bad_image=tr.skipped_bad_image, metrics=history)
+    return TrainReport(run_dir=run, checkpoint=run / "model.pt", epochs_run=len(history),
+                       best_epoch=standing.best_epoch, best_metric=standing.best, pairs=len(tr.pair_pos),
+                       triplets=len(tr.triplets), skipped_no_text=tr.skipped_no_text,
+                       skipped_bad_image=tr.skipped_bad_image, metrics=history)
 
 
-def save_epoch(run: Path, net: DualEncoder, tokenizer: Tokenizer, classifier: nn.Module | None, opt, sched,
-               cfg: TrainCfg, summary: dict, metrics: dict, history: list[dict], improved: bool,
-               progress_state: tuple, trained_backbone: dict | None = None,
-               start_state: dict | None = None) -> None:
-    """last.pt, model.pt (when improved), state.pt (atomically) and metrics.jsonl after an epoch.
-    ``trained_backbone``: the unfrozen blocks, whose weights every file then carries. With
-    ``cfg.wise_alpha`` < 1 the checkpoints hold the WiSE-FT mix of ``start_state`` and the trained weights
-    (state.pt keeps the trained ones, to resume)."""
-    epoch, best, best_epoch, bad_epochs = progress_state
-    extra = {"train": to_dict(cfg), "summary": summary, "epoch": epoch, "metrics": metrics,
+def _asked(catalog, opts: TrainOptions) -> dict:
+    """What a run is asked to do, as config.json records it (and --resume compares)."""
+    def resolved(path):
+        return str(Path(path).resolve()) if path else None
+
+    asked = {"train": to_dict(opts.cfg), "model": str(opts.model), "catalog": resolved(catalog),
+             "composed": resolved(opts.composed), "val": resolved(opts.val),
+             "val_composed": resolved(opts.val_composed)}
+    return json.loads(json.dumps(asked))  # as it reads back from config.json (tuples -> lists)
+
+
+def _splits(catalog, opts: TrainOptions, net: DualEncoder, tokenizer: Tokenizer, categories: dict, progress: bool,
+            env: DistEnv) -> tuple[Split, Split | None]:
+    """The training split (checked: enough images and pairs) and the validation split (None without --val)."""
+    cfg = opts.cfg
+    tr = prepare_split(catalog, net, tokenizer, cfg, opts.composed, categories, augment=True, progress=progress,
+                       env=env)
+    if len(tr.items) < 2:
+        raise TrainError(f"training needs at least 2 readable images; {catalog} has {len(tr.items)}")
+    if len(tr.pair_pos) < 2:
+        raise TrainError(f"training needs at least 2 items with text (title/text); {catalog} has "
+                         f"{len(tr.pair_pos)} ({tr.skipped_no_text} without text)")
+    va = prepare_split(opts.val, net, tokenizer, cfg, opts.val_composed, categories, augment=False,
+                       progress=progress, env=env) if opts.val else None
+    if tr.skipped_no_text and env.is_main:
+        log.warning("%d item(s) without text are left out of the pair losses", tr.skipped_no_text)
+    return tr, va
+
+
+def _resume(trainee: Trainee, state: dict) -> Standing:
+    """Load a state.pt's weights and optimizer into ``trainee``; -> its early-stopping record."""
+    trainee.net.load_state_dict(state["model"], strict=False)
+    if trainee.classifier is not None:
+        trainee.classifier.load_state_dict(state["classifier"])
+    trainee.opt.load_state_dict(state["optimizer"])
+    trainee.sched.load_state_dict(state["scheduler"])
+    return Standing(state["epoch"], state["best"], state["best_epoch"], state["bad_epochs"])
+
+
+def save_epoch(run: Path, trainee: Trainee, cfg: TrainCfg, summary: dict, history: list[dict],
+               standing: Standing) -> None:
+    """last.pt, model.pt (when the epoch improved), state.pt (atomically) and metrics.jsonl after an epoch
+    (``history[-1]``'s). Every file carries the unfrozen backbone blocks (``trainee.trained_backbone``). With
+    ``cfg.wise_alpha`` < 1 the checkpoints hold the WiSE-FT mix of ``trainee.start_state`` and the trained
+    weights (state.pt keeps the trained ones, to resume)."""
+    net, backbone = trainee.net, trainee.trained_backbone
+    extra = {"train": to_dict(cfg), "summary": summary, "epoch": standing.epoch, "metrics": history[-1],
              "wise_ft_alpha": cfg.wise_alpha}
-    with interpolated(net, start_state or {}, cfg.wise_alpha):
-        save_checkpoint(net, tokenizer, run / "last.pt", extra=extra, trained_backbone=trained_backbone)
-        if improved:
-            save_checkpoint(net, tokenizer, run / "model.pt", extra=extra, trained_backbone=trained_backbone)
-    keep = set((trained_backbone or {}).get("keys", ()))
-    state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+    with interpolated(net, trainee.start_state, cfg.wise_alpha):
+        save_checkpoint(net, trainee.tokenizer, run / "last.pt", extra=extra, trained_backbone=backbone)
+        if standing.improved:
+            save_checkpoint(net, trainee.tokenizer, run / "model.pt", extra=extra, trained_backbone=backbone)
+    keep = set((backbone or {}).get("keys", ()))
+    state = {**dataclasses.asdict(standing),
              "model": {k: v for k, v in net.state_dict().items() if "backbone" not in k or k in keep},
-             "classifier": classifier.state_dict() if classifier is not None else {},
-             "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+             "classifier": trainee.classifier.state_dict() if trainee.classifier is not None else {},
+             "optimizer": trainee.opt.state_dict(), "scheduler": trainee.sched.state_dict()}
     atomic_write(run / "state.pt", lambda tmp: torch.save(state, tmp), durable=False)
     with open(run / "metrics.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(m) + "\n" for m in history)
