@@ -40,25 +40,25 @@ def index(
     """
     from ..encode.config import EncodeCfg
     from ..index.build import build_index, index_model
+    from ..index.options import BuildOptions
 
+    opts = BuildOptions(model=model, device=device, batch_size=batch_size, num_workers=workers,
+                        progress=sys.stderr.isatty(), encode=EncodeCfg(compile=compile_model),
+                        index=index_cfg(index_type, max_memory), rebuild=rebuild, lock_timeout=wait,
+                        exclude=exclude, reset_exclude=reset_exclude, shard_size=shard_size)
     # torch (dist.env) only under torchrun: a plain update that finds nothing to do never imports it
     if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and _dist_env().is_distributed:
-        return index_distributed(catalog, out_dir, model or index_model(out_dir), batch_size, workers, device,
-                                 index_cfg(index_type, max_memory), rebuild, wait, shard_size, exclude, reset_exclude)
-    build_kw = dict(model=model, device=device, batch_size=batch_size, num_workers=workers,
-                    progress=sys.stderr.isatty(), encode=EncodeCfg(compile=compile_model),
-                    index=index_cfg(index_type, max_memory), lock_timeout=wait, exclude=exclude)
+        return index_distributed(catalog, out_dir, opts.replace(model=model or index_model(out_dir)))
     if watch:
         if rebuild or reset_exclude:  # once, before watching; the watcher's updates are plain updates
-            print_build_report(build_index(catalog, out=out_dir, rebuild=rebuild, reset_exclude=reset_exclude,
-                                           **build_kw))
-        return watch_catalog(catalog, out_dir, debounce, **build_kw)
-    print_build_report(build_index(catalog, out=out_dir, rebuild=rebuild, reset_exclude=reset_exclude, **build_kw))
+            print_build_report(build_index(catalog, out=out_dir, options=opts))
+        return watch_catalog(catalog, out_dir, debounce, opts.replace(rebuild=False, reset_exclude=False))
+    print_build_report(build_index(catalog, out=out_dir, options=opts))
 
 
 def index_cfg(index_type: Optional[str], max_memory: Optional[str]) -> Any:
     """--index-type and --max-memory -> IndexCfg, or None to keep the existing index's configuration."""
-    from ..index.ann import IndexCfg, parse_memory
+    from ..index.options import IndexCfg, parse_memory
 
     if index_type is None and max_memory is None:
         return None
@@ -93,16 +93,11 @@ def print_build_report(report: Any) -> None:
             out.print(f"  ... and {len(report.skipped) - 20} more (see manifest.json)")
 
 
-def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int, workers: Optional[int], device: str,
-                      cfg: Any, rebuild: bool, wait: float, shard_size: int, exclude: Optional[list[str]],
-                      reset_exclude: bool) -> None:
+def index_distributed(catalog: Path, out_dir: Path, opts: Any) -> None:
     """``index`` on one rank of a torchrun job: rank 0 prints the summary, the others stay quiet."""
     from ..dist.runner import build_index_distributed
 
-    result = build_index_distributed(catalog, out=out_dir, model=model, device=device, batch_size=batch_size,
-                                     num_workers=workers, progress=sys.stderr.isatty(), index=cfg,
-                                     rebuild=rebuild, lock_timeout=wait, shard_size=shard_size,
-                                     exclude=exclude, reset_exclude=reset_exclude)
+    result = build_index_distributed(catalog, out=out_dir, options=opts)
     if result is None:
         return
     info = result.info
@@ -115,7 +110,7 @@ def index_distributed(catalog: Path, out_dir: Path, model: str, batch_size: int,
                       f"resumed), inverted lists merged on disk")
 
 
-def watch_catalog(catalog: Path, out_dir: Path, debounce: float, **build_kw: Any) -> None:
+def watch_catalog(catalog: Path, out_dir: Path, debounce: float, opts: Any) -> None:
     """``index --watch``: update now, then after every burst of changes, one summary line each, until Ctrl-C."""
     from ..index.watch import watch
 
@@ -127,7 +122,7 @@ def watch_catalog(catalog: Path, out_dir: Path, debounce: float, **build_kw: Any
     print(f"Watching {catalog} (Ctrl-C to stop); a burst of changes is indexed after {debounce:g} s of quiet",
           file=sys.stderr)
     try:
-        watch(catalog, out_dir, debounce=debounce, on_update=report, **build_kw)
+        watch(catalog, out_dir, debounce=debounce, on_update=report, options=opts)
     except KeyboardInterrupt:
         print("Stopped watching.", file=sys.stderr)
 

@@ -19,7 +19,6 @@ import numpy as np
 
 from ..errors import IndexIncompatibleError
 # cli.py still imports IndexCfg and parse_memory from here (its owner moves that import to index/options.py)
-from .options import IndexCfg, parse_memory  # noqa: F401
 from .quiet import quiet_stdout
 
 MMAP_MIN_BYTES = 256 << 20  # IVF index files larger than this open memory-mapped
