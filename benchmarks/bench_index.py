@@ -1,7 +1,7 @@
 """Index benchmark: build time, memory, QPS and Recall@10 of each index type on synthetic unit vectors.
 
 Side by side in one run (same vectors, same queries, same machine state):
-  * mmsearch's index types (flat, ivf, ivfpq, hnsw) as mmsearch.ann builds and tunes them,
+  * mmsearch's index types (flat, ivf, ivfpq, hnsw) as mmsearch.index.ann builds and tunes them,
   * hnswlib and usearch HNSW at matched recall (smallest ef reaching Recall@10 >= 0.95),
   * incremental update (add 1% new items to a trained index) vs rebuilding,
   * filtered search at 1%, 10% and 50% selectivity: FAISS IDSelector vs adaptive over-fetching vs an
@@ -231,7 +231,7 @@ def bench_filters(index, spec, x, ids, q, max_q: int, seed: int = 0):
 
 
 def bench_write_path(x, n_update_frac: float = 0.01):
-    """The real write path (mmsearch.index.commit): full build of a store vs an update adding 1% items."""
+    """The real write path (mmsearch.index.writer.commit): full build of a store vs an update adding 1% items."""
     from mmsearch.index.snapshot import load_state
     from mmsearch.index.writer import Change, commit
 

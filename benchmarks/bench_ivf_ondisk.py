@@ -3,7 +3,7 @@ rank 0's memory when merging the inverted lists on disk vs in RAM.
 
 Precomputed synthetic unit vectors (float16, as the index stores them; FAISS's add cost does not
 depend on the values) play the role of one channel's <channel>.f16.npy. The code is mmsearch's own
-(mmsearch/ondisk.py): train once on a sample, then ``run_parts`` under ``python -m torch.distributed.run``
+(mmsearch/index/ondisk.py): train once on a sample, then ``run_parts`` under ``python -m torch.distributed.run``
 (part i -> rank i % N, each part added to a copy of the trained index and written as shard-<i>.ivf),
 then, each in a fresh process so its peak memory is its own:
 

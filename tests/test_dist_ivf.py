@@ -1,4 +1,4 @@
-"""IVF indexes built the FAISS way at scale (mmsearch/ondisk.py): train once, add in parts, merge the
+"""IVF indexes built the FAISS way at scale (mmsearch/index/ondisk.py): train once, add in parts, merge the
 inverted lists on disk; under `torchrun -m mmsearch index` with 2 gloo ranks, killed mid-add, resumed,
 moved, updated."""
 

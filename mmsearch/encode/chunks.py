@@ -2,7 +2,7 @@
 
 One shard is ``shard-NNNNNN.npz`` (one float16 array per channel, as the index stores them) plus
 ``shard-NNNNNN.json``, its done marker, written last: a shard without a marker is incomplete and
-ignored. Distributed indexing (mmsearch/dist_index.py) writes its per-rank shards the same way.
+ignored. Distributed indexing (dist/runner.py) writes its per-rank shards the same way.
 
 :class:`ShardWriter` takes the encoder's batches through a bounded queue and writes them from one thread,
 so writing overlaps the next batch's compute and an index build holds at most ``queue_size`` batches plus

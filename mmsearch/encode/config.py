@@ -32,7 +32,7 @@ class EncodeCfg:
         once per model fingerprint) or torch; CUDA always runs torch (bf16 autocast).
     shard_rows, write_queue: when encoding into a shard folder (index builds): rows per float16 shard,
         and batches the background writer may have queued before the encoder waits for it
-        (mmsearch/shards.py); memory while encoding is bounded by these, not by the catalog's size.
+        (encode/chunks.py); memory while encoding is bounded by these, not by the catalog's size.
     """
 
     batch_size: int = 32

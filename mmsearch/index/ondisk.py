@@ -16,7 +16,7 @@
 The .faiss file stores the lists file by name only, and :func:`read_ondisk` opens it with
 ``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
 copied to). Parts are added by whoever runs an :class:`Adder`: every rank of a torchrun job
-(mmsearch/dist_index.py) or this process (:class:`LocalAdder`).
+(dist/runner.py) or this process (:class:`LocalAdder`).
 """
 
 from __future__ import annotations

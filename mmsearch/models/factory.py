@@ -45,7 +45,7 @@ def image_preprocess(cfg: ImageTowerCfg) -> Preprocess:
     """PIL RGB image -> (3, S, S) float tensor: resize the short side (bicubic), centre crop, normalise.
 
     The same numbers as torchvision's Resize + CenterCrop + ToTensor + Normalize, without importing
-    torchvision at start-up (see mmsearch/preprocess.py)."""
+    torchvision at start-up (see models/preprocess.py)."""
     return PilPreprocess(cfg)
 
 

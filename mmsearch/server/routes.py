@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from .._version import __version__
 from ..errors import ItemNotFoundError, MMSearchError
 from ..search.engine import SearchHit
-from .config import ServeCfg
+from .settings import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
 from .limits import RequestBudget
 from .paths import ITEM_PATH  # noqa: F401  (registers the {item_id:itempath} convertor)

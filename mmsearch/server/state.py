@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from ..errors import MMSearchError
 from ..index.snapshot import resolve_snapshot
 from ..search.engine import SearchEngine
-from .config import ServeCfg
+from .settings import ServeCfg
 from .files import ThumbnailCache
 from .lease import Hold, Lease
 from .limits import LatencyStats, ModelGate
