@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from mmsearch.catalog.images import load_image  # noqa: E402
 from mmsearch.models.device import available_cpus, resolve_device  # noqa: E402
-from mmsearch.encode.pipeline import EncodeCfg, encode_image_files  # noqa: E402
+from mmsearch.encode.config import EncodeCfg  # noqa: E402
+from mmsearch.encode.pipeline import encode_image_files  # noqa: E402
 from mmsearch.models.factory import create_model  # noqa: E402
 from mmsearch.models.preprocess import ResizeCropU8, normalize_batch  # noqa: E402
 

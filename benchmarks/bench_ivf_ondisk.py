@@ -77,13 +77,13 @@ class PeakMemory:
 def task_for(work: Path, parts: int):
     import numpy as np
 
-    from mmsearch.dist.env import shard_ranges
+    from mmsearch.ranges import even_ranges
     from mmsearch.index.ondisk import AddTask
 
     key = json.loads((work / "trained.json").read_text())["key"]
     n = len(np.load(work / "image.ids.npy", mmap_mode="r"))
     return AddTask(channel="image", work=str(work), vectors=str(work / "image.f16.npy"), ids=str(work / "image.ids.npy"),
-                   parts=[list(r) for r in shard_ranges(n, parts)], trained_key=key)
+                   parts=[list(r) for r in even_ranges(n, parts)], trained_key=key)
 
 
 # ---------------------------------------------------------------------------------------- phases

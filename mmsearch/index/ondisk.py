@@ -13,7 +13,7 @@
                  list into ONE <channel>.ivfdata (OnDiskInvertedLists); <channel>.faiss keeps the
                  quantizer and each list's offset. Neither step holds all lists in RAM.
 
-The .faiss file stores the lists file by name only, and :func:`read_ondisk` opens it with
+The .faiss file stores the lists file by name only, and :func:`~mmsearch.index.ann.read_ondisk` opens it with
 ``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
 copied to). Parts are added by whoever runs an :class:`Adder`: every rank of a torchrun job
 (dist/runner.py) or this process (:class:`LocalAdder`).
@@ -37,10 +37,10 @@ import faiss
 import numpy as np
 
 from . import ann
-from .ann import IndexSpec, quiet_stdout, read_ondisk  # noqa: F401  (ondisk.quiet_stdout, ondisk.read_ondisk)
+from .ann import IndexSpec, quiet_stdout
 from ..errors import MMSearchError
 from ..fsutil import atomic_write
-from ..ranges import shard_ranges
+from ..ranges import even_ranges
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class PartsStatus:
 
 
 def part_paths(task: AddTask, part: int) -> tuple[Path, Path]:
+    """(``shard-NNNNNN.ivf``, ``shard-NNNNNN.json``) of part ``part``: the files keep their ``shard-`` names, so a
+    distributed build resumes from the parts an earlier run of the same command added."""
     base = Path(task.work) / f"shard-{part:06d}"
     return base.with_suffix(".ivf"), base.with_suffix(".json")
 
@@ -107,7 +109,7 @@ def _digest(*chunks: bytes) -> str:
 
 
 def add_part(task: AddTask, part: int, ids: np.ndarray, vectors: np.ndarray) -> bool:
-    """Add rows [start, end) to a copy of the trained index -> shard-<part>.ivf; False if already done."""
+    """Add rows [start, end) to a copy of the trained index -> the part's .ivf file; False if already done."""
     start, end = task.parts[part]
     part_ids = np.asarray(ids[start:end], np.int64)
     part_vecs = np.asarray(vectors[start:end])  # (rows, dim) float16
@@ -228,7 +230,7 @@ def build(channel: str, spec: IndexSpec, folder: Path, vectors: np.ndarray, adde
 
 
 def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    return shard_ranges(n, min(parts, max(1, n)))
+    return even_ranges(n, min(parts, max(1, n)))
 
 
 def open_copy(old_folder: Path, channel: str, spec: IndexSpec, folder: Path) -> faiss.Index:

@@ -66,7 +66,7 @@ def _channel_index(name: str, cfg: IndexCfg, old: ChannelData | None, prev_cfg: 
             reuse = False
         else:
             mask = np.isin(ids, added)
-            with ondisk.quiet_stdout() if was_ondisk else contextlib.nullcontext():
+            with ann.quiet_stdout() if was_ondisk else contextlib.nullcontext():
                 ann.remove(index, drop)
                 ann.add(index, vecs[mask], ids[mask])
             spec = IndexSpec(old.spec.kind, old.spec.factory, dict(old.spec.params), trained_on=old.spec.trained_on,

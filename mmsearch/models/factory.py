@@ -19,7 +19,7 @@ from ..errors import ModelError
 from ..fsutil import atomic_write
 from .dual_encoder import DualEncoder
 from .preprocess import PilPreprocess
-from .classnames import bridge_prompts, class_embedding_key  # noqa: F401  (re-exported)
+from .classnames import bridge_prompts, class_embedding_key
 from .registry import list_models
 from .tokenizer import HFTokenizer, WordTokenizer
 
