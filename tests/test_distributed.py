@@ -267,7 +267,7 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
                                                                              tmp_path):
     from mmsearch import build_index
     from mmsearch.index.snapshot import channel_vectors, current_snapshot, read_manifest
-    from test_tarshards import write_tar
+    from helpers.files import write_tar
 
     (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")
     write_tar(small_catalog / "webdataset" / "000000.tar", {  # sorts last: the end of shard 3
