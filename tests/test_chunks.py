@@ -111,6 +111,7 @@ BUILD = ("import sys; from mmsearch import build_index; from mmsearch.encode.con
          "encode=EncodeCfg(batch_size=4, num_workers=0, shard_rows=4))")
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_the_previous_index(small_catalog, sample_catalog, tmp_path):
     out = tmp_path / "index"
     build_index(small_catalog, out=out, model="tiny", device="cpu", num_workers=0, progress=False)

@@ -160,6 +160,7 @@ def test_uneven_global_batch_with_both_gathered_losses_equals_single_process(tmp
 
 
 # ------------------------------------------------------------------------------- torchrun train job
+@pytest.mark.slow
 def test_torchrun_train_step_equals_one_process_and_its_checkpoint_resumes_in_one_process(small_catalog, tmp_path,
                                                                                           monkeypatch):
     """2 ranks through `torchrun -m mmsearch train` take the same steps as one process on the same global
@@ -263,6 +264,7 @@ def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subpro
     return results
 
 
+@pytest.mark.slow
 def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
                                                                              tmp_path):
     from mmsearch import build_index
