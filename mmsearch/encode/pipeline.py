@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..catalog.images import CatalogDataset, ImageBatch, collate_batch, load_image
-from ..models.device import autocast, available_cpus, default_num_workers, prefetch_to_device
+from ..cpus import available_cpus
+from ..models.device import autocast, default_num_workers, prefetch_to_device
 from ..errors import ImageDecodeError
 from ..models.factory import Preprocess, Tokenizer
 from ..models.dual_encoder import DualEncoder
