@@ -190,6 +190,12 @@ class Tree:
                  for t in sorted(imports_in(p, "tests")) if t.split(".")[0] in self.bench_names]
         return wrong + [hit for p in self.tests for hit in _adds_to_sys_path(p, ("benchmarks",))]
 
+    def conftest_imports(self) -> list[str]:
+        """Test modules importing a conftest by name: with tests/ and benchmarks/tests/ in one run, the name
+        means whichever conftest was imported first (use a fixture or tests/helpers/ instead)."""
+        return [f"{p.relative_to(self.root)} imports {t}" for p in self.tests + self.benchmarks
+                for t in sorted(imports_in(p, "tests")) if t.split(".")[0] == "conftest"]
+
     def oversized(self, exceptions: dict[str, str]) -> list[str]:
         files = list(self.modules.values()) + self.benchmarks
         return [f"{p.relative_to(self.root)} has {n} lines (at most {MAX_LINES}): split it by concern"
@@ -237,6 +243,11 @@ def test_tests_do_not_import_benchmarks():
                        "of a benchmark script's own logic live in benchmarks/tests/):\n" + "\n".join(wrong))
 
 
+def test_no_test_imports_a_conftest():
+    wrong = TREE.conftest_imports()
+    assert not wrong, "\n".join(wrong)
+
+
 def test_module_size():
     wrong = TREE.oversized(SIZE_EXCEPTIONS)
     assert not wrong, "\n".join(wrong)
@@ -281,6 +292,7 @@ BAD_TREE = {
     "tests/test_path.py": ("import sys\nfrom pathlib import Path\n"
                            "sys.path.insert(0, str(Path(__file__).parents[1] / 'benchmarks'))\n"),
     "tests/test_from.py": "from benchmarks.bench_big import x\n",
+    "tests/test_conf.py": "def test():\n    from conftest import ROOT\n",
     "tests/helpers/__init__.py": "",
 }
 
@@ -315,6 +327,10 @@ def test_checker_catches_tests_importing_benchmarks(bad_tree):
     assert "tests/test_from.py imports benchmarks.bench_big" in wrong
     assert "test_path.py:3 sys.path.insert" in wrong
     assert "test_bench_big" not in wrong  # benchmarks/tests/ may import the scripts it tests
+
+
+def test_checker_catches_a_test_importing_a_conftest(bad_tree):
+    assert bad_tree.conftest_imports() == ["tests/test_conf.py imports conftest"]
 
 
 def test_checker_catches_an_oversized_benchmark(bad_tree):
