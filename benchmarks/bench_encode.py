@@ -8,7 +8,7 @@ What it measures, all in one process run so the ratios are taken under the same 
 
 1. end to end images/s through ``encode_image_files``: ``reference`` pipeline (PIL full-size decode +
    torchvision Resize/CenterCrop/ToTensor/Normalize per image + fp32 NCHW forward, what typical tools do)
-   and ``fast`` (see mmsearch/embed.py), for the default and tiny models, at several batch sizes and
+   and ``fast`` (see mmsearch/encode/pipeline.py), for the default and tiny models, at several batch sizes and
    worker counts; speed-up = fast / reference at the same batch size and workers;
 2. per-stage ms/image, each stage alone in this process: read, decode, preprocess, model, write;
 3. the limit: model FLOPs per image (torch.utils.flop_counter), the device's measured peak (a large
@@ -44,8 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmsearch.catalog.images import load_image  # noqa: E402
-from mmsearch.models.device import available_cpus, resolve_device  # noqa: E402
-from mmsearch.encode.pipeline import EncodeCfg, encode_image_files  # noqa: E402
+from mmsearch.cpus import available_cpus  # noqa: E402
+from mmsearch.models.device import resolve_device  # noqa: E402
+from mmsearch.encode.config import EncodeCfg  # noqa: E402
+from mmsearch.encode.pipeline import encode_image_files  # noqa: E402
 from mmsearch.models.factory import create_model  # noqa: E402
 from mmsearch.models.preprocess import ResizeCropU8, normalize_batch  # noqa: E402
 
@@ -282,7 +284,7 @@ def cold_start(runs: int, model: str, device: str) -> list[float]:
 
 def synthetic_index(out: Path, model, n: int) -> Path:
     """An index folder of n items with random unit vectors in every channel the real model produces, written
-    through the real write path (``mmsearch.index.commit``, index type chosen by ``auto``)."""
+    through the real write path (``mmsearch.index.writer.commit``, index type chosen by ``auto``)."""
     from mmsearch.index.options import IndexCfg
     from mmsearch.index.writer import Change, commit
     from mmsearch.index.writer import base_manifest as _base_manifest, channel_dims as _channel_dims

@@ -231,7 +231,7 @@ def bench_filters(index, spec, x, ids, q, max_q: int, seed: int = 0):
 
 
 def bench_write_path(x, n_update_frac: float = 0.01):
-    """The real write path (mmsearch.index.commit): full build of a store vs an update adding 1% items."""
+    """The real write path (mmsearch.index.writer.commit): full build of a store vs an update adding 1% items."""
     from mmsearch.index.snapshot import load_state
     from mmsearch.index.writer import Change, commit
 

@@ -3,7 +3,7 @@ rank 0's memory when merging the inverted lists on disk vs in RAM.
 
 Precomputed synthetic unit vectors (float16, as the index stores them; FAISS's add cost does not
 depend on the values) play the role of one channel's <channel>.f16.npy. The code is mmsearch's own
-(mmsearch/ondisk.py): train once on a sample, then ``run_parts`` under ``python -m torch.distributed.run``
+(mmsearch/index/ondisk.py): train once on a sample, then ``run_parts`` under ``python -m torch.distributed.run``
 (part i -> rank i % N, each part added to a copy of the trained index and written as shard-<i>.ivf),
 then, each in a fresh process so its peak memory is its own:
 
@@ -77,13 +77,13 @@ class PeakMemory:
 def task_for(work: Path, parts: int):
     import numpy as np
 
-    from mmsearch.dist.env import shard_ranges
+    from mmsearch.ranges import even_ranges
     from mmsearch.index.ondisk import AddTask
 
     key = json.loads((work / "trained.json").read_text())["key"]
     n = len(np.load(work / "image.ids.npy", mmap_mode="r"))
     return AddTask(channel="image", work=str(work), vectors=str(work / "image.f16.npy"), ids=str(work / "image.ids.npy"),
-                   parts=[list(r) for r in shard_ranges(n, parts)], trained_key=key)
+                   parts=[list(r) for r in even_ranges(n, parts)], trained_key=key)
 
 
 # ---------------------------------------------------------------------------------------- phases

@@ -54,8 +54,7 @@ print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 
 
 def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels, with almost no data: what a bomb looks like
-    (also used by tests/test_server_api.py)."""
+    """A PNG whose header claims width x height pixels, with almost no data: what a bomb looks like."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)

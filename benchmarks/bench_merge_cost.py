@@ -1,7 +1,7 @@
 """Per-vector cost of rank 0's serial merge at scale: FAISS IVF training and adding, one thread.
 
 The distributed index job's serial part is rank 0 building the ANN index from every rank's vectors
-(mmsearch/dist_index.py -> index.commit -> ann.build). This measures, on random unit vectors (cost
+(mmsearch/dist/runner.py -> index.writer.commit -> index.ann.build). This measures, on random unit vectors (cost
 does not depend on the values), the time to train the coarse quantizer (+ PQ) on a sample and to add
 vectors, for the index types a 100M catalog would use, so the README's scaling plan can do its
 arithmetic from measured numbers:

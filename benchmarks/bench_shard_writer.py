@@ -1,16 +1,17 @@
-"""Does writing embeddings as shards from a background thread pay? Memory and speed, side by side.
+"""Does writing embeddings as chunks from a background thread pay? Memory and speed, side by side.
+(The script and its variants keep their old "shard" names: results/shard_writer_cpu.md was made with them.)
 
     python benchmarks/bench_shard_writer.py          # results/shard_writer_cpu.md (+ .json)
 
 1. The collector alone (no model; `default`'s channels, 384 + 1280 floats per image, batches of 32 random
    unit rows): peak RSS of a fresh process, and seconds, for N images, with the embeddings
-   - ``memory``: kept as float32 chunks, concatenated and re-ordered at the end (the pre-shard path,
+   - ``memory``: kept as float32 chunks, concatenated and re-ordered at the end (the pre-chunk path,
      still used for queries and ``encode_image_files(..., shards=None)``);
-   - ``shards-sync``: float16 shards written in the caller's thread;
-   - ``shards-async``: float16 shards written by mmsearch.shards.ShardWriter's thread (the index build).
+   - ``shards-sync``: float16 chunks written in the caller's thread;
+   - ``shards-async``: float16 chunks written by mmsearch.encode.chunks.ChunkWriter's thread (the index build).
    Each variant runs in its own process so peak RSS is its own.
 2. Real encoding through ``encode_image_files`` of the same photos (bench_encode.py's input set),
-   in memory vs async shards, interleaved runs, tiny and default models: images/s.
+   in memory vs async chunks, interleaved runs, tiny and default models: images/s.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
     """Feed n synthetic rows through the real collector; return seconds and peak RSS growth (MB)."""
     import torch
 
-    from mmsearch.encode.pipeline import EncodeCfg, _Encoder
-    from mmsearch.encode.chunks import ShardWriter, assemble, shard_paths, write_shard
+    from mmsearch.encode.config import EncodeCfg
+    from mmsearch.encode.pipeline import _Encoder
+    from mmsearch.encode.chunks import ChunkWriter, assemble, chunk_paths, write_chunk
 
     class Stub(torch.nn.Module):  # what _Encoder reads from a model, without a model
         embed_dim, visual_dim = DIMS["image"], DIMS["visual"]
@@ -53,7 +55,7 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
     pool = [{k: rng.standard_normal((BATCH, d), dtype=np.float32) for k, d in DIMS.items()} for _ in range(8)]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as tmp:
-        writer = ShardWriter(Path(tmp) / "s", shard_rows) if variant == "shards-async" else None
+        writer = ChunkWriter(Path(tmp) / "s", shard_rows) if variant == "shards-async" else None
         enc = _Encoder(Stub(), EncodeCfg(), [""] * n, torch.device("cpu"), writer)
         buf: list[tuple[list[int], dict]] = []
         shards: list[int] = []
@@ -66,8 +68,8 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
                 buf.append((pos, {k: v.numpy() for k, v in out.items()}))
                 if sum(len(p) for p, _ in buf) >= shard_rows or pos[-1] == n - 1:
                     arrays = {k: np.concatenate([a[k] for _, a in buf]) for k in DIMS}
-                    write_shard(*shard_paths(tmp, len(shards)), arrays, {"positions": [p for q, _ in buf for p in q]},
-                                durable=False)  # as ShardWriter writes an index build's shards
+                    write_chunk(*chunk_paths(tmp, len(shards)), arrays, {"positions": [p for q, _ in buf for p in q]},
+                                durable=False)  # as ChunkWriter writes an index build's chunks
                     shards.append(len(shards))
                     buf = []
             else:
@@ -90,7 +92,8 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
 def real_encode(models: list[str], n: int, runs: int, cache: Path) -> list[dict]:
     from bench_encode import input_set
 
-    from mmsearch.encode.pipeline import EncodeCfg, encode_image_files
+    from mmsearch.encode.config import EncodeCfg
+    from mmsearch.encode.pipeline import encode_image_files
     from mmsearch.models.factory import create_model
 
     paths = input_set(n, cache)

@@ -158,7 +158,7 @@ class TrainCfg:
     classifier on the fused feature, for items with a ``category`` field).
 
     Text augmentation: ``text_templates`` use ``{title}``, ``{tags}`` and ``{text}`` (the description);
-    one variant per item is drawn each epoch. Image augmentation: the ``aug_*`` fields (mmsearch/augment.py).
+    one variant per item is drawn each epoch. Image augmentation: the ``aug_*`` fields (train/augment.py).
     """
 
     epochs: int = 5
@@ -180,7 +180,7 @@ class TrainCfg:
     wise_alpha: float = 1.0  # WiSE-FT: checkpoints hold (1 - a) * start + a * trained weights (1 = off)
     tag_groups: int = 1  # "{tags}" variants per item, each with the next max_tags tags
     fusion: str = ""  # override the model's fusion ("" = keep)
-    # Image augmentation (mmsearch/augment.py); 0 views = off. Frozen backbones: aug_views augmented views
+    # Image augmentation (train/augment.py); 0 views = off. Frozen backbones: aug_views augmented views
     # per image are cached and one of them (or the plain image) is drawn per epoch; unfrozen: on the fly.
     aug_views: int = 0
     aug_crop_scale: tuple[float, float] = (0.6, 1.0)  # random resized crop: share of the image area kept

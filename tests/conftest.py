@@ -14,6 +14,10 @@ SAMPLE_QUERIES = ROOT / "mmsearch" / "sample" / "queries"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# OpenMP threads that sleep instead of spinning while they wait: on a CPU other jobs share, torch's spinning
+# threads took cores from each other (the default model's torch-path index build of the sample catalog:
+# 19-23 s with spinning, 14 s passive, at load 5 on 2 cores). Results are the same; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the ONNX exports of the query towers (models/onnx.py) go to one cache per test session, never ~/.cache
 os.environ.setdefault("MMSEARCH_ONNX_CACHE", __import__("tempfile").mkdtemp(prefix="mmsearch-test-cache-"))
 
@@ -62,7 +66,9 @@ def engine(tiny_index):
 
 @pytest.fixture(scope="session")
 def default_index(tmp_path_factory) -> Path:
-    """The sample catalog indexed with the default pretrained model (about 15 s on 2 cores)."""
+    """The sample catalog (69 images) indexed with the default pretrained model: the shipped ONNX graphs, no
+    torch (measured 5.3-5.7 s at load 5 on 2 cores; it took minutes when the build went through torch on a
+    busy machine). Only slow tests use it, so `pytest -m "not slow"` never builds it."""
     from mmsearch import build_index
 
     out = tmp_path_factory.mktemp("default_index") / "index"

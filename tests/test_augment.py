@@ -51,6 +51,7 @@ def _image() -> Image.Image:
     return Image.fromarray(arr.numpy(), "RGB")
 
 
+@pytest.mark.slow
 def test_augmented_views_obey_the_policy_and_the_seed():
     icfg = get_model_config("tiny").image
     whole = TrainCfg(aug_crop_scale=(1.0, 1.0), aug_jitter=0.4)  # the crop keeps the whole (square) image

@@ -100,6 +100,7 @@ def test_serve_advertises_itself_while_running(tiny_index, monkeypatch):
     assert not (tiny_index / discovery.FILE).exists()
 
 
+@pytest.mark.slow
 def test_sigterm_removes_the_discovery_file(tiny_index, tmp_path):
     import os
     import shutil

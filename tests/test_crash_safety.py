@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mmsearch import SearchEngine, build_index
 from mmsearch.index.snapshot import read_manifest
@@ -39,6 +40,7 @@ def check_consistent(out: Path) -> set[str]:
     return set(rows)
 
 
+@pytest.mark.slow
 def test_sigkill_during_update_leaves_old_or_new_index(small_catalog: Path, tmp_path: Path, sample_catalog: Path):
     out = tmp_path / "index"
     build_index(small_catalog, out=out, model="tiny", device="cpu", num_workers=0, progress=False)

@@ -1,4 +1,4 @@
-"""IVF indexes built the FAISS way at scale (mmsearch/ondisk.py): train once, add in parts, merge the
+"""IVF indexes built the FAISS way at scale (mmsearch/index/ondisk.py): train once, add in parts, merge the
 inverted lists on disk; under `torchrun -m mmsearch index` with 2 gloo ranks, killed mid-add, resumed,
 moved, updated."""
 
@@ -146,6 +146,7 @@ def hits(index_dir: Path) -> list[list[tuple[str, float]]]:
     return [[(h.id, round(h.score, 4)) for h in q] for q in queries]
 
 
+@pytest.mark.slow
 def test_killed_rank_while_adding_ivf_parts_then_resume_equals_one_process_moves_and_updates(ivf_catalog, single_ivf,
                                                                                               tmp_path):
     """2 ranks under torchrun build an IVF index the on-disk way; one dies mid-add, the re-run resumes

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmsearch.dist.env import DistEnv, DistributedError, shard_ranges, shards_of_rank
+from mmsearch.dist.env import DistEnv, DistributedError
+from mmsearch.ranges import even_ranges, slices_of_rank
 from mmsearch.dist.runner import num_shards_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,19 +27,19 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------------ splitting work
-@pytest.mark.parametrize("n,shards", [(10, 3), (3, 3), (0, 2), (1000, 7)])
-def test_shard_ranges_cover_the_listing_once_in_order(n, shards):
-    ranges = shard_ranges(n, shards)
-    assert len(ranges) == shards
+@pytest.mark.parametrize("n,parts", [(10, 3), (3, 3), (0, 2), (1000, 7)])
+def test_even_ranges_cover_the_listing_once_in_order(n, parts):
+    ranges = even_ranges(n, parts)
+    assert len(ranges) == parts
     assert [i for a, b in ranges for i in range(a, b)] == list(range(n))
     sizes = [b - a for a, b in ranges]
     assert max(sizes) - min(sizes) <= 1
 
 
-def test_every_shard_has_exactly_one_rank():
-    owners = sorted(s for r in range(3) for s in shards_of_rank(10, r, 3))
+def test_every_slice_has_exactly_one_rank():
+    owners = sorted(s for r in range(3) for s in slices_of_rank(10, r, 3))
     assert owners == list(range(10))
-    assert shards_of_rank(10, 1, 3) == [1, 4, 7]
+    assert slices_of_rank(10, 1, 3) == [1, 4, 7]
 
 
 def test_shard_count_is_independent_of_world_size_for_big_catalogs():
@@ -94,7 +95,6 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, uneven: bool = F
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from mmsearch.dist.env import split_sizes
     from mmsearch.train.loss import composed_loss as gathered_composed_loss
     from mmsearch.train.loss import contrastive_loss as gathered_contrastive_loss
 
@@ -110,7 +110,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, uneven: bool = F
             img, txt, scale = model(x_img[part], x_txt[part])
             loss = gathered_contrastive_loss(img, txt, scale.exp())
         else:
-            sizes = split_sizes(5, world)
+            sizes = [b - a for a, b in even_ranges(5, world)]
             part = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
             img, txt, scale = model(x_img[:5][part], x_txt[:5][part])
             loss = gathered_contrastive_loss(img, txt, scale.exp(), sizes) \
@@ -160,6 +160,7 @@ def test_uneven_global_batch_with_both_gathered_losses_equals_single_process(tmp
 
 
 # ------------------------------------------------------------------------------- torchrun train job
+@pytest.mark.slow
 def test_torchrun_train_step_equals_one_process_and_its_checkpoint_resumes_in_one_process(small_catalog, tmp_path,
                                                                                           monkeypatch):
     """2 ranks through `torchrun -m mmsearch train` take the same steps as one process on the same global
@@ -263,11 +264,12 @@ def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subpro
     return results
 
 
+@pytest.mark.slow
 def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
                                                                              tmp_path):
     from mmsearch import build_index
     from mmsearch.index.snapshot import channel_vectors, current_snapshot, read_manifest
-    from test_tarshards import write_tar
+    from helpers.files import write_tar
 
     (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")
     write_tar(small_catalog / "webdataset" / "000000.tar", {  # sorts last: the end of shard 3

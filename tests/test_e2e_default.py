@@ -8,6 +8,8 @@ import pytest
 from mmsearch import SearchEngine
 from mmsearch.config import RankingCfg
 
+pytestmark = pytest.mark.slow  # the default model end to end (and its 5 s index fixture)
+
 
 def ids(hits):
     return [h.id for h in hits]

@@ -34,15 +34,13 @@ def test_pure_parts():
 
 
 @pytest.fixture(scope="module")
-def sku_index(tmp_path_factory):
+def sku_index(tmp_path_factory, sample_catalog):
     """Six sample images whose titles carry product codes no embedding knows."""
-    from conftest import SAMPLE_CATALOG
-
-    rows = [json.loads(line) for line in (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()][:6]
+    rows = [json.loads(line) for line in (sample_catalog / "catalog.jsonl").read_text().splitlines()][:6]
     cat = tmp_path_factory.mktemp("sku") / "catalog"
     for n, r in enumerate(rows):
         (cat / r["image"]).parent.mkdir(parents=True, exist_ok=True)
-        (cat / r["image"]).write_bytes((SAMPLE_CATALOG / r["image"]).read_bytes())
+        (cat / r["image"]).write_bytes((sample_catalog / r["image"]).read_bytes())
         r["title"] = f"{r['title']} model QX-{7100 + n}"
     (cat / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = cat.parent / "index"
@@ -95,12 +93,10 @@ def test_keyword_index_follows_updates_and_old_stores(sku_index, tmp_path):
     writable.close()
 
 
-def test_untitled_index_ranks_as_before(tiny_index, tmp_path):
+def test_untitled_index_ranks_as_before(tiny_index, tmp_path, sample_catalog):
     """auto mode is semantic on an index without titles: the same hits and scores as mode='semantic'."""
-    from conftest import SAMPLE_CATALOG
-
     cat = tmp_path / "photos"
-    for p in sorted(SAMPLE_CATALOG.glob("food/*.webp"))[:6]:
+    for p in sorted(sample_catalog.glob("food/*.webp"))[:6]:
         (cat / p.name).parent.mkdir(parents=True, exist_ok=True)
         (cat / p.name).write_bytes(p.read_bytes())
     build_index(cat, out=tmp_path / "ix", model="tiny", device="cpu", num_workers=0, progress=False)

@@ -48,6 +48,7 @@ def build(catalog, out, runtime=None):
     return res.stdout.split("REPORT", 1)[1].strip()
 
 
+@pytest.mark.slow
 def test_build_and_add_a_photo_without_torch(small_catalog, tmp_path):
     out = tmp_path / "index"
     printed = build(small_catalog, out)
@@ -57,6 +58,7 @@ def test_build_and_add_a_photo_without_torch(small_catalog, tmp_path):
     assert printed == "1 1 OPENED [('image',)] TORCH False", printed
 
 
+@pytest.mark.slow
 def test_lean_index_equals_the_torch_index(small_catalog, tmp_path):
     from mmsearch.index.snapshot import read_manifest
 
@@ -71,6 +73,7 @@ def test_lean_index_equals_the_torch_index(small_catalog, tmp_path):
         assert cos.min() > 1 - tol, (ch, cos.min())
 
 
+@pytest.mark.slow
 def test_api_add_uses_the_shipped_graphs_too(small_catalog, sample_catalog, tmp_path):
     """engine.add / upsert_items on an index of a built-in model: no torch either."""
     out = tmp_path / "index"

@@ -44,6 +44,7 @@ def run_cli(*args: str) -> str:
     return res.stdout
 
 
+@pytest.mark.slow
 def test_noop_update_imports_no_torch_and_loads_no_model(small_catalog, tmp_path, cache, monkeypatch):
     out = tmp_path / "index"
     build_index(small_catalog, out=out, **TINY)  # loads tiny once: its fingerprint is recorded

@@ -56,6 +56,7 @@ def test_tiny_model_image_tower_agrees_and_unexportable_text_tower_stays_on_torc
     assert (t * ref.encode_texts(["red shoes", "a wooden chair"])).sum(1).min() >= 0.999
 
 
+@pytest.mark.slow
 @needs_ort
 def test_default_model_agrees_with_torch_on_the_sample_catalog(default_index, sample_catalog, sample_queries):
     """cosine >= 0.999 per query embedding and the same top-10 for text, photo and photo + text queries."""
@@ -89,6 +90,7 @@ def test_export_is_cached_by_fingerprint(tiny_index):
     assert np.isfinite(engine.encode_texts(["x"])).all()
 
 
+@pytest.mark.slow
 @needs_ort
 def test_default_model_answers_from_the_exported_towers_without_the_torch_model(default_index, monkeypatch):
     """Once exported, opening the index creates no torch model (no weights, no transformers): same hits."""
@@ -109,6 +111,7 @@ def test_default_model_answers_from_the_exported_towers_without_the_torch_model(
     assert lean.model._model is None  # still not loaded
 
 
+@pytest.mark.slow
 @needs_ort
 def test_a_query_process_imports_no_torch(default_index, sample_catalog):
     """`mmsearch query` in-process on the lean path: no torch, no transformers in the process at all."""

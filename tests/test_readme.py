@@ -1,15 +1,12 @@
 """The README's console examples print what the README shows (ids and order, scores to 2 decimals), run
-against the sample catalog with the shipped default model (benchmarks/readme_examples.py)."""
+against the sample catalog with the shipped default model (tests/helpers/readme_examples.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import readme_examples  # noqa: E402
+from helpers import readme_examples
 
 
 def test_parse_and_compare():
@@ -30,7 +27,7 @@ def test_parse_and_compare():
 def test_readme_examples_print_what_the_readme_shows():
     problems = readme_examples.check()
     assert not problems, ("README examples drifted; if the new output is right, run "
-                          "`python benchmarks/readme_examples.py --update`:\n\n" + "\n\n".join(problems))
+                          "`python tests/helpers/readme_examples.py --update`:\n\n" + "\n\n".join(problems))
 
 
 @pytest.mark.slow

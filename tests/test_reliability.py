@@ -55,6 +55,7 @@ def test_2_elongated_images_are_refused_from_the_header_on_every_path(tmp_path, 
 
 
 # --------------------------------------------------------------- 3: FIFOs and device links
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 def test_3_fifo_and_dev_zero_link_in_the_catalog_are_skipped_not_hung(tmp_path, small_catalog):
     os.mkfifo(small_catalog / "pipe.jpg")
@@ -218,6 +219,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess, fragment: str, code: i
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_11_cli_cases_get_one_line_errors(tmp_path, own_index):
     assert_one_line_error(run_cli("reindex", "-i", str(own_index), "--index-type", "IVF99999,Flat"),
                           "cannot train a IVF99999,Flat index on 60 vectors")
@@ -233,6 +235,7 @@ def test_11_cli_cases_get_one_line_errors(tmp_path, own_index):
                           "q.jsonl:1: not valid UTF-8", code=2)
 
 
+@pytest.mark.slow
 def test_11_damaged_manifests_and_current_are_one_line_errors(own_index):
     snap = own_index / "snapshots" / (own_index / "CURRENT").read_text().strip()
     manifest = json.loads((snap / "manifest.json").read_text())
@@ -256,6 +259,7 @@ def test_11_info_checks_checksums_and_says_how_to_repair(own_index):
     assert run_cli("info", "--no-check", "-i", str(own_index)).returncode == 0
 
 
+@pytest.mark.slow
 def test_low_index_without_model_keeps_the_index_model(tmp_path, small_catalog):
     from mmsearch.index.snapshot import read_manifest
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from mmsearch.config import ImageTowerCfg, TrainCfg
 from mmsearch.train.loss import contrastive_loss, same_text_mask
-from mmsearch.models.preprocess import PilPreprocess, ResizeCropU8, pad_square_pil, resize_crop_pil, resize_crop_tensor
+from mmsearch.models.crop import pad_square_pil, resize_crop_pil
+from mmsearch.models.preprocess import PilPreprocess, ResizeCropU8, resize_crop_tensor
 from mmsearch.train.loop import train
 from mmsearch.train.wise import interpolate, interpolated, trainable_state
 
@@ -85,7 +86,7 @@ def test_train_saves_the_wise_mix_and_alpha(small_catalog, tmp_path):
 
 # ------------------------------------------------------------------------------------- prompt ensembles
 def test_bridge_prompts_use_templates_and_synonyms():
-    from mmsearch.models.factory import bridge_prompts
+    from mmsearch.models.classnames import bridge_prompts
 
     one = bridge_prompts(("a photo of a {}.",))
     many = bridge_prompts(("a photo of a {}.", "an icon of a {}."), synonyms=True)
@@ -97,7 +98,8 @@ def test_bridge_prompts_use_templates_and_synonyms():
 def test_ensemble_embedding_is_the_normalised_mean(tmp_path, monkeypatch):
     from mmsearch.config import TextTowerCfg
     from mmsearch.models.encoders import TextTower, l2n
-    from mmsearch.models.factory import bridge_prompts, imagenet_class_text_embeddings
+    from mmsearch.models.classnames import bridge_prompts
+    from mmsearch.models.factory import imagenet_class_text_embeddings
     from mmsearch.models.tokenizer import WordTokenizer
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))

@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import io
 import json
-import sys
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -23,8 +22,7 @@ from mmsearch.server import ServeCfg, create_app  # noqa: E402
 from mmsearch.server.state import filter_fields  # noqa: E402
 from mmsearch.server.limits import Busy, ModelGate  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_memory_guard import png_header_only  # noqa: E402  (a PNG whose header claims a huge size)
+from helpers.files import png_header_only  # noqa: E402  (a PNG whose header claims a huge size)
 
 QUERIES = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "queries"
 SHOE = (QUERIES / "shoe.jpg").read_bytes()

@@ -33,6 +33,7 @@ def own_index(tmp_path, tiny_index) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_every_route_survives_reloads_under_load(own_index):
     """/cli/query used to call the engine without the lease: 500 "Cannot operate on a closed database",
     then a segfault in the store. Every engine route is hammered here while the index is swapped."""

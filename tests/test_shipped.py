@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mmsearch.models import shipped
+from mmsearch.models import classnames, shipped
 
 
 def test_shipped_class_embeddings_match_the_prompts_of_every_bridge_config():
@@ -22,7 +22,7 @@ def test_shipped_class_embeddings_match_the_prompts_of_every_bridge_config():
 def test_shipped_class_embeddings_equal_a_recomputation_of_some_classes():
     keys = shipped.class_embedding_keys()
     name = "default"
-    emb = shipped.class_embeddings(keys[name], 1000)
+    emb = classnames.class_embeddings(keys[name], 1000)
     assert emb is not None and emb.dtype == np.float16 and emb.shape == (1000, 384)
     classes = [0, 1, 417, 999]
     again = shipped.compute_class_embeddings(name, classes)

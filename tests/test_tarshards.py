@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +15,7 @@ from mmsearch.errors import CatalogError
 from mmsearch.catalog.tar_shards import content_sha256 as sha256_file
 from mmsearch.catalog.tar_shards import split_key
 
-
-def write_tar(path: Path, files: dict[str, bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+from helpers.files import write_tar
 
 
 def make_shard_catalog(sample_catalog: Path, root: Path) -> Path:

@@ -179,7 +179,7 @@ def scan_catalog(folder: str | Path, exclude: Iterable[str | Path] = (),
 
     Hidden files and folders are ignored, and so is anything under ``exclude`` (the index folder) or
     matching one of ``exclude_globs`` (``--exclude`` patterns, see catalog/exclude.py).
-    ``*.tar`` files are WebDataset-style shards whose images are items too (see mmsearch/tarshards.py).
+    ``*.tar`` files are WebDataset-style shards whose images are items too (see catalog/tar_shards.py).
     A file, tar shard or member, or metadata row that cannot be read or stored is left out and reported
     as ``{"id", "reason"}`` in ``skipped`` (logged when it is None): one bad item never stops a run.
     """

@@ -20,9 +20,13 @@ import torch.distributed as dist
 
 from ..models.device import resolve_device
 from ..errors import MMSearchError
-from ..ranges import shard_ranges, shards_of_rank  # noqa: F401  (re-exported: the torchrun work split)
+from ..ranges import even_ranges, slices_of_rank
 
 log = logging.getLogger(__name__)
+
+# The old names of mmsearch.ranges' splitters, still imported from here by dist/runner.py and train/step.py
+# (edited on other branches): import even_ranges / slices_of_rank from mmsearch.ranges there, then drop these.
+shard_ranges, shards_of_rank = even_ranges, slices_of_rank
 
 
 class DistributedError(MMSearchError):
@@ -148,11 +152,6 @@ def broadcast_object(obj, env: DistEnv, what: str):
 
 
 # ------------------------------------------------------------------------ features of the global batch
-def split_sizes(n: int, world_size: int) -> list[int]:
-    """Rows of an ``n``-row global batch that each rank takes (contiguous, sizes differ by at most one)."""
-    return [b - a for a, b in shard_ranges(n, world_size)]
-
-
 def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

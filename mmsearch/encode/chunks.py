@@ -1,12 +1,13 @@
-"""Embedding shards on disk, and a background writer that writes them while the encoder computes.
+"""Embedding chunks on disk, and a background writer that writes them while the encoder computes.
 
-One shard is ``shard-NNNNNN.npz`` (one float16 array per channel, as the index stores them) plus
-``shard-NNNNNN.json``, its done marker, written last: a shard without a marker is incomplete and
-ignored. Distributed indexing (mmsearch/dist_index.py) writes its per-rank shards the same way.
+One chunk is ``shard-NNNNNN.npz`` (one float16 array per channel, as the index stores them) plus
+``shard-NNNNNN.json``, its done marker, written last: a chunk without a marker is incomplete and ignored.
+(The files keep their ``shard-`` names: a distributed build resumes from the chunks an earlier run of the
+same command left.) Distributed indexing (dist/runner.py) writes each slice a rank encodes as one chunk.
 
-:class:`ShardWriter` takes the encoder's batches through a bounded queue and writes them from one thread,
+:class:`ChunkWriter` takes the encoder's batches through a bounded queue and writes them from one thread,
 so writing overlaps the next batch's compute and an index build holds at most ``queue_size`` batches plus
-one shard of embeddings in memory while it encodes, however large the catalog.
+one chunk of embeddings in memory while it encodes, however large the catalog.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ from ..fsutil import atomic_write, crash_point
 log = logging.getLogger(__name__)
 
 
-def shard_paths(folder: str | Path, shard: int) -> tuple[Path, Path]:
-    """(``shard-NNNNNN.npz``, ``shard-NNNNNN.json``) of shard number ``shard`` in ``folder``."""
-    base = Path(folder) / f"shard-{shard:06d}"
+def chunk_paths(folder: str | Path, chunk: int) -> tuple[Path, Path]:
+    """(``shard-NNNNNN.npz``, ``shard-NNNNNN.json``) of chunk number ``chunk`` in ``folder``."""
+    base = Path(folder) / f"shard-{chunk:06d}"
     return base.with_suffix(".npz"), base.with_suffix(".json")
 
 
-def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: dict, durable: bool = True) -> None:
-    """Write the arrays as float16 (renamed into place), then the JSON marker: the shard is done.
+def write_chunk(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: dict, durable: bool = True) -> None:
+    """Write the arrays as float16 (renamed into place), then the JSON marker: the chunk is done.
 
-    ``durable``: fsync both, so a done marker survives a crash of the machine (shards a re-run resumes
-    from); without it a shard is only as safe as the page cache (shards of one build, never resumed).
+    ``durable``: fsync both, so a done marker survives a crash of the machine (chunks a re-run resumes
+    from); without it a chunk is only as safe as the page cache (chunks of one build, never resumed).
     """
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -46,51 +47,51 @@ def write_shard(npz: Path, marker: Path, arrays: dict[str, np.ndarray], meta: di
             np.savez(fh, **halves)
 
     atomic_write(npz, save, durable=durable)
-    atomic_write(marker, json.dumps(meta, ensure_ascii=False), durable=durable)  # written last: the shard is done
+    atomic_write(marker, json.dumps(meta, ensure_ascii=False), durable=durable)  # written last: the chunk is done
 
 
-def read_shard(npz: Path, marker: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays, marker meta) of a completed shard; OSError / ValueError if it is missing or damaged."""
+def read_chunk(npz: Path, marker: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, marker meta) of a completed chunk; OSError / ValueError if it is missing or damaged."""
     meta = json.loads(marker.read_text(encoding="utf-8"))
     with np.load(npz) as z:
         arrays = {name: z[name] for name in z.files}
     return arrays, meta
 
 
-class ShardWriterError(MMSearchError):
-    """Writing embedding shards failed (disk full, permissions ...)."""
+class ChunkWriterError(MMSearchError):
+    """Writing embedding chunks failed (disk full, permissions ...)."""
 
 
 _STOP = object()
 
 
-class ShardWriter:
-    """Writes ``put(positions, {channel: (n, dim) array})`` batches as shards from one background thread.
+class ChunkWriter:
+    """Writes ``put(positions, {channel: (n, dim) array})`` batches as chunks from one background thread.
 
-    Rows are buffered until ``shard_rows`` are there, then written as one shard whose marker lists the
+    Rows are buffered until ``chunk_rows`` are there, then written as one chunk whose marker lists the
     rows' ``positions`` (any ints: the caller's item numbers). ``put`` blocks while ``queue_size`` batches
     wait, so a writer slower than the encoder bounds memory instead of growing it. An exception in the
-    thread is raised in the caller (by the next ``put`` or by ``close``) as :class:`ShardWriterError`.
+    thread is raised in the caller (by the next ``put`` or by ``close``) as :class:`ChunkWriterError`.
 
     Use as a context manager: leaving it normally flushes and joins (``close``); leaving it by an
-    exception stops the thread without writing more. ``durable``: fsync every shard (see
-    :func:`write_shard`); off by default, as an index build reads its shards back and deletes them.
+    exception stops the thread without writing more. ``durable``: fsync every chunk (see
+    :func:`write_chunk`); off by default, as an index build reads its chunks back and deletes them.
     """
 
-    def __init__(self, folder: str | Path, shard_rows: int = 4096, queue_size: int = 8, durable: bool = False):
-        if shard_rows < 1 or queue_size < 1:
-            raise MMSearchError(f"shard rows and queue size must be at least 1, got {shard_rows}, {queue_size}")
+    def __init__(self, folder: str | Path, chunk_rows: int = 4096, queue_size: int = 8, durable: bool = False):
+        if chunk_rows < 1 or queue_size < 1:
+            raise MMSearchError(f"chunk rows and queue size must be at least 1, got {chunk_rows}, {queue_size}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.shard_rows = shard_rows
+        self.chunk_rows = chunk_rows
         self.durable = durable
-        self.shards: list[int] = []  # numbers of the shards written, in order
+        self.chunks: list[int] = []  # numbers of the chunks written, in order
         self.rows = 0  # rows written
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._buffer: list[tuple[list[int], dict[str, np.ndarray]]] = []
         self._buffered = 0
-        self._thread = threading.Thread(target=self._run, name="mmsearch-shard-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="mmsearch-chunk-writer", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------------------ caller side
@@ -101,15 +102,15 @@ class ShardWriter:
         self._send((list(map(int, positions)), arrays))
 
     def close(self) -> list[int]:
-        """Write what is buffered, wait for the thread, and return the shard numbers written."""
+        """Write what is buffered, wait for the thread, and return the chunk numbers written."""
         self._send(_STOP)
         self._thread.join()
         self._raise()
-        return list(self.shards)
+        return list(self.chunks)
 
     def abort(self) -> None:
         """Stop the thread without writing what is still queued or buffered."""
-        self._error = self._error or ShardWriterError("aborted")
+        self._error = self._error or ChunkWriterError("aborted")
         while self._thread.is_alive():
             try:  # unblock a thread waiting on an empty queue
                 self._queue.put_nowait(_STOP)
@@ -117,7 +118,7 @@ class ShardWriter:
                 pass
             self._thread.join(timeout=0.1)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> "ChunkWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -130,7 +131,7 @@ class ShardWriter:
         while True:
             self._raise()
             if not self._thread.is_alive():
-                raise ShardWriterError("the shard writer thread has stopped")
+                raise ChunkWriterError("the chunk writer thread has stopped")
             try:
                 self._queue.put(item, timeout=0.1)
                 return
@@ -139,9 +140,9 @@ class ShardWriter:
 
     def _raise(self) -> None:
         if self._error is not None:
-            if isinstance(self._error, ShardWriterError):
+            if isinstance(self._error, ChunkWriterError):
                 raise self._error
-            raise ShardWriterError(f"writing embedding shards to {self.folder} failed: {self._error}") \
+            raise ChunkWriterError(f"writing embedding chunks to {self.folder} failed: {self._error}") \
                 from self._error
 
     # ------------------------------------------------------------------------------ writer thread
@@ -153,7 +154,7 @@ class ShardWriter:
                     break
                 self._buffer.append(item)
                 self._buffered += len(item[0])
-                if self._buffered >= self.shard_rows:
+                if self._buffered >= self.chunk_rows:
                     self._flush()
             if self._error is None:
                 self._flush()
@@ -163,41 +164,46 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._buffered:
             return
-        shard = len(self.shards)
+        chunk = len(self.chunks)
         positions = [p for pos, _ in self._buffer for p in pos]
         names = list(self._buffer[0][1])
         arrays = {name: np.concatenate([a[name] for _, a in self._buffer]) for name in names}
-        npz, marker = shard_paths(self.folder, shard)
-        write_shard(npz, marker, arrays, {"shard": shard, "positions": positions}, durable=self.durable)
-        self.shards.append(shard)
+        npz, marker = chunk_paths(self.folder, chunk)
+        write_chunk(npz, marker, arrays, {"chunk": chunk, "positions": positions}, durable=self.durable)
+        self.chunks.append(chunk)
         self.rows += len(positions)
         self._buffer, self._buffered = [], 0
-        crash_point("shard-written")  # test hook: SIGKILL after a shard is written
+        crash_point("chunk-written")  # test hook: SIGKILL after a chunk is written
 
 
-def assemble(folder: str | Path, shards: Sequence[int], dims: dict[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Read shards into one array per channel, rows in ascending position order.
+def assemble(folder: str | Path, chunks: Sequence[int], dims: dict[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read chunks into one array per channel, rows in ascending position order.
 
-    -> (positions (n,) int64 ascending, {channel: (n, dim) float16}). Holds the result and one shard.
+    -> (positions (n,) int64 ascending, {channel: (n, dim) float16}). Holds the result and one chunk.
     """
     metas = []
-    for shard in shards:
-        npz, marker = shard_paths(folder, shard)
+    for chunk in chunks:
+        npz, marker = chunk_paths(folder, chunk)
         try:
             metas.append(json.loads(marker.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
-            raise ShardWriterError(f"embedding shard {marker} is missing or damaged ({exc})") from None
+            raise ChunkWriterError(f"embedding chunk {marker} is missing or damaged ({exc})") from None
     positions = np.asarray([p for m in metas for p in m["positions"]], np.int64)
     ordered = np.sort(positions)
     if len(ordered) and np.any(ordered[1:] == ordered[:-1]):
-        raise ShardWriterError(f"embedding shards in {folder} hold a position twice")
+        raise ChunkWriterError(f"embedding chunks in {folder} hold a position twice")
     out = {name: np.empty((len(ordered), dim), np.float16) for name, dim in dims.items()}
-    for shard, meta in zip(shards, metas):
+    for chunk, meta in zip(chunks, metas):
         try:
-            arrays, _ = read_shard(*shard_paths(folder, shard))
+            arrays, _ = read_chunk(*chunk_paths(folder, chunk))
         except (OSError, ValueError) as exc:
-            raise ShardWriterError(f"embedding shard {shard} in {folder} is unreadable ({exc})") from None
+            raise ChunkWriterError(f"embedding chunk {chunk} in {folder} is unreadable ({exc})") from None
         rows = np.searchsorted(ordered, np.asarray(meta["positions"], np.int64))  # destination rows
         for name in dims:
             out[name][rows] = arrays[name]
     return ordered, out
+
+
+# The old names, still imported by dist/runner.py (edited on another branch): use chunk_paths / read_chunk /
+# write_chunk there, then drop these.
+shard_paths, read_shard, write_shard = chunk_paths, read_chunk, write_chunk

@@ -30,9 +30,10 @@ class EncodeCfg:
     compile: ``torch.compile`` the image tower (pays off only for long runs; last batch is padded).
     runtime: the fast pipeline on CPU runs the image tower in onnxruntime (``auto``/``onnx``, exported
         once per model fingerprint) or torch; CUDA always runs torch (bf16 autocast).
-    shard_rows, write_queue: when encoding into a shard folder (index builds): rows per float16 shard,
-        and batches the background writer may have queued before the encoder waits for it
-        (mmsearch/shards.py); memory while encoding is bounded by these, not by the catalog's size.
+    shard_rows, write_queue: when encoding into a folder of embedding chunks (index builds): rows per
+        float16 chunk (the field keeps its old name), and batches the background writer may have queued
+        before the encoder waits for it (encode/chunks.py); memory while encoding is bounded by these, not
+        by the catalog's size.
     """
 
     batch_size: int = 32

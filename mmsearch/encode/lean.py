@@ -121,7 +121,7 @@ def encode_images(lean: LeanTowers, icfg: Any, paths: list[str], batch_size: int
             if good:
                 u8 = np.stack([x for _, x in good])  # (B, 3, S, S)
                 out = lean.towers.image_channels(onnx.normalize_u8(u8, icfg.mean, icfg.std))
-                for name, v in out.items():  # float16, as the index stores them (and the torch path's shards)
+                for name, v in out.items():  # float16, as the index stores them (and the torch path's chunks)
                     chunks.setdefault(name, []).append(np.asarray(v, np.float16))
                 ok += [pos for pos, _ in good]
             if progress_bar is not None:

@@ -24,13 +24,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..catalog.images import CatalogDataset, ImageBatch, collate_batch, load_image
-from ..models.device import autocast, available_cpus, default_num_workers, prefetch_to_device
+from ..cpus import available_cpus
+from ..models.device import autocast, default_num_workers, prefetch_to_device
 from ..errors import ImageDecodeError
 from ..models.factory import Preprocess, Tokenizer
 from ..models.dual_encoder import DualEncoder
 from ..models.preprocess import ResizeCropU8, normalize_batch, resize_crop_tensor
-from .chunks import ShardWriter, assemble
-from .config import DECODERS, PIPELINES, EncodeCfg  # noqa: F401  (torch-free; re-exported)
+from .chunks import ChunkWriter, assemble
+from .config import EncodeCfg
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ImageEmbeddings:
     """Embeddings of the images that loaded, per channel, and the reasons for the ones that did not."""
 
     ok: list[int]  # positions (into the input list) of encoded images, ascending
-    channels: dict[str, np.ndarray]  # channel -> (len(ok), dim) unit rows: float32, float16 from shards
+    channels: dict[str, np.ndarray]  # channel -> (len(ok), dim) unit rows: float32, float16 from chunks
     failed: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
@@ -86,7 +87,7 @@ class _Encoder:
     """State of one ``encode_image_files`` run: turns loader batches into embedding chunks."""
 
     def __init__(self, model: DualEncoder, cfg: EncodeCfg, paths: list[str], device: torch.device,
-                 writer: ShardWriter | None = None):
+                 writer: ChunkWriter | None = None):
         self.model, self.cfg, self.paths, self.device = model, cfg, paths, device
         self.writer = writer  # None: keep the embeddings in memory
         self.icfg = model.cfg.image
@@ -232,8 +233,9 @@ def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[s
     """Decode, preprocess and encode ``paths``; bad files are skipped with a reason, never fatal.
 
     ``batch_size`` / ``num_workers`` override the same fields of ``cfg`` (an :class:`EncodeCfg`).
-    ``shards``: a folder for float16 embedding shards, written by a background thread as batches complete
-    and read back at the end (channels are then float16); None keeps float32 embeddings in memory.
+    ``shards``: a folder for float16 embedding chunks (encode/chunks.py), written by a background thread as
+    batches complete and read back at the end (channels are then float16); None keeps float32 embeddings in
+    memory.
     """
     cfg = cfg or EncodeCfg()
     if batch_size is not None:
@@ -241,7 +243,7 @@ def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[s
     if num_workers is not None:
         cfg = replace(cfg, num_workers=num_workers)
     device = next(model.parameters()).device
-    writer = ShardWriter(shards, cfg.shard_rows, cfg.write_queue) if shards is not None else None
+    writer = ChunkWriter(shards, cfg.shard_rows, cfg.write_queue) if shards is not None else None
     try:
         return _encode(model, preprocess, paths, cfg, device, writer, progress, desc)
     except BaseException:
@@ -251,7 +253,7 @@ def encode_image_files(model: DualEncoder, preprocess: Preprocess, paths: list[s
 
 
 def _encode(model: DualEncoder, preprocess: Preprocess, paths: list[str], cfg: EncodeCfg, device: torch.device,
-            writer: ShardWriter | None, progress: bool, desc: str) -> ImageEmbeddings:
+            writer: ChunkWriter | None, progress: bool, desc: str) -> ImageEmbeddings:
     enc = _Encoder(model, cfg, paths, device, writer)
     loader = make_loader(model, preprocess, paths, cfg, device)
     log.info("encoding %d images: %s pipeline, batch %d, %d workers of %d CPUs, device %s", len(paths),

@@ -84,9 +84,3 @@ class ModelHandle:
         if self.model_ref in list_models() or Path(self.model_ref).is_file():
             _known.remember(self.model_ref, real)
         return self.loaded
-
-
-def handle_for(model_ref: str | Path, device: str) -> ModelHandle:
-    """The handle of a built-in name or a checkpoint path (a snapshot's ``model.pt`` is known by its content
-    from the build that copied it there)."""
-    return ModelHandle(model_ref, device)

@@ -16,7 +16,7 @@
 The .faiss file stores the lists file by name only, and :func:`mmsearch.index.ann.read_ondisk` opens it
 with ``IO_FLAG_ONDISK_SAME_DIR`` (the lists file beside the .faiss file, wherever the folder was moved or
 copied to). Parts are added by whoever runs an :class:`Adder`: every rank of a torchrun job
-(mmsearch/dist_index.py) or this process (:class:`LocalAdder`).
+(dist/runner.py) or this process (:class:`LocalAdder`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .ann import IndexSpec
 from .quiet import quiet_stdout
 from ..errors import MMSearchError
 from ..fsutil import atomic_write
-from ..ranges import shard_ranges
+from ..ranges import even_ranges
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class PartsStatus:
 
 
 def part_paths(task: AddTask, part: int) -> tuple[Path, Path]:
+    """(``shard-NNNNNN.ivf``, ``shard-NNNNNN.json``) of part ``part``: the files keep their ``shard-`` names, so a
+    distributed build resumes from the parts an earlier run of the same command added."""
     base = Path(task.work) / f"shard-{part:06d}"
     return base.with_suffix(".ivf"), base.with_suffix(".json")
 
@@ -108,7 +110,7 @@ def _digest(*chunks: bytes) -> str:
 
 
 def add_part(task: AddTask, part: int, ids: np.ndarray, vectors: np.ndarray) -> bool:
-    """Add rows [start, end) to a copy of the trained index -> shard-<part>.ivf; False if already done."""
+    """Add rows [start, end) to a copy of the trained index -> the part's .ivf file; False if already done."""
     start, end = task.parts[part]
     part_ids = np.asarray(ids[start:end], np.int64)
     part_vecs = np.asarray(vectors[start:end])  # (rows, dim) float16
@@ -229,7 +231,7 @@ def build(channel: str, spec: IndexSpec, folder: Path, vectors: np.ndarray, adde
 
 
 def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    return shard_ranges(n, min(parts, max(1, n)))
+    return even_ranges(n, min(parts, max(1, n)))
 
 
 def open_copy(old_folder: Path, channel: str, spec: IndexSpec, folder: Path) -> faiss.Index:

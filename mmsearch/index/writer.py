@@ -50,7 +50,7 @@ def _channel_index(name: str, cfg: IndexCfg, old: ChannelData | None, prev_cfg: 
     """Re-use the previous trained index (remove + add) when the choice still holds, else build anew.
 
     IVF lists stay where they were: an index with lists on disk is copied into ``tmp`` and updated
-    there. A new IVF index is built with its lists on disk (mmsearch/ondisk.py) when ``adder`` is
+    there. A new IVF index is built with its lists on disk (index/ondisk.py) when ``adder`` is
     given (a distributed job: the ranks add the parts) or the previous index had them on disk.
     ``vecs`` may stay float16: every FAISS call below converts chunks to float32 (exactly).
     """

@@ -1,5 +1,5 @@
 """Short-side resize + centre crop (or pad to square) in PIL, without torch (the query path of a process that has none;
-models/preprocess.py re-exports these for everything else)."""
+models/preprocess.py builds the torch transforms on the same geometry)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..cpus import available_cpus  # also imported from here by encode.pipeline and benchmarks
+from ..cpus import available_cpus
 from ..errors import MMSearchError
 
 log = logging.getLogger(__name__)

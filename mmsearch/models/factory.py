@@ -19,7 +19,7 @@ from ..errors import ModelError
 from ..fsutil import atomic_write
 from .dual_encoder import DualEncoder
 from .preprocess import PilPreprocess
-from .classnames import bridge_prompts, class_embedding_key  # noqa: F401  (re-exported)
+from .classnames import bridge_prompts, class_embedding_key
 from .registry import list_models
 from .tokenizer import HFTokenizer, WordTokenizer
 
@@ -45,7 +45,7 @@ def image_preprocess(cfg: ImageTowerCfg) -> Preprocess:
     """PIL RGB image -> (3, S, S) float tensor: resize the short side (bicubic), centre crop, normalise.
 
     The same numbers as torchvision's Resize + CenterCrop + ToTensor + Normalize, without importing
-    torchvision at start-up (see mmsearch/preprocess.py)."""
+    torchvision at start-up (see models/preprocess.py)."""
     return PilPreprocess(cfg)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import ImageTowerCfg
-from .crop import crop_box, pad_square_pil, resize_crop_pil, resized_size  # noqa: F401 (torch-free, re-exported)
+from .crop import crop_box, resize_crop_pil, resized_size
 
 
 def pil_to_u8(im: Image.Image) -> torch.Tensor:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelCfg
-from .classnames import class_embeddings, class_embeddings_path  # noqa: F401  (re-exported)
+from .classnames import class_embeddings_path
 from .registry import list_models, weights_dir
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """``mmsearch serve``: an HTTP API and a search page over one index (needs the ``serve`` extra)."""
 
-from .config import ServeCfg
+from .settings import ServeCfg
 from .run import check_bind, is_loopback, serve
 
 __all__ = ["ServeCfg", "check_bind", "create_app", "is_loopback", "serve"]

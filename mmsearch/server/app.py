@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .._version import __version__
 from ..search.engine import SearchEngine
-from .config import ServeCfg
+from .settings import ServeCfg
 from .docs import add_docs
 from .limits import Busy
 from .routes import items_router, search_router, service_router

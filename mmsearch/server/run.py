@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ServeError
-from .config import ServeCfg
+from .settings import ServeCfg
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import MMSearchError
 from ..search.engine import SearchEngine
-from .config import ServeCfg
+from .settings import ServeCfg
 from .files import ThumbnailCache
 from .lease import Hold, Lease
 from .limits import LatencyStats, ModelGate

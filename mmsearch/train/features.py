@@ -216,7 +216,7 @@ def view_features(model: DualEncoder, paths: list[str], plain: torch.Tensor, pol
     """(n, views, F) image-backbone features of ``views`` augmented views of each image (frozen backbones).
 
     View v of a file is made from a seed derived from (file hash, v, augmentation settings), and it is
-    cached under that key plus the item's :class:`~mmsearch.augment.Policy` (which augmentations its text
+    cached under that key plus the item's :class:`~mmsearch.train.augment.Policy` (which augmentations its text
     allows), in the same cache file as the plain features. Every path must be a readable image (pass the
     ``ok`` paths of :func:`image_features`, ``plain`` their (n, F) features); a view that fails anyway
     falls back to the plain image.

@@ -7,7 +7,6 @@ import gzip
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import build_corpus as bc  # noqa: E402
+import build_corpus as bc
 
-SAMPLE = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "catalog"
+SAMPLE = Path(__file__).resolve().parents[2] / "mmsearch" / "sample" / "catalog"
 
 
 def emoji_entry(i: int, label: str, group: int, skins: int = 0, version: float = 1.0) -> dict:

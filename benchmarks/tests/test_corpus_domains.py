@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 pytest.importorskip("resvg_py")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import build_corpus as bc  # noqa: E402
-import corpus_domains as cd  # noqa: E402
+import build_corpus as bc
+import corpus_domains as cd
 
-SAMPLE = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "catalog"
+SAMPLE = Path(__file__).resolve().parents[2] / "mmsearch" / "sample" / "catalog"
 CIRCLE = '<circle cx="16" cy="16" r="12" fill="#e33"/>'
 BOX = '<rect x="4" y="8" width="24" height="16" fill="#36c"/>'
 OPENCLIPART = """<?xml version="1.0"?>

@@ -5,15 +5,13 @@ WordNet paraphrase queries, and a photo-only build that needs no emoji package."
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import build_corpus as bc  # noqa: E402
-import corpus_photos as cp  # noqa: E402
+import build_corpus as bc
+import corpus_photos as cp
 
 
 def fake_wordnet(root: Path) -> Path:

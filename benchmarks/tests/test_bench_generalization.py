@@ -1,14 +1,12 @@
 """The hand-written parts of benchmarks/bench_generalization.py: per-query metrics and query texts."""
 
 import gzip
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_generalization as bg  # noqa: E402
+import bench_generalization as bg
 
 
 def test_query_metrics_by_hand():

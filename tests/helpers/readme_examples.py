@@ -1,7 +1,7 @@
 """Run the README's console examples and compare what they print with what the README shows.
 
-    python benchmarks/readme_examples.py            # check: exit 1 and a diff per example that drifted
-    python benchmarks/readme_examples.py --update   # rewrite the README's outputs with what the commands print
+    python tests/helpers/readme_examples.py            # check: exit 1 and a diff per example that drifted
+    python tests/helpers/readme_examples.py --update   # rewrite the README's outputs with what the commands print
 
 Every ```console block (and every ``` block that starts with a ``$`` line) is a sequence of ``$ command`` lines, each followed by the output the README shows.
 The commands run in order, in a scratch folder where ``mmsearch/sample`` is the repository's sample (so
@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 

@@ -3,13 +3,10 @@ extraction order (test images first, then every domain in turn)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_lodo as bl  # noqa: E402
+import bench_lodo as bl
 
 
 def test_rank_counts_non_targets_at_least_as_high():
