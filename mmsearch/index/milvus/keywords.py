@@ -6,6 +6,8 @@ folder index uses SQLite FTS5 (unicode61 + porter). What differs from the folder
 
 * a phrase of several words (``XR-2000``) matches items holding all its words, not only adjacent ones
   (Milvus Lite has no PHRASE_MATCH);
+* Milvus Lite's analyzer ignores the stemmer and ASCII-folding filters (its tokens are lowercased \w+
+  runs): there "shoes" does not find "shoe", nor "cafe" "café". A Milvus server applies them;
 * BM25 scores differ in scale (and Milvus Lite's IDF is per segment): keyword ranks and the hybrid bonus
   are close, not identical. Filters, vectors and exact scores are unaffected.
 

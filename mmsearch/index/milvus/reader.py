@@ -8,6 +8,7 @@ generation and ``changed()`` polls it, so a reader reloads after a commit and se
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -171,7 +172,8 @@ class MilvusReader:
         return int(self.manifest["count"])
 
     def rows(self, fids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
-        return {int(r["fid"]): {"id": r["id"], "path": r["path"], "title": r["title"], "metadata": r["metadata"] or {}}
+        return {int(r["fid"]): {"id": r["id"], "path": r["path"], "title": r["title"],
+                                "metadata": json.loads(r["metadata"] or "{}")}
                 for r in self._query_ids(fids, ["fid", "id", "path", "title", "metadata"])}
 
     def all_rows(self) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 One row per item (``fid``, the int64 id mmsearch assigns once, is the primary key)::
 
-    fid INT64 (primary)   id, path VARCHAR(4096)   title, text VARCHAR(65535)   metadata JSON
+    fid INT64 (primary)   id, path VARCHAR(4096)   title, text, metadata VARCHAR(65535) (metadata: JSON text)
     image_sha256, text_sha256 VARCHAR(256) ("" = no text)   has_text BOOL
     eq_tokens ARRAY<INT64>[3800], eq_text VARCHAR, dynamic m<hash>_lo/_hi/_slo/_shi   (filterdata.py)
     words VARCHAR(65535) (analyzed: keyword search) -> words_bm25 SPARSE_FLOAT_VECTOR (Milvus' BM25 function)
@@ -31,7 +31,6 @@ from .location import pymilvus
 ID_MAX = 4096
 TEXT_MAX = 65535
 SHA_MAX = 256
-JSON_MAX = 65536  # metadata JSON (Milvus' documented JSON field size)
 MAX_TOKENS = 3800  # distinct (field, value) facts per item: ARRAY capacity, and eq_text fits 65535 bytes
 SCALARS = ("fid", "id", "path", "title", "text", "metadata", "image_sha256", "text_sha256")
 CHANNELS = ("image", "visual", "text")
@@ -108,7 +107,9 @@ def collection_schema(client: Any, dims: dict[str, int]) -> Any:
         s.add_field(name, dt.VARCHAR, max_length=TEXT_MAX)
     for name in ("image_sha256", "text_sha256"):
         s.add_field(name, dt.VARCHAR, max_length=SHA_MAX)
-    s.add_field("metadata", dt.JSON)
+    # JSON text, not Milvus' JSON type: that refuses integers beyond 64 bits, and filters never read it (they
+    # read the columns filterdata.py derives); the text round-trips exactly, so updates compare it as stored
+    s.add_field("metadata", dt.VARCHAR, max_length=TEXT_MAX)
     s.add_field("eq_tokens", dt.ARRAY, element_type=dt.INT64, max_capacity=MAX_TOKENS)
     s.add_field("eq_text", dt.VARCHAR, max_length=TEXT_MAX)
     s.add_field("has_text", dt.BOOL)
@@ -139,8 +140,9 @@ def index_params(client: Any, dims: dict[str, int], choice: dict[str, VectorInde
 
 
 # ----------------------------------------------------------------------------------------------- rows
-def utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
+def metadata_text(metadata: dict[str, Any]) -> str:
+    """The stored form of an item's metadata (as ItemStore writes it)."""
+    return json.dumps(metadata, ensure_ascii=False, sort_keys=True)
 
 
 def check_row(row: dict[str, Any]) -> str | None:
@@ -157,11 +159,11 @@ def check_row(row: dict[str, Any]) -> str | None:
         if size > limit:
             return f"its {name} is {size} bytes; a Milvus index holds at most {limit}"
     try:
-        meta = json.dumps(row.get("metadata") or {}, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        meta = metadata_text(row.get("metadata") or {}).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
-        return f"its metadata cannot be stored as JSON ({exc})"
-    if len(meta) > JSON_MAX:
-        return f"its metadata is {len(meta)} bytes as JSON; a Milvus index holds at most {JSON_MAX}"
+        return f"its metadata cannot be stored as JSON text ({exc})"
+    if len(meta) > TEXT_MAX:
+        return f"its metadata is {len(meta)} bytes as JSON; a Milvus index holds at most {TEXT_MAX}"
     n = len(filter_data(row.get("title") or "", row.get("metadata") or {}).tokens)
     if n > MAX_TOKENS:
         return f"it has {n} distinct metadata values; a Milvus index holds at most {MAX_TOKENS} per item"
@@ -185,7 +187,7 @@ def entity(row: dict[str, Any], vectors: dict[str, np.ndarray], has_text: bool, 
     fdata = fdata or filter_data(row.get("title") or "", row.get("metadata") or {})
     out: dict[str, Any] = {
         "fid": int(row["fid"]), "id": row["id"], "path": row["path"], "title": row.get("title") or "",
-        "text": row.get("text") or "", "metadata": row.get("metadata") or {},
+        "text": row.get("text") or "", "metadata": metadata_text(row.get("metadata") or {}),
         "image_sha256": row.get("image_sha256") or "", "text_sha256": row.get("text_sha256") or "",
         "eq_tokens": fdata.tokens, "eq_text": fdata.token_text(), "has_text": bool(has_text), "words": _words(row),
     }
@@ -198,5 +200,5 @@ def entity(row: dict[str, Any], vectors: dict[str, np.ndarray], has_text: bool, 
 def store_row(r: dict[str, Any]) -> dict[str, Any]:
     """A Milvus row -> the folder store's row shape (``text_sha256`` None when the item has no text)."""
     return {"fid": int(r["fid"]), "id": r["id"], "path": r["path"], "title": r["title"], "text": r["text"],
-            "metadata": r["metadata"] or {}, "image_sha256": r["image_sha256"] or None,
+            "metadata": json.loads(r["metadata"] or "{}"), "image_sha256": r["image_sha256"] or None,
             "text_sha256": r["text_sha256"] or None}

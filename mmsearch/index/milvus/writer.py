@@ -19,6 +19,7 @@ written count as unchanged), recounts the statistics and commits.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 from typing import Any, Sequence
 
@@ -258,5 +259,5 @@ def _add(delta: dict[str, dict[str, Any]], fdata: Any, sign: int) -> None:
 
 def _count_facts(delta: dict[str, dict[str, Any]], rows: Any, sign: int) -> None:
     for r in rows:
-        _add(delta, filter_data(r.get("title") or "", r.get("metadata") or {}), sign)
+        _add(delta, filter_data(r.get("title") or "", json.loads(r.get("metadata") or "{}")), sign)
 
