@@ -203,9 +203,14 @@ class MilvusWriter:
                     vecs[name] = stored[fid][vector_field(name)]
             has_text = "text" in c.vectors or (prev is not None and bool(prev["has_text"]) and not c.drop_text)
             fdata = filter_data(c.row.get("title") or "", c.row.get("metadata") or {})
-            rows.append(entity(c.row, vecs, has_text, fdata))
+            row = entity(c.row, vecs, has_text, fdata)
             if prev is not None:
-                _count_facts(delta, [prev], -1)
+                before = _facts(prev)
+                _add(delta, before, -1)
+                # Milvus Lite's upsert keeps dynamic fields the new row lacks (a server replaces the row): a
+                # field the item lost is written as null, so its range columns stop matching
+                row.update({name: None for name in before.dynamic() if name not in row})
+            rows.append(row)
             _add(delta, fdata, +1)
             added += prev is None
             texts += int(has_text) - int(bool(prev is not None and prev["has_text"]))
@@ -257,7 +262,12 @@ def _add(delta: dict[str, dict[str, Any]], fdata: Any, sign: int) -> None:
             d["x"] = f.example
 
 
+def _facts(r: dict[str, Any]) -> Any:
+    """The filter data of a stored row (title and metadata JSON text)."""
+    return filter_data(r.get("title") or "", json.loads(r.get("metadata") or "{}"))
+
+
 def _count_facts(delta: dict[str, dict[str, Any]], rows: Any, sign: int) -> None:
     for r in rows:
-        _add(delta, filter_data(r.get("title") or "", json.loads(r.get("metadata") or "{}")), sign)
+        _add(delta, _facts(r), sign)
 
