@@ -235,19 +235,30 @@ def test_rows_as_the_item_store(built):
     assert reader.count() == 200
 
 
-def test_keywords_find_the_words(built):
-    """Words in the form they are stored ("shoes" vs "shoe" differ under Milvus Lite, which ignores the
-    analyzer's stemmer: keywords.py)."""
+def test_keywords_as_the_item_store_under_milvus_lite(built):
+    """Milvus Lite answers keywords from a local FTS5 copy of the words: the folder store's answers."""
     loc, store, _, _, _ = built
     reader = MilvusReader(loc)
-    fids, scores = reader.keyword_search("running blue", 500)  # every match: BM25 scales differ, not the sets
-    want = set(store.keyword_search("running blue", 500)[0].tolist())
-    assert set(fids.tolist()) == want and (scores > 0).all() and (np.diff(scores) <= 1e-6).all()
     everything = np.arange(200)
-    for text in ["running", "blue", "red trails", "trails zzz", "items-0004"]:
-        assert np.allclose(reader.keyword_coverage(text, everything), store.keyword_coverage(text, everything),
-                           atol=1e-5), text
+    for text in ["running shoes", "blue", "Café", "items-0004", "shoe zzz"]:
+        fids, scores = reader.keyword_search(text, 30)
+        want, want_scores = store.keyword_search(text, 30)
+        assert fids.tolist() == want.tolist() and np.allclose(scores, want_scores), text
+        assert np.allclose(reader.keyword_coverage(text, everything), store.keyword_coverage(text, everything)), text
     assert len(reader.keyword_search("", 5)[0]) == 0
+
+
+def test_keywords_in_milvus_mode(built):
+    """A server's way (Milvus BM25, TEXT_MATCH counts), on Lite: words as stored ("shoes" vs "shoe" differ
+    under Lite, which ignores the analyzer's stemmer)."""
+    loc, store, _, _, _ = built
+    reader = MilvusReader(loc, keywords="milvus")
+    fids, scores = reader.keyword_search("running blue", 500)  # every match: BM25 scales differ, not the sets
+    assert set(fids.tolist()) == set(store.keyword_search("running blue", 500)[0].tolist())
+    assert (scores > 0).all() and (np.diff(scores) <= 1e-6).all()
+    cand = np.arange(0, 200, 3)
+    for text in ["running", "blue trails"]:
+        assert np.allclose(reader.keyword_coverage(text, cand), store.keyword_coverage(text, cand), atol=1e-5), text
 
 
 # ------------------------------------------------------------------------------------------ locations

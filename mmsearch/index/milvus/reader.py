@@ -19,9 +19,8 @@ import numpy as np
 from ...config import RankingCfg
 from ...errors import IndexIncompatibleError, IndexNotFoundError, QueryError
 from ..filters import Condition, as_number
-from . import keywords
 from .expr import both, int_list, str_list, where_expr
-from .keywords import MAX_TOPK
+from .keywords import MAX_TOPK, Keywords
 from .location import MilvusLocation, as_location, connect
 from .meta import MetaStore
 from .scan import scan
@@ -38,10 +37,11 @@ class MilvusReader:
     """One Milvus index (``location``: ``milvus-lite:FILE.db`` or ``milvus://HOST:PORT/COLLECTION``).
 
     ``dialect``: how filters test equality (expr.py): ``lite`` for Milvus Lite, ``server`` otherwise.
+    ``keywords``: ``local`` (Milvus Lite) or ``milvus`` (servers): how keyword search runs (keywords.py).
     """
 
     def __init__(self, location: "str | MilvusLocation", verify: bool = True, ranking: RankingCfg | None = None,
-                 dialect: str | None = None):
+                 dialect: str | None = None, keywords: str | None = None):
         self.loc = as_location(location)
         self.location = self.loc.text
         self.ranking = ranking or RankingCfg()
@@ -69,7 +69,9 @@ class MilvusReader:
         self._lock = threading.Lock()
         self._selects: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (conditions, limit) -> fids
         self._stats: dict[str, dict[str, Any]] | None = None
-        self._df: dict[str, int] = {}
+        self.keywords = Keywords(self.client, self.collection, keywords or ("local" if self.loc.lite else "milvus"),
+                                 self.count(), lambda: self._words(self._scan("", ["fid", "words"])),
+                                 lambda fids: self._words(self._query_ids(fids, ["fid", "words"])))
 
     def _verify(self) -> None:
         """The collection's vector fields have the manifest's dimensions."""
@@ -92,7 +94,12 @@ class MilvusReader:
             return True
 
     def close(self) -> None:
-        """Nothing to release: the client is shared by the process (location.connect)."""
+        """Releases the local keyword index; the client stays (shared by the process: location.connect)."""
+        self.keywords.close()
+
+    @staticmethod
+    def _words(rows: Iterator[dict]) -> Iterator[tuple[int, str]]:
+        return ((int(r["fid"]), r["words"]) for r in rows)
 
     # --------------------------------------------------------------------------------- vectors
     def channel_names(self) -> list[str]:
@@ -242,8 +249,8 @@ class MilvusReader:
 
     # -------------------------------------------------------------------------------- keywords
     def keyword_search(self, text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return keywords.keyword_search(self.client, self.collection, text, n, self.loc.lite)
+        return self.keywords.search(text, n)
 
     def keyword_coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
-        return keywords.keyword_coverage(self.client, self.collection, text, fids, self.count(), self._df)
+        return self.keywords.coverage(text, fids)
 
