@@ -104,7 +104,10 @@ def test_manifest_round_trip_and_generation(index):
     assert len(again.manifest["skipped"]) == 2000  # ~140 KB of JSON: kept in several rows
     w.apply([], [], dict(MANIFEST))
     assert MilvusReader(loc).manifest["skipped"] == [] and again.changed()
+    for name in (w.collection, w.meta.name):  # as a new process finds them under Milvus Lite
+        w.client.release_collection(name)
     assert MilvusWriter(loc).manifest["generation"] == 3  # a stateless process reads it back
+    assert MilvusReader(loc).count() == 3
 
 
 def test_an_interrupted_update_leaves_whole_items_and_is_repaired(index, monkeypatch):
@@ -171,3 +174,60 @@ def test_locations(monkeypatch, tmp_path):
     for bad in ["milvus-lite:shop", "milvus://h:99999/c", "milvus://h/bad-name", "milvus://h/x__meta", "milvus:/h"]:
         with pytest.raises(MMSearchError):
             parse_location(bad)
+
+
+def test_readers_see_whole_items_while_a_writer_updates(db):
+    """Two readers search and read rows while updates rewrite every item: each row they see is whole (its
+    metadata and its vector from the same update), and a commit shows as a new generation."""
+    import json
+    import threading
+
+    loc = db()
+    w = MilvusWriter(loc, dims=DIMS)
+
+    def update(gen: int) -> list[Change]:
+        return [Change(row=item(f, g=gen), vectors={"image": vec(100 * gen + f)}) for f in range(30)]
+
+    w.apply(update(0), [], dict(MANIFEST), next_fid=30)
+    readers = [MilvusReader(loc), MilvusReader(loc)]
+    errors: list[str] = []
+    done = threading.Event()
+
+    reads = [0, 0]
+
+    def read(n: int) -> None:
+        reader = readers[n]
+        while not done.is_set():
+            fids = reader.search("image", vec(5)[None], 10)[0]
+            # one query for the metadata and the vector of each hit: both come from the same write
+            for r in reader.client.query(reader.collection, ids=[int(f) for f in fids],
+                                         output_fields=["fid", "metadata", "v_image"]):
+                gen = json.loads(r["metadata"])["g"]
+                if not np.allclose(r["v_image"], vec(100 * gen + int(r["fid"]))):
+                    errors.append(f"fid {r['fid']}: metadata of update {gen}, vector of another")
+            reads[n] += 1
+    threads = [threading.Thread(target=read, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for gen in (1, 2, 3):
+            w.apply(update(gen), [], dict(MANIFEST))
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    assert min(reads) > 0
+    assert all(r.changed() for r in readers) and MilvusReader(loc).version == "4"
+
+
+def test_a_lite_file_held_by_another_process_is_one_clear_line(db):
+    import subprocess
+    import sys
+
+    loc = db()
+    MilvusWriter(loc, dims=DIMS)  # this process holds the file
+    code = ("import sys\nfrom mmsearch.errors import MMSearchError\nfrom mmsearch.index.milvus import connect\n"
+            "try:\n    connect(sys.argv[1])\nexcept MMSearchError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code, loc], capture_output=True, text=True, timeout=120).stdout
+    assert "one process" in out and "milvus-lite server" in out and len(out.strip().splitlines()) == 1

@@ -167,6 +167,13 @@ class MetaStore:
         self._put((field_key(name), generation, _fit({"key": name, **s})) for name, s in stats.items() if s["n"] > 0)
 
 
+def ensure_loaded(client: Any, collection: str) -> None:
+    """Load ``collection`` unless it is (a server keeps collections loaded; Milvus Lite releases them when its
+    process ends, and refuses reads until they are loaded again)."""
+    if "Loaded" not in str(client.get_load_state(collection).get("state")):
+        client.load_collection(collection)
+
+
 def create_indexes(client: Any, collection: str, params: Any) -> None:
     """Create the indexes without waiting on them (pymilvus' wait polls a timestamp call Milvus Lite lacks,
     every 0.5 s), then load the collection: Milvus searches rows not yet indexed by brute force."""

@@ -22,7 +22,7 @@ from ..filters import Condition, as_number
 from .expr import both, int_list, str_list, where_expr
 from .keywords import MAX_TOPK, Keywords
 from .location import MilvusLocation, as_location, connect
-from .meta import MetaStore
+from .meta import MetaStore, ensure_loaded
 from .scan import scan
 from .schema import SCALARS, VectorIndex, store_row, vector_field
 
@@ -51,6 +51,7 @@ class MilvusReader:
         self.dialect = dialect or ("lite" if self.loc.lite else "server")
         if not self.client.has_collection(self.collection) or not self.meta.exists():
             raise IndexNotFoundError(f"no index at {self.loc}: build one with `mmsearch index CATALOG --out {self.loc}`")
+        ensure_loaded(self.client, self.meta.name)
         manifest = self.meta.read()
         if manifest is None:
             raise IndexNotFoundError(f"{self.loc} holds no built index yet (its first build has not finished): "
@@ -62,10 +63,7 @@ class MilvusReader:
         self.indexes = {name: VectorIndex.from_dict(ch["milvus_index"]) for name, ch in manifest["channels"].items()}
         if verify:
             self._verify()
-        for name in (self.collection, self.meta.name):
-            state = self.client.get_load_state(name).get("state")
-            if "Loaded" not in str(state):
-                self.client.load_collection(name)
+        ensure_loaded(self.client, self.collection)
         self._lock = threading.Lock()
         self._selects: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (conditions, limit) -> fids
         self._stats: dict[str, dict[str, Any]] | None = None

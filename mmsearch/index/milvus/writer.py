@@ -31,7 +31,7 @@ from ..ann import IndexCfg
 from ..writer import Change
 from .filterdata import filter_data
 from .location import MilvusLocation, as_location, connect
-from .meta import MetaStore, create_indexes
+from .meta import MetaStore, create_indexes, ensure_loaded
 from .reader import BATCH, FORMAT
 from .scan import scan
 from .schema import SCALARS, VectorIndex, choose_index, collection_schema, entity, index_params, row_error, store_row, \
@@ -56,6 +56,9 @@ class MilvusWriter:
         self.meta = MetaStore(self.client, self.loc.meta_collection, self.loc.lite)
         self.dims = dict(dims) if dims else None
         self.cfg = cfg
+        for name in (self.collection, self.meta.name):
+            if self.client.has_collection(name):
+                ensure_loaded(self.client, name)
         self.manifest: dict[str, Any] | None = self.meta.read() if self.meta.exists() else None
         if self.manifest is not None and self.dims is not None:
             self.check_dims(self.dims)
