@@ -140,21 +140,47 @@ def connect(location: "str | MilvusLocation", create: bool = False) -> Any:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise MilvusConnectionError(f"cannot create {path.parent} for {loc}: {exc.strerror or exc}") from None
+        # Milvus Lite logs a traceback when it cannot start (e.g. another process holds the file); the
+        # error below says it in one line
+        quiet = logging.getLogger("milvus_lite.server_manager")
+        was, quiet.disabled = quiet.disabled, loc.lite
         try:
             client = module.MilvusClient(uri=loc.uri, token=loc.token or "", timeout=30)
         except Exception as exc:  # pymilvus raises its own exception types, and grpc / OS errors below them
             raise MilvusConnectionError(_connect_message(loc, exc)) from None
+        finally:
+            quiet.disabled = was
         _clients[key] = client
         return client
 
 
 def _connect_message(loc: MilvusLocation, exc: Exception) -> str:
     why = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0][:200]
+    if loc.lite and _locked(Path(loc.uri)):
+        return (f"cannot open {loc}: another process has it open (Milvus Lite lets one process open a file at a "
+                f"time). Stop it, or serve the file with `milvus-lite server --data-dir DIR` and use "
+                f"milvus://127.0.0.1:{DEFAULT_PORT}/{loc.collection} from every process")
     if loc.lite:
-        return (f"cannot open {loc}: {why}. Milvus Lite lets one process open a file at a time; if another "
-                f"mmsearch process (serve, index) has it open, stop it, or run `milvus-lite server --data-dir DIR` "
-                f"and use milvus://127.0.0.1:{DEFAULT_PORT}/{loc.collection}")
+        return f"cannot open {loc}: {why} (is it a Milvus Lite database of milvus-lite >= 3?)"
     return f"cannot reach Milvus at {loc} ({loc.uri}): {why}"
+
+
+def _locked(path: Path) -> bool:
+    """Another process holds Milvus Lite's lock on the database folder ``path``."""
+    import fcntl
+
+    try:
+        fd = os.open(path / "LOCK", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def forget_client(location: "str | MilvusLocation") -> None:
