@@ -154,6 +154,24 @@ def connect(location: "str | MilvusLocation", create: bool = False) -> Any:
         return client
 
 
+_engines: dict[int, bool] = {}
+
+
+def is_lite(client: Any, location: "str | MilvusLocation") -> bool:
+    """The engine behind ``client`` is Milvus Lite: a ``milvus-lite:`` file, or a ``milvus-lite server`` reached
+    as ``milvus://`` (it reports a ``milvus_lite`` version). Lite gets Lite-shaped work: no query iterators,
+    filter forms it evaluates vectorised, keywords from a local FTS5 copy."""
+    if as_location(location).lite:
+        return True
+    key = id(client)
+    if key not in _engines:
+        try:
+            _engines[key] = str(client.get_server_version()).lower().startswith(("milvus_lite", "milvus-lite"))
+        except Exception:  # an old server without the call: not Lite, which has it
+            _engines[key] = False
+    return _engines[key]
+
+
 def _connect_message(loc: MilvusLocation, exc: Exception) -> str:
     why = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0][:200]
     if loc.lite and _locked(Path(loc.uri)):

@@ -21,7 +21,7 @@ from ...errors import IndexIncompatibleError, IndexNotFoundError, QueryError
 from ..filters import Condition, as_number
 from .expr import both, int_list, str_list, where_expr
 from .keywords import MAX_TOPK, Keywords
-from .location import MilvusLocation, as_location, connect
+from .location import MilvusLocation, as_location, connect, is_lite
 from .meta import MetaStore, ensure_loaded
 from .scan import scan
 from .schema import SCALARS, VectorIndex, store_row, vector_field
@@ -46,9 +46,10 @@ class MilvusReader:
         self.location = self.loc.text
         self.ranking = ranking or RankingCfg()
         self.client = connect(self.loc)
+        self.lite = is_lite(self.client, self.loc)
         self.collection = self.loc.collection
-        self.meta = MetaStore(self.client, self.loc.meta_collection, self.loc.lite)
-        self.dialect = dialect or ("lite" if self.loc.lite else "server")
+        self.meta = MetaStore(self.client, self.loc.meta_collection, self.lite)
+        self.dialect = dialect or ("lite" if self.lite else "server")
         if not self.client.has_collection(self.collection) or not self.meta.exists():
             raise IndexNotFoundError(f"no index at {self.loc}: build one with `mmsearch index CATALOG --out {self.loc}`")
         ensure_loaded(self.client, self.meta.name)
@@ -67,7 +68,7 @@ class MilvusReader:
         self._lock = threading.Lock()
         self._selects: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (conditions, limit) -> fids
         self._stats: dict[str, dict[str, Any]] | None = None
-        self.keywords = Keywords(self.client, self.collection, keywords or ("local" if self.loc.lite else "milvus"),
+        self.keywords = Keywords(self.client, self.collection, keywords or ("local" if self.lite else "milvus"),
                                  self.count(), lambda: self._words(self._scan("", ["fid", "words"])),
                                  lambda fids: self._words(self._query_ids(fids, ["fid", "words"])))
 
@@ -142,7 +143,7 @@ class MilvusReader:
 
     def _scan(self, expr: str, fields: list[str]) -> Iterator[dict]:
         """Every committed row matching ``expr`` (fids below the manifest's ``next_fid``)."""
-        return scan(self.client, self.collection, expr, fields, self.loc.lite, int(self.manifest["next_fid"]))
+        return scan(self.client, self.collection, expr, fields, self.lite, int(self.manifest["next_fid"]))
 
     def _query_ids(self, fids: Sequence[int] | np.ndarray, fields: list[str], expr: str = "") -> Iterator[dict]:
         uniq = sorted({int(f) for f in fids})
@@ -234,7 +235,7 @@ class MilvusReader:
             fids = np.array(sorted(int(r["fid"]) for r in rows), np.int64)
         else:
             got: list[int] = []
-            for r in scan(self.client, self.collection, expr, ["fid"], self.loc.lite, batch=10_000):
+            for r in scan(self.client, self.collection, expr, ["fid"], self.lite, batch=10_000):
                 got.append(int(r["fid"]))
                 if limit is not None and len(got) > limit:
                     break

@@ -30,7 +30,7 @@ from ...errors import IndexIncompatibleError, MMSearchError
 from ..ann import IndexCfg
 from ..writer import Change
 from .filterdata import filter_data
-from .location import MilvusLocation, as_location, connect
+from .location import MilvusLocation, as_location, connect, is_lite
 from .meta import MetaStore, create_indexes, ensure_loaded
 from .reader import BATCH, FORMAT
 from .scan import scan
@@ -52,8 +52,9 @@ class MilvusWriter:
                  cfg: IndexCfg | None = None):
         self.loc = as_location(location)
         self.client = connect(self.loc, create=True)
+        self.lite = is_lite(self.client, self.loc)
         self.collection = self.loc.collection
-        self.meta = MetaStore(self.client, self.loc.meta_collection, self.loc.lite)
+        self.meta = MetaStore(self.client, self.loc.meta_collection, self.lite)
         self.dims = dict(dims) if dims else None
         self.cfg = cfg
         for name in (self.collection, self.meta.name):
@@ -83,7 +84,7 @@ class MilvusWriter:
         if not self.client.has_collection(self.collection):
             return {}
         upper = int(self.manifest["next_fid"]) if self.manifest and self.meta.dirty() is None else None
-        return {r["id"]: store_row(r) for r in scan(self.client, self.collection, "", list(SCALARS), self.loc.lite, upper)}
+        return {r["id"]: store_row(r) for r in scan(self.client, self.collection, "", list(SCALARS), self.lite, upper)}
 
     def next_fid(self, previous: dict[str, dict[str, Any]] | None = None) -> int:
         """The first fid never used: the manifest's ``next_fid``, past every stored row's."""
@@ -95,13 +96,13 @@ class MilvusWriter:
         if self.dims is None:
             raise MMSearchError(f"creating {self.loc} needs the model's channel dimensions (MilvusWriter(dims=...))")
         cfg = self.cfg or IndexCfg()
-        choice = {name: choose_index(cfg, n, dim, self.loc.lite) for name, dim in self.dims.items()}
+        choice = {name: choose_index(cfg, n, dim, self.lite) for name, dim in self.dims.items()}
         if not self.client.has_collection(self.collection):
             log.info("creating Milvus collection %s (%s)", self.collection,
                      ", ".join(f"{k}: {v.index_type}" for k, v in choice.items()))
             self.client.create_collection(self.collection, schema=collection_schema(self.client, self.dims),
                                           consistency_level="Strong")
-            create_indexes(self.client, self.collection, index_params(self.client, self.dims, choice, self.loc.lite))
+            create_indexes(self.client, self.collection, index_params(self.client, self.dims, choice, self.lite))
         if not self.meta.exists():
             self.meta.create()
         return choice
@@ -112,7 +113,7 @@ class MilvusWriter:
             return self._create(n)
         stored = {name: VectorIndex.from_dict(ch["milvus_index"]) for name, ch in self.manifest["channels"].items()}
         if self.cfg is not None and self.cfg.index_type != self.manifest.get("index_cfg", {}).get("index_type"):
-            want = {name: choose_index(self.cfg, n, int(ch["dim"]), self.loc.lite).kind
+            want = {name: choose_index(self.cfg, n, int(ch["dim"]), self.lite).kind
                     for name, ch in self.manifest["channels"].items()}
             if any(want[k] != v.kind for k, v in stored.items()):
                 raise MMSearchError(f"{self.loc} has {next(iter(stored.values())).kind} indexes; changing the index "
@@ -160,7 +161,7 @@ class MilvusWriter:
         else:
             count = old_count + added - sum(1 for f in gone if f in old)
             text_count = int((self.manifest or {}).get("channels", {}).get("text", {}).get("count", 0)) + texts
-        if self.loc.lite:
+        if self.lite:
             self.client.flush(self.collection)  # Milvus Lite scans unflushed rows in Python; segments are indexed
         committed = self._manifest(manifest, dims, indexes, count, text_count, changes, next_fid)
         self.meta.write(committed, generation)
@@ -224,7 +225,7 @@ class MilvusWriter:
             self.meta.add_stats(delta, generation)
             return
         total: dict[str, dict[str, Any]] = {}
-        _count_facts(total, scan(self.client, self.collection, "", ["fid", "title", "metadata"], self.loc.lite), +1)
+        _count_facts(total, scan(self.client, self.collection, "", ["fid", "title", "metadata"], self.lite), +1)
         self.meta.replace_stats(total, generation)
 
     def _count(self, expr: str) -> int:
