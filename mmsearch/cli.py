@@ -8,7 +8,8 @@ import logging
 
 import typer
 
-from .commands import dedupe, evaluate, export, index, info, listing, query, reindex, remove, serve, similar, train
+from .commands import (dedupe, evaluate, export, index, info, listing, migrate, query, reindex, remove, serve, similar,
+                       train)
 from .commands.boundary import ErrorBoundary
 from .commands.options import VerboseOpt, VersionOpt
 
@@ -38,6 +39,7 @@ app.command("similar")(similar.similar)
 app.command("list")(listing.list_items)
 app.command("export")(export.export)
 app.command("dedupe")(dedupe.dedupe)
+app.command("migrate")(migrate.migrate)
 
 
 def main() -> None:

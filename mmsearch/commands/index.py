@@ -131,10 +131,16 @@ def update_from_catalog(index: Path) -> None:
     """``query --update``: update ``index`` from the catalog folder its manifest records (rclip's behaviour);
     says what changed, and nothing when nothing did."""
     from ..errors import QueryError
+    from ..index.backend import is_milvus, open_reader
     from ..index.build import build_index
     from ..index.snapshot import read_manifest
 
-    catalog = read_manifest(index).get("catalog")
+    if is_milvus(index):
+        reader = open_reader(index)
+        catalog = reader.manifest.get("catalog")
+        reader.close()
+    else:
+        catalog = read_manifest(index).get("catalog")
     if not catalog or not Path(catalog).is_dir():
         raise QueryError(f"--update: index {index} records no catalog folder that exists here ({catalog or 'none'})")
     report = build_index(catalog, out=index, progress=sys.stderr.isatty())

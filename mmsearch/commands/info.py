@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import MMSearchError
 from .options import CheckOpt, IndexOpt, ManifestJsonOpt
@@ -12,9 +13,12 @@ from .output import err, out
 
 def info(index: IndexOpt = Path("index"), as_json: ManifestJsonOpt = False, check: CheckOpt = True) -> None:
     """Show what an index's manifest says, after checking its files against their checksums."""
+    from ..index.backend import is_milvus, open_reader
     from ..index.check import check_index
     from ..index.snapshot import read_manifest
 
+    if is_milvus(index):  # Milvus keeps its own checksums: the manifest and the collection's counts
+        return milvus_info(open_reader(index), as_json)
     m = read_manifest(index)
     result = check_index(index) if check else None
     if result is not None and not result.ok:
@@ -39,3 +43,24 @@ def info(index: IndexOpt = Path("index"), as_json: ManifestJsonOpt = False, chec
     out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
     out.print(f"  catalog     {m['catalog']}")
     out.print(f"  checksums   {'all ' + str(len(m['files'])) + ' files intact' if result else 'not checked'}")
+
+
+def milvus_info(reader: Any, as_json: bool) -> None:
+    """``info`` of a Milvus index: the manifest it stores beside its collection (index/milvus/meta.py)."""
+    m = reader.manifest
+    reader.close()
+    if as_json:
+        print(json.dumps(m, indent=2, ensure_ascii=False))
+        return
+    out.print(f"[bold]{reader.location}[/] (generation {m.get('generation')})", highlight=False)
+    out.print(f"  items       {m['count']} ({len(m.get('skipped', []))} skipped)")
+    out.print(f"  model       {m['model']['name']} ({m['model']['ref']}, fingerprint {m['model']['fingerprint']}, "
+              f"fusion {m['model']['fusion']})")
+    out.print(f"  metric      {m['metric']}, dim {m['dim']}")
+    for name, ch in m["channels"].items():
+        idx = ch.get("milvus_index", {})
+        params = ", ".join(f"{k}={v}" for k, v in idx.get("params", {}).items())
+        out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} (Milvus {idx.get('index_type', '?')}"
+                  f"{', ' + params if params else ''})", highlight=False)
+    out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
+    out.print(f"  catalog     {m['catalog']}")

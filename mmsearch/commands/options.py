@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..index.backend import index_location
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -25,7 +27,8 @@ VersionOpt = Annotated[bool, typer.Option("--version", callback=_print_version, 
                                           help="Print the version and exit.")]
 
 # ------------------------------------------------------------------------------------------ shared
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder.")]
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", parser=index_location,
+                                        help="Index folder, or milvus-lite:FILE.db or milvus://HOST:PORT/COLLECTION.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 WaitOpt = Annotated[float, typer.Option("--wait", min=0.0, help="Seconds to wait for another writer of the index.")]
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -90,8 +93,11 @@ SteerTextOpt = Annotated[Optional[str], typer.Option("--text", help="A text that
 
 # ------------------------------------------------------------------------------------------ index, reindex, remove
 CatalogArg = Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")]
-IndexOutOpt = Annotated[Path, typer.Option("--index", "-i", "--out", "-o", help="Where to write the index "
-                                           "(--out/-o: the older name).")]
+IndexOutOpt = Annotated[Path, typer.Option("--index", "-i", "--out", "-o", parser=index_location,
+                                           help="Where to write the index: a folder, or milvus-lite:FILE.db or "
+                                           "milvus://HOST:PORT/COLLECTION (--out/-o: the older name).")]
+FromIndexArg = Annotated[Path, typer.Argument(help="The folder index to copy (its stored embeddings: nothing is "
+                                               "encoded again).")]
 IndexModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default, bridge, tiny) or "
                           "checkpoint path (default: the existing index's model, else default).")]
 IndexBatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]

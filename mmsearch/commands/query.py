@@ -79,7 +79,10 @@ def ask_server(index: Path, query: Any) -> list | None:
     """Hits from a running `mmsearch serve` of ``index`` (server/discovery.py), or None: no server."""
     from types import SimpleNamespace
 
+    from ..index.backend import is_milvus
     from ..server.discovery import ask
 
+    if is_milvus(index):  # servers advertise in an index folder; a Milvus index has none
+        return None
     rows = ask(index, query)
     return None if rows is None else [SimpleNamespace(**r) for r in rows]

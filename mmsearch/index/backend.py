@@ -15,6 +15,7 @@ Locations: a folder path (``index``), ``milvus-lite:PATH.db`` or ``milvus://HOST
 
 from __future__ import annotations
 
+from pathlib import Path, PurePath
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -24,9 +25,24 @@ from .filters import Condition
 MILVUS_PREFIXES = ("milvus-lite:", "milvus://", "milvus+https://")
 
 
+def location_text(location: Any) -> str:
+    """A location as text, mending what ``pathlib.Path`` did to a Milvus URI (``milvus://h`` -> ``milvus:/h``)."""
+    text = str(location)
+    for scheme in ("milvus+https:", "milvus:"):
+        if text.startswith(scheme + "/") and not text.startswith(scheme + "//"):
+            return scheme + "/" + text[len(scheme):]
+    return text
+
+
 def is_milvus(location: Any) -> bool:
-    """True for a Milvus location (``milvus-lite:PATH.db``, ``milvus://HOST:PORT/COLLECTION``)."""
-    return isinstance(location, str) and location.startswith(MILVUS_PREFIXES)
+    """True for a Milvus location (``milvus-lite:PATH.db``, ``milvus://HOST:PORT/COLLECTION``), given as text
+    or as the Path a command-line option made of it."""
+    return isinstance(location, (str, PurePath)) and location_text(location).startswith(MILVUS_PREFIXES)
+
+
+def index_location(value: Any) -> Any:
+    """A command-line ``--index`` value: the Milvus location as text, else the folder as a Path."""
+    return location_text(value) if is_milvus(value) else Path(value)
 
 
 class IndexReader(Protocol):
@@ -96,9 +112,9 @@ class IndexReader(Protocol):
 def open_reader(location: Any, verify: bool = True, ranking: Any = None) -> IndexReader:
     """The reader of the index at ``location``: a folder (FAISS + SQLite snapshots) or a Milvus location."""
     if is_milvus(location):
-        from .milvus import open_reader as open_milvus
+        from .milvus import MilvusReader
 
-        return open_milvus(str(location), ranking=ranking)
+        return MilvusReader(location_text(location), verify=verify, ranking=ranking)
     from .folder import FolderReader
 
     return FolderReader(location, verify=verify, ranking=ranking)

@@ -30,6 +30,7 @@ from ..catalog.scan import CatalogItem, scan_catalog
 from ..catalog.storable import display_name, problem
 from ..errors import CatalogError, IndexNotFoundError, IndexIncompatibleError, MMSearchError
 from ..models.registry import list_models
+from .backend import is_milvus, location_text
 from .modelref import StaleRecord
 from .ondisk import Adder
 from .options import BuildKw, BuildOptions, IndexCfg
@@ -220,6 +221,10 @@ def build_index(catalog: str | Path | None = None, out: str | Path = "index", *,
         (60, 60)
     """
     opts = (options or BuildOptions()).replace(**overrides)
+    if is_milvus(out):  # a Milvus collection (index/milvus/build.py): the same plan, written as rows
+        from .milvus.build import build_milvus
+
+        return build_milvus(catalog, location_text(out), opts, items)
     out = Path(out)
     model = opts.model if opts.model is not None else index_model(out)  # keep the index's own model, as its type
     scanned = scan_update(out, exclude_patterns(out, opts.exclude, opts.reset_exclude), catalog, items)
@@ -258,6 +263,8 @@ def _plan_and_encode(out: Path, wanted: list[CatalogItem], hashes: dict[str, str
 
 def index_model(out: str | Path) -> str:
     """The model the index at ``out`` was built with (a name, or its snapshot's model.pt), else ``default``."""
+    if is_milvus(out):
+        return "default"  # a Milvus update takes the model its manifest names (index/milvus/build.py)
     try:
         m = read_manifest(out)
     except MMSearchError:
@@ -275,6 +282,10 @@ def _locked_state(out: Path) -> State:
 
 def remove_items(index: str | Path, ids: Sequence[str], lock_timeout: float = 0.0) -> BuildReport:
     """Remove items by id. Every id must exist; otherwise nothing is removed and the error names them."""
+    if is_milvus(index):
+        from .milvus.build import remove_milvus
+
+        return remove_milvus(location_text(index), ids, lock_timeout)
     out = Path(index)
     t0 = time.perf_counter()
     with writer_lock(out, lock_timeout):
@@ -306,6 +317,9 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
     New ids are recorded in the manifest (``api_items``): a later ``mmsearch index CATALOG`` keeps them,
     until :func:`remove_items` removes them (or the index is rebuilt with ``rebuild=True``).
     """
+    if is_milvus(index):
+        raise MMSearchError(f"adding single items to a Milvus index ({location_text(index)}) is not supported yet: "
+                            f"index the catalog folder with `mmsearch index CATALOG -i {location_text(index)}`")
     out = Path(index)
     t0 = time.perf_counter()
     given = list(items)
@@ -352,6 +366,9 @@ def upsert_items(index: str | Path, items: Iterable[dict[str, Any]], device: str
 
 def reindex(index: str | Path, cfg: IndexCfg, lock_timeout: float = 0.0) -> Path:
     """Rebuild the FAISS indexes with another type or budget from the stored embeddings (no encoding)."""
+    if is_milvus(index):
+        raise MMSearchError(f"{location_text(index)}: Milvus builds its own indexes; to change their type, rebuild "
+                            f"(mmsearch index CATALOG -i {location_text(index)} --rebuild --index-type hnsw)")
     out = Path(index)
     with writer_lock(out, lock_timeout):
         state = _locked_state(out)

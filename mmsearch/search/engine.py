@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import RankingCfg
 from ..errors import QueryError
-from ..index.backend import IndexReader, is_milvus, open_reader
+from ..index.backend import IndexReader, is_milvus, location_text, open_reader
 from ..index.filters import WhereSpec, parse_where
 from . import hybrid as _hybrid
 from . import runtime as _runtime
@@ -48,8 +48,8 @@ class SearchEngine:
 
     def __init__(self, path: str | Path, device: str = "auto", ranking: RankingCfg | None = None,
                  verify: bool = True, runtime: str | None = None, lazy_model: bool = False):
-        self.location = str(path)
-        self.path = Path(path) if not is_milvus(path) else None
+        self.location = location_text(path)
+        self.path = None if is_milvus(path) else Path(path)  # a folder index (None: Milvus)
         self.device = device
         self.runtime = runtime  # query encoders: auto | onnx | torch (models/onnx.py)
         self._lazy_model = lazy_model  # the model opens at the first encode (list, export: never)

@@ -85,7 +85,8 @@ def cli_router(state: ServerState) -> APIRouter:
             raise HTTPException(400, str(exc)) from None
         with state.use() as use:  # the lease: a reload cannot close the store under this search
             hits = await run_query(state, use, query)
-            ident = identity(use.engine.path)  # the CLI checks it names the index it was asked for
+            path = use.engine.path  # the CLI checks the identity names the index it was asked for
+            ident = identity(path) if path is not None else None
         return {"hits": [h.to_dict() for h in hits], "snapshot": use.version, "identity": ident}
 
     return router

@@ -74,7 +74,9 @@ def serve(index: str | Path = "index", cfg: ServeCfg | None = None, device: str 
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, server_header=False,
                                                **uvicorn_options(cfg)))
         # `mmsearch query` on this index asks this server; the file goes on SIGINT and SIGTERM alike
-        with terminate_as_exit(), advertise(index, cfg.host, port):
+        # (a Milvus index has no folder to advertise in: its CLI searches in-process)
+        here = contextlib.nullcontext() if engine.path is None else advertise(index, cfg.host, port)
+        with terminate_as_exit(), here:
             server.run(sockets=[sock])
         if not server.started:
             raise ServeError(f"the server on {cfg.host}:{port} did not start (see the log above)")

@@ -85,6 +85,9 @@ class MilvusReader:
     def version(self) -> str:
         return str(self.generation)
 
+    def latest_version(self) -> str:
+        return str(self.meta.generation())
+
     def changed(self) -> bool:
         try:
             return self.meta.generation() != self.generation
