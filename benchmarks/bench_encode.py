@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 from mmsearch.catalog.images import load_image  # noqa: E402
 from mmsearch.cpus import available_cpus  # noqa: E402
-from mmsearch.models.device import resolve_device  # noqa: E402
 from mmsearch.encode.config import EncodeCfg  # noqa: E402
 from mmsearch.encode.pipeline import encode_image_files  # noqa: E402
+from mmsearch.models.device import resolve_device  # noqa: E402
 from mmsearch.models.factory import create_model  # noqa: E402
 from mmsearch.models.preprocess import ResizeCropU8, normalize_batch  # noqa: E402
 
@@ -287,7 +287,8 @@ def synthetic_index(out: Path, model, n: int) -> Path:
     through the real write path (``mmsearch.index.writer.commit``, index type chosen by ``auto``)."""
     from mmsearch.index.options import IndexCfg
     from mmsearch.index.writer import Change, commit
-    from mmsearch.index.writer import base_manifest as _base_manifest, channel_dims as _channel_dims
+    from mmsearch.index.writer import base_manifest as _base_manifest
+    from mmsearch.index.writer import channel_dims as _channel_dims
 
     rng = np.random.default_rng(n)
     dims = _channel_dims(model)

@@ -77,8 +77,8 @@ class PeakMemory:
 def task_for(work: Path, parts: int):
     import numpy as np
 
-    from mmsearch.ranges import even_ranges
     from mmsearch.index.ondisk import AddTask
+    from mmsearch.ranges import even_ranges
 
     key = json.loads((work / "trained.json").read_text())["key"]
     n = len(np.load(work / "image.ids.npy", mmap_mode="r"))

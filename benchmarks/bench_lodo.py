@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from mmsearch.config import ModelCfg
 from mmsearch.models.encoders import l2n
-from mmsearch.models.factory import (build_model, get_model_config, image_preprocess, read_checkpoint, save_checkpoint)
+from mmsearch.models.factory import build_model, get_model_config, image_preprocess, read_checkpoint, save_checkpoint
 from mmsearch.train.features import _file_digest, _image_store, image_features, text_features
 from mmsearch.train.loss import contrastive_loss
 from mmsearch.train.wise import interpolate

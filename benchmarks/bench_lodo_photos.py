@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_lodo as L  # noqa: E402
+
 from mmsearch.models.encoders import l2n  # noqa: E402
 from mmsearch.models.factory import build_model  # noqa: E402
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.models.encoders import EfficientNetLite0
 from mmsearch.evaluate import EvalQuery, evaluate, read_queries
+from mmsearch.models.encoders import EfficientNetLite0
 from mmsearch.train.loop import load_train_cfg, train
 
 COMPOSED_KINDS = ("skin_tone", "gender", "recolour")

@@ -41,9 +41,9 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
     """Feed n synthetic rows through the real collector; return seconds and peak RSS growth (MB)."""
     import torch
 
+    from mmsearch.encode.chunks import ChunkWriter, assemble, chunk_paths, write_chunk
     from mmsearch.encode.config import EncodeCfg
     from mmsearch.encode.pipeline import _Encoder
-    from mmsearch.encode.chunks import ChunkWriter, assemble, chunk_paths, write_chunk
 
     class Stub(torch.nn.Module):  # what _Encoder reads from a model, without a model
         embed_dim, visual_dim = DIMS["image"], DIMS["visual"]

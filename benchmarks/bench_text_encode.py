@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmsearch.models.device import autocast  # noqa: E402
 from mmsearch.encode.pipeline import encode_texts  # noqa: E402
+from mmsearch.models.device import autocast  # noqa: E402
 from mmsearch.models.factory import create_model  # noqa: E402
 
 

@@ -90,9 +90,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sample_catalog import as_photo, find_asset  # noqa: E402
 import corpus_domains as more  # noqa: E402
 import corpus_photos as photos  # noqa: E402
+from make_sample_catalog import as_photo, find_asset  # noqa: E402
 
 GROUPS = {0: "smileys", 1: "people", 2: "component", 3: "animals", 4: "food", 5: "travel", 6: "activities",
           7: "objects", 8: "symbols", 9: "flags"}

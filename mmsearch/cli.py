@@ -8,8 +8,21 @@ import logging
 
 import typer
 
-from .commands import (dedupe, evaluate, export, index, info, listing, migrate, query, reindex, remove, serve, similar,
-                       train)
+from .commands import (
+    dedupe,
+    evaluate,
+    export,
+    index,
+    info,
+    listing,
+    migrate,
+    query,
+    reindex,
+    remove,
+    serve,
+    similar,
+    train,
+)
 from .commands.boundary import ErrorBoundary
 from .commands.options import VerboseOpt, VersionOpt
 

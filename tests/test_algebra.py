@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 
 from mmsearch.errors import QueryError
-from mmsearch.search.algebra import (Term, check_terms, combine_terms, fuse, plain_form, split_expression,
-                                     split_weight, parse_terms, terms_of)
+from mmsearch.search.algebra import (
+    Term,
+    check_terms,
+    combine_terms,
+    fuse,
+    parse_terms,
+    plain_form,
+    split_expression,
+    split_weight,
+    terms_of,
+)
 
 
 def test_split_weight_and_expression():

@@ -8,10 +8,10 @@ import faiss
 import numpy as np
 import pytest
 
+from mmsearch.errors import MMSearchError
 from mmsearch.index import ann, annbuild
 from mmsearch.index.options import IndexCfg, parse_memory
 from mmsearch.index.quiet import quiet_stdout
-from mmsearch.errors import MMSearchError
 
 
 def clustered(n: int, dim: int, seed: int, clusters: int = 50) -> np.ndarray:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsearch.train.augment import AugmentedPreprocess, Policy, aug_key, forbids_colour_jitter, forbids_flip, policy_for
-from mmsearch.config import TrainCfg
 from mmsearch.catalog.scan import CatalogItem
+from mmsearch.config import TrainCfg
 from mmsearch.models.factory import get_model_config
+from mmsearch.train.augment import AugmentedPreprocess, Policy, aug_key, forbids_colour_jitter, forbids_flip, policy_for
 from mmsearch.train.splits import item_texts
 
 
@@ -90,8 +90,8 @@ def test_text_variants_cover_tags_in_groups_and_descriptions():
 
 
 def test_cached_views_are_reused_and_keyed_by_settings(small_catalog, tmp_path, monkeypatch):
-    from mmsearch.train import features
     from mmsearch.models.factory import build_named_model, image_preprocess
+    from mmsearch.train import features
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
     net, _ = build_named_model("tiny")

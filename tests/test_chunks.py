@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from mmsearch import SearchEngine, build_index
+from mmsearch.encode.chunks import ChunkWriter, ChunkWriterError, assemble, chunk_paths, read_chunk
 from mmsearch.encode.config import EncodeCfg
 from mmsearch.encode.pipeline import encode_image_files
-from mmsearch.models.factory import create_model
 from mmsearch.index.build import ENCODE_DIR
 from mmsearch.index.snapshot import read_manifest
-from mmsearch.encode.chunks import ChunkWriter, ChunkWriterError, assemble, chunk_paths, read_chunk
+from mmsearch.models.factory import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mmsearch.cli import app
-from mmsearch.server import discovery
 from mmsearch.search.query import Query
+from mmsearch.server import discovery
 
 runner = CliRunner()
 

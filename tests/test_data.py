@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmsearch.catalog.scan import scan_catalog
-
 from mmsearch.catalog.images import load_image
+from mmsearch.catalog.scan import scan_catalog
 from mmsearch.errors import CatalogError, ImageDecodeError
 
 

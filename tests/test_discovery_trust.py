@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mmsearch.cli import app
-from mmsearch.server import discovery
 from mmsearch.search.query import Query
+from mmsearch.server import discovery
 
 runner = CliRunner()
 

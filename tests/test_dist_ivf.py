@@ -12,12 +12,11 @@ import faiss
 import numpy as np
 import pytest
 from faiss.contrib.inspect_tools import get_invlist
+from test_distributed import ranks_index, torchrun_index
 
 from mmsearch.index import ann, annbuild, ondisk
 from mmsearch.index.ann import IndexSpec
 from mmsearch.index.options import IndexCfg
-
-from test_distributed import ranks_index, torchrun_index
 
 
 def unit(rng, n, d):

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from mmsearch.dist.env import DistEnv, DistributedError
-from mmsearch.ranges import even_ranges, slices_of_rank
 from mmsearch.dist.runner import num_shards_for
+from mmsearch.ranges import even_ranges, slices_of_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -267,9 +267,10 @@ def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subpro
 @pytest.mark.slow
 def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(small_catalog, sample_catalog,
                                                                              tmp_path):
+    from helpers.files import write_tar
+
     from mmsearch import build_index
     from mmsearch.index.snapshot import channel_vectors, current_snapshot, read_manifest
-    from helpers.files import write_tar
 
     (small_catalog / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not an image")
     write_tar(small_catalog / "webdataset" / "000000.tar", {  # sorts last: the end of shard 3

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsearch.config import ImageTowerCfg
 from mmsearch.catalog.images import RawJpeg, load_image, read_device_jpeg
-from mmsearch.models.device import default_num_workers, prefetch_to_device
+from mmsearch.config import ImageTowerCfg
 from mmsearch.encode.config import EncodeCfg
 from mmsearch.encode.pipeline import encode_image_files
 from mmsearch.errors import MMSearchError
-from mmsearch.models.factory import create_model, image_preprocess
 from mmsearch.models.crop import resize_crop_pil
+from mmsearch.models.device import default_num_workers, prefetch_to_device
+from mmsearch.models.factory import create_model, image_preprocess
 from mmsearch.models.preprocess import PilPreprocess, ResizeCropU8, normalize_batch, resize_crop_tensor
 
 ROOT = Path(__file__).resolve().parents[1]

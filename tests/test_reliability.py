@@ -98,7 +98,9 @@ def test_7_ico_is_refused_and_uploads_are_probed_off_the_event_loop(tiny_index, 
     import threading
 
     from fastapi.testclient import TestClient
-    from mmsearch.server import ServeCfg, create_app, routes as app_mod
+
+    from mmsearch.server import ServeCfg, create_app
+    from mmsearch.server import routes as app_mod
 
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(buf, format="ICO")

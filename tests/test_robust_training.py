@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmsearch.config import ImageTowerCfg, TrainCfg
-from mmsearch.train.loss import contrastive_loss, same_text_mask
 from mmsearch.models.crop import pad_square_pil, resize_crop_pil
 from mmsearch.models.preprocess import PilPreprocess, ResizeCropU8, resize_crop_tensor
 from mmsearch.train.loop import train
+from mmsearch.train.loss import contrastive_loss, same_text_mask
 from mmsearch.train.wise import interpolate, interpolated, trainable_state
 
 
@@ -97,8 +97,8 @@ def test_bridge_prompts_use_templates_and_synonyms():
 
 def test_ensemble_embedding_is_the_normalised_mean(tmp_path, monkeypatch):
     from mmsearch.config import TextTowerCfg
-    from mmsearch.models.encoders import TextTower, l2n
     from mmsearch.models.classnames import bridge_prompts
+    from mmsearch.models.encoders import TextTower, l2n
     from mmsearch.models.factory import imagenet_class_text_embeddings
     from mmsearch.models.tokenizer import WordTokenizer
 

@@ -15,14 +15,13 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi, python-multipar
 pytest.importorskip("multipart", reason="python-multipart is not installed")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers.files import png_header_only  # noqa: E402  (a PNG whose header claims a huge size)
 from PIL import Image  # noqa: E402
 
 from mmsearch import SearchEngine, build_index  # noqa: E402
 from mmsearch.server import ServeCfg, create_app  # noqa: E402
-from mmsearch.server.state import filter_fields  # noqa: E402
 from mmsearch.server.limits import Busy, ModelGate  # noqa: E402
-
-from helpers.files import png_header_only  # noqa: E402  (a PNG whose header claims a huge size)
+from mmsearch.server.state import filter_fields  # noqa: E402
 
 QUERIES = Path(__file__).resolve().parents[1] / "mmsearch" / "sample" / "queries"
 SHOE = (QUERIES / "shoe.jpg").read_bytes()

@@ -17,8 +17,8 @@ pytest.importorskip("multipart", reason="python-multipart is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mmsearch import SearchEngine  # noqa: E402
-from mmsearch.index.options import IndexCfg  # noqa: E402
 from mmsearch.index.build import reindex  # noqa: E402
+from mmsearch.index.options import IndexCfg  # noqa: E402
 from mmsearch.server import ServeCfg, create_app  # noqa: E402
 from mmsearch.server.lease import Hold, Lease  # noqa: E402
 

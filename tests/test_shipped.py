@@ -81,10 +81,10 @@ def test_every_builtin_model_has_a_current_fingerprint_record_and_graphs():
 @pytest.mark.parametrize("name", ["default", "bridge"])
 def test_shipped_graphs_compute_what_the_checkpoint_computes(name, sample_catalog):
     torch = pytest.importorskip("torch")
+    from mmsearch.encode.lean import _decode
     from mmsearch.models import graphs, known
     from mmsearch.models.factory import create_model
     from mmsearch.models.onnx import normalize_u8, tokenize_numpy
-    from mmsearch.encode.lean import _decode
 
     model, _, tokenizer = create_model(name, device="cpu")
     fp = model.fingerprint()

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.index.options import IndexCfg
 from mmsearch.cli import app
 from mmsearch.errors import IndexIncompatibleError, MMSearchError
 from mmsearch.index.build import remove_items
+from mmsearch.index.options import IndexCfg
 from mmsearch.index.snapshot import IndexLockedError, read_manifest, writer_lock
 from mmsearch.index.store import ItemStore
 

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.files import write_tar
 
 from mmsearch import SearchEngine, build_index
-from mmsearch.catalog.scan import scan_catalog
 from mmsearch.catalog.images import load_image
-from mmsearch.errors import CatalogError
+from mmsearch.catalog.scan import scan_catalog
 from mmsearch.catalog.tar_shards import content_sha256 as sha256_file
 from mmsearch.catalog.tar_shards import split_key
-
-from helpers.files import write_tar
+from mmsearch.errors import CatalogError
 
 
 def make_shard_catalog(sample_catalog: Path, root: Path) -> Path:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from mmsearch.cli import app
 from mmsearch.config import TrainCfg
 from mmsearch.models.fusion import FUSIONS, build_fusion
-from mmsearch.train.loss import classification_loss, composed_loss, contrastive_loss
 from mmsearch.train.loop import TrainError, train
+from mmsearch.train.loss import classification_loss, composed_loss, contrastive_loss
 from mmsearch.train.splits import read_triplets
 
 runner = CliRunner()
@@ -252,8 +252,8 @@ def test_resume_and_rerun_guards(small_catalog, tmp_path):
 
 
 def test_frozen_bridge_has_nothing_to_train(small_catalog, tmp_path, monkeypatch):
-    from mmsearch.train import loop as train_mod
     from mmsearch.config import ModelCfg
+    from mmsearch.train import loop as train_mod
 
     # A config with fixed heads and the sum fusion: nothing but the temperature would learn.
     cfg = ModelCfg.from_json_file(Path(train_mod.__file__).parents[1] / "models" / "configs" / "tiny.json")
@@ -268,8 +268,8 @@ def test_frozen_bridge_has_nothing_to_train(small_catalog, tmp_path, monkeypatch
 def test_named_config_loads_its_shipped_weights(small_catalog, tmp_path, monkeypatch):
     import dataclasses
 
-    from mmsearch.models import factory
     from mmsearch.errors import ModelError
+    from mmsearch.models import factory
 
     rep = train(small_catalog, out=tmp_path / "run", model="tiny", cfg=TrainCfg(epochs=1, batch_size=6),
                 device="cpu", progress=False)

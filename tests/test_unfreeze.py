@@ -72,9 +72,9 @@ def test_unfreeze_1_trains_exactly_the_last_blocks(small_catalog, tmp_path):
 
 def test_unfrozen_step_gives_gradients_to_the_trained_blocks_only(small_catalog):
     from mmsearch.catalog.scan import scan_catalog
+    from mmsearch.train.loss import contrastive_loss
     from mmsearch.train.splits import prepare_split
     from mmsearch.train.step import RawImages, StepModel
-    from mmsearch.train.loss import contrastive_loss
     from mmsearch.train.unfreeze import set_train_mode
 
     cfg = TrainCfg(unfreeze=1, aug_views=1)

@@ -3,10 +3,9 @@
 import gzip
 from pathlib import Path
 
+import bench_generalization as bg
 import numpy as np
 import pytest
-
-import bench_generalization as bg
 
 
 def test_query_metrics_by_hand():

@@ -3,10 +3,8 @@ extraction order (test images first, then every domain in turn)."""
 
 from __future__ import annotations
 
-
-import numpy as np
-
 import bench_lodo as bl
+import numpy as np
 
 
 def test_rank_counts_non_targets_at_least_as_high():
@@ -82,9 +80,9 @@ def test_photo_runner_output_mix_centring_and_ship_rule():
     """bench_lodo_photos: the output-space ensemble renormalises the weighted sum on both towers, centring
     removes the catalog mean of one domain's test rows only, and the ship rule flags a cell whose whole
     interval is below the prior."""
+    import bench_lodo_photos as bp
     import torch
 
-    import bench_lodo_photos as bp
     from mmsearch.models.encoders import l2n
 
     torch.manual_seed(0)

@@ -10,11 +10,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import build_corpus as bc
 import numpy as np
 import pytest
 from PIL import Image
-
-import build_corpus as bc
 
 SAMPLE = Path(__file__).resolve().parents[2] / "mmsearch" / "sample" / "catalog"
 

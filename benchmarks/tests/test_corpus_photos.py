@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from PIL import Image
-
 import build_corpus as bc
 import corpus_photos as cp
+import pytest
+from PIL import Image
 
 
 def fake_wordnet(root: Path) -> Path:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
-from .tar_shards import read_member
 from .formats import is_raw_name
 from .gate import check_regular_file, open_image, to_uint8_grey
+from .tar_shards import read_member
 
 if TYPE_CHECKING:  # torch only where tensors are made: load_image serves processes without it
     import torch
@@ -69,7 +69,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV ...
 
 
-def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None = None,
+def load_image(source: str | Path | bytes | Image.Image, draft_size: int | None = None,  # noqa: C901  (one gate, in the order the checks must run: header, size, decode, rotation)
                reduce: bool = False) -> Image.Image:
     """Open an image from a path, bytes or a PIL image and return it as RGB, upright (EXIF applied).
 

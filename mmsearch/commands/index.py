@@ -9,9 +9,24 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from .options import (CatalogArg, CompileOpt, DebounceOpt, DeviceOpt, ExcludeOpt, IndexBatchOpt, IndexModelOpt,
-                      IndexOutOpt, IndexTypeOpt, MaxMemoryOpt, RebuildOpt, ResetExcludeOpt, ShardSizeOpt, WaitOpt,
-                      WatchOpt, WorkersOpt)
+from .options import (
+    CatalogArg,
+    CompileOpt,
+    DebounceOpt,
+    DeviceOpt,
+    ExcludeOpt,
+    IndexBatchOpt,
+    IndexModelOpt,
+    IndexOutOpt,
+    IndexTypeOpt,
+    MaxMemoryOpt,
+    RebuildOpt,
+    ResetExcludeOpt,
+    ShardSizeOpt,
+    WaitOpt,
+    WatchOpt,
+    WorkersOpt,
+)
 from .output import out
 
 

@@ -8,9 +8,30 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QueryError
-from .options import (BatchOpt, DescOpt, DeviceOpt, ImageOpt, ImageWeightOpt, IndexOpt, JsonOpt, MinScoreOpt,
-                      ModeOpt, NoServerOpt, NotOpt, OffsetOpt, PathsOpt, Print0Opt, PreviewOpt, QueryArgs, SortByOpt,
-                      TextOpt, TopKOpt, UpdateOpt, WhereOpt, WindowOpt)
+from .options import (
+    BatchOpt,
+    DescOpt,
+    DeviceOpt,
+    ImageOpt,
+    ImageWeightOpt,
+    IndexOpt,
+    JsonOpt,
+    MinScoreOpt,
+    ModeOpt,
+    NoServerOpt,
+    NotOpt,
+    OffsetOpt,
+    PathsOpt,
+    PreviewOpt,
+    Print0Opt,
+    QueryArgs,
+    SortByOpt,
+    TextOpt,
+    TopKOpt,
+    UpdateOpt,
+    WhereOpt,
+    WindowOpt,
+)
 
 log = logging.getLogger("mmsearch.cli")  # the name --verbose shows for "query: ..."
 

@@ -12,8 +12,8 @@ from .output import out
 def reindex(index: IndexOpt = Path("index"), index_type: IndexTypeOpt = None, max_memory: MaxMemoryOpt = None,
             wait: WaitOpt = 0.0) -> None:
     """Rebuild the ANN index with another type or memory budget from the stored embeddings (no re-encoding)."""
-    from ..index.options import IndexCfg
     from ..index.build import reindex as reindex_snapshot
+    from ..index.options import IndexCfg
     from ..index.snapshot import read_manifest
 
     cfg = index_cfg(index_type, max_memory) or IndexCfg()

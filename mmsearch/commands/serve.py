@@ -9,8 +9,18 @@ from typing import Any, Optional
 import typer
 
 from ..errors import QueryError
-from .options import (ApiKeyOpt, DeviceOpt, HostOpt, IndexOpt, InsecureOpt, MaxPendingOpt, MaxUploadOpt, PortOpt,
-                      ReloadIntervalOpt, ServeConfigOpt)
+from .options import (
+    ApiKeyOpt,
+    DeviceOpt,
+    HostOpt,
+    IndexOpt,
+    InsecureOpt,
+    MaxPendingOpt,
+    MaxUploadOpt,
+    PortOpt,
+    ReloadIntervalOpt,
+    ServeConfigOpt,
+)
 
 
 def serve(

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import (DeviceOpt, IndexOpt, ItemIdsArg, JsonOpt, NotIdOpt, PathsOpt, Print0Opt, PreviewOpt,
-                      SteerTextOpt, TopKOpt, WhereOpt)
+from .options import (
+    DeviceOpt,
+    IndexOpt,
+    ItemIdsArg,
+    JsonOpt,
+    NotIdOpt,
+    PathsOpt,
+    PreviewOpt,
+    Print0Opt,
+    SteerTextOpt,
+    TopKOpt,
+    WhereOpt,
+)
 
 
 def similar(

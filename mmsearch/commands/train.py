@@ -6,9 +6,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import (AugViewsOpt, ComposedOpt, DeviceOpt, EpochsOpt, FusionOpt, LrOpt, ResumeOpt, RunDirOpt, SeedOpt,
-                      TrainBatchOpt, TrainCatalogArg, TrainConfigOpt, TrainModelOpt, UnfreezeOpt, ValComposedOpt,
-                      ValOpt, WiseAlphaOpt)
+from .options import (
+    AugViewsOpt,
+    ComposedOpt,
+    DeviceOpt,
+    EpochsOpt,
+    FusionOpt,
+    LrOpt,
+    ResumeOpt,
+    RunDirOpt,
+    SeedOpt,
+    TrainBatchOpt,
+    TrainCatalogArg,
+    TrainConfigOpt,
+    TrainModelOpt,
+    UnfreezeOpt,
+    ValComposedOpt,
+    ValOpt,
+    WiseAlphaOpt,
+)
 from .output import out
 
 

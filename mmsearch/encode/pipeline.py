@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from ..catalog.images import CatalogDataset, ImageBatch, collate_batch, load_image
 from ..cpus import available_cpus
-from ..models.device import autocast, default_num_workers, prefetch_to_device
 from ..errors import ImageDecodeError
-from ..models.factory import Preprocess, Tokenizer
+from ..models.device import autocast, default_num_workers, prefetch_to_device
 from ..models.dual_encoder import DualEncoder
+from ..models.factory import Preprocess, Tokenizer
 from ..models.preprocess import ResizeCropU8, normalize_batch, resize_crop_tensor
 from .chunks import ChunkWriter, assemble
 from .config import EncodeCfg

@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 
 from ..errors import IndexIncompatibleError
+
 # cli.py still imports IndexCfg and parse_memory from here (its owner moves that import to index/options.py)
 from .quiet import quiet_stdout
 

@@ -28,7 +28,7 @@ from ..catalog.exclude import Excluder
 from ..catalog.exclude import normalise as normalise_excludes
 from ..catalog.scan import CatalogItem, scan_catalog
 from ..catalog.storable import display_name, problem
-from ..errors import CatalogError, IndexNotFoundError, IndexIncompatibleError, MMSearchError
+from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from ..models.registry import list_models
 from .backend import is_milvus, location_text
 from .modelref import StaleRecord

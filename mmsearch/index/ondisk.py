@@ -36,12 +36,12 @@ from typing import Callable, Protocol
 import faiss
 import numpy as np
 
-from . import ann, annbuild
-from .ann import IndexSpec
-from .quiet import quiet_stdout
 from ..errors import MMSearchError
 from ..fsutil import atomic_write
 from ..ranges import even_ranges
+from . import ann, annbuild
+from .ann import IndexSpec
+from .quiet import quiet_stdout
 
 log = logging.getLogger(__name__)
 

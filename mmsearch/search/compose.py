@@ -13,8 +13,8 @@ import numpy as np
 
 from ..errors import ItemNotFoundError, QueryError
 from ..index.filters import WhereSpec
-from .hits import hit
 from .algebra import Term, check_terms, combine_terms, fuse, plain_form
+from .hits import hit
 from .ranking import top_k
 from .retriever import Encoded
 

@@ -9,6 +9,7 @@ model that built it (encoder.py: ONNX or torch towers) and the retriever that ra
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -22,9 +23,9 @@ from ..index.filters import WhereSpec, parse_where
 from . import hybrid as _hybrid
 from . import runtime as _runtime
 from .encoder import ImageInput, QueryEncoder, model_ref_of
+from .hits import SearchHit
 from .paging import arrange
 from .query import Query
-from .hits import SearchHit
 from .retriever import Encoded, Retriever
 
 if TYPE_CHECKING:
@@ -310,11 +311,18 @@ class SearchEngine:
                 continue
             boost = _hybrid.boosts(self, texts, self.ranking.keyword_weight, self.ranking.keyword_candidates) \
                 if how == "hybrid" else None
+            group_texts = [queries[i]["text"] for i in idx] if has_txt else None
+            group_images = [queries[i]["image"] for i in idx] if has_img else None
             img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
-                lambda: self.encode_texts([queries[i]["text"] for i in idx]) if has_txt else None,
-                lambda: self.encode_image_channels([queries[i]["image"] for i in idx]) if has_img else None,
+                functools.partial(_maybe, self.encode_texts, group_texts),
+                functools.partial(_maybe, self.encode_image_channels, group_images),
                 concurrent=has_img and has_txt and _runtime.concurrent_towers())[::-1]
             for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where,
                                                         boost=boost)):
                 results[i] = hits
         return results  # type: ignore[return-value]
+
+
+def _maybe(encode: Any, values: Any) -> Any:
+    """``encode(values)``, or None when there are no values."""
+    return None if values is None else encode(values)

@@ -109,7 +109,7 @@ def load_export(path: str | Path) -> tuple[list[dict[str, Any]], np.ndarray, np.
     return items, np.load(path / "embeddings.npy"), np.load(path / "text_embeddings.npy")
 
 
-def group_duplicates(hashes: list[str | None], x: np.ndarray, threshold: float,
+def group_duplicates(hashes: list[str | None], x: np.ndarray, threshold: float,  # noqa: C901  (exact copies, then kNN links, union-find: one pass each)
                      neighbours: int = 32) -> list[list[tuple[int, str]]]:
     """Connected groups of rows that are copies: the same content hash (``exact``) or unit vectors with
     cosine similarity >= ``threshold`` (``near``). Pure; rows are positions into ``hashes`` / ``x``.

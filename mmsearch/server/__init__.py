@@ -1,7 +1,7 @@
 """``mmsearch serve``: an HTTP API and a search page over one index (needs the ``serve`` extra)."""
 
-from .settings import ServeCfg
 from .run import check_bind, is_loopback, serve
+from .settings import ServeCfg
 
 __all__ = ["ServeCfg", "check_bind", "create_app", "is_loopback", "serve"]
 

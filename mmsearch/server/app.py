@@ -20,10 +20,10 @@ from fastapi.staticfiles import StaticFiles
 
 from .._version import __version__
 from ..search.engine import SearchEngine
-from .settings import ServeCfg
 from .docs import add_docs
 from .limits import Busy
 from .routes import items_router, search_router, service_router
+from .settings import ServeCfg
 from .state import ServerState, watch
 
 log = logging.getLogger(__name__)

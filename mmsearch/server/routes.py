@@ -19,10 +19,10 @@ from ..search.algebra import Term
 from ..search.engine import SearchHit
 from ..search.paging import Paging
 from ..search.query import Query as SearchQuery
-from .settings import ServeCfg
 from .files import UploadRejected, catalog_file, probe_upload
 from .limits import RequestBudget
 from .paths import ITEM_PATH  # noqa: F401  (registers the {item_id:itempath} convertor)
+from .settings import ServeCfg
 from .state import ServerState, Use
 
 log = logging.getLogger(__name__)

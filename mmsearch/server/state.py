@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterator
 
 from ..errors import MMSearchError
 from ..search.engine import SearchEngine
-from .settings import ServeCfg
 from .files import ThumbnailCache
 from .lease import Hold, Lease
 from .limits import LatencyStats, ModelGate
+from .settings import ServeCfg
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from ..config import to_dict
-from ..fsutil import atomic_write
 from ..catalog.images import CatalogDataset, collate_images, load_image
-from ..models.device import autocast
-from ..models.factory import Preprocess, Tokenizer, cache_dir
+from ..config import to_dict
 from ..dist.env import DistEnv, all_gather_objects
+from ..fsutil import atomic_write
+from ..models.device import autocast
 from ..models.dual_encoder import DualEncoder
+from ..models.factory import Preprocess, Tokenizer, cache_dir
 
 if TYPE_CHECKING:
     from .augment import Policy

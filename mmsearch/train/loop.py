@@ -37,8 +37,15 @@ from ..fsutil import atomic_write
 from ..models.device import seed_everything
 from ..models.dual_encoder import DualEncoder
 from ..models.encoders import l2n
-from ..models.factory import (Tokenizer, build_model, build_named_model, get_model_config, list_models,
-                              load_checkpoint, save_checkpoint)
+from ..models.factory import (
+    Tokenizer,
+    build_model,
+    build_named_model,
+    get_model_config,
+    list_models,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..models.fusion import build_fusion
 from .splits import Split, TrainError, category_index, prepare_split, refresh_features
 from .step import StepModel, build_optimizer, run_epoch, wrap_ddp

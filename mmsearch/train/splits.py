@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..catalog.scan import CatalogItem, jsonl_objects, scan_catalog
-
 from ..catalog.images import load_image
+from ..catalog.scan import CatalogItem, jsonl_objects, scan_catalog
 from ..config import TrainCfg
 from ..dist.env import DistEnv
 from ..errors import MMSearchError

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..catalog.images import load_image
 from ..config import TrainCfg
 from ..dist.env import DistEnv, all_gather_objects, shard_ranges
 from ..models.device import autocast
 from ..models.dual_encoder import DualEncoder
 from ..models.encoders import l2n
 from ..models.factory import Tokenizer, image_preprocess
-from ..catalog.images import load_image
 from .augment import AugmentedPreprocess, Policy, policy_for
 from .loss import classification_loss, composed_loss, contrastive_loss
 from .splits import Split

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.encoders import LSTMText, MiniLM, TinyCNN
 from ..errors import ModelError
+from ..models.encoders import LSTMText, MiniLM, TinyCNN
 
 
 def backbone_blocks(backbone: nn.Module) -> list[tuple[str, nn.Module]]:

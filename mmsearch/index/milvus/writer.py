@@ -34,8 +34,17 @@ from .location import MilvusLocation, as_location, connect, is_lite
 from .meta import MetaStore, create_indexes, ensure_loaded
 from .reader import BATCH, FORMAT
 from .scan import scan
-from .schema import SCALARS, VectorIndex, choose_index, collection_schema, entity, index_params, row_error, store_row, \
-    vector_field
+from .schema import (
+    SCALARS,
+    VectorIndex,
+    choose_index,
+    collection_schema,
+    entity,
+    index_params,
+    row_error,
+    store_row,
+    vector_field,
+)
 
 log = logging.getLogger(__name__)
 
