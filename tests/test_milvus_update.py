@@ -12,10 +12,10 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from mmsearch.errors import IndexIncompatibleError, MMSearchError  # noqa: E402
-from mmsearch.index.ann import IndexCfg  # noqa: E402
 from mmsearch.index.filters import parse_where  # noqa: E402
 from mmsearch.index.milvus import MilvusReader, MilvusWriter, parse_location  # noqa: E402
 from mmsearch.index.milvus.location import TOKEN_ENV, forget_client  # noqa: E402
+from mmsearch.index.options import IndexCfg  # noqa: E402
 from mmsearch.index.writer import Change  # noqa: E402
 
 D = 8

@@ -44,17 +44,25 @@ from ..catalog.tar_shards import stat_path
 from ..encode.chunks import read_shard, shard_paths, write_shard
 from ..errors import MMSearchError
 from ..fsutil import crash_point
-from ..index.build import (ENCODE_DIR, Scanned, commit_update, exclude_patterns, finish_report, index_model,
-                           scan_update)
+from ..index.backend import is_milvus, location_text
+from ..index.build import ENCODE_DIR, Scanned, commit_update, exclude_patterns, finish_report, index_model, scan_update
 from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
+from ..index.options import BuildKw, BuildOptions
 from ..index.plan import BuildReport, Embeddings, hash_items, plan_update
 from ..index.snapshot import State, writer_lock
 from ..index.store import ItemStore
-from ..index.options import BuildKw, BuildOptions
 from ..index.update import UpdateContext, encode_plan, open_update
 from ..index.writer import channel_dims
-from .env import (DistEnv, DistributedError, all_gather_objects, broadcast_object, process_group, rank_device,
-                  shard_ranges, shards_of_rank)
+from .env import (
+    DistEnv,
+    DistributedError,
+    all_gather_objects,
+    broadcast_object,
+    process_group,
+    rank_device,
+    shard_ranges,
+    shards_of_rank,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -273,6 +281,10 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", *, o
     """
     opts = (options or BuildOptions()).replace(**overrides)
     env = env or DistEnv.from_env()
+    if is_milvus(out):  # every rank would have to commit: not written yet; say so instead of a folder named so
+        raise MMSearchError(f"a torchrun build cannot write into Milvus ({location_text(out)}) yet: build a folder "
+                            f"index under torchrun, then copy it without re-encoding (mmsearch migrate FOLDER -i "
+                            f"{location_text(out)}), or index into Milvus from one process")
     out = Path(out)
     dev = rank_device(opts.device, env)
     model = opts.model if opts.model is not None else index_model(out)  # as build_index: keep the index's own
