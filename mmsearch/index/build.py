@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..catalog.exclude import Excluder
 from ..catalog.exclude import normalise as normalise_excludes
-from ..catalog.scan import CatalogItem, scan_catalog
+from ..catalog.scan import CatalogItem
 from ..catalog.storable import display_name, problem
 from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from ..models.registry import list_models
@@ -35,6 +33,7 @@ from .modelref import StaleRecord
 from .ondisk import Adder
 from .options import BuildKw, BuildOptions, IndexCfg
 from .plan import BuildReport, Embeddings, UpdatePlan, hash_items, next_free_fid, plan_update, resolve
+from .scanning import Scanned, items_from_dicts, scan_update
 from .snapshot import State, load_state, read_manifest, writer_lock
 from .statcache import StatCache
 from .store import ItemStore
@@ -47,36 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENCODE_DIR = ".encoding"  # <out>/.encoding: embedding chunks of the build in progress
-
-
-@dataclass
-class Scanned:
-    """The input of a catalog update, read before the writer lock is taken."""
-
-    catalog: Path  # the folder (for items given in memory: the folder that holds all their images)
-    items: list[CatalogItem]
-    skipped: list[dict[str, str]]  # files, shards and rows the scan could not read or store, with reasons
-    patterns: list[str]  # the --exclude patterns it honoured (remembered ones included)
-    started: float = field(default_factory=time.perf_counter)  # the update's clock starts after the scan
-
-
-def scan_update(out: Path, patterns: list[str], catalog: str | Path | None = None,
-                items: Iterable[dict[str, Any]] | None = None) -> Scanned:
-    """A catalog folder, or ``items`` given as dicts, less what ``patterns`` exclude; raises before
-    anything is written."""
-    if (catalog is None) == (items is None):
-        raise CatalogError("give a catalog folder or items, not both" if items is not None else
-                           "give a catalog folder or items to index")
-    skipped: list[dict[str, str]] = []
-    if items is not None:
-        unwanted = Excluder(patterns)
-        wanted = [it for it in items_from_dicts(items) if not unwanted(it.id)]
-        if not wanted:
-            raise CatalogError("no items given")
-        folder = Path(os.path.commonpath([str(Path(it.path).parent) for it in wanted]))  # thumbnails served below
-        return Scanned(folder, wanted, skipped, patterns)
-    wanted = scan_catalog(catalog, exclude=[out], skipped=skipped, exclude_globs=patterns)
-    return Scanned(Path(catalog), wanted, skipped, patterns)  # type: ignore[arg-type]
 
 
 def commit_update(out: Path, ctx: UpdateContext, plan: UpdatePlan, emb: Embeddings, *, scanned: Scanned,
@@ -144,35 +113,6 @@ def api_items_after(state: State | None, plan: UpdatePlan) -> list[str]:
     old = state.manifest.get("api_items", []) if state is not None else []
     wanted = {it.id for it in plan.items}
     return [i for i in old if i not in wanted and i in plan.previous]
-
-
-def items_from_dicts(given: Iterable[dict[str, Any]], previous: dict[str, dict] | None = None,
-                     hashes: dict[str, str] | None = None) -> list[CatalogItem]:
-    """``{"id", "image", "title", "text", "metadata"}`` dicts -> CatalogItems (checked; image paths resolved).
-
-    With ``previous`` (id -> live row) an existing id may leave out ``image`` (its hash goes to ``hashes``)
-    and the fields it does not give keep their values."""
-    previous = previous or {}
-    wanted = []
-    for n, spec in enumerate(given, 1):
-        if not isinstance(spec, dict) or not isinstance(spec.get("id"), str) or not spec["id"]:
-            raise MMSearchError(f"item {n}: needs a non-empty string \"id\"")
-        prev = previous.get(spec["id"])
-        image = spec.get("image")
-        if image is None and prev is None:
-            raise MMSearchError(f"item {spec['id']!r} is new and needs an \"image\" path")
-        path = str(Path(image).resolve()) if image is not None else prev["path"]
-        if image is None and hashes is not None:
-            hashes[spec["id"]] = prev["image_sha256"]
-        elif image is not None and not Path(path).is_file():
-            raise MMSearchError(f"item {spec['id']!r}: image {image} does not exist")
-        meta = spec.get("metadata", prev["metadata"] if prev else {})
-        if not isinstance(meta, dict):
-            raise MMSearchError(f"item {spec['id']!r}: \"metadata\" must be an object")
-        wanted.append(CatalogItem(id=spec["id"], path=path,
-                                  title=str(spec.get("title", prev["title"] if prev else "") or ""),
-                                  text=str(spec.get("text", prev["text"] if prev else "") or ""), metadata=meta))
-    return wanted
 
 
 def finish_report(report: BuildReport, out: Path, snap: Path) -> BuildReport:

@@ -24,6 +24,7 @@ from ...models.registry import list_models
 from ..modelref import ModelHandle, StaleRecord
 from ..options import BuildOptions
 from ..plan import BuildReport, hash_items, plan_update, resolve
+from ..scanning import scan_update
 from ..snapshot import load_state, writer_lock
 from ..store import ItemStore
 from ..update import UpdateContext, encode_update
@@ -85,8 +86,6 @@ def _finish(report: BuildReport, loc: MilvusLocation, committed: dict[str, Any] 
 def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
                  items: Iterable[dict[str, Any]] | None = None) -> BuildReport:
     """Index ``catalog`` (or ``items``) into the Milvus index at ``location``, or bring it up to date."""
-    from ..build import scan_update
-
     loc = parse_location(location)
     with milvus_lock(loc, opts.lock_timeout):
         writer = MilvusWriter(loc, cfg=opts.index)
