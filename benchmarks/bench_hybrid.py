@@ -82,13 +82,9 @@ def run_method(engine: SearchEngine, method: str, text: str) -> list[str]:
         names = {i: x for x, i in fid.items()}
         ids, _ = rrf([np.array([fid[h.id] for h in sem]), np.array([fid[h.id] for h in kw])])
         return [names[int(i)] for i in ids[:10]]
-    if method.startswith(("hybrid", "relative")):
+    if method.startswith("hybrid"):
         engine.ranking.keyword_weight = float(method.split("@")[1])
-        engine.ranking.keyword_fusion = "relative" if method.startswith("relative") else "bonus"
-        try:
-            return [h.id for h in engine.search(text=text, k=10, mode="hybrid")]
-        finally:
-            engine.ranking.keyword_fusion = "bonus"
+        return [h.id for h in engine.search(text=text, k=10, mode="hybrid")]
     return [h.id for h in engine.search(text=text, k=10, mode=method)]
 
 
@@ -97,13 +93,11 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=PHOTOS)
     ap.add_argument("--per-set", type=int, default=200)
     ap.add_argument("--weights", default="0.1,0.2,0.3,0.5")
-    ap.add_argument("--relative-weights", default="", help="relative score fusion at these keyword weights")
     ap.add_argument("--model", default="default")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     rows = sample(a.photos, a.per_set)
-    methods = ["semantic", "keyword", "rrf"] + [f"hybrid@{w}" for w in a.weights.split(",")] + \
-        [f"relative@{w}" for w in a.relative_weights.split(",") if w]
+    methods = ["semantic", "keyword", "rrf"] + [f"hybrid@{w}" for w in a.weights.split(",")]
     labels = sorted({r["label"] for r in rows})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()

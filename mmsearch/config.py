@@ -147,7 +147,6 @@ class RankingCfg:
     overfetch_from: float = 0.3
     keyword_weight: float = 0.5
     keyword_candidates: int = 100
-    keyword_fusion: str = "bonus"
 
 
 @dataclass

@@ -85,11 +85,3 @@ def bonus_of(cand: np.ndarray, fids: np.ndarray, bonus: np.ndarray) -> np.ndarra
     ok = (pos < len(cand)) & (cand[np.minimum(pos, len(cand) - 1)] == fids)
     out[pos[ok]] = bonus[ok]
     return out
-
-
-def relative(scores: np.ndarray) -> np.ndarray:
-    """Min-max normalised scores of one query's candidates (0 the worst, 1 the best)."""
-    if not len(scores):
-        return scores
-    lo, hi = float(scores.min()), float(scores.max())
-    return ((scores - lo) / max(hi - lo, 1e-6)).astype(np.float32)

@@ -59,10 +59,7 @@ class Retriever:
             cands = [np.union1d(c, f if allowed is None else f[np.isin(f, allowed)]) for c, (f, _) in zip(cands, boost)]
             tw = 1.0 - w if q.image is not None else 1.0  # the bonus belongs to the text part
             extra = [tw * _hybrid.bonus_of(c, *bo) for c, bo in zip(cands, boost)]
-        scores = [self.score(q, img_channel, b, cand, w) for b, cand in enumerate(cands)]
-        if boost is not None and self.ranking.keyword_fusion == "relative":
-            scores = [_hybrid.relative(s) for s in scores]
-        results = [top_k(s + extra[b], cand, k) for b, (s, cand) in enumerate(zip(scores, cands))]
+        results = [top_k(self.score(q, img_channel, b, cand, w) + extra[b], cand, k) for b, cand in enumerate(cands)]
         rows = self.backend.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
         return [[hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
                 for ids, best in results]
