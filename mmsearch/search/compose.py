@@ -69,8 +69,8 @@ def rank_fused(engine: "SearchEngine", q: np.ndarray, norm: float, img: dict[str
     for j in range(len(next(iter(img.values()))) if img else 0):
         one = {name: vecs[j:j + 1] for name, vecs in img.items()}  # type: ignore[union-attr]
         parts.append(retriever.score(Encoded(one, None), img_channel, 0, cand, 1.0))
-    for j in range(len(txt) if txt is not None else 0):
-        parts.append(retriever.score(Encoded(None, txt[j:j + 1]), img_channel, 0, cand, 0.0))
+    for row in txt if txt is not None else []:
+        parts.append(retriever.score(Encoded(None, row[None]), img_channel, 0, cand, 0.0))
     scores = combine_terms(np.stack(parts), weights, norm) if len(cand) else np.zeros(0, np.float32)
     ids, best = top_k(scores, cand, k)
     rows = engine.backend.rows(ids)

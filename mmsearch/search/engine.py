@@ -304,7 +304,7 @@ class SearchEngine:
         for (has_img, has_txt), idx in groups.items():
             titled = self.backend.channel_count("text") > 0  # items with title or text
             how = _hybrid.resolve_mode(mode, has_txt, has_txt and not has_img and titled)
-            texts = [queries[i].get("text") for i in idx]
+            texts = [queries[i].get("text") or "" for i in idx]
             if how == "keyword":
                 for i, t in zip(idx, texts):
                     results[i] = _hybrid.keyword_hits(self, t, k, where)
