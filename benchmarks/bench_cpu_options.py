@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mmsearch.encode.config import EncodeCfg  # noqa: E402
+from mmsearch.config import EncodeCfg  # noqa: E402
 from mmsearch.encode.pipeline import image_forward  # noqa: E402
 from mmsearch.models.factory import create_model  # noqa: E402
 from mmsearch.models.preprocess import ResizeCropU8, normalize_batch  # noqa: E402

@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmsearch.catalog.images import load_image  # noqa: E402
+from mmsearch.config import EncodeCfg  # noqa: E402
 from mmsearch.cpus import available_cpus  # noqa: E402
-from mmsearch.encode.config import EncodeCfg  # noqa: E402
 from mmsearch.encode.pipeline import encode_image_files  # noqa: E402
 from mmsearch.models.device import resolve_device  # noqa: E402
 from mmsearch.models.factory import create_model  # noqa: E402

@@ -41,8 +41,8 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
     """Feed n synthetic rows through the real collector; return seconds and peak RSS growth (MB)."""
     import torch
 
+    from mmsearch.config import EncodeCfg
     from mmsearch.encode.chunks import ChunkWriter, assemble, chunk_paths, write_chunk
-    from mmsearch.encode.config import EncodeCfg
     from mmsearch.encode.pipeline import _Encoder
 
     class Stub(torch.nn.Module):  # what _Encoder reads from a model, without a model
@@ -92,7 +92,7 @@ def collector(variant: str, n: int, shard_rows: int) -> dict:
 def real_encode(models: list[str], n: int, runs: int, cache: Path) -> list[dict]:
     from bench_encode import input_set
 
-    from mmsearch.encode.config import EncodeCfg
+    from mmsearch.config import EncodeCfg
     from mmsearch.encode.pipeline import encode_image_files
     from mmsearch.models.factory import create_model
 

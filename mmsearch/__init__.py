@@ -6,17 +6,18 @@ from ._version import __version__
 from .errors import MMSearchError
 
 if TYPE_CHECKING:
+    from .config import EncodeCfg, RankingCfg
     from .index.build import build_index, reindex, remove_items, upsert_items
     from .index.options import BuildOptions, IndexCfg
     from .models.factory import create_model, list_models
     from .search.engine import SearchEngine, SearchHit
 
-__all__ = ["BuildOptions", "IndexCfg", "MMSearchError", "SearchEngine", "SearchHit", "build_index", "create_model",
+__all__ = ["BuildOptions", "EncodeCfg", "IndexCfg", "RankingCfg", "MMSearchError", "SearchEngine", "SearchHit", "build_index", "create_model",
            "list_models", "reindex", "remove_items", "upsert_items", "__version__"]
 
 # Imported on first use, so `import mmsearch.cli` (every command) does not load torch and FAISS up front:
 # `mmsearch query` through a running server never needs them.
-_LAZY = {"create_model": ".models.factory", "list_models": ".models.factory", "IndexCfg": ".index.options",
+_LAZY = {"EncodeCfg": ".config", "RankingCfg": ".config", "create_model": ".models.factory", "list_models": ".models.factory", "IndexCfg": ".index.options",
          "BuildOptions": ".index.options", "build_index": ".index.build", "reindex": ".index.build",
          "remove_items": ".index.build", "upsert_items": ".index.build", "SearchEngine": ".search.engine", "SearchHit": ".search.engine"}
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from mmsearch import SearchEngine, build_index
+from mmsearch.config import EncodeCfg
 from mmsearch.encode.chunks import ChunkWriter, ChunkWriterError, assemble, chunk_paths, read_chunk
-from mmsearch.encode.config import EncodeCfg
 from mmsearch.encode.pipeline import encode_image_files
 from mmsearch.index.build import ENCODE_DIR
 from mmsearch.index.snapshot import read_manifest
@@ -106,7 +106,7 @@ def test_chunked_encode_equals_in_memory(tmp_path, sample_catalog):
     assert len(list((tmp_path / "s").glob("shard-*.json"))) == 2
 
 
-BUILD = ("import sys; from mmsearch import build_index; from mmsearch.encode.config import EncodeCfg; "
+BUILD = ("import sys; from mmsearch import build_index; from mmsearch.config import EncodeCfg; "
          "build_index(sys.argv[1], out=sys.argv[2], model='tiny', device='cpu', progress=False, "
          "encode=EncodeCfg(batch_size=4, num_workers=0, shard_rows=4))")
 

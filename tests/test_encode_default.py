@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_index_built_by_fast_pipeline_matches_reference_embeddings(default_engine):
-    from mmsearch.encode.config import EncodeCfg
+    from mmsearch.config import EncodeCfg
     from mmsearch.encode.pipeline import encode_image_files
 
     engine = default_engine

@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 from mmsearch.catalog.images import RawJpeg, load_image, read_device_jpeg
-from mmsearch.config import ImageTowerCfg
-from mmsearch.encode.config import EncodeCfg
+from mmsearch.config import EncodeCfg, ImageTowerCfg
 from mmsearch.encode.pipeline import encode_image_files
 from mmsearch.errors import MMSearchError
 from mmsearch.models.crop import resize_crop_pil

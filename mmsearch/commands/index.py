@@ -53,7 +53,7 @@ def index(
     Under torchrun (`torchrun --nproc-per-node N -m mmsearch index ...`) the ranks share the encoding
     and rank 0 writes the one index.
     """
-    from ..encode.config import EncodeCfg
+    from ..config import EncodeCfg
     from ..index.build import build_index, index_model
     from ..index.options import BuildOptions
 

@@ -52,18 +52,16 @@ def train(
     Under torchrun (`torchrun --nproc-per-node N -m mmsearch train ...`) the ranks train one model with
     DistributedDataParallel; --batch-size stays the global batch and rank 0 writes the run folder.
     """
-    import dataclasses
-
     from ..dist.env import DistEnv
-    from ..train.loop import load_train_cfg
+    from ..train.loop import TrainOptions
     from ..train.loop import train as train_model
 
-    cfg = load_train_cfg(config or "default")
     overrides: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                                  "fusion": fusion, "unfreeze": unfreeze, "aug_views": aug_views, "wise_alpha": wise_alpha}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    report = train_model(catalog, out=out_dir, model=model, cfg=cfg, composed=composed, val=val,
-                         val_composed=val_composed, device=device, resume=resume, progress=sys.stderr.isatty())
+    options = TrainOptions.from_config(config, overrides, out=out_dir, model=model, composed=composed, val=val,
+                                       val_composed=val_composed, device=device, resume=resume,
+                                       progress=sys.stderr.isatty())
+    report = train_model(catalog, options=options)
     if not DistEnv.from_env().is_main:  # one summary per job
         return
     best = f", best validation Recall@10 {report.best_metric:.3f} at epoch {report.best_epoch}" \

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..catalog.images import CatalogDataset, ImageBatch, collate_batch, load_image
+from ..config import EncodeCfg
 from ..cpus import available_cpus
 from ..errors import ImageDecodeError
 from ..models.device import autocast, default_num_workers, prefetch_to_device
@@ -31,7 +32,6 @@ from ..models.dual_encoder import DualEncoder
 from ..models.factory import Preprocess, Tokenizer
 from ..models.preprocess import ResizeCropU8, normalize_batch, resize_crop_tensor
 from .chunks import ChunkWriter, assemble
-from .config import EncodeCfg
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence, TypedDict
 
-from ..encode.config import EncodeCfg
+from ..config import EncodeCfg
 from ..errors import MMSearchError
 
 NAMED_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
@@ -71,7 +71,7 @@ class BuildOptions:
     batch_size: images per forward pass.
     num_workers: image-decoding worker processes (None: sized to the machine and device).
     progress: show progress bars.
-    encode: further image-pipeline options (:class:`mmsearch.encode.config.EncodeCfg`: decoder,
+    encode: further image-pipeline options (:class:`mmsearch.EncodeCfg`: decoder,
         torch.compile ...); ``batch_size`` and ``num_workers`` above override its fields.
     index: index type, memory budget and recall target (:class:`IndexCfg`); None: the existing index's,
         else ``auto``. A new type is built from the stored embeddings, without re-encoding.
