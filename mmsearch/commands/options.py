@@ -105,7 +105,7 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Dec
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the image tower (pays off for "
                                           "large catalogs, mostly on GPU).")]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Re-encode everything instead of updating.")]
-ShardSizeOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Under torchrun: images per work shard "
+ShardSizeOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Under torchrun: images per work slice "
                                            "(the unit that a re-run resumes from).")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Files and folders "
                        "never to index, relative to CATALOG ('private/**', '*.tmp.jpg'); repeatable. Remembered "

@@ -16,7 +16,7 @@ from ..config import EncodeCfg
 from ..errors import MMSearchError
 
 NAMED_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
-DEFAULT_SHARD_SIZE = 10_000  # torchrun builds: catalog items per work shard
+DEFAULT_SHARD_SIZE = 10_000  # torchrun builds: catalog items per work slice
 
 
 @dataclass
@@ -82,7 +82,7 @@ class BuildOptions:
         manifest and added to the remembered ones, so a later update without them honours them too;
         indexed items they match are removed (the report's ``excluded``).
     reset_exclude: forget the remembered patterns first (only ``exclude`` applies).
-    shard_size: under torchrun, catalog items per work shard (the unit a re-run resumes from).
+    shard_size: under torchrun, catalog items per work slice (the unit a re-run resumes from).
     """
 
     model: str | Path | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..catalog.gate import MAX_ASPECT, ImageRejected, open_image  # noqa: F401 (MAX_ASPECT re-exported)
+from ..catalog.gate import ImageRejected, open_image
 from ..catalog.images import load_image
 from ..catalog.tar_shards import members, split_member_path, stat_path
 from ..errors import MMSearchError
@@ -62,7 +62,7 @@ def probe_upload(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
     if not data:
         raise UploadRejected(400, "the uploaded image is empty (0 bytes)")
     try:
-        with open_image(io.BytesIO(data), max_pixels) as im:  # the one image gate (mmsearch/images.py)
+        with open_image(io.BytesIO(data), max_pixels) as im:  # the one image gate (catalog/gate.py)
             fmt, size = im.format or "?", im.size
     except ImageRejected as exc:
         if exc.kind == "format":

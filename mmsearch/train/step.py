@@ -11,11 +11,12 @@ from tqdm.auto import tqdm
 
 from ..catalog.images import load_image
 from ..config import TrainCfg
-from ..dist.env import DistEnv, all_gather_objects, shard_ranges
+from ..dist.env import DistEnv, all_gather_objects
 from ..models.device import autocast
 from ..models.dual_encoder import DualEncoder
 from ..models.encoders import l2n
 from ..models.factory import Tokenizer, image_preprocess
+from ..ranges import even_ranges
 from .augment import AugmentedPreprocess, Policy, policy_for
 from .loss import classification_loss, composed_loss, contrastive_loss
 from .splits import Split
@@ -169,8 +170,8 @@ class EpochInputs:
 
 def rank_rows(n: int, env: DistEnv) -> tuple[slice, list[int]]:
     """This rank's rows of an n-row global batch, and every rank's row count."""
-    a, b = shard_ranges(n, env.world_size)[env.rank]
-    return slice(a, b), [hi - lo for lo, hi in shard_ranges(n, env.world_size)]
+    a, b = even_ranges(n, env.world_size)[env.rank]
+    return slice(a, b), [hi - lo for lo, hi in even_ranges(n, env.world_size)]
 
 
 def step_losses(emb: dict[str, torch.Tensor], tr: Split, cfg: TrainCfg, dev: torch.device, env: DistEnv,
