@@ -157,3 +157,61 @@ def test_a_folder_index_copies_into_milvus_without_encoding(tmp_path, tiny_index
     same_hits(folder.search(text="red shoes"), copy.search(text="red shoes"))
     r = CliRunner().invoke(app, ["migrate", str(tiny_index), "-i", f"milvus-lite:{tmp_path / 'copy.db'}"])
     assert r.exit_code != 0 and "already holds an index" in r.output
+
+
+@pytest.mark.slow
+def test_serve_replicas_over_one_collection_see_each_others_writes(tmp_path, small_catalog):
+    """Two HTTP servers over one Milvus collection (reached as milvus://, held by `milvus-lite server`, as a
+    cluster would be) answer alike, and pick up a third process's update by polling, without a restart."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from mmsearch.server.app import create_app
+    from mmsearch.server.settings import ServeCfg
+
+    exe = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([exe, "server", "--data-dir", str(tmp_path / "shared.db"), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    loc = f"milvus://127.0.0.1:{port}/shop"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "milvus-lite server did not start"
+                time.sleep(0.2)
+        build_index(small_catalog, out=loc, **BUILD)
+        cfg = ServeCfg(reload_interval_s=0.2)
+        with TestClient(create_app(SearchEngine.open(loc, device="cpu"), cfg)) as a, \
+                TestClient(create_app(SearchEngine.open(loc, device="cpu"), cfg)) as b:
+            ask = {"text": "shoe", "k": "5"}
+            first = [c.post("/search", data=ask).json() for c in (a, b)]
+            assert [h["id"] for h in first[0]["hits"]] == [h["id"] for h in first[1]["hits"]]
+            before = a.get("/health").json()
+            gone = first[0]["hits"][0]["id"]
+            rows = [json.loads(line) for line in (small_catalog / "catalog.jsonl").read_text().splitlines()]
+            (small_catalog / "catalog.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows if r["image"] != gone))
+            (small_catalog / gone).unlink()
+            subprocess.run([sys.executable, "-m", "mmsearch", "index", str(small_catalog), "-i", loc],
+                           check=True, capture_output=True, timeout=300)  # a writer in another process
+            deadline = time.monotonic() + 30
+            while any(c.get("/health").json()["snapshot"] == before["snapshot"] for c in (a, b)):
+                assert time.monotonic() < deadline, "a replica did not pick up the write"
+                time.sleep(0.2)
+            for c in (a, b):
+                assert c.get("/health").json()["items"] == before["items"] - 1
+                assert gone not in [h["id"] for h in c.post("/search", data=ask).json()["hits"]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
