@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
+from helpers.milvus import milvus_lite_server  # noqa: E402
+
 from mmsearch import SearchEngine, build_index  # noqa: E402
 from mmsearch.cli import app  # noqa: E402
 from mmsearch.errors import QueryError  # noqa: E402
@@ -163,33 +165,16 @@ def test_a_folder_index_copies_into_milvus_without_encoding(tmp_path, tiny_index
 def test_serve_replicas_over_one_collection_see_each_others_writes(tmp_path, small_catalog):
     """Two HTTP servers over one Milvus collection (reached as milvus://, held by `milvus-lite server`, as a
     cluster would be) answer alike, and pick up a third process's update by polling, without a restart."""
-    import socket
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     from fastapi.testclient import TestClient
 
     from mmsearch.server.app import create_app
     from mmsearch.server.settings import ServeCfg
 
-    exe = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([exe, "server", "--data-dir", str(tmp_path / "shared.db"), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    loc = f"milvus://127.0.0.1:{port}/shop"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "milvus-lite server did not start"
-                time.sleep(0.2)
+    with milvus_lite_server(tmp_path / "shared.db") as loc:
         build_index(small_catalog, out=loc, **BUILD)
         cfg = ServeCfg(reload_interval_s=0.2)
         with TestClient(create_app(SearchEngine.open(loc, device="cpu"), cfg)) as a, \
@@ -212,6 +197,3 @@ def test_serve_replicas_over_one_collection_see_each_others_writes(tmp_path, sma
             for c in (a, b):
                 assert c.get("/health").json()["items"] == before["items"] - 1
                 assert gone not in [h["id"] for h in c.post("/search", data=ask).json()["hits"]]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -28,20 +28,15 @@ def info(index: IndexOpt = Path("index"), as_json: ManifestJsonOpt = False, chec
     if as_json:
         print(json.dumps(m, indent=2, ensure_ascii=False))
         return
-    out.print(f"[bold]{m['_snapshot']}[/]", highlight=False)
-    out.print(f"  items       {m['count']} ({len(m['skipped'])} skipped)")
-    out.print(f"  model       {m['model']['name']} ({m['model']['ref']}, fingerprint {m['model']['fingerprint']}, "
-              f"fusion {m['model']['fusion']})")
-    out.print(f"  metric      {m['metric']}, dim {m['dim']}")
+    lines = []
     for name, ch in m["channels"].items():
         spec = ch.get("spec", {})
         params = ", ".join(f"{k}={v}" for k, v in spec.get("params", {}).items())
         recall = f", Recall@10 {spec['recall_at_10']:.3f}" if spec.get("recall_at_10") is not None else ""
         lists = f", inverted lists on disk in {ch['ivfdata']}" if ch.get("ivfdata") else ""
-        out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} ({spec.get('factory', ch['index'])}"
-                  f"{', ' + params if params else ''}{recall}{lists})", highlight=False)
-    out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
-    out.print(f"  catalog     {m['catalog']}")
+        lines.append(f"{name}: {ch['count']} x {ch['dim']} ({spec.get('factory', ch['index'])}"
+                     f"{', ' + params if params else ''}{recall}{lists})")
+    summary(m, str(m["_snapshot"]), lines)
     out.print(f"  checksums   {'all ' + str(len(m['files'])) + ' files intact' if result else 'not checked'}")
 
 
@@ -52,15 +47,23 @@ def milvus_info(reader: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(m, indent=2, ensure_ascii=False))
         return
-    out.print(f"[bold]{reader.location}[/] (generation {m.get('generation')})", highlight=False)
+    lines = []
+    for name, ch in m["channels"].items():
+        idx = ch.get("milvus_index", {})
+        params = ", ".join(f"{k}={v}" for k, v in idx.get("params", {}).items())
+        lines.append(f"{name}: {ch['count']} x {ch['dim']} (Milvus {idx.get('index_type', '?')}"
+                     f"{', ' + params if params else ''})")
+    summary(m, f"{reader.location} (generation {m.get('generation')})", lines)
+
+
+def summary(m: dict[str, Any], title: str, channels: list[str]) -> None:
+    """What every index's manifest says: items, model, metric, one line per channel, when and from what."""
+    out.print(f"[bold]{title}[/]", highlight=False)
     out.print(f"  items       {m['count']} ({len(m.get('skipped', []))} skipped)")
     out.print(f"  model       {m['model']['name']} ({m['model']['ref']}, fingerprint {m['model']['fingerprint']}, "
               f"fusion {m['model']['fusion']})")
     out.print(f"  metric      {m['metric']}, dim {m['dim']}")
-    for name, ch in m["channels"].items():
-        idx = ch.get("milvus_index", {})
-        params = ", ".join(f"{k}={v}" for k, v in idx.get("params", {}).items())
-        out.print(f"  channel     {name}: {ch['count']} x {ch['dim']} (Milvus {idx.get('index_type', '?')}"
-                  f"{', ' + params if params else ''})", highlight=False)
+    for line in channels:
+        out.print(f"  channel     {line}", highlight=False)
     out.print(f"  created     {m['created']} by mmsearch {m['mmsearch_version']}")
     out.print(f"  catalog     {m['catalog']}")

@@ -185,3 +185,17 @@ def where_sql(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
         parts.append(sql)
         params.extend(p)
     return " AND ".join(parts), params
+
+
+def unknown_fields_error(unknown: Sequence[str], known: Sequence[str]) -> QueryError:
+    """The error for a filter on fields no item has (a typo would otherwise answer "no results")."""
+    shown = ", ".join(known[:30]) + (f" and {len(known) - 30} more" if len(known) > 30 else "")
+    return QueryError(f"no item has the field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                      f"(known fields: {shown or 'none'})")
+
+
+def text_bound_error(c: Condition, example: float | None) -> QueryError:
+    """The error for a text bound (``price<cheap``) on a field that holds only numbers: it would match nothing."""
+    return QueryError(f"filter {c.field}{c.op}{c.values[0]!r}: the field {c.field!r} holds numbers"
+                      f"{f' (e.g. {example:g})' if example is not None else ''}, so compare it with a number, "
+                      f"e.g. --where '{c.field}{c.op}10'")

@@ -18,8 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import QueryError
-from .filters import Condition, as_number, where_sql
+from .filters import Condition, as_number, text_bound_error, unknown_fields_error, where_sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -221,19 +220,14 @@ class ItemStore:
         unknown = sorted(f for f in {c.field for c in conditions}
                          if self.conn.execute("SELECT 1 FROM attrs WHERE key = ? LIMIT 1", (f,)).fetchone() is None)
         if unknown:
-            known = self.fields()
-            shown = ", ".join(known[:30]) + (f" and {len(known) - 30} more" if len(known) > 30 else "")
-            raise QueryError(f"no item has the field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                             f"(known fields: {shown or 'none'})")
+            raise unknown_fields_error(unknown, self.fields())
         for c in conditions:  # a text bound on a field of numbers would silently match nothing
             if c.op in ("<", "<=", ">", ">=") and as_number(c.values[0]) is None and self.conn.execute(
                     "SELECT 1 FROM attrs WHERE key = ? AND typeof(value) = 'text' AND num IS NULL LIMIT 1",
                     (c.field,)).fetchone() is None:
                 example = self.conn.execute("SELECT num FROM attrs WHERE key = ? AND num IS NOT NULL LIMIT 1",
                                             (c.field,)).fetchone()
-                raise QueryError(f"filter {c.field}{c.op}{c.values[0]!r}: the field {c.field!r} holds numbers"
-                                 f"{f' (e.g. {example[0]:g})' if example else ''}, so compare it with a number, "
-                                 f"e.g. --where '{c.field}{c.op}10'")
+                raise text_bound_error(c, example[0] if example else None)
 
     def select(self, conditions: Sequence[Condition]) -> np.ndarray:
         """Sorted int64 fids of the items satisfying every condition."""

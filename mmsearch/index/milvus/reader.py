@@ -18,7 +18,7 @@ import numpy as np
 
 from ...config import RankingCfg
 from ...errors import IndexIncompatibleError, IndexNotFoundError, QueryError
-from ..filters import Condition, as_number
+from ..filters import Condition, as_number, text_bound_error, unknown_fields_error
 from .expr import both, int_list, str_list, where_expr
 from .keywords import MAX_TOPK, Keywords
 from .location import MilvusLocation, as_location, connect, is_lite
@@ -211,16 +211,10 @@ class MilvusReader:
         stats = self._field_stats()
         unknown = sorted(f for f in {c.field for c in conditions} if f not in stats)
         if unknown:
-            known = self.fields()
-            shown = ", ".join(known[:30]) + (f" and {len(known) - 30} more" if len(known) > 30 else "")
-            raise QueryError(f"no item has the field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                             f"(known fields: {shown or 'none'})")
+            raise unknown_fields_error(unknown, self.fields())
         for c in conditions:  # a text bound on a field of numbers would silently match nothing
             if c.op in ("<", "<=", ">", ">=") and as_number(c.values[0]) is None and stats[c.field]["t"] == 0:
-                example = stats[c.field].get("x")
-                raise QueryError(f"filter {c.field}{c.op}{c.values[0]!r}: the field {c.field!r} holds numbers"
-                                 f"{f' (e.g. {example:g})' if example is not None else ''}, so compare it with a "
-                                 f"number, e.g. --where '{c.field}{c.op}10'")
+                raise text_bound_error(c, stats[c.field].get("x"))
 
     def select(self, conditions: Sequence[Condition], limit: int | None = None) -> np.ndarray:
         """Sorted fids matching every condition; with ``limit``, at most ``limit + 1`` are read. Results are
