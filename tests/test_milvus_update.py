@@ -3,8 +3,6 @@ and its generation, an interrupted update and its repair, locations."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -240,28 +238,13 @@ def test_a_lite_file_held_by_another_process_is_one_clear_line(db):
 def test_processes_share_an_index_through_a_milvus_lite_server(tmp_path):
     """The multi-process shape (several `serve` replicas, a writer beside them): `milvus-lite server` holds
     the file, every process reaches it as milvus://; a write in one shows in another after its commit."""
-    import shutil
-    import socket
     import subprocess
     import sys
-    import time
 
-    exe = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([exe, "server", "--data-dir", str(tmp_path / "shared.db"), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    loc = f"milvus://127.0.0.1:{port}/shop"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "milvus-lite server did not start"
-                time.sleep(0.2)
+    from helpers.milvus_server import milvus_lite_server
+
+    with milvus_lite_server(tmp_path / "shared.db") as server:
+        loc = f"{server}/shop"
         w = MilvusWriter(loc, dims=DIMS)
         assert w.lite  # a Lite server is told apart by its version, and gets Lite-shaped work
         w.apply([new(0, "red shoe", price=1), new(1, price=2)], [], dict(MANIFEST), next_fid=2)
@@ -275,7 +258,4 @@ def test_processes_share_an_index_through_a_milvus_lite_server(tmp_path):
         assert reader.changed()
         read = subprocess.run([sys.executable, "-c", code, loc], capture_output=True, text=True, timeout=120)
         assert read.stdout.split("\n")[0] == "2 [1, 2] 2", read.stderr[-2000:]
-    finally:
-        forget_client(loc)
-        server.terminate()
-        server.wait(30)
+
