@@ -21,6 +21,9 @@ as it was); completed shards (and IVF parts) stay on disk, and re-running the sa
 shard whose marker exists and whose files are unchanged (size and mtime), and every IVF part whose
 marker matches its vectors, on any number of ranks. OUT must be on a
 file system every rank can read and write (one machine, or a shared mount across nodes).
+
+OUT may be a Milvus server location (``milvus://HOST:PORT/COLLECTION``): then every rank writes its rows
+into the collection and rank 0 commits, with no work files (dist/milvus.py).
 """
 
 from __future__ import annotations
