@@ -231,7 +231,7 @@ def test_torchrun_train_step_equals_one_process_and_its_checkpoint_resumes_in_on
 
 
 # ----------------------------------------------------------------------------- torchrun index job
-def index_args(catalog: Path, out: Path, *extra: str) -> list[str]:
+def index_args(catalog: Path, out: Path | str, *extra: str) -> list[str]:
     return ["-m", "mmsearch", "index", str(catalog), "--out", str(out), "--model", "tiny", "--device", "cpu",
             "--workers", "0", *extra]
 
@@ -248,7 +248,7 @@ def torchrun_index(catalog: Path, out: Path, *extra: str) -> subprocess.Complete
     return torchrun(index_args(catalog, out, *extra))
 
 
-def ranks_index(catalog: Path, out: Path, *extra: str, env: dict) -> list[subprocess.CompletedProcess]:
+def ranks_index(catalog: Path, out: Path | str, *extra: str, env: dict) -> list[subprocess.CompletedProcess]:
     """Two ranks started by hand with torchrun's variables (no launcher that would kill the survivor):
     what each rank itself reports when the other one dies."""
     port = str(free_port())
@@ -308,3 +308,62 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
         assert sorted(dist_vecs) == sorted(single_vecs)
         for iid, v in single_vecs.items():
             np.testing.assert_allclose(dist_vecs[iid], v, atol=2e-3)
+
+
+# ------------------------------------------------------------------------------ torchrun into Milvus
+def test_a_milvus_lite_file_under_torchrun_is_a_clear_error(tmp_path):
+    from mmsearch.dist.runner import build_index_distributed
+    from mmsearch.errors import MMSearchError
+
+    env = DistEnv(rank=0, world_size=2, local_rank=0, local_world_size=2)
+    with pytest.raises(MMSearchError, match="allows one process per file.*milvus-lite server --data-dir"):
+        build_index_distributed(tmp_path, out=f"milvus-lite:{tmp_path / 'shop.db'}", env=env, model="tiny")
+    assert not (tmp_path / "shop.db").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_index_into_milvus_survives_a_killed_rank_and_matches_one_process(sample_catalog, tmp_path):
+    """2 ranks write their rows straight into Milvus (a Milvus Lite server); rank 1 dies after writing its
+    first shard: nothing is committed, a re-run repairs and commits, the index answers as a one-process
+    build does, and a third run finds everything unchanged."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from helpers.milvus_server import milvus_lite_server
+
+    from mmsearch import SearchEngine, build_index
+    from mmsearch.index.milvus import MilvusWriter
+
+    with milvus_lite_server(tmp_path / "shared.db") as server:
+        loc, single = f"{server}/dist", f"{server}/single"
+        # 60 items, --shard-size 16 -> 4 shards: 0, 2 on rank 0; 1, 3 on rank 1, which dies after shard 1
+        rank0, rank1 = ranks_index(sample_catalog, loc, "--shard-size", "16",
+                                   env={"MMSEARCH_CRASH_AT": "milvus-shard-written", "MMSEARCH_CRASH_RANK": "1"})
+        assert rank1.returncode == -9
+        assert rank0.returncode == 1, rank0.stdout + rank0.stderr
+        error = rank0.stderr.strip().splitlines()[-1]
+        assert "was not committed" in error and "re-run the same command" in error, error
+        w = MilvusWriter(loc)
+        assert w.manifest is None and w.meta.dirty() == 1  # rows are there, uncommitted
+        assert 15 <= len(w.previous()) < 60
+
+        first = torchrun(index_args(sample_catalog, loc, "--shard-size", "16"))
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "Indexed 60 items" in first.stdout and "every rank wrote its rows into Milvus" in first.stdout
+        build_index(sample_catalog, out=single, model="tiny", device="cpu", num_workers=0, progress=False)
+        w = MilvusWriter(loc)
+        assert w.manifest["generation"] == 1 and w.manifest["count"] == 60 and w.meta.dirty() is None
+        assert [r["rank"] for r in w.manifest["build"]["distributed"]["ranks"]] == [0, 1]
+        assert sorted(r["fid"] for r in w.previous().values()) == list(range(60))  # no fid twice, none lost
+        a, b = SearchEngine.open(loc, device="cpu"), SearchEngine.open(single, device="cpu")
+        assert len(a) == len(b) == 60
+        for query in (dict(text="red shoes"), dict(text="a yellow fruit", where="category=food"),
+                      dict(image=str(sample_catalog / "clothing" / "running_shoe.webp"))):
+            ha, hb = a.search(k=10, **query), b.search(k=10, **query)
+            assert [h.id for h in ha] == [h.id for h in hb], query
+            np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], atol=1e-4)
+        assert a.select("category=clothing").tolist() == b.select("category=clothing").tolist()
+
+        again = torchrun(index_args(sample_catalog, loc, "--shard-size", "16"))
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "60 unchanged; 0 images encoded" in again.stdout, again.stdout
+        assert MilvusWriter(loc).manifest["generation"] == 1  # nothing to commit

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from helpers.milvus import milvus_lite_server  # noqa: E402
+from helpers.milvus_server import milvus_lite_server  # noqa: E402
 
 from mmsearch import SearchEngine, build_index  # noqa: E402
 from mmsearch.cli import app  # noqa: E402
@@ -174,7 +174,8 @@ def test_serve_replicas_over_one_collection_see_each_others_writes(tmp_path, sma
     from mmsearch.server.app import create_app
     from mmsearch.server.settings import ServeCfg
 
-    with milvus_lite_server(tmp_path / "shared.db") as loc:
+    with milvus_lite_server(tmp_path / "shared.db") as server:
+        loc = f"{server}/shop"
         build_index(small_catalog, out=loc, **BUILD)
         cfg = ServeCfg(reload_interval_s=0.2)
         with TestClient(create_app(SearchEngine.open(loc, device="cpu"), cfg)) as a, \

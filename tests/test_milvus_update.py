@@ -3,15 +3,12 @@ and its generation, an interrupted update and its repair, locations."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from helpers.milvus import milvus_lite_server  # noqa: E402
 
 from mmsearch.errors import IndexIncompatibleError, MMSearchError  # noqa: E402
 from mmsearch.index.filters import parse_where  # noqa: E402
@@ -245,8 +242,10 @@ def test_processes_share_an_index_through_a_milvus_lite_server(tmp_path):
     import subprocess
     import sys
 
-    with milvus_lite_server(tmp_path / "shared.db") as loc, contextlib.ExitStack() as done:
-        done.callback(forget_client, loc)
+    from helpers.milvus_server import milvus_lite_server
+
+    with milvus_lite_server(tmp_path / "shared.db") as server:
+        loc = f"{server}/shop"
         w = MilvusWriter(loc, dims=DIMS)
         assert w.lite  # a Lite server is told apart by its version, and gets Lite-shaped work
         w.apply([new(0, "red shoe", price=1), new(1, price=2)], [], dict(MANIFEST), next_fid=2)
@@ -260,3 +259,4 @@ def test_processes_share_an_index_through_a_milvus_lite_server(tmp_path):
         assert reader.changed()
         read = subprocess.run([sys.executable, "-c", code, loc], capture_output=True, text=True, timeout=120)
         assert read.stdout.split("\n")[0] == "2 [1, 2] 2", read.stderr[-2000:]
+

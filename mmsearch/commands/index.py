@@ -63,7 +63,10 @@ def index(
                         exclude=exclude, reset_exclude=reset_exclude, shard_size=shard_size)
     # torch (dist.env) only under torchrun: a plain update that finds nothing to do never imports it
     if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and _dist_env().is_distributed:
-        return index_distributed(catalog, out_dir, opts.replace(model=model or index_model(out_dir)))
+        from ..index.backend import is_milvus  # a Milvus update takes the model its manifest names
+
+        keep = model or (None if is_milvus(out_dir) else index_model(out_dir))
+        return index_distributed(catalog, out_dir, opts.replace(model=keep))
     if watch:
         if rebuild or reset_exclude:  # once, before watching; the watcher's updates are plain updates
             print_build_report(build_index(catalog, out=out_dir, options=opts))
@@ -117,7 +120,10 @@ def index_distributed(catalog: Path, out_dir: Path, opts: Any) -> None:
         return
     info = result.info
     print_build_report(result.report)
-    if info:
+    if info.get("backend") == "milvus":
+        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, every rank wrote its rows "
+                  f"into Milvus; rank 0 committed in {info['merge_seconds']:.1f} s")
+    elif info:
         out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
                   f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
         for name, ivf in info.get("ivf_ondisk", {}).items():

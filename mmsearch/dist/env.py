@@ -18,8 +18,8 @@ from typing import Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from ..models.device import resolve_device
 from ..errors import MMSearchError
+from ..models.device import resolve_device
 from ..ranges import even_ranges, slices_of_rank
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,9 @@ as it was); completed shards (and IVF parts) stay on disk, and re-running the sa
 shard whose marker exists and whose files are unchanged (size and mtime), and every IVF part whose
 marker matches its vectors, on any number of ranks. OUT must be on a
 file system every rank can read and write (one machine, or a shared mount across nodes).
+
+OUT may be a Milvus server location (``milvus://HOST:PORT/COLLECTION``): then every rank writes its rows
+into the collection and rank 0 commits, with no work files (dist/milvus.py).
 """
 
 from __future__ import annotations
@@ -29,11 +32,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,6 @@ from ..catalog.scan import CatalogItem, scan_catalog
 from ..catalog.tar_shards import stat_path
 from ..encode.chunks import read_shard, shard_paths, write_shard
 from ..errors import MMSearchError
-from ..fsutil import crash_point
 from ..index.backend import is_milvus, location_text
 from ..index.build import ENCODE_DIR, Scanned, commit_update, exclude_patterns, finish_report, index_model, scan_update
 from ..index.ondisk import AddTask, PartsStatus, part_paths, run_parts
@@ -63,6 +63,7 @@ from .env import (
     shard_ranges,
     shards_of_rank,
 )
+from .work import DistributedBuild, crash_hook, listing_digest, num_shards_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -115,28 +116,6 @@ class Job:
         return self.opts.model  # type: ignore[return-value]
 
 
-@dataclass
-class DistributedBuild:
-    """What ``build_index_distributed`` returns on rank 0."""
-
-    report: BuildReport
-    info: dict[str, Any] = field(default_factory=dict)  # also in the manifest's build.distributed
-
-
-def listing_digest(items: list[CatalogItem]) -> str:
-    h = hashlib.sha256()
-    for it in items:
-        h.update(it.id.encode("utf-8") + b"\n")
-    return h.hexdigest()[:16]
-
-
-def num_shards_for(n: int, world_size: int, shard_size: int) -> int:
-    """Shards of about ``shard_size`` items, and at least one per rank. The count does not depend on
-    the world size once the catalog is larger than ``world_size * shard_size``, so a resumed run may
-    use another number of ranks and still find its completed shards."""
-    return max(1, min(n, max(world_size, math.ceil(n / max(1, shard_size)))))
-
-
 def make_plan(out: Path, items: list[CatalogItem], state: State | None, fingerprint: str, env: DistEnv,
               shard_size: int) -> Plan:
     n = len(items)
@@ -154,12 +133,6 @@ def make_plan(out: Path, items: list[CatalogItem], state: State | None, fingerpr
                 shutil.rmtree(p, ignore_errors=True)
     Path(plan.work).mkdir(parents=True, exist_ok=True)
     return plan
-
-
-def _crash_hook(env: DistEnv, name: str) -> None:
-    """Test hook: ``MMSEARCH_CRASH_AT=name MMSEARCH_CRASH_RANK=r`` kills rank r here (SIGKILL)."""
-    if os.environ.get("MMSEARCH_CRASH_RANK") == str(env.rank):
-        crash_point(name)
 
 
 # ---------------------------------------------------------------------------------------- one shard
@@ -213,7 +186,7 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
                                    f"{model.fingerprint()} != {plan.fingerprint}): use the same --model file "
                                    f"everywhere")
         ranges = shard_ranges(len(items), plan.num_shards)
-        _crash_hook(env, "shard-start")
+        crash_hook(env, "shard-start")
         for shard in shards_of_rank(plan.num_shards, env.rank, env.world_size):
             start, end = ranges[shard]
             part = items[start:end]
@@ -224,7 +197,7 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
                 log.info("rank %d: shard %d already done, skipping", env.rank, shard)
                 continue
             status.encoded += encode_shard(plan, shard, part, previous, encoder, opts)
-            _crash_hook(env, "shard-done")
+            crash_hook(env, "shard-done")
     except MMSearchError as exc:
         status.error = str(exc)
     status.seconds = round(time.perf_counter() - t0, 3)
@@ -281,10 +254,10 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", *, o
     """
     opts = (options or BuildOptions()).replace(**overrides)
     env = env or DistEnv.from_env()
-    if is_milvus(out):  # every rank would have to commit: not written yet; say so instead of a folder named so
-        raise MMSearchError(f"a torchrun build cannot write into Milvus ({location_text(out)}) yet: build a folder "
-                            f"index under torchrun, then copy it without re-encoding (mmsearch migrate FOLDER -i "
-                            f"{location_text(out)}), or index into Milvus from one process")
+    if is_milvus(out):  # every rank writes its rows into the collection; rank 0 commits (dist/milvus.py)
+        from .milvus import build_milvus_distributed
+
+        return build_milvus_distributed(Path(catalog), location_text(out), opts, env, timeout_s)
     out = Path(out)
     dev = rank_device(opts.device, env)
     model = opts.model if opts.model is not None else index_model(out)  # as build_index: keep the index's own
@@ -430,7 +403,7 @@ class RankAdder:
     def __call__(self, task: AddTask) -> None:
         env = self.env
         broadcast_object({"op": "add", "task": asdict(task)}, env, "the index merge")
-        mine = run_parts(task, env.rank, env.world_size, after_part=lambda: _crash_hook(env, "ivf-part-done"))
+        mine = run_parts(task, env.rank, env.world_size, after_part=lambda: crash_hook(env, "ivf-part-done"))
         try:
             gathered = all_gather_objects(asdict(mine), env, "finishing its IVF parts")
         except DistributedError as exc:
@@ -488,5 +461,5 @@ def _follower(job: Job) -> None:
         if msg["op"] == "stop":
             raise DistributedError(f"rank {env.rank}: stopped because rank 0 failed: {msg['error']}")
         task = AddTask(**msg["task"])
-        mine = run_parts(task, env.rank, env.world_size, after_part=lambda: _crash_hook(env, "ivf-part-done"))
+        mine = run_parts(task, env.rank, env.world_size, after_part=lambda: crash_hook(env, "ivf-part-done"))
         all_gather_objects(asdict(mine), env, "finishing its IVF parts")

@@ -56,8 +56,9 @@ def model_ref_for(model: str | Path) -> str:
     return str(path)
 
 
-def _manifest(writer: MilvusWriter, handle: Any, ref: str, catalog: str | None, live: dict[str, Any] | None,
-              report: BuildReport, batch_size: int) -> dict[str, Any]:
+def build_manifest(handle: Any, ref: str, catalog: str | None, live: dict[str, Any] | None, report: BuildReport,
+                   batch_size: int) -> dict[str, Any]:
+    """The manifest an index build commits (model, catalog, skipped files, excludes, the build's counts)."""
     from ..writer import base_manifest
 
     manifest = base_manifest(handle, ref, catalog, None)
@@ -74,7 +75,7 @@ def _manifest(writer: MilvusWriter, handle: Any, ref: str, catalog: str | None, 
     return manifest
 
 
-def _finish(report: BuildReport, loc: MilvusLocation, committed: dict[str, Any] | None) -> BuildReport:
+def finish_report(report: BuildReport, loc: MilvusLocation, committed: dict[str, Any] | None) -> BuildReport:
     report.out = report.snapshot = loc.text  # type: ignore[assignment]
     report.indexed = int((committed or {}).get("count", 0))
     report.with_text = int((committed or {}).get("channels", {}).get("text", {}).get("count", 0))
@@ -122,15 +123,15 @@ def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
                                f"({reasons})")
         report.seconds = time.perf_counter() - scanned.started
         nothing = (live is not None and not changes and not removed and live.get("skipped") == report.skipped
-                   and list(live.get("exclude", [])) == patterns)
+                   and list(live.get("exclude", [])) == patterns and writer.meta.dirty() is None)
         committed = live
         if not nothing:
-            manifest = _manifest(writer, handle, ctx.ref, str(scanned.catalog.resolve()), live, report,
-                                 opts.batch_size)
+            manifest = build_manifest(handle, ctx.ref, str(scanned.catalog.resolve()), live, report,
+                                       opts.batch_size)
             manifest["api_items"] = [i for i in (live or {}).get("api_items", []) if i in previous
                                      and i not in {it.id for it in plan.items}]
             committed = writer.apply(changes, removed, manifest, next_fid)
-    return _finish(report, loc, committed)
+    return finish_report(report, loc, committed)
 
 
 def remove_milvus(location: str, ids: Sequence[str], lock_timeout: float = 0.0) -> BuildReport:
@@ -154,7 +155,7 @@ def remove_milvus(location: str, ids: Sequence[str], lock_timeout: float = 0.0) 
         committed = writer.apply([], [previous[i]["fid"] for i in dict.fromkeys(ids)], manifest)
     report = BuildReport(out=Path(), snapshot=Path(), indexed=0, removed=len(set(ids)),
                          seconds=time.perf_counter() - t0)
-    return _finish(report, loc, committed)
+    return finish_report(report, loc, committed)
 
 
 def copy_folder(folder: str | Path, location: str, lock_timeout: float = 0.0) -> BuildReport:
@@ -188,4 +189,4 @@ def copy_folder(folder: str | Path, location: str, lock_timeout: float = 0.0) ->
         manifest["model"] = dict(fm["model"], ref=ref)
         committed = writer.apply(list(by_fid.values()), [], manifest, next_fid)
     report = BuildReport(out=Path(), snapshot=Path(), indexed=0, added=len(rows), seconds=time.perf_counter() - t0)
-    return _finish(report, loc, committed)
+    return finish_report(report, loc, committed)

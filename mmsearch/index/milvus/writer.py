@@ -14,6 +14,11 @@ their new vectors, the fids to remove) and writes, in this order:
 A run killed in between leaves every item either old or new; the manifest, counts and generation are the
 previous ones until the next run, which plans from the rows' stored content hashes (items already
 written count as unchanged), recounts the statistics and commits.
+
+The steps are methods of their own for a build whose processes write rows side by side (a torchrun job,
+dist/milvus.py): one process calls ``begin`` (1), every process ``write_rows`` for its items (2), and the
+process that began calls ``remove`` and ``commit`` (2-4) with the sum of what every writer reported
+(:class:`Written`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -29,6 +35,7 @@ from ..._version import __version__
 from ...errors import IndexIncompatibleError, MMSearchError
 from ..options import IndexCfg
 from ..writer import Change
+from .expr import str_list
 from .filterdata import filter_data
 from .location import MilvusLocation, as_location, connect, is_lite
 from .meta import MetaStore, create_indexes, ensure_loaded
@@ -49,6 +56,37 @@ from .schema import (
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 1000
+
+
+@dataclass
+class Pending:
+    """An update :meth:`MilvusWriter.begin` started (the dirty mark is set): what its commit needs."""
+
+    generation: int  # the one the commit writes
+    recount: bool  # an earlier update stopped half-way: the commit recounts the statistics and counts
+    indexes: dict[str, VectorIndex]
+    dims: dict[str, int]
+
+
+@dataclass
+class Written:
+    """What rows an update wrote or removed, as its commit adds them up (summed over every writer)."""
+
+    added: int = 0  # items added (negative: removed)
+    texts: int = 0  # change in the number of items with a text
+    top_fid: int = 0  # one past the largest fid written
+    delta: dict[str, dict[str, Any]] = field(default_factory=dict)  # field statistics: key -> {n, t, x}
+
+    def merge(self, other: Written) -> None:
+        self.added += other.added
+        self.texts += other.texts
+        self.top_fid = max(self.top_fid, other.top_fid)
+        for key, d in other.delta.items():
+            mine = self.delta.setdefault(key, {"n": 0, "t": 0, "x": None})
+            mine["n"] += d["n"]
+            mine["t"] += d["t"]
+            if mine["x"] is None:
+                mine["x"] = d["x"]
 
 
 class MilvusWriter:
@@ -87,11 +125,15 @@ class MilvusWriter:
             raise IndexIncompatibleError(f"{self.loc} holds vectors of {have}, the model makes {want}: rebuild the "
                                          f"index (mmsearch index --rebuild)")
 
-    def previous(self) -> dict[str, dict[str, Any]]:
+    def previous(self, ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """id -> stored row (fid, id, path, title, text, metadata, image_sha256, text_sha256): what an update
-        is planned against (index.plan.plan_update's ``previous``)."""
+        is planned against (index.plan.plan_update's ``previous``). ``ids``: only the rows of these items."""
         if not self.client.has_collection(self.collection):
             return {}
+        if ids is not None:
+            rows = (r for s in range(0, len(ids), 500) for r in self.client.query(
+                self.collection, filter=str_list("id", ids[s:s + 500]), output_fields=list(SCALARS)))
+            return {r["id"]: store_row(r) for r in rows}
         upper = int(self.manifest["next_fid"]) if self.manifest and self.meta.dirty() is None else None
         return {r["id"]: store_row(r) for r in scan(self.client, self.collection, "", list(SCALARS), self.lite, upper)}
 
@@ -136,43 +178,82 @@ class MilvusWriter:
         ``next_fid`` and generation + 1. Returns the committed manifest.
 
         Every row is checked before anything is written (schema.check_row: a value too long for Milvus
-        fails the update with the item named; callers may skip such items first).
+        fails the update with the item named; callers may skip such items first). The steps, for writers
+        in several processes (dist/milvus.py): :meth:`begin` once, :meth:`write_rows` in any process,
+        :meth:`remove` and :meth:`commit` once, in the process that began.
         """
         for c in changes:
             row_error(c.row)
-        gone = sorted({int(f) for f in removed} - {int(c.row["fid"]) for c in changes})
+        pending = self.begin(len(changes))
+        written = self.remove(set(removed) - {int(c.row["fid"]) for c in changes})
+        written.merge(self.write_rows(changes))
+        return self.commit(pending, written, manifest, next_fid)
+
+    def begin(self, n: int) -> Pending:
+        """Start an update of about ``n`` new items: create the collections of a new index, set the dirty mark.
+        Rows may be written (by any process) from now until :meth:`commit`."""
         old_count = int(self.manifest["count"]) if self.manifest else 0
-        indexes = self._indexes(old_count + len(changes))
-        dims = {name: int(ch["dim"]) for name, ch in self.manifest["channels"].items()} if self.manifest \
-            else dict(self.dims or {})
+        indexes = self._indexes(old_count + n)
         generation = (int(self.manifest["generation"]) if self.manifest else 0) + 1
         recount = self.meta.dirty() is not None  # an earlier update stopped half-way
         self.meta.set_dirty(generation)
+        return Pending(generation=generation, recount=recount, indexes=indexes, dims=self.channel_dims())
 
-        delta: dict[str, dict[str, Any]] = {}
-        old = {int(r["fid"]): r for r in self._rows([c.row["fid"] for c in changes] + gone,
-                                                    ["fid", "title", "metadata", "has_text"])}
-        _count_facts(delta, (old[f] for f in gone if f in old), -1)
+    def channel_dims(self) -> dict[str, int]:
+        """The stored channels' dimensions (those of the model for a new index)."""
+        if self.manifest:
+            return {name: int(ch["dim"]) for name, ch in self.manifest["channels"].items()}
+        return dict(self.dims or {})
+
+    def abandon(self, pending: Pending) -> None:
+        """End a begun update that wrote nothing: the dirty mark goes (unless an earlier update left it)."""
+        if not pending.recount:
+            self.meta.clear_dirty()
+
+    def remove(self, fids: Iterable[int]) -> Written:
+        """Delete the items ``fids`` (of a begun update) -> what the commit subtracts."""
+        gone = sorted({int(f) for f in fids})
+        old = {int(r["fid"]): r for r in self._rows(gone, ["fid", "title", "metadata", "has_text"])}
+        out = Written()
+        _count_facts(out.delta, old.values(), -1)
         for s in range(0, len(gone), BATCH):
             self.client.delete(self.collection, ids=gone[s:s + BATCH])
-        added = texts = 0
-        texts -= sum(1 for f in gone if f in old and old[f]["has_text"])
+        out.added = -len(old)
+        out.texts = -sum(1 for r in old.values() if r["has_text"])
+        return out
+
+    def write_rows(self, changes: Sequence[Change]) -> Written:
+        """Upsert ``changes`` as whole rows (of a begun update; any process may write its share) -> what the
+        commit adds up. Every row is checked first: a value Milvus cannot hold writes nothing."""
+        for c in changes:
+            row_error(c.row)
+        dims = self.channel_dims()
+        out = Written(top_fid=max((int(c.row["fid"]) + 1 for c in changes), default=0))
+        old = {int(r["fid"]): r for r in self._rows([c.row["fid"] for c in changes],
+                                                    ["fid", "title", "metadata", "has_text"])}
         for s in range(0, len(changes), WRITE_BATCH):
             batch = list(changes[s:s + WRITE_BATCH])
-            rows, a, t = self._entities(batch, old, dims, delta)
+            rows, a, t = self._entities(batch, old, dims, out.delta)
             self.client.upsert(self.collection, rows)
-            added, texts = added + a, texts + t
-        self._commit_stats(delta, generation, recount)
+            out.added, out.texts = out.added + a, out.texts + t
+        return out
 
-        if recount:  # after an interrupted update the committed counts may be off: count what is there
+    def commit(self, pending: Pending, written: Written, manifest: dict[str, Any],
+               next_fid: int | None = None) -> dict[str, Any]:
+        """Commit a begun update: the field statistics (added up, or recounted after an interrupted update),
+        then ``manifest`` with the counts, channels and generation + 1; the dirty mark goes."""
+        generation = pending.generation
+        self._commit_stats(written.delta, generation, pending.recount)
+        if pending.recount:  # after an interrupted update the committed counts may be off: count what is there
             count = self._count("")
             text_count = self._count("has_text == true")
         else:
-            count = old_count + added - sum(1 for f in gone if f in old)
-            text_count = int((self.manifest or {}).get("channels", {}).get("text", {}).get("count", 0)) + texts
+            count = (int(self.manifest["count"]) if self.manifest else 0) + written.added
+            text_count = int((self.manifest or {}).get("channels", {}).get("text", {}).get("count", 0)) + written.texts
         if self.lite:
             self.client.flush(self.collection)  # Milvus Lite scans unflushed rows in Python; segments are indexed
-        committed = self._manifest(manifest, dims, indexes, count, text_count, changes, next_fid)
+        top = max(written.top_fid, int(next_fid or 0))
+        committed = self._manifest(manifest, pending.dims, pending.indexes, count, text_count, top)
         self.meta.write(committed, generation)
         self.meta.clear_dirty()
         committed["generation"] = generation
@@ -242,11 +323,10 @@ class MilvusWriter:
         return int(rows[0]["count(*)"]) if rows else 0
 
     def _manifest(self, manifest: dict[str, Any], dims: dict[str, int], indexes: dict[str, VectorIndex], count: int,
-                  text_count: int, changes: Sequence[Change], next_fid: int | None) -> dict[str, Any]:
+                  text_count: int, next_fid: int) -> dict[str, Any]:
         out = {k: v for k, v in manifest.items() if k not in ("generation", "_snapshot")}
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        top = max([int(c.row["fid"]) + 1 for c in changes] + [int(next_fid or 0),
-                                                              int((self.manifest or {}).get("next_fid", 0))])
+        top = max(next_fid, int((self.manifest or {}).get("next_fid", 0)))
         out.update({
             "format": FORMAT, "mmsearch_version": __version__, "metric": "inner_product",
             "created": (self.manifest or {}).get("created", manifest.get("created", now)), "updated": now,
