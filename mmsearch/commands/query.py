@@ -60,9 +60,8 @@ def query(
     search_mode: ModeOpt = None,
     update: UpdateOpt = False,
 ) -> None:
-    """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (a plain
-    photo and/or text query goes through a running `mmsearch serve` of the same index when there is one:
-    no model load)."""
+    """Search the index by photos and texts: one of each, or any number, weighted, with --not terms (the query
+    goes through a running `mmsearch serve` of the same index when there is one: no model load)."""
     from ..index.filters import parse_where
     from ..search.algebra import parse_terms
     from ..search.paging import Paging
