@@ -51,7 +51,8 @@ def running_server(tiny_index):
 @pytest.mark.parametrize("extra", [["--json"], [], ["--json", "--where", "category=shoes"], ["--json", "-k", "3"]])
 def test_same_output_through_the_server_and_in_process(running_server, sample_catalog, monkeypatch, extra):
     photo = str(sorted(sample_catalog.rglob("*.webp"))[3])
-    for query in (["red shoes"], [photo], [photo, "red shoes"]):
+    for query in (["red shoes"], [photo], [photo, "red shoes"], ["2:red shoes", "boot", "--not", "high heel"],
+                  ["fruit", "--sort-by", "title", "--desc", "--offset", "2"], ["car", "--mode", "semantic"]):
         local = runner.invoke(app, ["query", *query, "--index", str(running_server), "--device", "cpu",
                                     "--no-server", *extra])
         assert local.exit_code == 0, local.output
