@@ -16,7 +16,7 @@ Data: unit float32 rows, a Gaussian mixture (1000 clusters of uneven size) in a 
 384-d plus noise (IVF1024 needs ~32 probes for Recall@10 0.95 at 100k, as on real embeddings); ``category``
 (10 values) and ``price`` (0-100) uniform and independent of the vector.
 
-    nice -n 5 python benchmarks/bench_milvus.py --sizes 100000,1000000 --md benchmarks/results/milvus.md
+    nice -n 5 python benchmarks/bench_milvus.py --sizes 100000,1000000 --hnsw-max 100000 --md OUT.md --out OUT.json
     python benchmarks/bench_milvus.py --quick          # 10k rows, a smoke run
 """
 
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -431,11 +432,12 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"{m['milvus_lite']}; {res['total_s']:.0f} s in all. Settings: {json.dumps(res['cfg'])}.", "",
              "## Build and memory", "",
              "| rows | backend | index | insert s | index s | build total s | (+ tune s) | segments | build peak "
-             "MiB | open s | served RSS MiB (of it file-backed) | on disk MiB |", "|---" * 12 + "|"]
+             "MiB | open s | RSS MiB after open / after the queries (of it file-backed) | on disk MiB |",
+             "|---" * 12 + "|"]
     for r in res["rows"]:
-        lines.append(f"| {r['n']:,} | {r['backend']} | `{r['factory']}` | {r.get('insert_s', 0)} | {r['index_s']} | "
+        lines.append(f"| {r['n']:,} | {r['backend']} | `{r['factory']}` | {r.get('insert_s') or '-'} | {r['index_s']} | "
                      f"{r.get('insert_s', 0) + r['index_s']:.1f} | {r.get('tune_s', '-')} | {r.get('segments', 1)} | "
-                     f"{max(r['build_peak_mib'], r.get('insert_peak_mib', 0))} | {r['open_s']} | "
+                     f"{max(r['build_peak_mib'], r.get('insert_peak_mib', 0))} | {r['open_s']} | {r['rss_open_mib']} / "
                      f"{r['rss_served_mib']} ({r['rss_served_file_mib']}) | {r['disk_mib']} |")
     lines += ["", "## Single queries at matched Recall@10 (k=10, one FAISS thread)", "",
               "| rows | filter | backend | index | param (after the filter boost) | how | Recall@10 tune / eval | QPS "
@@ -468,9 +470,6 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in a.sizes.split(",") if s]
     if a.quick:
         sizes, cfg.queries, cfg.tune_queries, cfg.time_budget = [10_000], 50, 50, 2.0
-    import milvus_lite
-    import pymilvus
-
     t0 = time.perf_counter()
     load_before = _loadavg()
     res: dict[str, Any] = {"command": "python " + " ".join([f"benchmarks/{Path(__file__).name}"] + sys.argv[1:]),
@@ -486,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     res["total_s"] = time.perf_counter() - t0
     res["machine"] = {"cpus": os.cpu_count(), "machine": platform.machine(), "load_before": load_before,
                       "load_after": _loadavg(), "faiss": faiss.__version__,
-                      "pymilvus": pymilvus.__version__, "milvus_lite": milvus_lite.__version__}
+                      "pymilvus": version("pymilvus"), "milvus_lite": version("milvus-lite")}
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))
     md = to_markdown(res)
