@@ -213,6 +213,14 @@ def _lite_imports() -> None:
     import pymilvus  # noqa: F401
 
 
+def _client(path: Path) -> Any:
+    """pymilvus pings every 10 s; Lite's server answers a long call (1M rows' index build) with GOAWAY
+    too_many_pings, and pymilvus then retries create_index ("index already exists"): ping hourly."""
+    from pymilvus import MilvusClient
+
+    return MilvusClient(str(path), grpc_options={"grpc.keepalive_time_ms": 3_600_000})
+
+
 def _lite_release(path: Path) -> None:
     from milvus_lite.server_manager import server_manager_instance
 
@@ -231,7 +239,7 @@ def lite_insert(work: Path, batch: int = 5000) -> dict[str, Any]:
     _lite_imports()
     m0 = mem()
     t0 = time.perf_counter()
-    client = MilvusClient(str(path))
+    client = _client(path)
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vec", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
@@ -262,15 +270,13 @@ def lite_params(kind: str, n: int, cfg: Cfg) -> dict[str, int]:
 
 def lite_index(work: Path, kind: str, n: int, cfg: Cfg) -> dict[str, Any]:
     """A copy of the loaded collection, indexed: create_index + load (Lite builds one FAISS index per segment)."""
-    from pymilvus import MilvusClient
-
     path = work / f"lite_{kind}.db"
     shutil.rmtree(path, ignore_errors=True)
     shutil.copytree(work / "lite_base.db", path)
     _lite_imports()
     m0 = mem()
     t0 = time.perf_counter()
-    client = MilvusClient(str(path))
+    client = _client(path)
     params = client.prepare_index_params()
     # nested: Lite 3.2 reads only "params" (pymilvus 3 sends nlist/M alone); sync=False: its wait RPC is missing
     params.add_index(field_name="vec", index_type=LITE_TYPES[kind], metric_type="IP",
@@ -288,10 +294,8 @@ class LiteSearcher:
     """A Milvus Lite collection searched through pymilvus, as an application (or a Milvus backend) would."""
 
     def __init__(self, work: Path, kind: str):
-        from pymilvus import MilvusClient
-
         self.path = work / f"lite_{kind}.db"
-        self.client = MilvusClient(str(self.path))
+        self.client = _client(self.path)
         self.client.load_collection(COLLECTION)
         self.param = "nprobe" if kind == "ivf" else "ef"
         n = len(load(work, "category"))
@@ -378,17 +382,10 @@ def serve(backend: str, work: Path, kind: str, cfg: Cfg) -> dict[str, Any]:
 
 
 def isolated(fn: Callable[..., dict[str, Any]], *args: Any, threads: int | None = None) -> dict[str, Any]:
-    """``fn(*args)`` in a fresh spawned process (its own RSS; OMP_NUM_THREADS set before faiss loads)."""
-    saved = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args)
-    finally:
-        os.environ.pop("OMP_NUM_THREADS", None)
-        if saved is not None:
-            os.environ["OMP_NUM_THREADS"] = saved
+    """``fn(*args)`` in a fresh spawned process: its own RSS, and its own FAISS thread count (read at load)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads or os.cpu_count())  # this process's OpenMP has read it already
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 def run_size(n: int, cfg: Cfg, root: Path, hnsw_max: int, kinds: list[str]) -> list[dict[str, Any]]:
