@@ -41,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmsearch.config import RankingCfg  # noqa: E402
-from mmsearch.index import ann  # noqa: E402
+from mmsearch.index import ann, annbuild  # noqa: E402
+from mmsearch.index.options import IndexCfg  # noqa: E402
 
 K, COLLECTION = 10, "items"
 NPROBE_LADDER = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096]
@@ -132,10 +133,10 @@ def folder_build(work: Path, kind: str, cfg: Cfg) -> dict[str, Any]:
     ids = np.arange(len(vectors), dtype=np.int64)
     m0 = mem()
     t0 = time.perf_counter()
-    spec = ann.choose(len(vectors), vectors.shape[1], ann.IndexCfg(index_type=kind, hnsw_m=cfg.hnsw_m))
-    index = ann.build(spec, vectors, ids, seed=cfg.seed)
+    spec = annbuild.choose(len(vectors), vectors.shape[1], IndexCfg(index_type=kind, hnsw_m=cfg.hnsw_m))
+    index = annbuild.build(spec, vectors, ids, seed=cfg.seed)
     t1 = time.perf_counter()
-    spec = ann.tune(index, spec, vectors, ids, cfg.target, seed=cfg.seed)
+    spec = annbuild.tune(index, spec, vectors, ids, cfg.target, seed=cfg.seed)
     t2 = time.perf_counter()
     path = work / f"folder_{kind}.faiss"
     faiss.write_index(index, str(path))
@@ -265,7 +266,7 @@ def lite_params(kind: str, n: int, cfg: Cfg) -> dict[str, int]:
         return {"M": cfg.hnsw_m, "efConstruction": 40}
     from milvus_lite.constants import MAX_SEGMENT_ROWS
 
-    return {"nlist": ann.nlist_for(min(n, MAX_SEGMENT_ROWS))}  # cells per segment, sized as mmsearch sizes them
+    return {"nlist": annbuild.nlist_for(min(n, MAX_SEGMENT_ROWS))}  # cells per segment, sized as mmsearch sizes them
 
 
 def lite_index(work: Path, kind: str, n: int, cfg: Cfg) -> dict[str, Any]:
@@ -331,7 +332,7 @@ def match_recall(searcher: Any, q: np.ndarray, truth: np.ndarray, scenario: str,
     """The smallest ladder value whose Recall@10 on the tuning queries reaches ``target`` (else the last)."""
     value, r = 0, 0.0
     for value in searcher.ladder():
-        r = ann.recall_at_k(searcher.search(q, scenario, value), truth)
+        r = annbuild.recall_at_k(searcher.search(q, scenario, value), truth)
         if r >= target or searcher.how(scenario).startswith("exact"):
             break
     return value, r
@@ -368,7 +369,7 @@ def serve(backend: str, work: Path, kind: str, cfg: Cfg) -> dict[str, Any]:
     cells = []
     for scen in SCENARIOS:
         value, r_tune = match_recall(searcher, q_tune, truths[scen, "tune"], scen, cfg.target)
-        r_eval = ann.recall_at_k(searcher.search(q_eval, scen, value), truths[scen, "eval"])
+        r_eval = annbuild.recall_at_k(searcher.search(q_eval, scen, value), truths[scen, "eval"])
         how = searcher.how(scen)
         eff = searcher.effective(scen, value) if isinstance(searcher, FolderSearcher) else value
         param = "-" if how.startswith("exact") else f"{searcher.param} {value}" + (f" ({eff})" if eff != value else "")

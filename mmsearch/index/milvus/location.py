@@ -145,7 +145,10 @@ def connect(location: "str | MilvusLocation", create: bool = False) -> Any:
         quiet = logging.getLogger("milvus_lite.server_manager")
         was, quiet.disabled = quiet.disabled, loc.lite
         try:
-            client = module.MilvusClient(uri=loc.uri, token=loc.token or "", timeout=30)
+            # gRPC keepalive pings every 10 s make a Milvus Lite server answer GOAWAY (too_many_pings) during a
+            # long call (an index build over 1M rows), and pymilvus's retry then fails: ping hourly instead
+            client = module.MilvusClient(uri=loc.uri, token=loc.token or "", timeout=30,
+                                         grpc_options={"grpc.keepalive_time_ms": 3_600_000})
         except Exception as exc:  # pymilvus raises its own exception types, and grpc / OS errors below them
             raise MilvusConnectionError(_connect_message(loc, exc)) from None
         finally:

@@ -132,7 +132,10 @@ def index_params(client: Any, dims: dict[str, int], choice: dict[str, VectorInde
     for name in CHANNELS:
         if name in dims:
             vi = choice[name]
-            ip.add_index(vector_field(name), index_type=vi.index_type, metric_type="IP", params=dict(vi.params))
+            # Milvus Lite reads build parameters only nested under "params" (pymilvus sends them flat, which
+            # Lite ignores without a word, building with its defaults); a server takes them flat
+            params = {"params": dict(vi.params)} if lite else dict(vi.params)
+            ip.add_index(vector_field(name), index_type=vi.index_type, metric_type="IP", params=params)
     ip.add_index("words_bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
     if not lite:
         ip.add_index("eq_tokens", index_type="INVERTED")

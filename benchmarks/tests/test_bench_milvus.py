@@ -4,15 +4,11 @@ renders. Runs Milvus Lite in-process (a local folder), so it needs pymilvus + mi
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("milvus_lite")
 pytest.importorskip("pymilvus")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_milvus as bm  # noqa: E402
 
 N = 2000
