@@ -32,15 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..catalog.exclude import normalise as normalise_excludes
 from ..catalog.scan import CatalogItem, scan_catalog
 from ..errors import CatalogError, MMSearchError
-from ..index.milvus.build import build_manifest, finish_report, model_ref_for
+from ..index.milvus.build import adopt_model, build_manifest, finish_report, model_ref_for, update_input
 from ..index.milvus.location import MilvusLocation, parse_location
 from ..index.milvus.writer import MilvusWriter, Pending, Written
 from ..index.options import BuildOptions
 from ..index.plan import BuildReport, UpdatePlan, hash_items, plan_update, resolve
-from ..index.scanning import Scanned, scan_update
+from ..index.scanning import Scanned
 from ..index.update import encode_plan
 from ..index.writer import channel_dims
 from .env import (
@@ -121,26 +120,16 @@ def _leader(catalog: Path, loc: MilvusLocation, opts: BuildOptions, env: DistEnv
         writer = MilvusWriter(loc, cfg=opts.index)
         if opts.rebuild:
             writer.drop()
-        live = writer.manifest
-        remembered = [] if opts.reset_exclude or live is None else list(live.get("exclude", []))
-        patterns = normalise_excludes([*remembered, *(opts.exclude or [])])
-        scanned = scan_update(Path("/"), patterns, catalog)  # raises before anything is written
-        ref = str(opts.model) if opts.model is not None else (live["model"]["ref"] if live else "default")
-        encoder = create_model(ref, device=opts.device)
+        scanned, ref = update_input(writer, opts, catalog)  # raises before anything is written
+        encoder = create_model(str(ref), device=opts.device)
         model = encoder[0]
-        if live is not None and live["model"]["fingerprint"] != model.fingerprint():
-            log.info("%s was built with another model; re-encoding everything", loc)
-            writer.drop()
-            live = None
-        writer.dims = channel_dims(model)
-        if live is not None:
-            writer.check_dims(writer.dims)
+        live = adopt_model(writer, model)
         n = len(scanned.items)
         pending = writer.begin(n)  # from here on rows may be written; the manifest stays until the commit
         previous = writer.previous()  # rows of an interrupted run count too: they are planned as unchanged
-        plan = MilvusPlan(model=ref, fingerprint=model.fingerprint(), digest=listing_digest(scanned.items), count=n,
+        plan = MilvusPlan(model=str(ref), fingerprint=model.fingerprint(), digest=listing_digest(scanned.items), count=n,
                           num_shards=num_shards_for(n, env.world_size, opts.shard_size),
-                          next_fid=writer.next_fid(previous), patterns=patterns,
+                          next_fid=writer.next_fid(previous), patterns=scanned.patterns,
                           skipped=list((live or {}).get("skipped", [])))
     except BaseException as exc:
         with contextlib.suppress(Exception):

@@ -84,6 +84,33 @@ def finish_report(report: BuildReport, loc: MilvusLocation, committed: dict[str,
     return report
 
 
+def update_input(writer: MilvusWriter, opts: BuildOptions, catalog: str | Path | None,
+                 items: Iterable[dict[str, Any]] | None = None) -> tuple[Any, str | Path]:
+    """(the scanned catalog less the --exclude patterns in force, the model to encode with: the given one,
+    else the index's own, else ``default``) for an update of ``writer``'s index; raises before any write."""
+
+    live = writer.manifest
+    remembered = [] if opts.reset_exclude or live is None else list(live.get("exclude", []))
+    patterns = normalise_excludes([*remembered, *(opts.exclude or [])])
+    scanned = scan_update(Path(writer.loc.uri) if writer.loc.lite else Path("/"), patterns, catalog, items)
+    model = opts.model if opts.model is not None else (live["model"]["ref"] if live else "default")
+    return scanned, model
+
+
+def adopt_model(writer: MilvusWriter, model: Any) -> dict[str, Any] | None:
+    """The index's live manifest if ``model`` (a model or a handle) built it; otherwise the index is dropped
+    (another model's vectors cannot mix) and None. Sets the writer's channel dimensions to the model's."""
+    live = writer.manifest
+    if live is not None and live["model"]["fingerprint"] != model.fingerprint():
+        log.info("%s was built with another model; re-encoding everything", writer.loc)
+        writer.drop()
+        live = None
+    writer.dims = channel_dims(model)
+    if live is not None:
+        writer.check_dims(writer.dims)
+    return live
+
+
 def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
                  items: Iterable[dict[str, Any]] | None = None) -> BuildReport:
     """Index ``catalog`` (or ``items``) into the Milvus index at ``location``, or bring it up to date."""
@@ -93,18 +120,9 @@ def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
         if opts.rebuild:
             writer.drop()
         live = writer.manifest
-        remembered = [] if opts.reset_exclude or live is None else list(live.get("exclude", []))
-        patterns = normalise_excludes([*remembered, *(opts.exclude or [])])
-        scanned = scan_update(Path(loc.uri) if loc.lite else Path("/"), patterns, catalog, items)
-        model = opts.model if opts.model is not None else (live["model"]["ref"] if live else "default")
+        scanned, model = update_input(writer, opts, catalog, items)
         handle = ModelHandle(model, opts.device)
-        if live is not None and live["model"]["fingerprint"] != handle.fingerprint():
-            log.info("%s was built with another model; re-encoding everything", loc)
-            writer.drop()
-            live = None
-        writer.dims = channel_dims(handle)
-        if live is not None:
-            writer.check_dims(writer.dims)
+        live = adopt_model(writer, handle)
         previous = writer.previous()  # rows of an interrupted first build count too: the plan keeps them
         ctx = UpdateContext(state=None, model=handle, preprocess=None, tokenizer=None, ref=model_ref_for(model),
                             checkpoint=None, previous=previous, next_fid=writer.next_fid(previous))
@@ -115,7 +133,7 @@ def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
         except StaleRecord:  # the model's recorded fingerprint was wrong: it is loaded now
             emb = encode_update(plan, ctx, opts)
         report, changes, removed, next_fid = resolve(plan, emb)
-        report.exclude = patterns
+        report.exclude = scanned.patterns
         report.skipped = list(scanned.skipped) + report.skipped
         if live is None and report.skipped and report.encoded == 0 and not previous:
             reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
@@ -123,7 +141,7 @@ def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
                                f"({reasons})")
         report.seconds = time.perf_counter() - scanned.started
         nothing = (live is not None and not changes and not removed and live.get("skipped") == report.skipped
-                   and list(live.get("exclude", [])) == patterns and writer.meta.dirty() is None)
+                   and list(live.get("exclude", [])) == scanned.patterns and writer.meta.dirty() is None)
         committed = live
         if not nothing:
             manifest = build_manifest(handle, ctx.ref, str(scanned.catalog.resolve()), live, report,
