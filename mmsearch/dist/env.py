@@ -20,13 +20,8 @@ import torch.distributed as dist
 
 from ..errors import MMSearchError
 from ..models.device import resolve_device
-from ..ranges import even_ranges, slices_of_rank
 
 log = logging.getLogger(__name__)
-
-# The old names of mmsearch.ranges' splitters, still imported from here by dist/runner.py and train/step.py
-# (edited on other branches): import even_ranges / slices_of_rank from mmsearch.ranges there, then drop these.
-shard_ranges, shards_of_rank = even_ranges, slices_of_rank
 
 
 class DistributedError(MMSearchError):

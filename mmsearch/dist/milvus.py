@@ -42,6 +42,7 @@ from ..index.plan import BuildReport, UpdatePlan, hash_items, plan_update, resol
 from ..index.scanning import Scanned
 from ..index.update import encode_plan
 from ..index.writer import channel_dims
+from ..ranges import even_ranges, slices_of_rank
 from .env import (
     DistEnv,
     DistributedError,
@@ -49,8 +50,6 @@ from .env import (
     broadcast_object,
     process_group,
     rank_device,
-    shard_ranges,
-    shards_of_rank,
 )
 from .work import DistributedBuild, crash_hook, listing_digest, num_shards_for
 
@@ -226,9 +225,9 @@ def _plan_shares(plan: MilvusPlan, items: list[CatalogItem], model: Any, writer:
     if model.fingerprint() != plan.fingerprint:
         raise DistributedError(f"rank {env.rank} loaded a different model than rank 0 (fingerprint "
                                f"{model.fingerprint()} != {plan.fingerprint}): use the same --model file everywhere")
-    ranges = shard_ranges(len(items), plan.num_shards)
+    ranges = even_ranges(len(items), plan.num_shards)
     shares = []
-    for shard in shards_of_rank(plan.num_shards, env.rank, env.world_size):
+    for shard in slices_of_rank(plan.num_shards, env.rank, env.world_size):
         part = items[ranges[shard][0]:ranges[shard][1]]
         share = plan_update(part, writer.previous([it.id for it in part]), hash_items(part), 0, skipped=plan.skipped)
         share.removed = []  # items gone from the catalog are in no shard: rank 0 removes them

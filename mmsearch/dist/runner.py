@@ -42,7 +42,7 @@ import numpy as np
 
 from ..catalog.scan import CatalogItem, scan_catalog
 from ..catalog.tar_shards import stat_path
-from ..encode.chunks import read_shard, shard_paths, write_shard
+from ..encode.chunks import chunk_paths, read_chunk, write_chunk
 from ..errors import MMSearchError
 from ..index.backend import is_milvus, location_text
 from ..index.build import ENCODE_DIR, Scanned, commit_update, exclude_patterns, finish_report, index_model, scan_update
@@ -53,6 +53,7 @@ from ..index.snapshot import State, writer_lock
 from ..index.store import ItemStore
 from ..index.update import UpdateContext, encode_plan, open_update
 from ..index.writer import channel_dims
+from ..ranges import even_ranges, slices_of_rank
 from .env import (
     DistEnv,
     DistributedError,
@@ -60,8 +61,6 @@ from .env import (
     broadcast_object,
     process_group,
     rank_device,
-    shard_ranges,
-    shards_of_rank,
 )
 from .work import DistributedBuild, crash_hook, listing_digest, num_shards_for
 
@@ -138,7 +137,7 @@ def make_plan(out: Path, items: list[CatalogItem], state: State | None, fingerpr
 # ---------------------------------------------------------------------------------------- one shard
 def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
     """The shard's marker exists, lists these ids, and none of its files changed since it was written."""
-    npz, marker = shard_paths(plan.work, shard)
+    npz, marker = chunk_paths(plan.work, shard)
     try:
         meta = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -166,7 +165,7 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
                       else np.zeros((0, model.embed_dim), np.float32))
     meta = {"shard": shard, "ids": [it.id for it in items], "hashes": [hashes[it.id] for it in items],
             "stat": stats, "encoded": list(emb.images), "failed": emb.failed, "texts": list(emb.texts)}
-    write_shard(*shard_paths(plan.work, shard), arrays, meta)  # float16 npz, then the done marker
+    write_chunk(*chunk_paths(plan.work, shard), arrays, meta)  # float16 npz, then the done marker
     return len(emb.images)
 
 
@@ -185,9 +184,9 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
             raise DistributedError(f"rank {env.rank} loaded a different model than rank 0 (fingerprint "
                                    f"{model.fingerprint()} != {plan.fingerprint}): use the same --model file "
                                    f"everywhere")
-        ranges = shard_ranges(len(items), plan.num_shards)
+        ranges = even_ranges(len(items), plan.num_shards)
         crash_hook(env, "shard-start")
-        for shard in shards_of_rank(plan.num_shards, env.rank, env.world_size):
+        for shard in slices_of_rank(plan.num_shards, env.rank, env.world_size):
             start, end = ranges[shard]
             part = items[start:end]
             status.shards += 1
@@ -206,12 +205,12 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
 
 def load_shards(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> tuple[dict[str, str], Embeddings]:
     """Every shard's hashes and embeddings: (id -> image SHA-256, the plan's :class:`Embeddings`)."""
-    ranges = shard_ranges(len(items), plan.num_shards)
+    ranges = even_ranges(len(items), plan.num_shards)
     hashes: dict[str, str] = {}
     emb = Embeddings()
     for shard, (start, end) in enumerate(ranges):
         try:
-            arrays, meta = read_shard(*shard_paths(plan.work, shard))
+            arrays, meta = read_chunk(*chunk_paths(plan.work, shard))
         except (OSError, ValueError) as exc:
             raise DistributedError(f"shard {shard} is missing or unreadable ({exc}); re-run the same command "
                                    f"to redo it") from None
@@ -376,8 +375,8 @@ def _run_and_gather(plan: Plan, items: list[CatalogItem], ctx: UpdateContext, jo
 def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> DistributedError:
     """Name the ranks whose shards have no done marker (the ones that died)."""
     log.debug("collective failed: %s", exc)
-    missing = {r: [i for i in shards_of_rank(plan.num_shards, r, env.world_size)
-                   if not shard_paths(plan.work, i)[1].is_file()] for r in range(env.world_size)}
+    missing = {r: [i for i in slices_of_rank(plan.num_shards, r, env.world_size)
+                   if not chunk_paths(plan.work, i)[1].is_file()] for r in range(env.world_size)}
     lost = [r for r, shards in missing.items() if shards]
     done = plan.num_shards - sum(len(v) for v in missing.values())
     who = f"rank {', '.join(map(str, lost))}" if lost else "a rank"

@@ -202,8 +202,3 @@ def assemble(folder: str | Path, chunks: Sequence[int], dims: dict[str, int]) ->
         for name in dims:
             out[name][rows] = arrays[name]
     return ordered, out
-
-
-# The old names, still imported by dist/runner.py (edited on another branch): use chunk_paths / read_chunk /
-# write_chunk there, then drop these.
-shard_paths, read_shard, write_shard = chunk_paths, read_chunk, write_chunk
