@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmsearch.dist.env import DistEnv, DistributedError
-from mmsearch.dist.runner import num_shards_for
+from mmsearch.dist.runner import num_slices_for
 from mmsearch.ranges import even_ranges, slices_of_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +43,9 @@ def test_every_slice_has_exactly_one_rank():
 
 
 def test_shard_count_is_independent_of_world_size_for_big_catalogs():
-    assert num_shards_for(100_000, 2, 10_000) == num_shards_for(100_000, 8, 10_000) == 10
-    assert num_shards_for(12, 2, 10_000) == 2  # small catalogs: still one shard per rank
-    assert num_shards_for(1, 4, 10_000) == 1
+    assert num_slices_for(100_000, 2, 10_000) == num_slices_for(100_000, 8, 10_000) == 10
+    assert num_slices_for(12, 2, 10_000) == 2  # small catalogs: still one slice per rank
+    assert num_slices_for(1, 4, 10_000) == 1
 
 
 def test_torchrun_environment_is_read_and_checked():
@@ -284,7 +284,7 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
     assert rank1.returncode == -9
     assert rank0.returncode == 1, rank0.stdout + rank0.stderr
     error = rank0.stderr.strip().splitlines()[-1]
-    assert error.startswith("Error: rank 1 stopped before finishing its shards (3 of 4 shards done)"), error
+    assert error.startswith("Error: rank 1 stopped before finishing its slices (3 of 4 slices done)"), error
     assert "re-run the same command to resume" in error
     assert current_snapshot(out) is None  # no index was published
     assert not (out / "snapshots").exists() or not any((out / "snapshots").iterdir())
@@ -292,7 +292,7 @@ def test_killed_rank_is_reported_then_a_rerun_resumes_and_matches_one_process(sm
 
     resumed = torchrun_index(small_catalog, out, "--shard-size", "4")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Indexed 14 items" in resumed.stdout and "over 2 ranks: 4 shards, 3 resumed" in resumed.stdout
+    assert "Indexed 14 items" in resumed.stdout and "over 2 ranks: 4 slices, 3 resumed" in resumed.stdout
     info = read_manifest(out)["build"]["distributed"]
     assert info["world_size"] == 2 and info["shards"] == 4 and info["resumed_shards"] == 3
     assert [r["encoded"] for r in info["ranks"]] == [0, 3]  # only shard 3's 3 images are encoded now

@@ -121,10 +121,10 @@ def index_distributed(catalog: Path, out_dir: Path, opts: Any) -> None:
     info = result.info
     print_build_report(result.report)
     if info.get("backend") == "milvus":
-        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, every rank wrote its rows "
+        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} slices, every rank wrote its rows "
                   f"into Milvus; rank 0 committed in {info['merge_seconds']:.1f} s")
     elif info:
-        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} shards, {info['resumed_shards']} "
+        out.print(f"Distributed over {info['world_size']} ranks: {info['shards']} slices, {info['resumed_shards']} "
                   f"resumed from an earlier run; rank 0 merged them in {info['merge_seconds']:.1f} s")
         for name, ivf in info.get("ivf_ondisk", {}).items():
             out.print(f"  {name}: IVF vectors added by every rank in {ivf['parts']} parts ({ivf['resumed_parts']} "

@@ -4,13 +4,13 @@
 
     rank 0      scan, read the live manifest, begin the update (MilvusWriter.begin: the collections of a
                 new index, the dirty mark), read the stored rows           -> broadcast a MilvusPlan
-    every rank  scan (the listing must match rank 0's digest), then for each shard it owns (shard i ->
-                rank i % N, shard = a contiguous slice of the sorted listing): read the shard's stored
+    every rank  scan (the listing must match rank 0's digest), then for each piece it owns (piece i ->
+                rank i % N, piece = a contiguous slice of the sorted listing): read the piece's stored
                 rows, hash its files and plan it (index.plan.plan_update: one process's decisions)
-    all ranks   exchange each shard's number of new items: the new items of shard i are numbered (fids)
-                after the plan's next_fid and the new items of the shards before it, so no two ranks
+    all ranks   exchange each piece's number of new items: the new items of piece i are numbered (fids)
+                after the plan's next_fid and the new items of the pieces before it, so no two ranks
                 ever use one fid
-    every rank  encode each shard's plan, resolve it and upsert its whole rows (MilvusWriter.write_rows)
+    every rank  encode each piece's plan, resolve it and upsert its whole rows (MilvusWriter.write_rows)
     all ranks   exchange a status (counts, skipped files, the field statistics' delta, or an error line)
     rank 0      remove what the plan removes (items gone from the catalog, changed into unreadable files),
                 add up the statistics and commit the manifest with generation + 1 (MilvusWriter.commit)
@@ -51,7 +51,7 @@ from .env import (
     process_group,
     rank_device,
 )
-from .work import DistributedBuild, crash_hook, listing_digest, num_shards_for
+from .work import DistributedBuild, crash_hook, listing_digest, num_slices_for
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class MilvusPlan:
     fingerprint: str = ""
     digest: str = ""  # of the sorted item ids
     count: int = 0
-    num_shards: int = 0
-    next_fid: int = 0  # the first fid never used: new items are numbered from here, shard by shard
+    num_slices: int = 0
+    next_fid: int = 0  # the first fid never used: new items are numbered from here, slice by slice
     patterns: list[str] = field(default_factory=list)  # --exclude patterns (remembered ones included)
     skipped: list[dict] = field(default_factory=list)  # the live manifest's: unchanged failures are not retried
     error: str | None = None  # rank 0 failed before sharing the plan; the others stop
@@ -76,12 +76,12 @@ class MilvusPlan:
 @dataclass
 class WriteStatus:
     rank: int
-    shards: int = 0
+    pieces: int = 0
     seconds: float = 0.0
     device: str = ""
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # resolve's report counts, added up (COUNTS)
-    skipped: dict[int, list[dict]] = field(default_factory=dict)  # shard -> files that could not be read
+    skipped: dict[int, list[dict]] = field(default_factory=dict)  # slice -> files that could not be read
     failed_fids: list[int] = field(default_factory=list)  # indexed items whose changed file no longer reads
     written: dict[str, Any] = field(default_factory=dict)  # MilvusWriter.write_rows' Written, added up
 
@@ -112,7 +112,7 @@ def build_milvus_distributed(catalog: Path, location: str, opts: BuildOptions, e
 
 
 def _leader(catalog: Path, loc: MilvusLocation, opts: BuildOptions, env: DistEnv) -> DistributedBuild:
-    """Rank 0: plan and share the plan, write its own shards, then remove, count and commit."""
+    """Rank 0: plan and share the plan, write its own slices, then remove, count and commit."""
     from ..models.factory import create_model
 
     try:
@@ -127,7 +127,7 @@ def _leader(catalog: Path, loc: MilvusLocation, opts: BuildOptions, env: DistEnv
         pending = writer.begin(n)  # from here on rows may be written; the manifest stays until the commit
         previous = writer.previous()  # rows of an interrupted run count too: they are planned as unchanged
         plan = MilvusPlan(model=str(ref), fingerprint=model.fingerprint(), digest=listing_digest(scanned.items), count=n,
-                          num_shards=num_shards_for(n, env.world_size, opts.shard_size),
+                          num_slices=num_slices_for(n, env.world_size, opts.shard_size),
                           next_fid=writer.next_fid(previous), patterns=scanned.patterns,
                           skipped=list((live or {}).get("skipped", [])))
     except BaseException as exc:
@@ -135,7 +135,7 @@ def _leader(catalog: Path, loc: MilvusLocation, opts: BuildOptions, env: DistEnv
             broadcast_object(asdict(MilvusPlan(error=str(exc) or type(exc).__name__)), env, "sharing the plan")
         raise
     broadcast_object(asdict(plan), env, "sharing the plan")
-    log.info("distributed index into %s: %d items in %d shards over %d ranks", loc, n, plan.num_shards,
+    log.info("distributed index into %s: %d items in %d slices over %d ranks", loc, n, plan.num_slices,
              env.world_size)
     try:
         statuses = _write_shares(plan, scanned.items, encoder, writer, env, opts, None)
@@ -146,7 +146,7 @@ def _leader(catalog: Path, loc: MilvusLocation, opts: BuildOptions, env: DistEnv
 
 
 def _follower(catalog: Path, loc: MilvusLocation, opts: BuildOptions, env: DistEnv) -> None:
-    """Every rank but 0: plan, encode and write its shards of rank 0's plan; rank 0 commits."""
+    """Every rank but 0: plan, encode and write its slices of rank 0's plan; rank 0 commits."""
     from ..models.factory import create_model
 
     plan = MilvusPlan(**broadcast_object(None, env, "sharing the plan"))
@@ -167,7 +167,7 @@ def _follower(catalog: Path, loc: MilvusLocation, opts: BuildOptions, env: DistE
 
 def _write_shares(plan: MilvusPlan, items: list[CatalogItem], encoder: Any, writer: MilvusWriter, env: DistEnv,
                   opts: BuildOptions, error: str | None) -> list[WriteStatus]:
-    """This rank's part of the job (every rank): plan its shards, agree on the new items' fids, encode and
+    """This rank's part of the job (every rank): plan its slices, agree on the new items' fids, encode and
     write them. -> every rank's status; DistributedError when any rank failed (on rank 0: all their errors)."""
     status = WriteStatus(rank=env.rank, error=error)
     t0 = time.perf_counter()
@@ -177,61 +177,61 @@ def _write_shares(plan: MilvusPlan, items: list[CatalogItem], encoder: Any, writ
             shares = _plan_shares(plan, items, encoder[0], writer, env)
         except MMSearchError as exc:
             status.error = str(exc)
-    new = {shard: sum(1 for it in share.items if it.id not in share.previous and it.id not in share.known_bad)
-           for shard, share in shares}
-    planned = all_gather_objects({"error": status.error, "new": new}, env, "planning its shards")
+    new = {piece: sum(1 for it in share.items if it.id not in share.previous and it.id not in share.known_bad)
+           for piece, share in shares}
+    planned = all_gather_objects({"error": status.error, "new": new}, env, "planning its slices")
     _raise_errors([p["error"] for p in planned], env, "planned")
-    counts = {shard: k for p in planned for shard, k in p["new"].items()}
+    counts = {piece: k for p in planned for piece, k in p["new"].items()}
     first = plan.next_fid
     offsets = {}
-    for shard in range(plan.num_shards):  # shard i's new items come after those of the shards before it
-        offsets[shard], first = first, first + counts.get(shard, 0)
+    for piece in range(plan.num_slices):  # slice i's new items come after those of the slices before it
+        offsets[piece], first = first, first + counts.get(piece, 0)
     written = Written()
     try:
         status.device = str(next(encoder[0].parameters()).device)
-        for shard, share in shares:
-            share.next_fid = offsets[shard]
-            emb = encode_plan(share, encoder[0], encoder[1], encoder[2], opts, desc=f"shard {shard + 1}/{plan.num_shards}",
+        for piece, share in shares:
+            share.next_fid = offsets[piece]
+            emb = encode_plan(share, encoder[0], encoder[1], encoder[2], opts, desc=f"slice {piece + 1}/{plan.num_slices}",
                               text_progress=False)
             report, changes, failed_fids, _ = resolve(share, emb)
             written.merge(writer.write_rows(changes))
             for name in COUNTS:
                 status.counts[name] = status.counts.get(name, 0) + int(getattr(report, name))
-            status.skipped[shard] = report.skipped
+            status.skipped[piece] = report.skipped
             status.failed_fids += failed_fids
-            status.shards += 1
+            status.pieces += 1
             crash_hook(env, "milvus-shard-written")
     except MMSearchError as exc:
         status.error = f"rank {env.rank}: {exc}" if not str(exc).startswith("rank ") else str(exc)
     status.written = asdict(written)
     status.seconds = round(time.perf_counter() - t0, 3)
     if status.error is None:
-        log.info("rank %d: %d shards, %d images encoded and written in %.1f s", env.rank, status.shards,
+        log.info("rank %d: %d slices, %d images encoded and written in %.1f s", env.rank, status.pieces,
                  status.counts.get("encoded", 0), status.seconds)
     try:
-        gathered = [WriteStatus(**s) for s in all_gather_objects(asdict(status), env, "writing its shards")]
+        gathered = [WriteStatus(**s) for s in all_gather_objects(asdict(status), env, "writing its slices")]
     except DistributedError as exc:
-        raise DistributedError(f"a rank stopped before writing its shards ({exc})") from None
+        raise DistributedError(f"a rank stopped before writing its slices ({exc})") from None
     _raise_errors([s.error for s in gathered], env, "written")
     return gathered
 
 
 def _plan_shares(plan: MilvusPlan, items: list[CatalogItem], model: Any, writer: MilvusWriter,
                  env: DistEnv) -> list[tuple[int, UpdatePlan]]:
-    """Each shard this rank owns, planned against its stored rows (its share of the removals is rank 0's)."""
+    """Each slice this rank owns, planned against its stored rows (its share of the removals is rank 0's)."""
     if listing_digest(items) != plan.digest or len(items) != plan.count:
         raise DistributedError(f"rank {env.rank} sees {len(items)} catalog items, rank 0 sees {plan.count} (or "
                                f"other ids): every rank must see the same catalog folder")
     if model.fingerprint() != plan.fingerprint:
         raise DistributedError(f"rank {env.rank} loaded a different model than rank 0 (fingerprint "
                                f"{model.fingerprint()} != {plan.fingerprint}): use the same --model file everywhere")
-    ranges = even_ranges(len(items), plan.num_shards)
+    ranges = even_ranges(len(items), plan.num_slices)
     shares = []
-    for shard in slices_of_rank(plan.num_shards, env.rank, env.world_size):
-        part = items[ranges[shard][0]:ranges[shard][1]]
+    for piece in slices_of_rank(plan.num_slices, env.rank, env.world_size):
+        part = items[ranges[piece][0]:ranges[piece][1]]
         share = plan_update(part, writer.previous([it.id for it in part]), hash_items(part), 0, skipped=plan.skipped)
-        share.removed = []  # items gone from the catalog are in no shard: rank 0 removes them
-        shares.append((shard, share))
+        share.removed = []  # items gone from the catalog are in no slice: rank 0 removes them
+        shares.append((piece, share))
     return shares
 
 
@@ -245,7 +245,7 @@ def _raise_errors(errors: list[str | None], env: DistEnv, stage: str) -> None:
     mine = errors[env.rank]
     if mine:
         raise DistributedError(mine)
-    raise DistributedError(f"rank {env.rank}: stopped before its shards were {stage}: another rank failed "
+    raise DistributedError(f"rank {env.rank}: stopped before its slices were {stage}: another rank failed "
                            f"(rank 0 reports it)")
 
 
@@ -260,8 +260,8 @@ def _commit(writer: MilvusWriter, pending: Pending, plan: MilvusPlan, scanned: S
         written.merge(Written(**s.written))
         for name in COUNTS:
             setattr(report, name, getattr(report, name) + s.counts.get(name, 0))
-    by_shard = {shard: entries for s in statuses for shard, entries in s.skipped.items()}
-    report.skipped = list(scanned.skipped) + [e for shard in sorted(by_shard) for e in by_shard[shard]]
+    by_slice = {piece: entries for s in statuses for piece, entries in s.skipped.items()}
+    report.skipped = list(scanned.skipped) + [e for piece in sorted(by_slice) for e in by_slice[piece]]
     report.exclude = plan.patterns
     keep = (live or {}).get("api_items", [])
     removed = plan_update(scanned.items, previous, {}, 0, keep=keep).removed  # the same planner as one process
@@ -273,7 +273,7 @@ def _commit(writer: MilvusWriter, pending: Pending, plan: MilvusPlan, scanned: S
         reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
         raise CatalogError(f"none of the {len(scanned.items)} images in {scanned.catalog} could be read ({reasons})")
     info: dict[str, Any] = {
-        "backend": "milvus", "world_size": env.world_size, "shards": plan.num_shards,
+        "backend": "milvus", "world_size": env.world_size, "shards": plan.num_slices,
         "shard_size": opts.shard_size, "resumed_shards": 0,
         "ranks": [{"rank": s.rank, "encoded": s.counts.get("encoded", 0), "seconds": s.seconds, "device": s.device}
                   for s in statuses]}

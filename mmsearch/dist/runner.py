@@ -3,22 +3,22 @@
 ``torchrun --nproc-per-node N [--nnodes M ...] -m mmsearch index CATALOG --out OUT``::
 
     rank 0      scan, take OUT's writer lock, read the live snapshot  -> broadcast a Plan
-    every rank  scan (the listing must match rank 0's digest), then for each shard it owns
-                (shard i -> rank i % N; shard = a contiguous slice of the sorted listing):
+    every rank  scan (the listing must match rank 0's digest), then for each piece it owns
+                (piece i -> rank i % N; piece = a contiguous slice of the sorted listing):
                 hash the files, plan its share (index.plan.plan_update: the same decisions as a
                 single-process build) and encode what the plan names (index.update.encode_plan)
-                -> OUT/.distributed/<plan>/shard-<i>.npz, then shard-<i>.json (the done marker)
+                -> OUT/.distributed/<plan>/piece-<i>.npz, then piece-<i>.json (the done marker)
     all ranks   exchange a status (ok or an error line)
-    rank 0      read every shard -> the same plan_update / resolve / commit as index.build_index
-                -> one snapshot, swapped in atomically; then delete the shard folder
+    rank 0      read every piece -> the same plan_update / resolve / commit as index.build_index
+                -> one snapshot, swapped in atomically; then delete the piece folder
                 for a new IVF index (ivf, ivfpq, auto at scale), per channel: train once on a sample
                 -> every rank adds its parts of the channel's rows to a copy of the trained index
-                (OUT/.distributed/<plan>/ivf/<channel>/shard-<i>.ivf + .json done marker) -> rank 0
+                (OUT/.distributed/<plan>/ivf/<channel>/piece-<i>.ivf + .json done marker) -> rank 0
                 merges the inverted lists on disk into the snapshot (mmsearch/ondisk.py)
 
 A dead or failed rank stops the job before anything is written to the index (the live snapshot stays
-as it was); completed shards (and IVF parts) stay on disk, and re-running the same command skips every
-shard whose marker exists and whose files are unchanged (size and mtime), and every IVF part whose
+as it was); completed pieces (and IVF parts) stay on disk, and re-running the same command skips every
+piece whose marker exists and whose files are unchanged (size and mtime), and every IVF part whose
 marker matches its vectors, on any number of ranks. OUT must be on a
 file system every rank can read and write (one machine, or a shared mount across nodes).
 
@@ -62,7 +62,7 @@ from .env import (
     process_group,
     rank_device,
 )
-from .work import DistributedBuild, crash_hook, listing_digest, num_shards_for
+from .work import DistributedBuild, crash_hook, listing_digest, num_slices_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -84,14 +84,14 @@ class Plan:
     fingerprint: str = ""
     digest: str = ""  # of the sorted item ids
     count: int = 0
-    num_shards: int = 0
+    num_slices: int = 0
     error: str | None = None  # rank 0 failed before encoding; the others stop
 
 
 @dataclass
 class RankStatus:
     rank: int
-    shards: int = 0
+    pieces: int = 0
     resumed: int = 0
     encoded: int = 0  # images run through the image tower
     hashed: int = 0
@@ -119,7 +119,7 @@ def make_plan(out: Path, items: list[CatalogItem], state: State | None, fingerpr
               shard_size: int) -> Plan:
     n = len(items)
     plan = Plan(snapshot=str(state.snapshot) if state else None, fingerprint=fingerprint,
-                digest=listing_digest(items), count=n, num_shards=num_shards_for(n, env.world_size, shard_size))
+                digest=listing_digest(items), count=n, num_slices=num_slices_for(n, env.world_size, shard_size))
     basis = {k: v for k, v in asdict(plan).items() if k not in ("key", "work", "error", "snapshot")}
     basis["snapshot"] = Path(plan.snapshot).name if plan.snapshot else None
     basis["version"] = PLAN_VERSION
@@ -134,10 +134,10 @@ def make_plan(out: Path, items: list[CatalogItem], state: State | None, fingerpr
     return plan
 
 
-# ---------------------------------------------------------------------------------------- one shard
-def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
-    """The shard's marker exists, lists these ids, and none of its files changed since it was written."""
-    npz, marker = chunk_paths(plan.work, shard)
+# ---------------------------------------------------------------------------------------- one slice
+def slice_is_done(plan: Plan, piece: int, items: list[CatalogItem]) -> bool:
+    """The slice's marker exists, lists these ids, and none of its files changed since it was written."""
+    npz, marker = chunk_paths(plan.work, piece)
     try:
         meta = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -146,11 +146,11 @@ def shard_is_done(plan: Plan, shard: int, items: list[CatalogItem]) -> bool:
             and meta.get("stat") == [stat_path(it.path) for it in items])
 
 
-def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dict[str, dict], encoder: Encoder,
+def encode_slice(plan: Plan, piece: int, items: list[CatalogItem], previous: dict[str, dict], encoder: Encoder,
                  opts: BuildOptions) -> int:
-    """Hash, plan, encode and write one shard; returns the number of images encoded.
+    """Hash, plan, encode and write one piece; returns the number of images encoded.
 
-    The shard's share of the update is decided by :func:`mmsearch.index.plan.plan_update` against
+    The piece's share of the update is decided by :func:`mmsearch.index.plan.plan_update` against
     ``previous`` (the live snapshot's rows), exactly as a single-process build decides it. ``encoder``:
     (model, preprocess, tokenizer).
     """
@@ -158,20 +158,20 @@ def encode_shard(plan: Plan, shard: int, items: list[CatalogItem], previous: dic
     stats = [stat_path(it.path) for it in items]  # before reading: a file changed meanwhile is redone next time
     hashes = hash_items(items)
     share = plan_update(items, previous, hashes, next_fid=0, complete=False)
-    emb = encode_plan(share, *encoder, opts, desc=f"shard {shard + 1}/{plan.num_shards}", text_progress=False)
+    emb = encode_plan(share, *encoder, opts, desc=f"slice {piece + 1}/{plan.num_slices}", text_progress=False)
     arrays = {name: np.stack([vecs[name] for vecs in emb.images.values()]) if emb.images
               else np.zeros((0, dim), np.float32) for name, dim in channel_dims(model).items() if name != "text"}
     arrays["text"] = (np.stack(list(emb.texts.values())) if emb.texts
                       else np.zeros((0, model.embed_dim), np.float32))
-    meta = {"shard": shard, "ids": [it.id for it in items], "hashes": [hashes[it.id] for it in items],
+    meta = {"shard": piece, "ids": [it.id for it in items], "hashes": [hashes[it.id] for it in items],
             "stat": stats, "encoded": list(emb.images), "failed": emb.failed, "texts": list(emb.texts)}
-    write_chunk(*chunk_paths(plan.work, shard), arrays, meta)  # float16 npz, then the done marker
+    write_chunk(*chunk_paths(plan.work, piece), arrays, meta)  # float16 npz, then the done marker
     return len(emb.images)
 
 
-def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], encoder: Encoder, env: DistEnv,
+def run_slices(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], encoder: Encoder, env: DistEnv,
                opts: BuildOptions) -> RankStatus:
-    """Encode this rank's shards (skipping completed ones) with ``encoder`` (model, preprocess, tokenizer);
+    """Encode this rank's pieces (skipping completed ones) with ``encoder`` (model, preprocess, tokenizer);
     errors become the status's error line."""
     model = encoder[0]
     status = RankStatus(rank=env.rank, device=str(next(model.parameters()).device))
@@ -184,18 +184,18 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
             raise DistributedError(f"rank {env.rank} loaded a different model than rank 0 (fingerprint "
                                    f"{model.fingerprint()} != {plan.fingerprint}): use the same --model file "
                                    f"everywhere")
-        ranges = even_ranges(len(items), plan.num_shards)
+        ranges = even_ranges(len(items), plan.num_slices)
         crash_hook(env, "shard-start")
-        for shard in slices_of_rank(plan.num_shards, env.rank, env.world_size):
-            start, end = ranges[shard]
+        for piece in slices_of_rank(plan.num_slices, env.rank, env.world_size):
+            start, end = ranges[piece]
             part = items[start:end]
-            status.shards += 1
+            status.pieces += 1
             status.hashed += len(part)
-            if shard_is_done(plan, shard, part):
+            if slice_is_done(plan, piece, part):
                 status.resumed += 1
-                log.info("rank %d: shard %d already done, skipping", env.rank, shard)
+                log.info("rank %d: slice %d already done, skipping", env.rank, piece)
                 continue
-            status.encoded += encode_shard(plan, shard, part, previous, encoder, opts)
+            status.encoded += encode_slice(plan, piece, part, previous, encoder, opts)
             crash_hook(env, "shard-done")
     except MMSearchError as exc:
         status.error = str(exc)
@@ -203,19 +203,19 @@ def run_shards(plan: Plan, items: list[CatalogItem], previous: dict[str, dict], 
     return status
 
 
-def load_shards(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> tuple[dict[str, str], Embeddings]:
-    """Every shard's hashes and embeddings: (id -> image SHA-256, the plan's :class:`Embeddings`)."""
-    ranges = even_ranges(len(items), plan.num_shards)
+def load_slices(plan: Plan, items: list[CatalogItem], dims: dict[str, int]) -> tuple[dict[str, str], Embeddings]:
+    """Every slice's hashes and embeddings: (id -> image SHA-256, the plan's :class:`Embeddings`)."""
+    ranges = even_ranges(len(items), plan.num_slices)
     hashes: dict[str, str] = {}
     emb = Embeddings()
-    for shard, (start, end) in enumerate(ranges):
+    for piece, (start, end) in enumerate(ranges):
         try:
-            arrays, meta = read_chunk(*chunk_paths(plan.work, shard))
+            arrays, meta = read_chunk(*chunk_paths(plan.work, piece))
         except (OSError, ValueError) as exc:
-            raise DistributedError(f"shard {shard} is missing or unreadable ({exc}); re-run the same command "
+            raise DistributedError(f"slice {piece} is missing or unreadable ({exc}); re-run the same command "
                                    f"to redo it") from None
         if meta["ids"] != [it.id for it in items[start:end]]:
-            raise DistributedError(f"shard {shard} was written for another listing; re-run the same command")
+            raise DistributedError(f"slice {piece} was written for another listing; re-run the same command")
         hashes.update(zip(meta["ids"], meta["hashes"]))
         emb.failed.update(meta["failed"])
         images = [name for name in dims if name != "text" and name in arrays]
@@ -240,7 +240,7 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", *, o
     """:func:`mmsearch.build_index` across the ranks of a torchrun job; call it on every rank.
 
     ``options`` and ``overrides`` are :func:`mmsearch.build_index`'s (a :class:`BuildOptions` and its
-    fields by name; ``shard_size``: catalog items per work shard, the unit a re-run resumes from). Returns
+    fields by name; ``shard_size``: catalog items per work piece, the unit a re-run resumes from). Returns
     the result on rank 0 and None on the other ranks. ``timeout_s`` bounds how long a rank waits for a
     *slow* peer; a peer that dies is noticed at once.
 
@@ -274,12 +274,12 @@ def build_index_distributed(catalog: str | Path, out: str | Path = "index", *, o
 
 class Peers:
     """What the other ranks wait for from rank 0, so that a failure on rank 0 tells them to stop instead of
-    leaving them waiting: first the plan; once every rank has finished its shards, the merge's messages
+    leaving them waiting: first the plan; once every rank has finished its pieces, the merge's messages
     (an IVF add task, "stop" or "done")."""
 
     def __init__(self, env: DistEnv):
         self.env = env
-        self.waiting_for = "plan"  # then "shards" (they encode and report), then "merge"
+        self.waiting_for = "plan"  # then "slices" (they encode and report), then "merge"
 
     def share_plan(self, plan: Plan) -> None:
         broadcast_object(asdict(plan), self.env, "sharing the plan")
@@ -306,8 +306,8 @@ class Peers:
 
 
 def _leader(job: Job) -> DistributedBuild:
-    """Rank 0: decide the plan under the writer lock and share it, encode its own shards, then merge every
-    rank's shards into one snapshot; the other ranks hear of a failure at whatever they wait for."""
+    """Rank 0: decide the plan under the writer lock and share it, encode its own pieces, then merge every
+    rank's pieces into one snapshot; the other ranks hear of a failure at whatever they wait for."""
     peers = Peers(job.env)
     try:
         scanned = scan_update(job.out, job.patterns, job.catalog)  # raises before anything is written
@@ -315,8 +315,8 @@ def _leader(job: Job) -> DistributedBuild:
             ctx = open_update(job.out, job.model_ref, job.opts.device, job.opts.rebuild)
             work = make_plan(job.out, scanned.items, ctx.state, ctx.model.fingerprint(), job.env, job.opts.shard_size)
             peers.share_plan(work)
-            log.info("distributed index: %d items in %d shards over %d ranks, work in %s", work.count,
-                     work.num_shards, job.env.world_size, work.work)
+            log.info("distributed index: %d items in %d slices over %d ranks, work in %s", work.count,
+                     work.num_slices, job.env.world_size, work.work)
             statuses = _run_and_gather(work, scanned.items, ctx, job)
             peers.merging()  # every rank now waits for add tasks until rank 0 says "done"
             gathered_at = time.perf_counter()
@@ -326,7 +326,7 @@ def _leader(job: Job) -> DistributedBuild:
         peers.stop(exc)
         raise
     peers.done()
-    # reading the shards + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
+    # reading the slices + the writer (FAISS build, store, fsync), i.e. the serial part on rank 0
     info["merge_seconds"] = round(time.perf_counter() - gathered_at, 3)
     shutil.rmtree(work.work, ignore_errors=True)
     with contextlib.suppress(OSError):
@@ -336,11 +336,11 @@ def _leader(job: Job) -> DistributedBuild:
 
 def _merge(job: Job, work: Plan, scanned: Scanned, ctx: UpdateContext,
            statuses: list[RankStatus]) -> tuple[Path, BuildReport, dict[str, Any]]:
-    """Rank 0, under the writer lock: every shard's hashes and embeddings -> the same plan_update /
+    """Rank 0, under the writer lock: every piece's hashes and embeddings -> the same plan_update /
     commit_update as build_index (new IVF indexes filled by every rank). -> (snapshot, report, info)"""
-    hashes, emb = load_shards(work, scanned.items, channel_dims(ctx.model))
+    hashes, emb = load_slices(work, scanned.items, channel_dims(ctx.model))
     info: dict[str, Any] = {
-        "world_size": job.env.world_size, "shards": work.num_shards, "shard_size": job.opts.shard_size,
+        "world_size": job.env.world_size, "shards": work.num_slices, "shard_size": job.opts.shard_size,
         "resumed_shards": sum(s.resumed for s in statuses),
         "ranks": [{"rank": s.rank, "encoded": s.encoded, "seconds": s.seconds, "device": s.device} for s in statuses]}
     recorded = dict(info)  # the manifest's build.distributed (the adder adds ivf_ondisk to it)
@@ -355,12 +355,12 @@ def _merge(job: Job, work: Plan, scanned: Scanned, ctx: UpdateContext,
 
 
 def _run_and_gather(plan: Plan, items: list[CatalogItem], ctx: UpdateContext, job: Job) -> list[RankStatus]:
-    """Rank 0's shards, then every rank's status; a failed or lost rank stops the job here."""
+    """Rank 0's slices, then every rank's status; a failed or lost rank stops the job here."""
     encoder = (ctx.model, ctx.preprocess, ctx.tokenizer)
-    mine = run_shards(plan, items, ctx.previous, encoder, job.env, job.opts)
+    mine = run_slices(plan, items, ctx.previous, encoder, job.env, job.opts)
     env, out = job.env, job.out
     try:
-        gathered = all_gather_objects(asdict(mine), env, "finishing its shards")
+        gathered = all_gather_objects(asdict(mine), env, "finishing its slices")
     except DistributedError as exc:
         raise _lost_ranks_error(plan, env, out, exc) from None
     statuses = [RankStatus(**s) for s in gathered]
@@ -368,21 +368,21 @@ def _run_and_gather(plan: Plan, items: list[CatalogItem], ctx: UpdateContext, jo
     if errors:
         raise DistributedError("; ".join(f"rank {s.rank}: {s.error}" if not s.error.startswith("rank ")
                                          else s.error for s in errors)
-                               + f" (nothing was written to {out}; completed shards are kept for a re-run)")
+                               + f" (nothing was written to {out}; completed slices are kept for a re-run)")
     return statuses
 
 
 def _lost_ranks_error(plan: Plan, env: DistEnv, out: Path, exc: Exception) -> DistributedError:
-    """Name the ranks whose shards have no done marker (the ones that died)."""
+    """Name the ranks whose slices have no done marker (the ones that died)."""
     log.debug("collective failed: %s", exc)
-    missing = {r: [i for i in slices_of_rank(plan.num_shards, r, env.world_size)
+    missing = {r: [i for i in slices_of_rank(plan.num_slices, r, env.world_size)
                    if not chunk_paths(plan.work, i)[1].is_file()] for r in range(env.world_size)}
-    lost = [r for r, shards in missing.items() if shards]
-    done = plan.num_shards - sum(len(v) for v in missing.values())
+    lost = [r for r, pieces in missing.items() if pieces]
+    done = plan.num_slices - sum(len(v) for v in missing.values())
     who = f"rank {', '.join(map(str, lost))}" if lost else "a rank"
-    return DistributedError(f"{who} stopped before finishing its shards ({done} of {plan.num_shards} shards done); "
+    return DistributedError(f"{who} stopped before finishing its slices ({done} of {plan.num_slices} slices done); "
                             f"nothing was written to {out}: re-run the same command to resume from the "
-                            f"completed shards")
+                            f"completed slices")
 
 
 class RankAdder:
@@ -397,7 +397,7 @@ class RankAdder:
         return Path(self.plan.work) / "ivf" / channel
 
     def num_parts(self, n: int) -> int:
-        return num_shards_for(n, self.env.world_size, self.shard_size)
+        return num_slices_for(n, self.env.world_size, self.shard_size)
 
     def __call__(self, task: AddTask) -> None:
         env = self.env
@@ -426,13 +426,13 @@ def _lost_parts_error(task: AddTask, env: DistEnv, out: Path, exc: Exception) ->
     who = f"rank {', '.join(map(str, lost))}" if lost else "a rank"
     err = DistributedError(f"{who} stopped before adding its {task.channel} vectors to the IVF index ({done} of "
                            f"{len(task.parts)} parts done); nothing was written to {out}: re-run the same command "
-                           f"to resume from the completed shards and parts")
+                           f"to resume from the completed slices and parts")
     err.lost_rank = True  # the process group is broken: nobody is left to tell
     return err
 
 
 def _follower(job: Job) -> None:
-    """Every rank but 0: encode its shards of rank 0's plan, then help fill new IVF indexes until told "done"."""
+    """Every rank but 0: encode its slices of rank 0's plan, then help fill new IVF indexes until told "done"."""
     from ..models.factory import create_model
 
     env = job.env
@@ -443,13 +443,13 @@ def _follower(job: Job) -> None:
     try:  # rank 0 reports what the scan skips
         items = scan_catalog(job.catalog, exclude=[job.out], skipped=[], exclude_globs=job.patterns)
         encoder = create_model(job.model_ref, device=job.opts.device)
-        status = run_shards(plan, items, _previous_rows(plan.snapshot), encoder, env, job.opts.replace(progress=False))
+        status = run_slices(plan, items, _previous_rows(plan.snapshot), encoder, env, job.opts.replace(progress=False))
     except MMSearchError as exc:
         status.error = f"rank {env.rank}: {exc}"
-    statuses = all_gather_objects(asdict(status), env, "finishing its shards")
+    statuses = all_gather_objects(asdict(status), env, "finishing its slices")
     if status.error:
         raise DistributedError(status.error)
-    log.info("rank %d: %d shards (%d resumed), %d images encoded in %.1f s", env.rank, status.shards,
+    log.info("rank %d: %d slices (%d resumed), %d images encoded in %.1f s", env.rank, status.pieces,
              status.resumed, status.encoded, status.seconds)
     if any(s["error"] for s in statuses):
         return  # rank 0 reports the failure

@@ -1,5 +1,5 @@
 """What every distributed index build shares, into a folder (runner.py) or into Milvus (milvus.py): the
-listing's digest every rank checks, the shard count, the crash hook of the tests and the result type."""
+listing's digest every rank checks, the piece count, the crash hook of the tests and the result type."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def listing_digest(items: list[CatalogItem]) -> str:
     return h.hexdigest()[:16]
 
 
-def num_shards_for(n: int, world_size: int, shard_size: int) -> int:
+def num_slices_for(n: int, world_size: int, shard_size: int) -> int:
     """Shards of about ``shard_size`` items, and at least one per rank. The count does not depend on
     the world size once the catalog is larger than ``world_size * shard_size``, so a resumed run may
-    use another number of ranks and still find its completed shards."""
+    use another number of ranks and still find its completed pieces."""
     return max(1, min(n, max(world_size, math.ceil(n / max(1, shard_size)))))
 
 
