@@ -40,8 +40,9 @@ def scan_update(out: Path, patterns: list[str], catalog: str | Path | None = Non
             raise CatalogError("no items given")
         folder = Path(os.path.commonpath([str(Path(it.path).parent) for it in wanted]))  # thumbnails served below
         return Scanned(folder, wanted, skipped, patterns)
+    assert catalog is not None  # a folder or items: checked above
     wanted = scan_catalog(catalog, exclude=[out], skipped=skipped, exclude_globs=patterns)
-    return Scanned(Path(catalog), wanted, skipped, patterns)  # type: ignore[arg-type]
+    return Scanned(Path(catalog), wanted, skipped, patterns)
 
 
 def items_from_dicts(given: Iterable[dict[str, Any]], previous: dict[str, dict] | None = None,
@@ -59,11 +60,15 @@ def items_from_dicts(given: Iterable[dict[str, Any]], previous: dict[str, dict] 
         image = spec.get("image")
         if image is None and prev is None:
             raise MMSearchError(f"item {spec['id']!r} is new and needs an \"image\" path")
-        path = str(Path(image).resolve()) if image is not None else prev["path"]
-        if image is None and hashes is not None:
-            hashes[spec["id"]] = prev["image_sha256"]
-        elif image is not None and not Path(path).is_file():
-            raise MMSearchError(f"item {spec['id']!r}: image {image} does not exist")
+        if image is None:
+            assert prev is not None  # a new item without an image was refused above
+            path = prev["path"]
+            if hashes is not None:
+                hashes[spec["id"]] = prev["image_sha256"]
+        else:
+            path = str(Path(image).resolve())
+            if not Path(path).is_file():
+                raise MMSearchError(f"item {spec['id']!r}: image {image} does not exist")
         meta = spec.get("metadata", prev["metadata"] if prev else {})
         if not isinstance(meta, dict):
             raise MMSearchError(f"item {spec['id']!r}: \"metadata\" must be an object")

@@ -57,6 +57,7 @@ def lean(fingerprint: str, runtime: str | None, device: str, load: Callable[[], 
             log.warning("cannot open the shipped towers (%s); loading the torch model", exc)
             return None
     else:
+        assert parts is not None  # no shipped entry: the exported parts were found (checked above)
         cfg, tokenizer = parts
         # a damaged file is removed here; the torch path (ort_towers) then exports it again
         towers = onnx.load_towers(onnx.export_dir(fingerprint), ("image", "text"), threads=query_threads())
