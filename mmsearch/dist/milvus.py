@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog.scan import CatalogItem, scan_catalog
-from ..errors import CatalogError, MMSearchError
-from ..index.milvus.build import adopt_model, build_manifest, finish_report, model_ref_for, update_input
+from ..errors import MMSearchError
+from ..index.milvus.build import adopt_model, finish_report, model_ref_for, update_input
 from ..index.milvus.location import MilvusLocation, parse_location
 from ..index.milvus.writer import MilvusWriter, Pending, Written
 from ..index.options import BuildOptions
 from ..index.plan import BuildReport, UpdatePlan, hash_items, plan_update, resolve
 from ..index.scanning import Scanned
-from ..index.update import encode_plan
+from ..index.update import encode_plan, nothing_readable, update_manifest
 from ..index.writer import channel_dims
 from ..ranges import even_ranges, slices_of_rank
 from .env import (
@@ -270,8 +270,7 @@ def _commit(writer: MilvusWriter, pending: Pending, plan: MilvusPlan, scanned: S
     report.seconds = time.perf_counter() - scanned.started
     if live is None and report.skipped and report.encoded == 0 and not previous:
         writer.abandon(pending)
-        reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
-        raise CatalogError(f"none of the {len(scanned.items)} images in {scanned.catalog} could be read ({reasons})")
+        raise nothing_readable(report, len(scanned.items), scanned.catalog)
     info: dict[str, Any] = {
         "backend": "milvus", "world_size": env.world_size, "shards": plan.num_slices,
         "shard_size": opts.shard_size, "resumed_shards": 0,
@@ -283,11 +282,9 @@ def _commit(writer: MilvusWriter, pending: Pending, plan: MilvusPlan, scanned: S
         writer.abandon(pending)  # nothing to commit: the generation stays
         committed: dict[str, Any] | None = live
     else:
-        manifest = build_manifest(model, model_ref_for(plan.model), str(scanned.catalog.resolve()), live, report,
-                                  opts.batch_size)
+        manifest = update_manifest(model, model_ref_for(plan.model), str(scanned.catalog.resolve()), live, report,
+                                   previous, (it.id for it in scanned.items), opts.batch_size)
         manifest["build"]["distributed"] = info
-        wanted = {it.id for it in scanned.items}
-        manifest["api_items"] = [i for i in keep if i in previous and i not in wanted]
         written.merge(writer.remove(set(removed)))
         committed = writer.commit(pending, written, manifest, plan.next_fid)
     info["merge_seconds"] = round(time.perf_counter() - t0, 3)  # rank 0's serial part: removals and the commit

@@ -26,7 +26,7 @@ from ..catalog.exclude import Excluder
 from ..catalog.exclude import normalise as normalise_excludes
 from ..catalog.scan import CatalogItem
 from ..catalog.storable import display_name, problem
-from ..errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
+from ..errors import IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from ..models.registry import list_models
 from .backend import is_milvus, location_text
 from .modelref import StaleRecord
@@ -37,8 +37,16 @@ from .scanning import Scanned, items_from_dicts, scan_update
 from .snapshot import State, load_state, read_manifest, writer_lock
 from .statcache import StatCache
 from .store import ItemStore
-from .update import UpdateContext, device_of, encode_plan, encode_update, handle_for, open_update
-from .writer import base_manifest, cfg_for, channel_dims, commit
+from .update import (
+    UpdateContext,
+    encode_plan,
+    encode_update,
+    handle_for,
+    nothing_readable,
+    open_update,
+    update_manifest,
+)
+from .writer import cfg_for, channel_dims, commit
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -64,8 +72,7 @@ def commit_update(out: Path, ctx: UpdateContext, plan: UpdatePlan, emb: Embeddin
     report.exclude = exclude
     report.skipped = list(scanned.skipped) + report.skipped
     if state is None and report.skipped and report.encoded == 0:
-        reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
-        raise CatalogError(f"none of the {len(scanned.items)} images in {scanned.catalog} could be read ({reasons})")
+        raise nothing_readable(report, len(scanned.items), scanned.catalog)
     cfg = cfg_for(opts.index, state)
     report.seconds = time.perf_counter() - scanned.started
     nothing = (state is not None and not changes and not removed
@@ -74,17 +81,8 @@ def commit_update(out: Path, ctx: UpdateContext, plan: UpdatePlan, emb: Embeddin
                and live_excludes(state) == exclude)
     if nothing:
         return state.snapshot, report  # type: ignore[union-attr]
-    manifest = base_manifest(ctx.model, ctx.ref, str(scanned.catalog.resolve()), state)
-    manifest["skipped"] = report.skipped
-    if exclude:
-        manifest["exclude"] = exclude
-    manifest["api_items"] = api_items_after(state, plan)
-    manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
-                         "images_per_s": round(report.images_per_s, 2) or None,
-                         "device": device_of(ctx.model), "batch_size": opts.batch_size,
-                         "added": report.added, "updated": report.updated,
-                         "metadata_updated": report.metadata_updated, "removed": report.removed,
-                         "unchanged": report.unchanged}
+    manifest = update_manifest(ctx.model, ctx.ref, str(scanned.catalog.resolve()), state.manifest if state else None,
+                               report, plan.previous, (it.id for it in plan.items), opts.batch_size)
     if distributed:
         manifest["build"]["distributed"] = distributed
     snap = commit(out, state, manifest, changes, removed, cfg, channel_dims(ctx.model), checkpoint=ctx.checkpoint,
@@ -105,14 +103,6 @@ def exclude_patterns(out: Path, given: Iterable[str] | None, reset: bool = False
         with contextlib.suppress(MMSearchError):
             remembered = list(read_manifest(out).get("exclude", []))
     return normalise_excludes([*remembered, *(given or [])])
-
-
-def api_items_after(state: State | None, plan: UpdatePlan) -> list[str]:
-    """Ids added through the API (upsert_items) that a catalog sync keeps: the live manifest's, less those
-    the catalog now has itself (the catalog owns them from then on)."""
-    old = state.manifest.get("api_items", []) if state is not None else []
-    wanted = {it.id for it in plan.items}
-    return [i for i in old if i not in wanted and i in plan.previous]
 
 
 def finish_report(report: BuildReport, out: Path, snap: Path) -> BuildReport:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from ..errors import IndexIncompatibleError, MMSearchError
+from ..errors import CatalogError, IndexIncompatibleError, MMSearchError
 from ..models.registry import list_models
 from .modelref import ModelHandle
 from .options import BuildOptions
-from .plan import Embeddings, UpdatePlan, next_free_fid
+from .plan import BuildReport, Embeddings, UpdatePlan, next_free_fid
 from .snapshot import State, load_state
 from .store import ItemStore
+from .writer import base_manifest
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,40 @@ def device_of(model: Any) -> str:
     if isinstance(model, ModelHandle):
         return model.device_name()
     return str(next(model.parameters()).device)
+
+
+# ------------------------------------------------------------------------------------------ committing
+def api_items_after(live: dict[str, Any] | None, previous: dict[str, dict], wanted: Iterable[str]) -> list[str]:
+    """Ids added through the API (upsert_items) that a catalog sync keeps: the live manifest's, less those
+    the catalog (``wanted``) now has itself (the catalog owns them from then on) and those no longer indexed."""
+    wanted = set(wanted)
+    return [i for i in (live or {}).get("api_items", []) if i not in wanted and i in previous]
+
+
+def update_manifest(model: Any, ref: str, catalog: str, live: dict[str, Any] | None, report: BuildReport,
+                    previous: dict[str, dict], wanted: Iterable[str], batch_size: int) -> dict[str, Any]:
+    """The manifest a catalog update commits, on either backend: the model, the live one's creation time,
+    the skipped files, the --exclude patterns, the API items a sync keeps and the build's counts."""
+    manifest = base_manifest(model, ref, catalog, None)
+    if live is not None:
+        manifest["created"] = live.get("created", manifest["created"])
+    manifest["skipped"] = report.skipped
+    if report.exclude:
+        manifest["exclude"] = list(report.exclude)
+    manifest["api_items"] = api_items_after(live, previous, wanted)
+    manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
+                         "images_per_s": round(report.images_per_s, 2) or None,
+                         "device": device_of(model), "batch_size": batch_size,
+                         "added": report.added, "updated": report.updated,
+                         "metadata_updated": report.metadata_updated, "removed": report.removed,
+                         "unchanged": report.unchanged}
+    return manifest
+
+
+def nothing_readable(report: BuildReport, n_items: int, catalog: Any) -> CatalogError:
+    """The error of a first build none of whose images could be read (the first reasons named)."""
+    reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
+    return CatalogError(f"none of the {n_items} images in {catalog} could be read ({reasons})")
 
 
 # ------------------------------------------------------------------------------------------ encoding

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ...catalog.exclude import normalise as normalise_excludes
-from ...errors import CatalogError, IndexIncompatibleError, IndexNotFoundError, MMSearchError
+from ...errors import IndexIncompatibleError, IndexNotFoundError, MMSearchError
 from ...models.registry import list_models
 from ..modelref import ModelHandle, StaleRecord
 from ..options import BuildOptions
@@ -27,7 +27,7 @@ from ..plan import BuildReport, hash_items, plan_update, resolve
 from ..scanning import scan_update
 from ..snapshot import load_state, writer_lock
 from ..store import ItemStore
-from ..update import UpdateContext, encode_update
+from ..update import UpdateContext, encode_update, nothing_readable, update_manifest
 from ..writer import Change, channel_dims
 from .location import MilvusLocation, parse_location
 from .writer import MilvusWriter
@@ -54,25 +54,6 @@ def model_ref_for(model: str | Path) -> str:
     if not path.is_file():
         raise MMSearchError(f"model {model} is neither a built-in model ({', '.join(list_models())}) nor a file")
     return str(path)
-
-
-def build_manifest(handle: Any, ref: str, catalog: str | None, live: dict[str, Any] | None, report: BuildReport,
-                   batch_size: int) -> dict[str, Any]:
-    """The manifest an index build commits (model, catalog, skipped files, excludes, the build's counts)."""
-    from ..writer import base_manifest
-
-    manifest = base_manifest(handle, ref, catalog, None)
-    if live is not None:
-        manifest["created"] = live.get("created", manifest["created"])
-    manifest["skipped"] = report.skipped
-    if report.exclude:
-        manifest["exclude"] = list(report.exclude)
-    manifest["build"] = {"seconds": round(report.seconds, 3), "encoded": report.encoded,
-                         "images_per_s": round(report.images_per_s, 2) or None, "batch_size": batch_size,
-                         "added": report.added, "updated": report.updated,
-                         "metadata_updated": report.metadata_updated, "removed": report.removed,
-                         "unchanged": report.unchanged}
-    return manifest
 
 
 def finish_report(report: BuildReport, loc: MilvusLocation, committed: dict[str, Any] | None) -> BuildReport:
@@ -119,7 +100,6 @@ def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
         writer = MilvusWriter(loc, cfg=opts.index)
         if opts.rebuild:
             writer.drop()
-        live = writer.manifest
         scanned, model = update_input(writer, opts, catalog, items)
         handle = ModelHandle(model, opts.device)
         live = adopt_model(writer, handle)
@@ -136,18 +116,14 @@ def build_milvus(catalog: str | Path | None, location: str, opts: BuildOptions,
         report.exclude = scanned.patterns
         report.skipped = list(scanned.skipped) + report.skipped
         if live is None and report.skipped and report.encoded == 0 and not previous:
-            reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])
-            raise CatalogError(f"none of the {len(scanned.items)} images in {scanned.catalog} could be read "
-                               f"({reasons})")
+            raise nothing_readable(report, len(scanned.items), scanned.catalog)
         report.seconds = time.perf_counter() - scanned.started
         nothing = (live is not None and not changes and not removed and live.get("skipped") == report.skipped
                    and list(live.get("exclude", [])) == scanned.patterns and writer.meta.dirty() is None)
         committed = live
         if not nothing:
-            manifest = build_manifest(handle, ctx.ref, str(scanned.catalog.resolve()), live, report,
-                                       opts.batch_size)
-            manifest["api_items"] = [i for i in (live or {}).get("api_items", []) if i in previous
-                                     and i not in {it.id for it in plan.items}]
+            manifest = update_manifest(handle, ctx.ref, str(scanned.catalog.resolve()), live, report, previous,
+                                       (it.id for it in plan.items), opts.batch_size)
             committed = writer.apply(changes, removed, manifest, next_fid)
     return finish_report(report, loc, committed)
 
