@@ -477,3 +477,14 @@ def test_search_modes_paging_and_similar_to_several(client, engine):
     assert missing.status_code == 404 and "nope.webp" in missing.json()["detail"]
     both = client.post("/search/similar", data={"id": ["food/lemon.webp"], "not_id": ["food/lemon.webp"]})
     assert both.status_code == 400 and "both liked and disliked" in both.json()["detail"]
+
+
+def test_a_query_that_cannot_be_built_is_a_400_on_both_routes(client):
+    """A term weight out of range is the same one-line 400 from /search and from /cli/query (it was a 500 there)."""
+    bad = [client.post("/search", data={"text": "red", "text_weights": "1000"}),
+           client.post("/cli/query", json={"terms": [{"kind": "text", "text": "red", "weight": 1000}]}),
+           client.post("/cli/query", json={"terms": [{"kind": "text", "text": "red"}], "window": 0})]
+    for r in bad:
+        assert r.status_code == 400, r.text
+    assert "out of range" in bad[0].json()["detail"] and bad[0].json() == bad[1].json()
+    assert "window" in bad[2].json()["detail"]

@@ -14,14 +14,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
-from ..errors import MMSearchError
 from ..search.algebra import Term
 from ..search.paging import Paging
 from ..search.query import Query
 from .discovery import identity
 from .files import UploadRejected, probe_upload
 from .limits import RequestBudget
-from .routes import check_query_args, run_query
+from .routes import bad_query_is_400, check_query_args, run_query
 from .state import ServerState
 
 
@@ -77,12 +76,11 @@ def cli_router(state: ServerState) -> APIRouter:
                 value = check_query_args(state.cfg, t.text, q.k)
                 if value is None:
                     continue
-            terms.append(Term(t.kind, value, t.weight))
-        try:
+            with bad_query_is_400():
+                terms.append(Term(t.kind, value, t.weight))
+        with bad_query_is_400():
             query = Query(terms=terms, k=q.k, where=q.where or None, image_weight=q.image_weight, mode=q.mode,
                           paging=Paging(q.offset, q.min_score, q.sort_by, q.descending, q.window))
-        except MMSearchError as exc:
-            raise HTTPException(400, str(exc)) from None
         with state.use() as use:  # the lease: a reload cannot close the store under this search
             hits = await run_query(state, use, query)
             path = use.engine.path  # the CLI checks the identity names the index it was asked for

@@ -1,12 +1,13 @@
 """The server's routes, in three routers: search, items, service (create_app adds the API key check)."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Iterator
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
@@ -154,11 +155,11 @@ async def run_query(state: ServerState, use: Use, query: SearchQuery) -> list[Se
     return hits
 
 
-def paging(min_score: float | None, sort_by: str | None, descending: bool, offset: int | None,
-           window: int) -> Paging:
-    """The request's paging options (paging.py); a bad one is a 400."""
+@contextlib.contextmanager
+def bad_query_is_400() -> Iterator[None]:
+    """A query that cannot be built (a term weight, a paging option, k out of range) is a 400 with its message."""
     try:
-        return Paging(offset, min_score, sort_by, descending, window)
+        yield
     except MMSearchError as exc:
         raise HTTPException(400, str(exc)) from None
 
@@ -251,14 +252,13 @@ def search_router(state: ServerState) -> APIRouter:
         neg_texts = [t for t in not_text or [] if t.strip()]
         if not images and not texts and not nots and not neg_texts:
             raise HTTPException(400, "a query needs an image, a text, or both")
-        weighted = weigh(images, image_weights, "image") + [(-1.0, d) for d in nots] + \
-            weigh(texts, text_weights, "text") + [(-1.0, t) for t in neg_texts]
-        try:
-            query = SearchQuery(terms=[Term("image" if isinstance(v, bytes) else "text", v, w) for w, v in weighted], k=k,
-                          where=where, image_weight=image_weight, mode=mode,
-                          paging=paging(min_score, sort_by, descending, offset, window))
-        except MMSearchError as exc:
-            raise HTTPException(400, str(exc)) from None
+        with bad_query_is_400():
+            terms = ([Term("image", d, w) for w, d in weigh(images, image_weights, "image")]
+                     + [Term("image", d, -1.0) for d in nots]
+                     + [Term("text", t, w) for w, t in weigh(texts, text_weights, "text")]
+                     + [Term("text", t, -1.0) for t in neg_texts])
+            query = SearchQuery(terms=terms, k=k, where=where, image_weight=image_weight, mode=mode,
+                                paging=Paging(offset, min_score, sort_by, descending, window))
         with state.use() as use:
             return await answer(use, query)
 
