@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ItemNotFoundError, QueryError
 from ..index.filters import WhereSpec
 from .algebra import Term, check_terms, combine_terms, fuse, plain_form
-from .hits import hit
+from .hits import hits_of
 from .ranking import top_k
 from .retriever import Encoded
 
@@ -72,9 +72,7 @@ def rank_fused(engine: "SearchEngine", q: np.ndarray, norm: float, img: dict[str
     for row in txt if txt is not None else []:
         parts.append(retriever.score(Encoded(None, row[None]), img_channel, 0, cand, 0.0))
     scores = combine_terms(np.stack(parts), weights, norm) if len(cand) else np.zeros(0, np.float32)
-    ids, best = top_k(scores, cand, k)
-    rows = engine.backend.rows(ids)
-    return [hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
+    return hits_of(engine.backend, [top_k(scores, cand, k)])[0]
 
 
 def similar_to_items(engine: "SearchEngine", like: Sequence[str], not_like: Sequence[str] = (), text: str | None = None,

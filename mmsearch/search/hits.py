@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 
 @dataclass
@@ -17,6 +19,14 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def hits_of(backend: Any, ranked: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[list[SearchHit]]:
+    """Per ranked list of (fids, scores), best first, its hits; every list's rows read from ``backend`` (an
+    index/backend.py IndexReader) in one go."""
+    fids = np.unique(np.concatenate([ids for ids, _ in ranked] + [np.zeros(0, np.int64)]))
+    rows = backend.rows(fids)
+    return [[hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, scores), 1)] for ids, scores in ranked]
 
 
 def hit(rank: int, row: dict[str, Any], score: float) -> SearchHit:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import QueryError
 from ..index.filters import WhereSpec
-from .hits import hit
+from .hits import hits_of
 
 MODES = ("auto", "hybrid", "semantic", "keyword")
 
@@ -62,8 +62,7 @@ def keyword_hits(engine: Any, text: str, k: int, where: WhereSpec = None) -> lis
         fids, bm25 = engine.backend.keyword_search(text, len(engine))  # every match, then the filter
         keep = np.isin(fids, allowed)
         fids, bm25 = fids[keep][:k], bm25[keep][:k]
-    rows = engine.backend.rows(fids)
-    return [hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(fids, bm25), 1)]
+    return hits_of(engine.backend, [(fids, bm25)])[0]
 
 
 def boosts(engine: Any, texts: Sequence[str], weight: float, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -16,7 +16,7 @@ from ..config import RankingCfg
 from ..index.backend import IndexReader
 from ..index.filters import Condition
 from . import hybrid as _hybrid
-from .hits import SearchHit, hit
+from .hits import SearchHit, hits_of
 from .ranking import combine, text_part, top_k
 
 
@@ -60,9 +60,7 @@ class Retriever:
             tw = 1.0 - w if q.image is not None else 1.0  # the bonus belongs to the text part
             extra = [tw * _hybrid.bonus_of(c, *bo) for c, bo in zip(cands, boost)]
         results = [top_k(self.score(q, img_channel, b, cand, w) + extra[b], cand, k) for b, cand in enumerate(cands)]
-        rows = self.backend.rows(np.unique(np.concatenate([ids for ids, _ in results] + [np.zeros(0, np.int64)])))
-        return [[hit(r, rows[int(i)], float(s)) for r, (i, s) in enumerate(zip(ids, best), 1)]
-                for ids, best in results]
+        return hits_of(self.backend, results)
 
     def few_matches(self, where: Sequence[Condition] | None, n_cand: int) -> np.ndarray | None:
         """Every item matching ``where`` when they are few enough to score exactly (else None)."""
