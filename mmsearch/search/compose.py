@@ -56,7 +56,7 @@ def rank_fused(engine: "SearchEngine", q: np.ndarray, norm: float, img: dict[str
     drop = np.array(sorted(engine.backend.fids_of(list(exclude)).values()), np.int64) if exclude else None
     n = k + (len(drop) if drop is not None else 0)
     retriever = engine.retriever
-    n_cand = max(engine.ranking.candidates, 4 * n)
+    n_cand = retriever.n_candidates(n)
     few = retriever.few_matches(conditions, n_cand)
     cand = retriever.candidates(Encoded(None, None, q[None]), "image", n, n_cand, conditions, few)[0]
     if txt is not None and few is None:  # texts also find items by their own text

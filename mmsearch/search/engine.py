@@ -158,12 +158,11 @@ class SearchEngine:
 
     def select(self, where: WhereSpec) -> np.ndarray:
         """Sorted int64 ids (fids) of the items matching ``where`` (see filters.py for the forms)."""
-        conditions = parse_where(where)
-        self.backend.check_fields(conditions)  # a filter on a field no item has is an error, not "no results"
-        return self.backend.select(conditions)
+        return self.backend.select(self.conditions(where))
 
     def conditions(self, where: WhereSpec) -> list:
-        """``where`` parsed and checked against the index's fields (empty: no filter)."""
+        """``where`` parsed and checked against the index's fields (empty: no filter); a filter on a field
+        no item has is an error, not "no results"."""
         conditions = parse_where(where)
         if conditions:
             self.backend.check_fields(conditions)
@@ -311,10 +310,9 @@ class SearchEngine:
                 continue
             boost = _hybrid.boosts(self, texts, self.ranking.keyword_weight, self.ranking.keyword_candidates) \
                 if how == "hybrid" else None
-            group_texts = [queries[i]["text"] for i in idx] if has_txt else None
             group_images = [queries[i]["image"] for i in idx] if has_img else None
             img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
-                functools.partial(_maybe, self.encode_texts, group_texts),
+                functools.partial(_maybe, self.encode_texts, texts if has_txt else None),
                 functools.partial(_maybe, self.encode_image_channels, group_images),
                 concurrent=has_img and has_txt and _runtime.concurrent_towers())[::-1]
             for i, hits in zip(idx, self.search_vectors(img, txt, k=k, image_weight=image_weight, where=where,

@@ -51,7 +51,7 @@ class Retriever:
              boost: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[list[SearchHit]]:
         """Up to ``k`` hits per query, best first; every hit satisfies ``where`` (see engine.search_vectors)."""
         img_channel = self.image_channel(q.image)
-        n_cand = max(self.ranking.candidates, 4 * k)
+        n_cand = self.n_candidates(k)
         cands = self.candidates(q, img_channel, k, n_cand, where, self.few_matches(where, n_cand))
         extra: list[Any] = [0.0] * q.batch
         if boost is not None:  # hybrid: keyword matches join the candidates and add their bonus (hybrid.py)
@@ -61,6 +61,10 @@ class Retriever:
             extra = [tw * _hybrid.bonus_of(c, *bo) for c, bo in zip(cands, boost)]
         results = [top_k(self.score(q, img_channel, b, cand, w) + extra[b], cand, k) for b, cand in enumerate(cands)]
         return hits_of(self.backend, results)
+
+    def n_candidates(self, k: int) -> int:
+        """How many candidates each channel proposes for ``k`` hits (RankingCfg.candidates, at least 4 k)."""
+        return max(self.ranking.candidates, 4 * k)
 
     def few_matches(self, where: Sequence[Condition] | None, n_cand: int) -> np.ndarray | None:
         """Every item matching ``where`` when they are few enough to score exactly (else None)."""
