@@ -27,9 +27,8 @@ from ..catalog.exclude import normalise as normalise_excludes
 from ..catalog.scan import CatalogItem
 from ..catalog.storable import display_name, problem
 from ..errors import IndexIncompatibleError, IndexNotFoundError, MMSearchError
-from ..models.registry import list_models
 from .backend import is_milvus, location_text
-from .modelref import StaleRecord
+from .modelref import StaleRecord, model_path
 from .ondisk import Adder
 from .options import BuildKw, BuildOptions, IndexCfg
 from .plan import BuildReport, Embeddings, UpdatePlan, hash_items, next_free_fid, plan_update, resolve
@@ -200,7 +199,7 @@ def index_model(out: str | Path) -> str:
     except MMSearchError:
         return "default"
     ref = m["model"]["ref"]
-    return ref if ref in list_models() else str(Path(m["_snapshot"]) / ref)
+    return model_path(ref, Path(m["_snapshot"]))
 
 
 def _locked_state(out: Path) -> State:

@@ -19,6 +19,14 @@ from ..models.registry import list_models
 log = logging.getLogger(__name__)
 
 
+def model_path(ref: str, home: Path | None) -> str:
+    """The model an index's manifest names, as create_model takes it: a built-in name as it is, a checkpoint
+    relative to ``home`` (the snapshot folder that keeps the index's own copy), an absolute one as it is."""
+    if ref in list_models():
+        return ref
+    return str(Path(ref) if home is None or Path(ref).is_absolute() else home / ref)
+
+
 class StaleRecord(Exception):
     """The recorded fingerprint of a model was not its real one (the record is fixed; plan again)."""
 

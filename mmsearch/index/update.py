@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from ..errors import CatalogError, IndexIncompatibleError, MMSearchError
 from ..models.registry import list_models
-from .modelref import ModelHandle
+from .modelref import ModelHandle, model_path
 from .options import BuildOptions
 from .plan import BuildReport, Embeddings, UpdatePlan, next_free_fid
 from .snapshot import State, load_state
@@ -72,7 +72,7 @@ def handle_for(state: State | None, model_ref: str | Path | None, device: str) -
         if state is None:
             raise MMSearchError("no model given and no existing index to take it from")
         ref = state.manifest["model"]["ref"]
-        model_ref = str(state.snapshot / ref) if ref not in list_models() else ref
+        model_ref = model_path(ref, state.snapshot)
     is_checkpoint = str(model_ref) not in list_models()
     ref = "model.pt" if is_checkpoint else str(model_ref)
     ckpt = Path(model_ref) if is_checkpoint and not (state and Path(model_ref).parent == state.snapshot) else None

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageDecodeError, IndexIncompatibleError, QueryError
+from ..index.modelref import model_path
 from ..models.crop import resize_crop_pil
 from ..models.onnx import normalize_u8, tokenize_numpy
 from ..models.registry import list_models
@@ -32,14 +33,12 @@ def model_ref_of(manifest: dict[str, Any], home: Path | None) -> str:
     """The model an index names, as create_model takes it: a built-in name, or the checkpoint file
     (relative to ``home``, the snapshot folder, when the index keeps its own copy)."""
     ref = manifest["model"]["ref"]
-    if ref in list_models():
-        return ref
-    path = Path(ref) if home is None or Path(ref).is_absolute() else home / ref
-    if not path.is_file():
+    path = model_path(ref, home)
+    if ref not in list_models() and not Path(path).is_file():
         raise IndexIncompatibleError(f"index {manifest.get('_snapshot', '')} was built with model {ref!r}, which "
                                      f"this mmsearch does not have (known: {', '.join(list_models())}); "
                                      f"rebuild the index")
-    return str(path)
+    return path
 
 
 class QueryEncoder:
