@@ -43,6 +43,7 @@ from .update import (
     handle_for,
     nothing_readable,
     open_update,
+    unknown_ids,
     update_manifest,
 )
 from .writer import cfg_for, channel_dims, commit
@@ -224,8 +225,7 @@ def remove_items(index: str | Path, ids: Sequence[str], lock_timeout: float = 0.
             next_fid = st.next_fid()
         missing = [i for i in ids if i not in fids]
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise MMSearchError(f"no item with id {shown} in {out}; nothing was removed")
+            raise unknown_ids(missing, out)
         manifest = {k: v for k, v in state.manifest.items() if not k.startswith("_")}
         if manifest.get("api_items"):  # removed on purpose: no longer kept through syncs
             manifest["api_items"] = [i for i in manifest["api_items"] if i not in fids]

@@ -67,7 +67,7 @@ class FolderReader:
         return resolve_snapshot(self.path).name
 
     def changed(self) -> bool:
-        return resolve_snapshot(self.path) != self.snapshot
+        return self.latest_version() != self.version
 
     def close(self) -> None:
         self.store.close()

@@ -114,6 +114,12 @@ def update_manifest(model: Any, ref: str, catalog: str, live: dict[str, Any] | N
     return manifest
 
 
+def unknown_ids(missing: list[str], index: Any) -> MMSearchError:
+    """The error of a removal naming ids the index does not have (the first five named)."""
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return MMSearchError(f"no item with id {shown} in {index}; nothing was removed")
+
+
 def nothing_readable(report: BuildReport, n_items: int, catalog: Any) -> CatalogError:
     """The error of a first build none of whose images could be read (the first reasons named)."""
     reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped[:5])

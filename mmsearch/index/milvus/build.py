@@ -27,7 +27,7 @@ from ..plan import BuildReport, hash_items, plan_update, resolve
 from ..scanning import scan_update
 from ..snapshot import load_state, writer_lock
 from ..store import ItemStore
-from ..update import UpdateContext, encode_update, nothing_readable, update_manifest
+from ..update import UpdateContext, encode_update, nothing_readable, unknown_ids, update_manifest
 from ..writer import Change, channel_dims
 from .location import MilvusLocation, parse_location
 from .writer import MilvusWriter
@@ -140,8 +140,7 @@ def remove_milvus(location: str, ids: Sequence[str], lock_timeout: float = 0.0) 
         previous = writer.previous()
         missing = [i for i in ids if i not in previous]
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise MMSearchError(f"no item with id {shown} in {loc}; nothing was removed")
+            raise unknown_ids(missing, loc)
         manifest = {k: v for k, v in live.items() if not k.startswith("_")}
         gone = set(ids)
         if manifest.get("api_items"):
