@@ -11,10 +11,13 @@ shops whose titles are bare model numbers have. Queries:
 - ``type``: "a photo of a {label}": every item with that label is a target;
 - ``untitled type``: the same type queries on the untitled catalog (what a photo library is).
 
-Methods: ``semantic`` (embeddings only), ``keyword`` (BM25 only), ``hybrid`` (semantic score + a keyword
-bonus ``w * bm25 / max bm25``, w = ``--weights``) and ``rrf`` (reciprocal-rank fusion, k = 60, of the
-semantic and keyword top 100). Metrics: hit@1, hit@10 (a target in the top 1 / 10), MRR (first target),
-P@10 (share of the top 10 that are targets; the type queries).
+Methods: ``semantic`` (embeddings only), ``keyword`` (BM25 only), ``hybrid@w`` (semantic score + ``w`` times
+the IDF-weighted share of the query's phrases an item matches, w = ``--weights``, + the identifier bonus:
+``identifier_weight`` times the share of the query's terms with a digit it holds, search/hybrid.py),
+``hybrid@w id=0`` (the same without the identifier bonus) and ``rrf`` (reciprocal-rank fusion, k = 60, of
+the semantic and keyword top 100). Metrics: hit@1, hit@10 (a target in the top 1 / 10), MRR (first target),
+P@10 (share of the top 10 that are targets; the type queries). ``mean`` averages the three titled query
+kinds with equal weight. ``--seed`` draws another sample of photos and codes (a second, held-out run).
 
     python benchmarks/bench_hybrid.py --per-set 200 --out benchmarks/results/hybrid
 """
@@ -32,10 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch import SearchEngine, build_index
+from mmsearch.config import RankingCfg
 from mmsearch.search.hybrid import rrf
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "photos"
 SETS = ("clothing-cc0", "caltech101-ccby")
+shipped = RankingCfg()
 
 
 def sample(photos: Path, per_set: int, seed: int = 0) -> list[dict]:
@@ -83,7 +88,9 @@ def run_method(engine: SearchEngine, method: str, text: str) -> list[str]:
         ids, _ = rrf([np.array([fid[h.id] for h in sem]), np.array([fid[h.id] for h in kw])])
         return [names[int(i)] for i in ids[:10]]
     if method.startswith("hybrid"):
-        engine.ranking.keyword_weight = float(method.split("@")[1])
+        weight, _, no_id = method.split("@")[1].partition(" ")
+        engine.ranking.keyword_weight = float(weight)
+        engine.ranking.identifier_weight = 0.0 if no_id else shipped.identifier_weight
         return [h.id for h in engine.search(text=text, k=10, mode="hybrid")]
     return [h.id for h in engine.search(text=text, k=10, mode=method)]
 
@@ -94,10 +101,12 @@ def main() -> None:
     ap.add_argument("--per-set", type=int, default=200)
     ap.add_argument("--weights", default="0.1,0.2,0.3,0.5")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    rows = sample(a.photos, a.per_set)
-    methods = ["semantic", "keyword", "rrf"] + [f"hybrid@{w}" for w in a.weights.split(",")]
+    rows = sample(a.photos, a.per_set, a.seed)
+    methods = ["semantic", "keyword", "rrf"] + [f"hybrid@{w}" for w in a.weights.split(",")] + \
+        [f"hybrid@{shipped.keyword_weight} id=0"]
     labels = sorted({r["label"] for r in rows})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
@@ -108,7 +117,6 @@ def main() -> None:
             build_index(cat, out=cat.parent / f"{cat.name}-index", model=a.model, device="cpu", progress=False)
             engines[titled] = SearchEngine.open(cat.parent / f"{cat.name}-index", device="cpu")
         build_s = time.time() - t0
-        shipped_weight = engines[True].ranking.keyword_weight
         by_label = {lab: {r["id"] for r in rows if r["label"] == lab} for lab in labels}
         queries = {
             "code": [(r["code"], {r["id"]}, True) for r in rows],
@@ -125,18 +133,27 @@ def main() -> None:
                 results.setdefault(kind, {})[m] = {k: round(float(np.mean([p[k] for p in per])), 3) for k in per[0]}
                 print(kind, m, results[kind][m], flush=True)
             for e in engines.values():
-                e.ranking.keyword_weight = shipped_weight
+                e.ranking = RankingCfg()
             auto = [score([h.id for h in engines[qs[0][2]].search(text=t, k=10)], tg) for t, tg, _ in qs]
             results[kind]["auto (default)"] = {k: round(float(np.mean([p[k] for p in auto])), 3) for k in auto[0]}
+    titled = ("code", "code+type", "type")
+    results["mean"] = {m: {k: round(float(np.mean([results[q][m][k] for q in titled])), 3) for k in ("hit@1", "mrr")}
+                       for m in results["type"]}
+    print("mean", results["mean"])
     if a.out:
         a.out.with_suffix(".json").write_text(json.dumps({"items": len(rows), "labels": len(labels),
                                                            "build_s": round(build_s, 1), "results": results}, indent=1))
         lines = ["# Hybrid (keyword + semantic) search on titled and untitled real photos", "",
-                 f"Command: `python benchmarks/bench_hybrid.py --per-set {a.per_set} --weights {a.weights} --out {a.out}`",
+                 f"Command: `python benchmarks/bench_hybrid.py --per-set {a.per_set} --weights {a.weights} "
+                 f"--seed {a.seed} --out {a.out}`",
                  "", f"{len(rows)} photos ({a.per_set} each from {', '.join(SETS)}), {len(labels)} labels; model "
-                 f"`{a.model}`. auto (default) = hybrid at the shipped keyword weight on the titled catalog, "
+                 f"`{a.model}`. auto (default) = hybrid with the shipped weights on the titled catalog, "
                  "semantic on the untitled one.", ""]
         for kind, table in results.items():
+            if kind == "mean":
+                lines += ["## mean of code, code+type and type", "", "| method | hit@1 | MRR |", "|---|---|---|"]
+                lines += [f"| {m} | {v['hit@1']} | {v['mrr']} |" for m, v in table.items()] + [""]
+                continue
             lines += [f"## {kind} ({len(queries[kind])} queries)", "", "| method | hit@1 | hit@10 | MRR | P@10 |",
                       "|---|---|---|---|---|"]
             lines += [f"| {m} | {v['hit@1']} | {v['hit@10']} | {v['mrr']} | {v['p@10']} |" for m, v in table.items()]

@@ -139,6 +139,10 @@ class RankingCfg:
     keyword_weight: hybrid search's bonus for an item whose words match every phrase of the query, scaled by
         the IDF-weighted share of phrases matched (search/hybrid.py); keyword_candidates: how many BM25 matches
         join the candidates.
+    identifier_weight: hybrid search's bonus for an item whose words hold every identifier of the query (a
+        term with a digit: a model number, SKU or year, "XR-2000", "2019"), scaled by the IDF-weighted share
+        of identifiers matched: 1.0, a whole cosine unit, puts an exact model number ahead of items that
+        only look alike (search/hybrid.py). 0 turns it off.
     """
 
     image_weight: float = 0.5
@@ -149,6 +153,7 @@ class RankingCfg:
     overfetch_from: float = 0.3
     keyword_weight: float = 0.5
     keyword_candidates: int = 100
+    identifier_weight: float = 1.0
 
 
 @dataclass

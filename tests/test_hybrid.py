@@ -9,7 +9,7 @@ import pytest
 from mmsearch import SearchEngine, build_index
 from mmsearch.errors import QueryError
 from mmsearch.index.store import ItemStore, keyword_text, match_query
-from mmsearch.search.hybrid import bonus_of, resolve_mode, rrf
+from mmsearch.search.hybrid import bonus_of, identifiers, resolve_mode, rrf
 
 
 def test_pure_parts():
@@ -24,6 +24,8 @@ def test_pure_parts():
     cand = np.array([2, 5, 9])
     assert bonus_of(cand, np.array([9, 4, 2]), np.array([0.3, 0.2, 0.1], np.float32)).tolist() == \
         pytest.approx([0.1, 0.0, 0.3])
+    assert identifiers("white shelf XR-2000 from 2019 in 4k") == "XR-2000 2019 4k"
+    assert identifiers("red shoes") == ""
     # user text never reaches FTS5 as syntax
     assert match_query('XR-2000 "white" NEAR(a b) x* OR') == '"xr 2000" OR "white" OR "near a" OR "b" OR "x" OR "or"'
     assert match_query("!!! ???") is None
@@ -58,8 +60,10 @@ def test_keyword_and_hybrid_find_an_item_by_its_code(sku_index):
         assert engine.search(text=code, k=1)[0].id == r["image"]  # auto = hybrid on a titled index
         hy = engine.search(text=code, k=6, mode="hybrid")
         sem = {h.id: h.score for h in engine.search(text=code, k=6, mode="semantic")}
-        # hybrid = exact semantic score + the bonus: the best keyword match gets the whole keyword weight
-        assert hy[0].score == pytest.approx(sem[hy[0].id] + engine.ranking.keyword_weight, abs=1e-5)
+        # hybrid = exact semantic score + the bonuses: the item holding the code matches the whole text (the
+        # keyword weight) and every identifier in it (the identifier weight)
+        bonus = engine.ranking.keyword_weight + engine.ranking.identifier_weight
+        assert hy[0].score == pytest.approx(sem[hy[0].id] + bonus, abs=1e-5)
     assert engine.search(text="zzzunknownword", k=3, mode="keyword") == []
     # filters hold in keyword mode too
     cat = rows[0]["metadata"]["category"] if "metadata" in rows[0] else rows[0]["category"]
@@ -67,6 +71,25 @@ def test_keyword_and_hybrid_find_an_item_by_its_code(sku_index):
     assert hits and all(h.metadata["category"] == cat for h in hits)
     with pytest.raises(QueryError, match="takes one text"):
         engine.search(text=["QX-7100", "QX-7101"], mode="keyword")
+
+
+def test_identifier_bonus_goes_to_the_item_holding_the_code(sku_index):
+    """A word of one item's title and another item's code: the code's item comes first, the word's item
+    gets a share of the keyword weight only (a word is no identifier), and the bonus is additive."""
+    out, rows = sku_index
+    engine = SearchEngine.open(out, device="cpu")
+    word = next(w for w in rows[1]["title"].split() if w not in rows[0]["title"].split() and w != "model")
+    text = f"{word} QX-7100"
+    sem = {h.id: h.score for h in engine.search(text=text, k=6, mode="semantic")}
+    hy = {h.id: h.score for h in engine.search(text=text, k=6, mode="hybrid")}
+    assert engine.search(text=text, k=1)[0].id == rows[0]["image"]
+    code_item, word_item = rows[0]["image"], rows[1]["image"]
+    assert hy[code_item] - sem[code_item] > engine.ranking.identifier_weight
+    assert 0 < hy[word_item] - sem[word_item] < engine.ranking.keyword_weight
+    iw, engine.ranking.identifier_weight = engine.ranking.identifier_weight, 0.0
+    off = {h.id: h.score for h in engine.search(text=text, k=6, mode="hybrid")}
+    assert off[code_item] == pytest.approx(hy[code_item] - iw, abs=1e-5)  # one identifier, all of it matched
+    assert off[word_item] == pytest.approx(hy[word_item], abs=1e-5)
 
 
 def test_keyword_index_follows_updates_and_old_stores(sku_index, tmp_path):

@@ -308,8 +308,7 @@ class SearchEngine:
                 for i, t in zip(idx, texts):
                     results[i] = _hybrid.keyword_hits(self, t, k, where)
                 continue
-            boost = _hybrid.boosts(self, texts, self.ranking.keyword_weight, self.ranking.keyword_candidates) \
-                if how == "hybrid" else None
+            boost = _hybrid.boosts(self, texts, self.ranking) if how == "hybrid" else None
             group_images = [queries[i]["image"] for i in idx] if has_img else None
             img, txt = _runtime.both(  # photo and text encoders at once (the text one in a helper thread)
                 functools.partial(_maybe, self.encode_texts, texts if has_txt else None),

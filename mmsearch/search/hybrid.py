@@ -7,8 +7,12 @@ Modes (``--mode``, ``mode=``):
     ``hybrid``    the semantic score plus a keyword bonus: the items a text's words match best (BM25) join
                   the candidates, and each gets ``keyword_weight`` times the IDF-weighted share of the
                   text's phrases it matches (store.keyword_coverage: an item matching every phrase gets the
-                  whole weight, ``RankingCfg.keyword_weight``) on top of its exact semantic score; with a
-                  photo the bonus belongs to the text part (times ``1 - w``);
+                  whole weight, ``RankingCfg.keyword_weight``) on top of its exact semantic score, and
+                  ``identifier_weight`` times the IDF-weighted share of the text's identifiers it holds
+                  (:func:`identifiers`: terms with a digit, model numbers, SKUs, years): an exact
+                  "XR-2000" is evidence no embedding has, while a word like "red" is one the semantic
+                  score already weighs, so only identifiers get the second bonus; with a photo the bonus
+                  belongs to the text part (times ``1 - w``);
     ``auto``      (default) hybrid for a text-only query on an index whose items have titles or texts,
                   else semantic: an untitled photo library ranks exactly as before, and a photo + text
                   query ("this jacket, in red") keeps its text a modifier, not a name to look up.
@@ -23,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import RankingCfg
 from ..errors import QueryError
 from ..index.filters import WhereSpec
 from .hits import hits_of
@@ -65,13 +70,24 @@ def keyword_hits(engine: Any, text: str, k: int, where: WhereSpec = None) -> lis
     return hits_of(engine.backend, [(fids, bm25)])[0]
 
 
-def boosts(engine: Any, texts: Sequence[str], weight: float, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query text, (fids, bonus) of its ``n`` best keyword matches (hybrid mode): ``weight`` times the
-    IDF-weighted share of the text's phrases each matches (store.keyword_coverage)."""
+def identifiers(text: str) -> str:
+    """The text's identifier terms, space-separated: those holding a digit ("XR-2000", "KX-4821", "2019",
+    "4k"), the model numbers, SKUs and years no embedding knows; "" when it has none."""
+    return " ".join(t for t in text.split() if any(c.isdigit() for c in t))
+
+
+def boosts(engine: Any, texts: Sequence[str], ranking: RankingCfg) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query text, (fids, bonus) of its ``ranking.keyword_candidates`` best keyword matches (hybrid mode):
+    ``keyword_weight`` times the IDF-weighted share of the text's phrases each matches, plus
+    ``identifier_weight`` times the share of its identifiers (store.keyword_coverage)."""
     out = []
     for t in texts:
-        fids, _ = engine.backend.keyword_search(t, n)
-        out.append((fids, (weight * engine.backend.keyword_coverage(t, fids)).astype(np.float32)))
+        fids, _ = engine.backend.keyword_search(t, ranking.keyword_candidates)
+        bonus = ranking.keyword_weight * engine.backend.keyword_coverage(t, fids)
+        ids = identifiers(t)
+        if ids and ranking.identifier_weight:
+            bonus = bonus + ranking.identifier_weight * engine.backend.keyword_coverage(ids, fids)
+        out.append((fids, bonus.astype(np.float32)))
     return out
 
 
