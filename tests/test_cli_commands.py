@@ -137,6 +137,20 @@ def test_dedupe_finds_planted_duplicates(small_catalog, tmp_path):
     near = json.loads(run("dedupe", "-i", out, "--threshold", "0.999", "--kind", "near", "--json").stdout)
     assert [g["ids"] for g in near] == [["boot_resaved.png", "clothing/hiking_boot.webp"]]
     assert run("dedupe", "-i", out, "--kind", "nearly").exit_code != 0
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from mmsearch.server import ServeCfg, create_app
+
+    with TestClient(create_app(SearchEngine.open(out, device="cpu"), ServeCfg(reload_interval_s=0))) as c:
+        http = c.get("/duplicates", params={"threshold": 0.999}).json()["groups"]
+        assert [{k: g[k] for k in ("ids", "scores", "kinds", "kind")} for g in http] == \
+            [{k: g[k] for k in ("ids", "scores", "kinds", "kind")} for g in groups]  # what the CLI prints
+        assert all(u.startswith("/items/") for g in http for u in g["thumbnail_urls"])
+        exact_http = c.get("/duplicates", params={"threshold": 0.999, "kind": "exact"}).json()["groups"]
+        assert [g["ids"] for g in exact_http] == [g["ids"] for g in exact]
+        assert c.get("/duplicates", params={"kind": "nearly"}).status_code == 422
+        assert c.get("/duplicates", params={"filters": '{"colour": "red"}'}).status_code == 400
 
 
 def test_filter_on_an_unknown_field_is_an_error(tiny_index):

@@ -79,6 +79,18 @@ class Filters(BaseModel):
         'largest value: filter them by range, e.g. [["price", ">=", 10], ["price", "<", 50]]')
 
 
+class DuplicateGroup(BaseModel):
+    ids: list[str] = Field(description="The group's items, its first (lowest id) first")
+    scores: list[float] = Field(description="Each member's similarity to the first item (1.0 for exact copies)")
+    kinds: list[str] = Field(description='Per member: "exact" (the same file content as the first) or "near"')
+    kind: str = Field(description='"exact" when every member is an exact copy of the first, else "near"')
+    thumbnail_urls: list[str]
+
+
+class Duplicates(BaseModel):
+    groups: list[DuplicateGroup] = Field(description="Largest group first")
+
+
 class Reloaded(BaseModel):
     reloaded: bool
     snapshot: str
@@ -314,7 +326,7 @@ def search_router(state: ServerState) -> APIRouter:
 
 
 def items_router(state: ServerState) -> APIRouter:
-    """GET /items/{id}/thumbnail, GET /items/{id}."""
+    """GET /items, GET /duplicates, GET /items/{id}/thumbnail, GET /items/{id}."""
     router = APIRouter()
 
     @router.get("/items", response_model=ItemList, tags=["items"], responses={400: ERRORS[400]})
@@ -338,6 +350,24 @@ def items_router(state: ServerState) -> APIRouter:
         return {"total": len(rows), "items": [{"id": r["id"], "title": r.get("title", ""), "text": r.get("text", ""),
                                                "metadata": r.get("metadata", {}),
                                                "thumbnail_url": item_urls(r["id"], cur.version)[1]} for r in page]}
+
+    @router.get("/duplicates", response_model=Duplicates, tags=["items"], responses={400: ERRORS[400]})
+    async def duplicates(
+        threshold: Annotated[float, Query(ge=-1.0, le=1.0, description="Near-duplicate cosine similarity")] = 0.92,
+        kind: Annotated[str, Query(pattern="^(all|exact|near)$")] = "all",
+        filters: Annotated[str | None, Query(description="JSON metadata filters: only these items")] = None,
+    ) -> dict[str, Any]:
+        """Groups of copies among the indexed images (as `mmsearch dedupe`): exact copies and near-duplicates."""
+        from ..search.tools import find_duplicates
+
+        where = parse_filters(filters)
+        with state.use() as cur:  # the index stays open while it is read
+            try:  # reads every image vector: off the event loop
+                groups = await asyncio.to_thread(find_duplicates, cur.engine, threshold, where, kind)
+            except (MMSearchError, ValueError) as exc:
+                raise HTTPException(400, str(exc).splitlines()[0]) from None
+        return {"groups": [{"ids": g["ids"], "scores": g["scores"], "kinds": g["kinds"], "kind": g["kind"],
+                            "thumbnail_urls": [item_urls(i, cur.version)[1] for i in g["ids"]]} for g in groups]}
 
     def locate(root: Path, item_path: str) -> tuple[Path, str]:
         path = catalog_file(root, item_path)
