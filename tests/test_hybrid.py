@@ -152,12 +152,12 @@ def test_keyword_coverage_weights_phrases_by_idf(tmp_path):
                   "metadata": {"tags": ["photo"]} if t == "camera" else {}} for i, t in enumerate(titles))
     store.commit()
     fids = np.arange(len(titles), dtype=np.int64)
-    cov = store.keyword_coverage("red shoes", fids)  # porter: "shoes" matches "shoe"
+    cov = store.keyword_matches("red shoes", fids).coverage()  # porter: "shoes" matches "shoe"
     assert cov[2] == pytest.approx(1.0)  # both phrases
     assert 0 < cov[1] < cov[0] < 1  # "red" (2 items) is rarer than "shoe" (3 items): it explains more
     assert cov[4] == 0 and cov[5] == 0
     # a phrase no item has still counts: an item tagged "photo" explains little of "a photo of a dog"
-    assert store.keyword_coverage("a photo of a dog", fids)[5] < 0.3
+    assert store.keyword_matches("a photo of a dog", fids).coverage()[5] < 0.3
     fid, _ = store.keyword_search("XR-2000", 5)
     assert len(fid) == 0
     store.close()

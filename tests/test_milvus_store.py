@@ -244,7 +244,8 @@ def test_keywords_as_the_item_store_under_milvus_lite(built):
         fids, scores = reader.keyword_search(text, 30)
         want, want_scores = store.keyword_search(text, 30)
         assert fids.tolist() == want.tolist() and np.allclose(scores, want_scores), text
-        assert np.allclose(reader.keyword_coverage(text, everything), store.keyword_coverage(text, everything)), text
+        assert np.allclose(reader.keyword_matches(text, everything).coverage(),
+                           store.keyword_matches(text, everything).coverage()), text
     assert len(reader.keyword_search("", 5)[0]) == 0
 
 
@@ -258,7 +259,8 @@ def test_keywords_in_milvus_mode(built):
     assert (scores > 0).all() and (np.diff(scores) <= 1e-6).all()
     cand = np.arange(0, 200, 3)
     for text in ["running", "blue trails"]:
-        assert np.allclose(reader.keyword_coverage(text, cand), store.keyword_coverage(text, cand), atol=1e-5), text
+        assert np.allclose(reader.keyword_matches(text, cand).coverage(), store.keyword_matches(text, cand).coverage(),
+                           atol=1e-5), text
 
 
 # ------------------------------------------------------------------------------------------ locations

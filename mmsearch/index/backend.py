@@ -21,6 +21,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from .filters import Condition
+from .store import PhraseMatches
 
 MILVUS_PREFIXES = ("milvus-lite:", "milvus://", "milvus+https://")
 
@@ -105,8 +106,9 @@ class IndexReader(Protocol):
     def keyword_search(self, text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(fids, scores, higher is better) of the ``n`` items whose words best match ``text``."""
 
-    def keyword_coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
-        """Per fid, the IDF-weighted share of the text's phrases it matches (0..1; see index/store.py)."""
+    def keyword_matches(self, text: str, fids: np.ndarray) -> PhraseMatches:
+        """Which of the text's phrases each fid holds, and their IDF; ``.coverage()`` is the IDF-weighted
+        share it holds (0..1; see index/store.py)."""
 
 
 def open_reader(location: Any, verify: bool = True, ranking: Any = None) -> IndexReader:

@@ -21,7 +21,7 @@ from .ann import IndexSpec
 from .filtercache import FilterCache
 from .filters import Condition
 from .snapshot import read_manifest, resolve_snapshot, verify_snapshot
-from .store import ItemStore
+from .store import ItemStore, PhraseMatches
 
 
 @dataclass
@@ -141,5 +141,5 @@ class FolderReader:
     def keyword_search(self, text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self.store.keyword_search(text, n)
 
-    def keyword_coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
-        return self.store.keyword_coverage(text, fids)
+    def keyword_matches(self, text: str, fids: np.ndarray) -> PhraseMatches:
+        return self.store.keyword_matches(text, fids)

@@ -13,8 +13,9 @@ import json
 import re
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -65,6 +66,50 @@ def phrases(text: str) -> list[str]:
 def match_query(text: str) -> str | None:
     """Any of the text's phrases (BM25 ranks items matching more and rarer ones first); None without words."""
     return " OR ".join(phrases(text)) or None
+
+
+def bm25_idf(total: float, n: float) -> float:
+    """BM25's IDF of a phrase that ``n`` items of ``total`` hold: ``log(1 + (N - n + 0.5) / (n + 0.5))``."""
+    return float(np.log1p((total - n + 0.5) / (n + 0.5)))
+
+
+@dataclass
+class PhraseMatches:
+    """Which of a text's ``phrases`` (:func:`phrases`) each candidate item holds (``hit``: phrases x items)
+    and each phrase's BM25 IDF (``idf``): keyword search's coverage, read once per query."""
+
+    phrases: list[str]
+    idf: np.ndarray
+    hit: np.ndarray
+
+    @classmethod
+    def none(cls, terms: list[str], n_items: int) -> "PhraseMatches":
+        return cls(terms, np.zeros(len(terms)), np.zeros((len(terms), n_items), bool))
+
+    def coverage(self, only: Iterable[str] | None = None) -> np.ndarray:
+        """Per item, the share of the phrases (those in ``only``, when given) it holds, each phrase weighted
+        by its IDF: 1.0 for an item holding every one, and little for one that holds only a common word of a
+        longer text; a phrase no item has still counts."""
+        w = self.idf if only is None else self.idf * np.isin(self.phrases, list(only))
+        return (w @ self.hit / max(float(w.sum()), 1e-9)).astype(np.float32)
+
+
+def match_phrases(conn: sqlite3.Connection, terms: list[str], fids: np.ndarray, df: Callable[[str], int],
+                  total: float) -> PhraseMatches:
+    """The :class:`PhraseMatches` of ``terms`` (quoted phrases) for the items ``fids`` in the FTS5 table
+    ``words`` of ``conn`` (rowid = fid); ``df(phrase)``: how many of the ``total`` items hold the phrase."""
+    pos: dict[int, list[int]] = {}
+    for i, f in enumerate(fids.tolist()):
+        pos.setdefault(int(f), []).append(i)
+    uniq = list(pos)
+    out = PhraseMatches(terms, np.array([bm25_idf(total, df(t)) for t in terms]), np.zeros((len(terms), len(fids)), bool))
+    for p, t in enumerate(terms):
+        for s in range(0, len(uniq), 500):
+            part = uniq[s:s + 500]
+            q = f"SELECT rowid FROM words WHERE words MATCH ? AND rowid IN ({','.join('?' * len(part))})"
+            for (rowid,) in conn.execute(q, (t, *part)):
+                out.hit[p, pos[rowid]] = True
+    return out
 
 
 def flatten(metadata: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -261,31 +306,21 @@ class ItemStore:
         return (np.array([r[0] for r in rows], np.int64),
                 np.array([-r[1] for r in rows], np.float32))  # FTS5's bm25() is negated: lower is better
 
-    def keyword_coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
-        """Per item of ``fids``, the share of the text's phrases it matches, each phrase weighted by its
-        BM25 IDF (``log(1 + (N - n + 0.5) / (n + 0.5))``, n items matching it of N): 1.0 for an item matching
-        every phrase, and little for one that matches only a common word of a longer text."""
-        out = np.zeros(len(fids), np.float32)
+    def keyword_matches(self, text: str, fids: np.ndarray) -> PhraseMatches:
+        """Which of the text's phrases each item of ``fids`` holds, and the phrases' IDF (:class:`PhraseMatches`;
+        its ``coverage()`` is hybrid search's keyword share)."""
         terms = phrases(text)
         if not terms or not len(fids):
-            return out
+            return PhraseMatches.none(terms, len(fids))
         conn = self._words_conn()
         total = float(self._df.setdefault("", self.count()))  # "" (no phrase) holds the item count
-        ids = [int(f) for f in fids]
-        pos = {f: i for i, f in enumerate(ids)}
-        weights = []
         with self._words_lock:
-            for t in terms:
-                n = self._df.get(t)
-                if n is None:  # a common word matches thousands of items: count it once per store
-                    n = conn.execute("SELECT COUNT(*) FROM words WHERE words MATCH ?", (t,)).fetchone()[0]
-                    if len(self._df) < 100_000:
-                        self._df[t] = n
-                idf = float(np.log1p((total - n + 0.5) / (n + 0.5)))
-                weights.append(idf)
-                for s in range(0, len(ids), 500):
-                    part = ids[s:s + 500]
-                    q = f"SELECT rowid FROM words WHERE words MATCH ? AND rowid IN ({','.join('?' * len(part))})"
-                    for (rowid,) in conn.execute(q, (t, *part)):
-                        out[pos[rowid]] += idf
-        return out / max(sum(weights), 1e-9)
+            return match_phrases(conn, terms, fids, lambda t: self._phrase_df(conn, t), total)
+
+    def _phrase_df(self, conn: sqlite3.Connection, phrase: str) -> int:
+        n = self._df.get(phrase)
+        if n is None:  # a common word matches thousands of items: count it once per store
+            n = int(conn.execute("SELECT COUNT(*) FROM words WHERE words MATCH ?", (phrase,)).fetchone()[0])
+            if len(self._df) < 100_000:
+                self._df[phrase] = n
+        return n

@@ -6,7 +6,7 @@ Modes (``--mode``, ``mode=``):
                   index/store.py ``keyword_text``): no model is loaded;
     ``hybrid``    the semantic score plus a keyword bonus: the items a text's words match best (BM25) join
                   the candidates, and each gets ``keyword_weight`` times the IDF-weighted share of the
-                  text's phrases it matches (store.keyword_coverage: an item matching every phrase gets the
+                  text's phrases it matches (store.PhraseMatches.coverage: an item matching every phrase gets the
                   whole weight, ``RankingCfg.keyword_weight``) on top of its exact semantic score, and
                   ``identifier_weight`` times the IDF-weighted share of the text's identifiers it holds
                   (:func:`identifiers`: terms with a digit, model numbers, SKUs, years): an exact
@@ -30,6 +30,7 @@ import numpy as np
 from ..config import RankingCfg
 from ..errors import QueryError
 from ..index.filters import WhereSpec
+from ..index.store import phrases
 from .hits import hits_of
 
 MODES = ("auto", "hybrid", "semantic", "keyword")
@@ -79,14 +80,15 @@ def identifiers(text: str) -> str:
 def boosts(engine: Any, texts: Sequence[str], ranking: RankingCfg) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per query text, (fids, bonus) of its ``ranking.keyword_candidates`` best keyword matches (hybrid mode):
     ``keyword_weight`` times the IDF-weighted share of the text's phrases each matches, plus
-    ``identifier_weight`` times the share of its identifiers (store.keyword_coverage)."""
+    ``identifier_weight`` times the share of its identifiers (store.PhraseMatches.coverage)."""
     out = []
     for t in texts:
         fids, _ = engine.backend.keyword_search(t, ranking.keyword_candidates)
-        bonus = ranking.keyword_weight * engine.backend.keyword_coverage(t, fids)
-        ids = identifiers(t)
+        matches = engine.backend.keyword_matches(t, fids)  # one read serves both shares
+        bonus = ranking.keyword_weight * matches.coverage()
+        ids = phrases(identifiers(t))
         if ids and ranking.identifier_weight:
-            bonus = bonus + ranking.identifier_weight * engine.backend.keyword_coverage(ids, fids)
+            bonus = bonus + ranking.identifier_weight * matches.coverage(only=ids)
         out.append((fids, bonus.astype(np.float32)))
     return out
 

@@ -4,7 +4,7 @@ Every row stores the words the folder store indexes (store.keyword_text: title, 
 names, string metadata) in ``words``, analyzed by Milvus (standard tokenizer, lowercase, ASCII folding,
 English stemmer) into ``words_bm25`` by Milvus' BM25 function.
 
-``milvus`` mode (servers): ``keyword_search`` is a BM25 search; ``keyword_coverage`` counts the items
+``milvus`` mode (servers): ``keyword_search`` is a BM25 search; ``keyword_matches`` counts the items
 holding each phrase with ``TEXT_MATCH`` (all of its words, not necessarily adjacent: Milvus Lite has no
 PHRASE_MATCH) and tests the candidates' own words in a small in-memory FTS5 table (the folder store's
 tokenizer and phrase rules). BM25 scores differ from FTS5's in scale; filters and exact scores do not.
@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..store import match_query, phrases
+from ..store import PhraseMatches, match_phrases, match_query, phrases
 from .expr import quote
 
 MAX_TOPK = 16384  # Milvus' cap on results per search and on offset + limit per query
@@ -46,10 +46,6 @@ def _fts(rows: Iterable[tuple[int, str]]) -> sqlite3.Connection:
 def _count(client: Any, collection: str, expr: str) -> int:
     rows = client.query(collection, filter=expr, output_fields=["count(*)"])
     return int(rows[0]["count(*)"]) if rows else 0
-
-
-def _idf(total: float, n: float) -> float:
-    return float(np.log1p((total - n + 0.5) / (n + 0.5)))
 
 
 class Keywords:
@@ -106,38 +102,21 @@ class Keywords:
                 np.array([abs(float(h["distance"])) for h in hits], np.float32))
 
     # ---------------------------------------------------------------------------------- coverage
-    def coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
-        """Per fid, the share of the text's phrases it holds, each weighted by its BM25 IDF
-        (``log(1 + (N - n + 0.5) / (n + 0.5))``, n items holding it of N): ItemStore.keyword_coverage."""
-        out = np.zeros(len(fids), np.float32)
+    def matches(self, text: str, fids: np.ndarray) -> PhraseMatches:
+        """Which of the text's phrases each fid holds, and their BM25 IDF: ItemStore.keyword_matches."""
         terms = phrases(text)
         if not terms or not len(fids):
-            return out
-        ids = [int(f) for f in fids]
-        pos: dict[int, list[int]] = {}
-        for i, f in enumerate(ids):
-            pos.setdefault(f, []).append(i)
+            return PhraseMatches.none(terms, len(fids))
         with self._lock:
             if self.mode == "local":
                 conn, own = self._index(), False
             else:
-                conn, own = _fts(self.some_words(list(pos))), True
+                conn, own = _fts(self.some_words(list(dict.fromkeys(fids.tolist())))), True
             try:
-                weights = []
-                for t in terms:
-                    idf = _idf(float(self.total), float(self._phrase_df(conn, t)))
-                    weights.append(idf)
-                    uniq = list(pos)
-                    for s in range(0, len(uniq), 500):
-                        part = uniq[s:s + 500]
-                        q = f"SELECT rowid FROM words WHERE words MATCH ? AND rowid IN ({','.join('?' * len(part))})"
-                        for (rowid,) in conn.execute(q, (t, *part)):
-                            for i in pos[rowid]:
-                                out[i] += idf
+                return match_phrases(conn, terms, fids, lambda t: self._phrase_df(conn, t), float(self.total))
             finally:
                 if own:
                     conn.close()
-        return out / max(sum(weights), 1e-9)
 
     def _phrase_df(self, conn: sqlite3.Connection, phrase: str) -> int:
         n = self._df.get(phrase)

@@ -19,6 +19,7 @@ import numpy as np
 from ...config import RankingCfg
 from ...errors import IndexIncompatibleError, IndexNotFoundError, QueryError
 from ..filters import Condition, as_number, text_bound_error, unknown_fields_error
+from ..store import PhraseMatches
 from .expr import both, int_list, str_list, where_expr
 from .keywords import MAX_TOPK, Keywords
 from .location import MilvusLocation, as_location, connect, is_lite
@@ -247,6 +248,6 @@ class MilvusReader:
     def keyword_search(self, text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self.keywords.search(text, n)
 
-    def keyword_coverage(self, text: str, fids: np.ndarray) -> np.ndarray:
-        return self.keywords.coverage(text, fids)
+    def keyword_matches(self, text: str, fids: np.ndarray) -> PhraseMatches:
+        return self.keywords.matches(text, fids)
 
