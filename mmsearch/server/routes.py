@@ -176,6 +176,16 @@ def bad_query_is_400() -> Iterator[None]:
         raise HTTPException(400, str(exc)) from None
 
 
+@contextlib.contextmanager
+def bad_filter_is_400() -> Iterator[None]:
+    """A bad filter or option met while reading the index (/items, /duplicates) is a 400 with the error's
+    first line."""
+    try:
+        yield
+    except (MMSearchError, ValueError) as exc:
+        raise HTTPException(400, str(exc).splitlines()[0]) from None
+
+
 def given(upload: UploadFile | str) -> bool:
     """Whether a file field holds a photo (browsers send an empty one when no file was chosen)."""
     return bool(upload) if isinstance(upload, str) else bool(upload.filename or upload.size)
@@ -341,10 +351,8 @@ def items_router(state: ServerState) -> APIRouter:
         with state.use() as cur:  # the store stays open while it is read
             rows = list(cur.row_of.values())
             if where is not None:
-                try:
+                with bad_filter_is_400():
                     keep = set(cur.engine.select(where).tolist())
-                except (MMSearchError, ValueError) as exc:
-                    raise HTTPException(400, str(exc).splitlines()[0]) from None
                 rows = [r for r in rows if r["fid"] in keep]
         page = rows[offset:offset + limit]
         return {"total": len(rows), "items": [{"id": r["id"], "title": r.get("title", ""), "text": r.get("text", ""),
@@ -362,10 +370,8 @@ def items_router(state: ServerState) -> APIRouter:
 
         where = parse_filters(filters)
         with state.use() as cur:  # the index stays open while it is read
-            try:  # reads every image vector: off the event loop
+            with bad_filter_is_400():  # reads every image vector: off the event loop
                 groups = await asyncio.to_thread(find_duplicates, cur.engine, threshold, where, kind)
-            except (MMSearchError, ValueError) as exc:
-                raise HTTPException(400, str(exc).splitlines()[0]) from None
         return {"groups": [{"ids": g["ids"], "scores": g["scores"], "kinds": g["kinds"], "kind": g["kind"],
                             "thumbnail_urls": [item_urls(i, cur.version)[1] for i in g["ids"]]} for g in groups]}
 
